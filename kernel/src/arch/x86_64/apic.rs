@@ -1,0 +1,161 @@
+//! The local APIC: xAPIC through MMIO, or x2APIC through MSRs where the CPU has it; its
+//! timer drives the hypervisor tick, in TSC-deadline mode where available.
+
+use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+use super::{cpu::rdtsc, msr};
+
+pub const TIMER_VECTOR: u8 = 0xf0;
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+// Register offsets of the xAPIC MMIO page; the x2APIC MSR is 0x800 + offset / 16.
+const REG_ID: u32 = 0x20;
+const REG_EOI: u32 = 0xb0;
+const REG_SVR: u32 = 0xf0;
+const REG_LVT_TIMER: u32 = 0x320;
+const REG_TIMER_INITIAL: u32 = 0x380;
+const REG_TIMER_CURRENT: u32 = 0x390;
+const REG_TIMER_DIVIDE: u32 = 0x3e0;
+
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
+const LVT_TSC_DEADLINE: u32 = 2 << 17;
+
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+const APIC_BASE_X2APIC: u64 = 1 << 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    XApic,
+    X2Apic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimerMode {
+    Periodic,
+    TscDeadline,
+}
+
+const MODE_NONE: u8 = 0;
+const MODE_XAPIC: u8 = 1;
+const MODE_X2APIC: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
+/// Virtual address of the xAPIC MMIO page (mapped uncached by the memory setup).
+static MMIO: AtomicU64 = AtomicU64::new(0);
+/// TSC ticks between two deadline-mode interrupts (0 in periodic mode).
+static DEADLINE_PERIOD: AtomicU64 = AtomicU64::new(0);
+
+/// The physical address of the xAPIC registers, from IA32_APIC_BASE.
+pub fn mmio_phys() -> u64 {
+    // SAFETY: IA32_APIC_BASE exists on every CPU with a local APIC (all x86-64 CPUs).
+    unsafe { msr::read(msr::IA32_APIC_BASE) & 0x000f_ffff_ffff_f000 }
+}
+
+fn read(reg: u32) -> u32 {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: the x2APIC MSRs exist once x2APIC mode is on (`init`).
+        MODE_X2APIC => unsafe { msr::read(msr::X2APIC_BASE + reg / 16) as u32 },
+        MODE_XAPIC => {
+            let p = (MMIO.load(Ordering::Relaxed) + reg as u64) as *const u32;
+            // SAFETY: `init` stored the address of the mapped, uncached APIC page; `reg` is
+            // one of the register offsets above, inside that page.
+            unsafe { p.read_volatile() }
+        }
+        _ => 0,
+    }
+}
+
+fn write(reg: u32, value: u32) {
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: as in `read`.
+        MODE_X2APIC => unsafe { msr::write(msr::X2APIC_BASE + reg / 16, value as u64) },
+        MODE_XAPIC => {
+            let p = (MMIO.load(Ordering::Relaxed) + reg as u64) as *mut u32;
+            // SAFETY: as in `read`.
+            unsafe { p.write_volatile(value) }
+        }
+        _ => {}
+    }
+}
+
+/// Enables this CPU's local APIC, in x2APIC mode when `use_x2apic`, otherwise through the
+/// MMIO page already mapped at `mmio_virt`.
+pub fn init(use_x2apic: bool, mmio_virt: u64) -> Mode {
+    // SAFETY: enabling the APIC (and x2APIC mode when the CPU has it) in IA32_APIC_BASE is
+    // the documented way to start it; nothing else uses the APIC yet.
+    unsafe {
+        let base = msr::read(msr::IA32_APIC_BASE);
+        let mut new = base | APIC_BASE_ENABLE;
+        if use_x2apic {
+            new |= APIC_BASE_X2APIC;
+        }
+        msr::write(msr::IA32_APIC_BASE, new);
+    }
+    let mode = if use_x2apic {
+        MODE.store(MODE_X2APIC, Ordering::Relaxed);
+        Mode::X2Apic
+    } else {
+        MMIO.store(mmio_virt, Ordering::Relaxed);
+        MODE.store(MODE_XAPIC, Ordering::Relaxed);
+        Mode::XApic
+    };
+    // Software-enable with the spurious vector.
+    write(REG_SVR, (1 << 8) | SPURIOUS_VECTOR as u32);
+    mode
+}
+
+pub fn id() -> u32 {
+    match MODE.load(Ordering::Relaxed) {
+        MODE_X2APIC => read(REG_ID),
+        _ => read(REG_ID) >> 24,
+    }
+}
+
+pub fn eoi() {
+    write(REG_EOI, 0);
+}
+
+/// Starts the tick: every `period_ns`, an interrupt on [`TIMER_VECTOR`]. Uses TSC-deadline
+/// mode when `tsc_deadline` (re-armed by [`on_tick`]); otherwise the APIC's own counter in
+/// periodic mode, calibrated here against the TSC.
+pub fn start_timer(period_ns: u64, tsc_hz: u64, tsc_deadline: bool) -> TimerMode {
+    if tsc_deadline {
+        let period = tsc_hz * period_ns / 1_000_000_000;
+        DEADLINE_PERIOD.store(period, Ordering::Relaxed);
+        write(REG_LVT_TIMER, LVT_TSC_DEADLINE | TIMER_VECTOR as u32);
+        arm_deadline(period);
+        return TimerMode::TscDeadline;
+    }
+    // Count the APIC timer down (divide by 16) for 10 ms of TSC time, masked.
+    write(REG_TIMER_DIVIDE, 0x3);
+    write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
+    write(REG_TIMER_INITIAL, u32::MAX);
+    let window = tsc_hz / 100;
+    let start = rdtsc();
+    while rdtsc() - start < window {
+        core::hint::spin_loop();
+    }
+    let elapsed = u32::MAX - read(REG_TIMER_CURRENT);
+    write(REG_TIMER_INITIAL, 0);
+    let apic_hz = elapsed as u64 * 100;
+    let count = (apic_hz * period_ns / 1_000_000_000).clamp(1, u32::MAX as u64) as u32;
+    write(REG_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR as u32);
+    write(REG_TIMER_DIVIDE, 0x3);
+    write(REG_TIMER_INITIAL, count);
+    TimerMode::Periodic
+}
+
+fn arm_deadline(period: u64) {
+    // SAFETY: IA32_TSC_DEADLINE exists when CPUID reports TSC-deadline (checked by the
+    // caller of `start_timer`); writing it only schedules a timer interrupt.
+    unsafe { msr::write(msr::IA32_TSC_DEADLINE, rdtsc() + period) }
+}
+
+/// Called from the timer interrupt: re-arms a deadline-mode timer.
+pub fn on_tick() {
+    let period = DEADLINE_PERIOD.load(Ordering::Relaxed);
+    if period != 0 {
+        arm_deadline(period);
+    }
+}

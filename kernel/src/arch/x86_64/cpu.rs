@@ -1,0 +1,207 @@
+//! CPU identification, control registers and the stack switch.
+
+use core::fmt;
+
+use x86::{
+    controlregs::{self, Cr4},
+    cpuid::CpuId,
+};
+
+/// What this CPU can do, read once from CPUID.
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    pub vendor: [u8; 12],
+    pub brand: [u8; 48],
+    pub family: u8,
+    pub model: u8,
+    pub stepping: u8,
+    pub nx: bool,
+    pub page_1g: bool,
+    pub smep: bool,
+    pub smap: bool,
+    pub umip: bool,
+    pub x2apic: bool,
+    pub tsc_deadline: bool,
+    pub invariant_tsc: bool,
+    pub xsave: bool,
+    pub fsgsbase: bool,
+    pub pcid: bool,
+    pub hypervisor: bool,
+}
+
+impl Features {
+    pub fn detect() -> Features {
+        let cpuid = CpuId::new();
+        let mut f = Features {
+            vendor: [0; 12],
+            brand: [0; 48],
+            family: 0,
+            model: 0,
+            stepping: 0,
+            nx: false,
+            page_1g: false,
+            smep: false,
+            smap: false,
+            umip: false,
+            x2apic: false,
+            tsc_deadline: false,
+            invariant_tsc: false,
+            xsave: false,
+            fsgsbase: false,
+            pcid: false,
+            hypervisor: false,
+        };
+        if let Some(v) = cpuid.get_vendor_info() {
+            copy_str(&mut f.vendor, v.as_str());
+        }
+        if let Some(b) = cpuid.get_processor_brand_string() {
+            copy_str(&mut f.brand, b.as_str().trim());
+        }
+        if let Some(fi) = cpuid.get_feature_info() {
+            f.family = fi.family_id();
+            f.model = fi.model_id();
+            f.stepping = fi.stepping_id();
+            f.x2apic = fi.has_x2apic();
+            f.tsc_deadline = fi.has_tsc_deadline();
+            f.xsave = fi.has_xsave();
+            f.pcid = fi.has_pcid();
+            f.hypervisor = fi.has_hypervisor();
+        }
+        if let Some(e) = cpuid.get_extended_feature_info() {
+            f.smep = e.has_smep();
+            f.smap = e.has_smap();
+            f.umip = e.has_umip();
+            f.fsgsbase = e.has_fsgsbase();
+        }
+        if let Some(p) = cpuid.get_extended_processor_and_feature_identifiers() {
+            f.nx = p.has_execute_disable();
+            f.page_1g = p.has_1gib_pages();
+        }
+        if let Some(a) = cpuid.get_advanced_power_mgmt_info() {
+            f.invariant_tsc = a.has_invariant_tsc();
+        }
+        f
+    }
+
+    pub fn vendor(&self) -> &str {
+        as_str(&self.vendor)
+    }
+
+    pub fn brand(&self) -> &str {
+        as_str(&self.brand)
+    }
+}
+
+fn copy_str(dst: &mut [u8], src: &str) {
+    let n = src.len().min(dst.len());
+    dst[..n].copy_from_slice(&src.as_bytes()[..n]);
+}
+
+fn as_str(b: &[u8]) -> &str {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    core::str::from_utf8(&b[..end]).unwrap_or("?")
+}
+
+/// The feature list of the boot banner.
+impl fmt::Display for Features {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let flags = [
+            (self.nx, "nx"),
+            (self.page_1g, "pdpe1gb"),
+            (self.smep, "smep"),
+            (self.smap, "smap"),
+            (self.umip, "umip"),
+            (self.x2apic, "x2apic"),
+            (self.tsc_deadline, "tsc-deadline"),
+            (self.invariant_tsc, "invariant-tsc"),
+            (self.xsave, "xsave"),
+            (self.fsgsbase, "fsgsbase"),
+            (self.pcid, "pcid"),
+            (self.hypervisor, "hypervisor"),
+        ];
+        let mut first = true;
+        for (on, name) in flags {
+            if on {
+                if !first {
+                    f.write_str(" ")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Turns on the supervisor protections the CPU has: SMEP (never execute guest pages),
+/// SMAP (never touch guest pages except in the guest-memory copy routines, which will
+/// bracket their accesses with `stac`/`clac`) and UMIP (guests cannot read descriptor
+/// table registers). Returns what was enabled.
+pub fn enable_protections(features: &Features) -> (bool, bool, bool) {
+    let mut cr4 = read_cr4();
+    if features.smep {
+        cr4 |= Cr4::CR4_ENABLE_SMEP;
+    }
+    if features.smap {
+        cr4 |= Cr4::CR4_ENABLE_SMAP;
+    }
+    if features.umip {
+        cr4 |= Cr4::CR4_ENABLE_UMIP;
+    }
+    // SAFETY: the hypervisor maps nothing user-accessible, so SMEP/SMAP cannot fault its
+    // own accesses; UMIP only affects CPL > 0.
+    unsafe { controlregs::cr4_write(cr4) };
+    (features.smep, features.smap, features.umip)
+}
+
+/// Enables global pages (the hypervisor's mappings are the same in every address space).
+pub fn enable_global_pages() {
+    let cr4 = read_cr4() | Cr4::CR4_ENABLE_GLOBAL_PAGES;
+    // SAFETY: enabling PGE keeps every current translation valid.
+    unsafe { controlregs::cr4_write(cr4) };
+}
+
+pub fn read_cr0() -> u64 {
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { controlregs::cr0().bits() as u64 }
+}
+
+pub fn read_cr2() -> u64 {
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { controlregs::cr2() as u64 }
+}
+
+pub fn read_cr3() -> u64 {
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { controlregs::cr3() }
+}
+
+pub fn read_cr4() -> Cr4 {
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { controlregs::cr4() }
+}
+
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter (CR4.TSD is never set here).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// Calls `entry` on a fresh stack whose top is `stack_top`; never returns.
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of a mapped, writable stack that nothing
+/// else uses, and nothing on the current stack may be needed again.
+pub unsafe fn switch_stack(stack_top: u64, entry: extern "C" fn() -> !) -> ! {
+    // SAFETY: the caller guarantees the new stack is valid and exclusively ours.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {stack}",
+            "xor ebp, ebp",
+            "call {entry}",
+            "ud2",
+            stack = in(reg) stack_top,
+            entry = in(reg) entry,
+            options(noreturn)
+        )
+    }
+}

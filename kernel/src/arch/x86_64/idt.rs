@@ -1,0 +1,61 @@
+//! The interrupt descriptor table, shared by all CPUs. Every vector enters through its
+//! stub in `trap.rs`.
+
+use super::trap::stub_address;
+
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Gate {
+    offset_low: u16,
+    selector: u16,
+    ist: u8,
+    type_attr: u8,
+    offset_mid: u16,
+    offset_high: u32,
+    reserved: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Gate>() == 16);
+
+#[repr(C, align(4096))]
+struct Idt([Gate; 256]);
+
+static IDT: spin::Mutex<Idt> = spin::Mutex::new(Idt(
+    [Gate {
+        offset_low: 0,
+        selector: 0,
+        ist: 0,
+        type_attr: 0,
+        offset_mid: 0,
+        offset_high: 0,
+        reserved: 0,
+    }; 256],
+));
+
+/// Interrupt gate (IF cleared on entry), DPL 0, present.
+const INTERRUPT_GATE: u8 = 0x8e;
+
+/// (Re)writes every gate for code selector `cs`, with the IST slots given for particular
+/// vectors, and loads the IDT on this CPU.
+pub fn load(cs: u16, ist: &[(u8, u8)]) {
+    let mut idt = IDT.lock();
+    for (vector, gate) in idt.0.iter_mut().enumerate() {
+        let addr = stub_address(vector as u8);
+        *gate = Gate {
+            offset_low: addr as u16,
+            selector: cs,
+            ist: ist.iter().find(|(v, _)| *v as usize == vector).map_or(0, |(_, s)| *s),
+            type_attr: INTERRUPT_GATE,
+            offset_mid: (addr >> 16) as u16,
+            offset_high: (addr >> 32) as u32,
+            reserved: 0,
+        };
+    }
+    let ptr = x86::dtables::DescriptorTablePointer::<Gate> {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: idt.0.as_ptr(),
+    };
+    // SAFETY: the IDT is a static, so it outlives its use by the CPU; every gate points at
+    // a valid stub with a code selector the caller has loaded in the GDT.
+    unsafe { x86::dtables::lidt(&ptr) };
+}

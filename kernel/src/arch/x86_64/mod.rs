@@ -1,0 +1,19 @@
+//! x86-64: boot glue, CPU control, descriptor tables, traps, interrupt controller, timers,
+//! legacy devices and the direct map of physical memory.
+
+pub mod apic;
+pub mod boot;
+pub mod cpu;
+pub mod debug_exit;
+pub mod gdt;
+pub mod idt;
+pub mod irq;
+pub mod msr;
+pub mod paging;
+pub mod phys;
+pub mod pit;
+pub mod port;
+pub mod rtc;
+pub mod serial;
+pub mod trap;
+pub mod vga;

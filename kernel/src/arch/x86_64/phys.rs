@@ -1,0 +1,33 @@
+//! Access to physical memory through the direct map (`mm::layout`). This is the only
+//! place that turns a physical address into a Rust reference.
+
+use ferrovisor::mm::layout::phys_to_virt;
+
+/// The bytes at `[paddr, paddr + len)`.
+///
+/// # Safety
+/// The range must be mapped in the direct map (below `EARLY_DIRECT_MAP_SIZE` during
+/// early boot, any RAM after), and nothing may write it while the slice is alive.
+pub unsafe fn slice(paddr: u64, len: usize) -> &'static [u8] {
+    // SAFETY: mapped and not written, as the caller guarantees.
+    unsafe { core::slice::from_raw_parts(phys_to_virt(paddr) as *const u8, len) }
+}
+
+/// Exclusive access to `count` u64 words at `paddr`.
+///
+/// # Safety
+/// The range must be mapped in the direct map, 8-byte aligned, and owned by the caller
+/// alone (for example frames it took from the frame allocator) for `'static`.
+pub unsafe fn words_mut(paddr: u64, count: usize) -> &'static mut [u64] {
+    // SAFETY: mapped, aligned and exclusively owned, as the caller guarantees.
+    unsafe { core::slice::from_raw_parts_mut(phys_to_virt(paddr) as *mut u64, count) }
+}
+
+/// Fills the frame-aligned range with zeroes.
+///
+/// # Safety
+/// As for [`words_mut`].
+pub unsafe fn zero(paddr: u64, len: u64) {
+    // SAFETY: as the caller guarantees.
+    unsafe { core::ptr::write_bytes(phys_to_virt(paddr) as *mut u8, 0, len as usize) }
+}

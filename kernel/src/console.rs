@@ -1,0 +1,158 @@
+//! The hypervisor console: COM1 and/or the VGA text screen (`console=`), with every byte
+//! also kept in the log ring (what `fv dmesg` will read). Also the `log` backend, which
+//! honours `loglvl=` and stamps each line with the time since boot.
+
+use core::{
+    fmt::{self, Write},
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use ferrovisor::{cmdline::ConsoleSet, logring::LogRing};
+
+use crate::{
+    arch::x86_64::{
+        irq::IrqMutex,
+        serial::{Serial, COM1},
+        vga::Vga,
+    },
+    clock,
+};
+
+pub const LOG_RING_SIZE: usize = 64 * 1024;
+
+pub struct Console {
+    serial: Option<Serial>,
+    vga: Option<Vga>,
+    ring: LogRing<LOG_RING_SIZE>,
+}
+
+impl Console {
+    const fn new() -> Console {
+        Console { serial: None, vga: None, ring: LogRing::new() }
+    }
+
+    fn write_bytes(&mut self, bytes: &[u8]) {
+        self.ring.push(bytes);
+        if let Some(s) = &self.serial {
+            s.write_bytes(bytes);
+        }
+        if let Some(v) = &mut self.vga {
+            v.write_bytes(bytes);
+        }
+    }
+}
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+static CONSOLE: IrqMutex<Console> = IrqMutex::new(Console::new());
+/// Set once the fatal path owns the console: all other output stops.
+static TAKEN_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Opens the consoles `console=` asks for.
+pub fn init(set: ConsoleSet, baud: u32) {
+    let mut c = CONSOLE.lock();
+    if set.com1 {
+        // SAFETY: COM1 belongs to the hypervisor (it is never given to a guest).
+        c.serial = Some(unsafe { Serial::init(COM1, baud) });
+    }
+    if set.vga {
+        // SAFETY: the VGA text buffer belongs to the hypervisor; the low 1 MiB is mapped
+        // in both the early and the final direct map.
+        c.vga = Some(unsafe { Vga::init() });
+    }
+}
+
+/// Writes raw bytes to the console (dropped once the fatal path has taken over).
+pub fn write_bytes(bytes: &[u8]) {
+    if TAKEN_OVER.load(Ordering::Relaxed) {
+        return;
+    }
+    CONSOLE.lock().write_bytes(bytes);
+}
+
+/// Copies log-ring bytes from sequence `from`; returns (bytes copied, next sequence).
+pub fn read_ring(from: u64, out: &mut [u8]) -> (usize, u64) {
+    CONSOLE.lock().ring.read(from, out)
+}
+
+/// The console for the fatal path: stops every other writer and writes even if the lock
+/// is held (by this CPU, interrupted in the middle of a line, or by a wedged one).
+pub struct FatalWriter {
+    serial: Option<Serial>,
+}
+
+pub fn take_over() -> FatalWriter {
+    TAKEN_OVER.store(true, Ordering::SeqCst);
+    let has_serial = match CONSOLE.try_lock() {
+        Some(c) => c.serial.is_some(),
+        None => true,
+    };
+    // SAFETY: COM1 belongs to the hypervisor and every other writer has stopped; the UART
+    // is already programmed (or absent, in which case the bytes go nowhere).
+    let serial = has_serial.then(|| unsafe { Serial::attach(COM1) });
+    let mut w = FatalWriter { serial };
+    let _ = w.write_str("\n");
+    w
+}
+
+impl Write for FatalWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if let Some(s_) = &self.serial {
+            s_.write_bytes(s.as_bytes());
+        }
+        if let Some(mut c) = CONSOLE.try_lock() {
+            c.ring.push(s.as_bytes());
+            if let Some(v) = &mut c.vga {
+                v.write_bytes(s.as_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) || TAKEN_OVER.load(Ordering::Relaxed) {
+            return;
+        }
+        let ns = clock::now_ns();
+        let prefix = match record.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            log::Level::Info => "",
+            log::Level::Debug => "debug: ",
+            log::Level::Trace => "trace: ",
+        };
+        let mut c = CONSOLE.lock();
+        let _ = writeln!(
+            c,
+            "[{:5}.{:06}] {}{}",
+            ns / 1_000_000_000,
+            (ns / 1000) % 1_000_000,
+            prefix,
+            record.args()
+        );
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+/// Installs the `log` backend at `level`.
+pub fn init_log(level: log::LevelFilter) {
+    // Only fails if called twice, which the boot sequence does not do.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}

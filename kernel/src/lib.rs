@@ -1,0 +1,11 @@
+//! Ferrovisor's hardware-free logic: everything here builds for the host too and is unit
+//! tested with `cargo test -p ferrovisor`. The hypervisor binary (`main.rs` and `arch/`)
+//! drives the hardware and calls into these modules.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod cmdline;
+pub mod logring;
+pub mod mm;
+pub mod multiboot2;
+pub mod time;

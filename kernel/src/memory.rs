@@ -1,0 +1,274 @@
+//! Boot-time memory setup: the frame allocator over usable RAM, the hypervisor's own page
+//! tables (image with per-section permissions, direct map of RAM, guarded stacks, MMIO,
+//! the GDT window), and the kernel heap.
+
+use core::fmt;
+
+use ferrovisor::{
+    mm::{
+        frame_alloc::{self, FrameAllocator, MAX_FREE_RANGES},
+        layout::{
+            image_virt_to_phys, DIRECT_MAP_BASE, EARLY_DIRECT_MAP_SIZE, GDT_WINDOWS_BASE,
+            GDT_WINDOW_SIZE, IST_STACK_SIZE, MMIO_BASE, STACKS_BASE, STACK_SIZE,
+        },
+        paging::{AddressSpace, Attrs, MapError, SIZE_1G, SIZE_2M, SIZE_4K},
+        HumanSize, Mfn, PhysRange, PAGE_SIZE,
+    },
+    multiboot2::{BootInfo, MemoryKind},
+};
+use linked_list_allocator::LockedHeap;
+
+use crate::arch::x86_64::{
+    boot::ImageLayout,
+    cpu::Features,
+    irq::IrqMutex,
+    paging::{self as hw_paging, DirectMapTables},
+    phys,
+};
+
+/// The frame allocator, once RAM is known.
+pub static FRAMES: IrqMutex<Option<FrameAllocator<'static>>> = IrqMutex::new(None);
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
+
+pub const HEAP_SIZE: u64 = 8 << 20;
+/// Firmware owns the first MiB (real-mode IVT, BIOS data, EBDA, option ROMs); the AP
+/// start-up trampoline will be placed there explicitly, not by the allocator.
+const FIRMWARE_LOW: PhysRange = PhysRange::new(0, 0x10_0000);
+/// Virtual space given to each stack: the stack sits at the top, everything below it in
+/// the slot is never mapped, so an overflow always hits unmapped memory.
+const STACK_SLOT: u64 = 1 << 20;
+
+#[derive(Debug)]
+pub enum MemoryError {
+    NoUsableRam,
+    BitmapPlacement,
+    Map(MapError),
+    OutOfFrames(&'static str),
+}
+
+impl fmt::Display for MemoryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MemoryError::NoUsableRam => write!(f, "the memory map has no usable RAM"),
+            MemoryError::BitmapPlacement => {
+                write!(f, "no room below 4 GiB for the frame allocator's bitmap")
+            }
+            MemoryError::Map(e) => write!(f, "building the hypervisor page tables: {e}"),
+            MemoryError::OutOfFrames(what) => write!(f, "out of memory for {what}"),
+        }
+    }
+}
+
+impl From<MapError> for MemoryError {
+    fn from(e: MapError) -> Self {
+        MemoryError::Map(e)
+    }
+}
+
+/// RAM ranges of the memory map that the allocator may hand out.
+fn available_ram(boot: &BootInfo) -> heapless::Vec<PhysRange, 128> {
+    boot.memory_map
+        .iter()
+        .filter(|r| r.kind == MemoryKind::Available)
+        .map(|r| PhysRange::new(r.base, r.base.saturating_add(r.len)))
+        .collect()
+}
+
+pub struct FrameStats {
+    pub usable_bytes: u64,
+    pub free_bytes: u64,
+    pub bitmap: PhysRange,
+}
+
+/// Builds the frame allocator over usable RAM minus the firmware's first MiB, the
+/// hypervisor image, the boot information and every boot module.
+pub fn init_frames(
+    boot: &BootInfo,
+    image: &ImageLayout,
+    mbi: PhysRange,
+) -> Result<FrameStats, MemoryError> {
+    let ram = available_ram(boot);
+    let usable_bytes: u64 = ram.iter().map(|r| r.shrink_to_pages().len()).sum();
+    let mut reserved: heapless::Vec<PhysRange, 24> = heapless::Vec::new();
+    let _ = reserved.push(FIRMWARE_LOW);
+    let _ = reserved.push(PhysRange::new(image.phys_start, image.phys_end));
+    let _ = reserved.push(mbi);
+    for m in &boot.modules {
+        let _ = reserved.push(PhysRange::new(m.start, m.end));
+    }
+    let mut free: heapless::Vec<PhysRange, MAX_FREE_RANGES> =
+        frame_alloc::free_ranges(&ram, &reserved);
+    let max_addr = free.iter().map(|r| r.end).max().ok_or(MemoryError::NoUsableRam)?;
+    let words = FrameAllocator::bitmap_words(max_addr);
+    let bitmap = frame_alloc::carve(&mut free, words as u64 * 8, FIRMWARE_LOW.end)
+        .filter(|r| r.end <= EARLY_DIRECT_MAP_SIZE)
+        .ok_or(MemoryError::BitmapPlacement)?;
+    // SAFETY: `carve` removed the bitmap's frames from the free ranges, so nothing else
+    // will ever own them; they are below 4 GiB, inside the early direct map, and stay in
+    // the final direct map (they are RAM).
+    let words_slice = unsafe { phys::words_mut(bitmap.start, words) };
+    let alloc = FrameAllocator::new(words_slice, &free);
+    let free_bytes = alloc.free_frames() * PAGE_SIZE;
+    *FRAMES.lock() = Some(alloc);
+    Ok(FrameStats { usable_bytes, free_bytes, bitmap })
+}
+
+/// A stack the fault handler can name when its guard is hit.
+#[derive(Clone, Copy, Debug)]
+pub struct StackInfo {
+    pub name: &'static str,
+    pub top: u64,
+    pub bottom: u64,
+    /// The unmapped region below the stack.
+    pub guard: (u64, u64),
+}
+
+static STACKS: spin::Mutex<heapless::Vec<StackInfo, 16>> = spin::Mutex::new(heapless::Vec::new());
+
+/// The stack whose guard region contains `addr`, if any (used by the fault handler, so
+/// it never waits for the lock).
+pub fn guard_hit(addr: u64) -> Option<StackInfo> {
+    let stacks = STACKS.try_lock()?;
+    stacks.iter().copied().find(|s| addr >= s.guard.0 && addr < s.guard.1)
+}
+
+/// What the final address space provides to the rest of the boot.
+pub struct KernelSpace {
+    pub main_stack_top: u64,
+    pub ist_double_fault: u64,
+    pub ist_nmi: u64,
+    pub ist_machine_check: u64,
+    pub gdt_window: u64,
+    pub gdt_reserved_page: u64,
+    pub apic_mmio: u64,
+    pub tables_root: Mfn,
+    pub direct_mapped: u64,
+}
+
+/// Builds the hypervisor's final page tables and switches to them.
+pub fn build_kernel_space(
+    boot: &BootInfo,
+    image: &ImageLayout,
+    features: &Features,
+    apic_phys: u64,
+) -> Result<KernelSpace, MemoryError> {
+    let mut guard = FRAMES.lock();
+    let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+    let mut aspace = AddressSpace::new(
+        DirectMapTables { frames, below: EARLY_DIRECT_MAP_SIZE },
+        crate::arch::x86_64::msr::nx_enabled(),
+    )?;
+
+    // The image, section by section.
+    for (range, attrs) in [(image.text, Attrs::TEXT), (image.rodata, Attrs::RODATA), (image.data, Attrs::DATA)] {
+        aspace.map_range(range.0, image_virt_to_phys(range.0), range.1 - range.0, attrs, SIZE_2M)?;
+    }
+
+    // The direct map: the firmware's first MiB and all RAM, merged.
+    let mut ram: heapless::Vec<PhysRange, 130> = heapless::Vec::new();
+    let _ = ram.push(PhysRange::new(0, 0x10_0000));
+    for r in boot.memory_map.iter().filter(|r| r.kind.is_ram()) {
+        let _ = ram.push(PhysRange::new(r.base, r.base.saturating_add(r.len)).grow_to_pages());
+    }
+    ram.sort_unstable();
+    let mut merged: heapless::Vec<PhysRange, 130> = heapless::Vec::new();
+    for r in ram {
+        match merged.last_mut() {
+            Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+            _ => {
+                let _ = merged.push(r);
+            }
+        }
+    }
+    let max_page = if features.page_1g { SIZE_1G } else { SIZE_2M };
+    let mut direct_mapped = 0;
+    for r in &merged {
+        aspace.map_range(DIRECT_MAP_BASE + r.start, r.start, r.len(), Attrs::DATA, max_page)?;
+        direct_mapped += r.len();
+    }
+
+    // Local APIC registers, uncached.
+    let apic_mmio = MMIO_BASE;
+    aspace.map_page(apic_mmio, apic_phys, SIZE_4K, Attrs::MMIO)?;
+
+    // Guarded stacks: slot 0 the main stack, then the IST stacks.
+    let mut stacks = STACKS.lock();
+    let mut tops = [0u64; 4];
+    let specs: [(&str, u64); 4] = [
+        ("main", STACK_SIZE),
+        ("double-fault IST", IST_STACK_SIZE),
+        ("NMI IST", IST_STACK_SIZE),
+        ("machine-check IST", IST_STACK_SIZE),
+    ];
+    for (slot, (name, size)) in specs.iter().enumerate() {
+        let top = STACKS_BASE + (slot as u64 + 1) * STACK_SLOT;
+        let bottom = top - size;
+        let mut va = bottom;
+        while va < top {
+            let f = aspace.memory_mut().frames.alloc().ok_or(MemoryError::OutOfFrames("stacks"))?;
+            aspace.map_page(va, f.addr(), SIZE_4K, Attrs::DATA)?;
+            va += PAGE_SIZE;
+        }
+        tops[slot] = top;
+        let _ = stacks.push(StackInfo { name, top, bottom, guard: (top - STACK_SLOT, bottom) });
+    }
+    drop(stacks);
+
+    // This CPU's GDT window: only the hypervisor's two reserved pages are mapped.
+    let gdt_window = GDT_WINDOWS_BASE;
+    let reserved_page = gdt_window + 14 * PAGE_SIZE;
+    for i in 0..2 {
+        let f = aspace
+            .memory_mut()
+            .frames
+            .alloc_below(EARLY_DIRECT_MAP_SIZE)
+            .ok_or(MemoryError::OutOfFrames("the GDT"))?;
+        // SAFETY: the frame was just allocated, so it is ours; it is direct-mapped.
+        unsafe { phys::zero(f.addr(), PAGE_SIZE) };
+        aspace.map_page(reserved_page + i * PAGE_SIZE, f.addr(), SIZE_4K, Attrs::DATA)?;
+    }
+    debug_assert!(reserved_page + 2 * PAGE_SIZE <= gdt_window + GDT_WINDOW_SIZE);
+
+    let root = aspace.root();
+    // SAFETY: the new tables map the image (code, data, this stack: the boot stack is in
+    // .bss), the direct map (boot information, modules, the allocator's bitmap, the page
+    // tables themselves) and everything set up above.
+    unsafe { hw_paging::activate(root) };
+    Ok(KernelSpace {
+        main_stack_top: tops[0],
+        ist_double_fault: tops[1],
+        ist_nmi: tops[2],
+        ist_machine_check: tops[3],
+        gdt_window,
+        gdt_reserved_page: reserved_page,
+        apic_mmio,
+        tables_root: root,
+        direct_mapped,
+    })
+}
+
+/// Gives the kernel heap `HEAP_SIZE` of contiguous frames, reached through the direct map.
+pub fn init_heap() -> Result<u64, MemoryError> {
+    let frames = HEAP_SIZE / PAGE_SIZE;
+    let start = FRAMES
+        .lock()
+        .as_mut()
+        .and_then(|f| f.alloc_contiguous(frames, 1))
+        .ok_or(MemoryError::OutOfFrames("the kernel heap"))?;
+    let va = DIRECT_MAP_BASE + start.addr();
+    // SAFETY: the frames were just allocated for the heap alone and are direct-mapped;
+    // the heap is initialised once.
+    unsafe { HEAP.lock().init(va as *mut u8, HEAP_SIZE as usize) };
+    Ok(va)
+}
+
+/// Free RAM, for the boot log and the checks that nothing leaked.
+pub fn free_bytes() -> u64 {
+    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames() * PAGE_SIZE)
+}
+
+pub fn describe(bytes: u64) -> HumanSize {
+    HumanSize(bytes)
+}

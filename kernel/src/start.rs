@@ -1,0 +1,261 @@
+//! The boot sequence, from the long-mode trampoline to dom0 (or a selftest verdict).
+
+use alloc::boxed::Box;
+
+use ferrovisor::{
+    cmdline::{self, Cmdline},
+    mm::{layout::STACK_SIZE, HumanSize, PhysRange},
+    multiboot2::{self, BootInfo},
+    time::rtc,
+};
+
+use crate::{
+    arch::x86_64::{
+        apic, boot,
+        cpu::{self, Features},
+        debug_exit::Verdict,
+        gdt::{self, Tss},
+        idt, irq, phys, pit, rtc as cmos,
+    },
+    clock, console, dom0, fatal,
+    memory::{self, KernelSpace},
+    selftest,
+};
+
+/// The hypervisor's version, as the boot banner shows it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Tick period: 100 Hz.
+pub const TICK_NS: u64 = 10_000_000;
+/// The early GDT's code selector (`boot/entry.S`), used until the final GDT is loaded.
+const EARLY_CS: u16 = 0x08;
+
+/// What the first half of the boot hands to the second, across the stack switch.
+struct Boot {
+    info: BootInfo<'static>,
+    cmdline: Cmdline<'static>,
+    features: Features,
+    space: KernelSpace,
+}
+
+static BOOT: spin::Once<Boot> = spin::Once::new();
+
+/// Called by `boot/entry.S` in long mode, on the boot stack, with the early page tables.
+#[no_mangle]
+pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
+    clock::mark_boot();
+    let features = Features::detect();
+
+    // The boot information: its size first, then all of it. GRUB puts it below 4 GiB,
+    // which the early direct map covers.
+    // SAFETY: the loader passed this address; the early direct map covers it and nothing
+    // writes the boot information after the loader.
+    let header = unsafe { phys::slice(mbi_phys as u64, 8) };
+    let total = multiboot2::total_size(header).unwrap_or(0);
+    // SAFETY: as above, for the size the header declares (the parser checks it again).
+    let bytes = unsafe { phys::slice(mbi_phys as u64, total as usize) };
+    let parsed = multiboot2::parse(bytes);
+
+    let raw_cmdline = parsed.as_ref().ok().and_then(|i| i.cmdline).unwrap_or("");
+    let cmdline = cmdline::parse(raw_cmdline);
+    console::init(cmdline.console, cmdline.com1_baud.unwrap_or(115_200));
+    console::init_log(cmdline.loglvl.to_filter());
+    fatal::set_debug_exit(cmdline.debug_exit);
+    idt::load(EARLY_CS, &[]);
+
+    log::info!("Ferrovisor {VERSION}: x86-64 hypervisor for Xen-PV guests");
+    if magic != multiboot2::BOOTLOADER_MAGIC {
+        log::error!("not started by a multiboot2 loader (magic {magic:#x}); boot it from GRUB");
+        fatal::halt(Verdict::Refused);
+    }
+    let info = match parsed {
+        Ok(info) => info,
+        Err(e) => {
+            log::error!("the boot information from the loader is malformed: {e}");
+            fatal::halt(Verdict::Refused);
+        }
+    };
+    log::info!("command line: {}", cmdline.raw);
+    for d in &cmdline.diagnostics {
+        log::warn!("cmdline: {d}");
+    }
+    if cmdline.diagnostics_dropped > 0 {
+        log::warn!("cmdline: {} more problems not shown", cmdline.diagnostics_dropped);
+    }
+    log::info!("bootloader: {}", info.bootloader_name.unwrap_or("unknown"));
+    log::info!(
+        "cpu: {} {} (family {:#x} model {:#x} stepping {})",
+        features.vendor(),
+        features.brand(),
+        features.family,
+        features.model,
+        features.stepping
+    );
+    log::info!("cpu features: {features}");
+
+    log::info!("memory map:");
+    for r in &info.memory_map {
+        let end = r.base.saturating_add(r.len).saturating_sub(1);
+        log::info!("  {:#018x}-{:#018x} {}", r.base, end, r.kind);
+    }
+    if info.regions_dropped > 0 {
+        log::warn!("memory map: {} more regions ignored", info.regions_dropped);
+    }
+
+    let image = boot::image_layout();
+    let mbi = PhysRange::new(mbi_phys as u64, mbi_phys as u64 + total as u64);
+    let stats = match memory::init_frames(&info, &image, mbi) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("memory: {e}");
+            fatal::halt(Verdict::Refused);
+        }
+    };
+    log::info!(
+        "memory: {} of RAM usable, {} free after the hypervisor ({:#x}-{:#x}), boot modules \
+         and the frame bitmap",
+        HumanSize(stats.usable_bytes),
+        HumanSize(stats.free_bytes),
+        image.phys_start,
+        image.phys_end
+    );
+
+    let space = match memory::build_kernel_space(&info, &image, &features, apic::mmio_phys()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("memory: {e}");
+            fatal::halt(Verdict::Refused);
+        }
+    };
+    log::info!(
+        "paging: hypervisor tables at {}, {} direct-mapped, stacks guarded",
+        space.tables_root,
+        HumanSize(space.direct_mapped)
+    );
+    let stack_top = space.main_stack_top;
+    BOOT.call_once(|| Boot { info, cmdline, features, space });
+    // SAFETY: the main stack was just mapped (with its guard below) and is used by nothing
+    // else; nothing on the boot stack is needed after the switch (the state travels in
+    // `BOOT`).
+    unsafe { cpu::switch_stack(stack_top, boot_on_main_stack) }
+}
+
+extern "C" fn boot_on_main_stack() -> ! {
+    let Some(boot) = BOOT.get() else {
+        log::error!("boot state missing after the stack switch");
+        fatal::halt(Verdict::Fatal);
+    };
+    let space = &boot.space;
+
+    match memory::init_heap() {
+        Ok(va) => log::info!("heap: {} at {va:#x}", HumanSize(memory::HEAP_SIZE)),
+        Err(e) => {
+            log::error!("memory: {e}");
+            fatal::halt(Verdict::Refused);
+        }
+    }
+
+    // Descriptor tables: the per-CPU GDT window and TSS, then the IDT with its IST stacks.
+    let mut tss = Tss::new();
+    tss.rsp[0] = space.main_stack_top;
+    tss.ist[gdt::IST_DOUBLE_FAULT as usize - 1] = space.ist_double_fault;
+    tss.ist[gdt::IST_NMI as usize - 1] = space.ist_nmi;
+    tss.ist[gdt::IST_MACHINE_CHECK as usize - 1] = space.ist_machine_check;
+    let tss: &'static Tss = Box::leak(Box::new(tss));
+    // SAFETY: the window's reserved pages were mapped by `build_kernel_space`; the TSS is
+    // leaked, so it lives (unmoved) forever.
+    unsafe { gdt::load(space.gdt_window, space.gdt_reserved_page, tss) };
+    idt::load(
+        gdt::selector::HYPERVISOR_CS,
+        &[(8, gdt::IST_DOUBLE_FAULT), (2, gdt::IST_NMI), (18, gdt::IST_MACHINE_CHECK)],
+    );
+    cpu::enable_global_pages();
+    let (smep, smap, umip) = cpu::enable_protections(&boot.features);
+    let on = |b: bool| if b { "on" } else { "absent" };
+    log::info!(
+        "cpu: GDT/TSS/IDT loaded, {} KiB guarded stack; SMEP {}, SMAP {}, UMIP {}",
+        STACK_SIZE / 1024,
+        on(smep),
+        on(smap),
+        on(umip)
+    );
+
+    start_time(boot);
+
+    let mut can_start_dom0 = dom0::report_modules(&boot.info);
+    if dom0::reserve_memory(boot.cmdline.dom0_mem.as_ref()).is_err() {
+        can_start_dom0 = false;
+    }
+    if let Some(n) = boot.cmdline.maxcpus {
+        log::info!("smp: maxcpus={n}; only the boot CPU runs until SMP bring-up exists");
+    }
+    log::info!("memory: {} free", HumanSize(memory::free_bytes()));
+
+    if !can_start_dom0 {
+        log::error!("cannot start dom0; halting");
+        fatal::halt(Verdict::Refused);
+    }
+    if let Some(test) = boot.cmdline.selftest {
+        selftest::run(test);
+    }
+    log::info!("dom0: building and running a PV dom0 comes with the PV core; idling");
+    loop {
+        irq::enable_and_wait();
+    }
+}
+
+/// TSC calibration, the wall clock from the RTC, and the APIC timer tick.
+fn start_time(boot: &Boot) {
+    pit::disable_legacy_pic();
+    let tsc_hz = match pit::calibrate_tsc() {
+        Some(hz) => {
+            log::info!(
+                "tsc: {}.{:03} MHz, calibrated against the PIT{}",
+                hz / 1_000_000,
+                (hz / 1000) % 1000,
+                if boot.features.invariant_tsc { ", invariant" } else { "" }
+            );
+            hz
+        }
+        None => {
+            const GUESS: u64 = 1_000_000_000;
+            log::error!("tsc: the PIT does not count; assuming 1 GHz, times will be wrong");
+            GUESS
+        }
+    };
+    clock::set_tsc_hz(tsc_hz);
+
+    let mut regs = cmos::read_registers();
+    // The century register is only a convention (the FADT names it); a value that is not
+    // a plausible century means there is none.
+    if let Some(c) = regs.century {
+        let binary = regs.status_b & 0x04 != 0;
+        let value = if binary { c } else { (c >> 4) * 10 + (c & 0xf) };
+        if !(19..=21).contains(&value) {
+            regs.century = None;
+        }
+    }
+    match rtc::decode(&regs) {
+        Ok(now) => {
+            clock::set_wallclock(&now);
+            log::info!("wallclock: {now} (CMOS RTC)");
+        }
+        Err(e) => log::error!("wallclock: the CMOS RTC reads nonsense ({e}); wall time unset"),
+    }
+
+    let mode = apic::init(boot.features.x2apic, boot.space.apic_mmio);
+    let timer = apic::start_timer(TICK_NS, tsc_hz, boot.features.tsc_deadline);
+    irq::enable();
+    log::info!(
+        "apic: {}, id {}, timer at {} Hz ({})",
+        match mode {
+            apic::Mode::XApic => "xAPIC",
+            apic::Mode::X2Apic => "x2APIC",
+        },
+        apic::id(),
+        1_000_000_000 / TICK_NS,
+        match timer {
+            apic::TimerMode::Periodic => "periodic",
+            apic::TimerMode::TscDeadline => "TSC deadline",
+        }
+    );
+}

@@ -1,0 +1,171 @@
+//! Helpers for the QEMU integration tests: build the hypervisor once per test process, make
+//! an ISO for a boot entry, boot it and check the serial log. Every check that fails panics
+//! with the whole serial log, and so does any other panic while a [`Boot`] is alive.
+
+use std::{
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use regex::Regex;
+pub use xtask::qemu::{ExitOutcome, Matched};
+use xtask::{
+    build::{self, Artifacts, Profile},
+    deps,
+    iso::{self, BootEntry},
+    qemu::{self, QemuConfig, Session},
+};
+
+/// One boot, from QEMU's start to its exit: TCG on a loaded 2-core machine is slow.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// The hypervisor and boot modules, built once per test process. Panics (failing the test,
+/// never skipping it) when the machine lacks a tool, naming what to install.
+pub fn artifacts() -> &'static Artifacts {
+    static ARTIFACTS: OnceLock<Result<Artifacts, String>> = OnceLock::new();
+    let built = ARTIFACTS.get_or_init(|| {
+        deps::require_for_qemu_tests()
+            .and_then(|()| build::build(Profile::Release))
+            .map_err(|err| format!("{err:#}"))
+    });
+    match built {
+        Ok(artifacts) => artifacts,
+        Err(err) => panic!("cannot build the hypervisor for the QEMU tests:\n{err}"),
+    }
+}
+
+/// Which `module2` lines the boot entry has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Modules {
+    /// The placeholder dom0 kernel (with `iso::DEFAULT_DOM0_CMDLINE`) and initrd.
+    Default,
+    /// No `module2` line at all.
+    None,
+}
+
+/// Makes `target/qemu-tests/<name>.iso` for this hypervisor command line and module set.
+pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules) -> PathBuf {
+    let mut entry = BootEntry::new(artifacts());
+    entry.hypervisor_cmdline = hypervisor_cmdline.to_owned();
+    entry.timeout_secs = 0;
+    if modules == Modules::None {
+        entry.modules.clear();
+    }
+    let out = xtask::target_dir()
+        .join("qemu-tests")
+        .join(format!("{name}.iso"));
+    iso::make_iso(&entry, &out).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+/// Builds the ISO and boots it with QEMU's defaults (TCG, 1024 MiB, 2 CPUs); the serial log
+/// also goes to `target/qemu-logs/<name>.log`.
+pub fn boot(name: &str, hypervisor_cmdline: &str, modules: Modules) -> Boot {
+    let iso = make_iso(name, hypervisor_cmdline, modules);
+    let mut cfg = QemuConfig::new(iso);
+    cfg.log_name = Some(name.to_owned());
+    let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
+    Boot {
+        session,
+        deadline: Instant::now() + BOOT_TIMEOUT,
+        reported: false,
+    }
+}
+
+/// A booted machine under test. All waits share one deadline, [`BOOT_TIMEOUT`] after boot.
+#[derive(Debug)]
+pub struct Boot {
+    pub session: Session,
+    deadline: Instant,
+    /// Whether a panic message already carried the serial log.
+    reported: bool,
+}
+
+/// Compiles a regex of the test source; a bad one is a bug in the test.
+pub fn re(pattern: &str) -> Regex {
+    Regex::new(&format!("(?m){pattern}"))
+        .unwrap_or_else(|err| panic!("bad regex /{pattern}/: {err}"))
+}
+
+impl Boot {
+    fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Fails the test with `msg` and the whole serial log.
+    pub fn fail(&mut self, msg: &str) -> ! {
+        self.reported = true;
+        panic!("{msg}\n{}", self.session.report())
+    }
+
+    fn fail_with(&mut self, err: anyhow::Error) -> ! {
+        // The session's errors already carry the log.
+        self.reported = true;
+        panic!("{err:#}")
+    }
+
+    /// Waits for `pattern` after the previous `expect`'s match.
+    pub fn expect(&mut self, pattern: &str) -> Matched {
+        let remaining = self.remaining();
+        match self.session.expect(&re(pattern), remaining) {
+            Ok(matched) => matched,
+            Err(err) => self.fail_with(err),
+        }
+    }
+
+    /// The first match of `pattern` anywhere in the log so far.
+    pub fn find(&mut self, pattern: &str) -> Matched {
+        self.find_from(pattern, 0)
+    }
+
+    /// The first match of `pattern` at or after offset `from` of the log.
+    pub fn find_from(&mut self, pattern: &str, from: usize) -> Matched {
+        match self.session.find_from(&re(pattern), from) {
+            Some(matched) => matched,
+            None => self.fail(&format!("the serial log has no /{pattern}/")),
+        }
+    }
+
+    /// Fails if `pattern` appears anywhere in the log.
+    pub fn assert_absent(&mut self, pattern: &str) {
+        if let Some(found) = self.session.find(&re(pattern)) {
+            self.fail(&format!(
+                "the serial log has {:?}, matching /{pattern}/, which must not appear",
+                found.text
+            ));
+        }
+    }
+
+    /// Fails with the log unless `ok`.
+    pub fn check(&mut self, ok: bool, what: &str) {
+        if !ok {
+            self.fail(&format!("check failed: {what}"));
+        }
+    }
+
+    /// Waits for QEMU to exit and checks its verdict.
+    pub fn expect_exit(&mut self, expected: ExitOutcome) {
+        let remaining = self.remaining();
+        let outcome = match self.session.wait_exit(remaining) {
+            Ok(outcome) => outcome,
+            Err(err) => self.fail_with(err),
+        };
+        if outcome != expected {
+            self.fail(&format!(
+                "QEMU's exit: expected {expected:?} ({}), got {outcome:?} ({})",
+                expected.describe(),
+                outcome.describe()
+            ));
+        }
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        self.session.kill();
+        // A plain `assert!` in the test body: show the log it was about.
+        if std::thread::panicking() && !self.reported {
+            eprintln!("{}", self.session.report());
+        }
+    }
+}

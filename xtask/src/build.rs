@@ -1,0 +1,213 @@
+//! Building the hypervisor image and the files GRUB loads: `ferrovisor.gz` (the gzipped
+//! ELF, as Xen ships `xen.gz`) and, until dom0 exists, placeholder boot modules.
+
+use std::{
+    env,
+    fs::{self, File},
+    io::{BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, ensure, Context};
+use flate2::{write::GzEncoder, Compression};
+
+use crate::deps::HYPERVISOR_TARGET;
+
+/// The hypervisor's cargo package (and binary) name.
+pub const HYPERVISOR_PACKAGE: &str = "ferrovisor";
+
+/// The multiboot2 header magic (Multiboot2 spec, 3.1.1): GRUB looks for it, 8-byte
+/// aligned, within the image's first 32 KiB.
+const MULTIBOOT2_HEADER_MAGIC: u32 = 0xe852_50d6;
+const MULTIBOOT2_SEARCH_BYTES: usize = 32 * 1024;
+
+/// Placeholder modules are padded to one page so that their reported size is exact
+/// (4 KiB) whichever way the hypervisor rounds.
+pub const PLACEHOLDER_SIZE: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Release,
+    Debug,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
+}
+
+/// What `build` produced, all under `target/ferrovisor/` except the ELF.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifacts {
+    /// The linked hypervisor, `target/x86_64-unknown-none/<profile>/ferrovisor`.
+    pub elf: PathBuf,
+    /// `target/ferrovisor/ferrovisor.gz`, what GRUB's `multiboot2` line loads.
+    pub gz: PathBuf,
+    /// `target/ferrovisor/dom0-placeholder.bin`, the first `module2` (dom0's kernel).
+    pub dom0_placeholder: PathBuf,
+    /// `target/ferrovisor/initrd-placeholder.bin`, the second `module2` (dom0's initrd).
+    pub initrd_placeholder: PathBuf,
+}
+
+/// Where `build` writes its outputs.
+pub fn output_dir() -> PathBuf {
+    crate::target_dir().join("ferrovisor")
+}
+
+/// `$CARGO` (set when we run under cargo) or `cargo`.
+pub fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Builds the hypervisor for `x86_64-unknown-none` and packages it (see [`package`]).
+pub fn build(profile: Profile) -> anyhow::Result<Artifacts> {
+    let mut cmd = cargo();
+    cmd.current_dir(crate::workspace_root()).args([
+        "build",
+        "-p",
+        HYPERVISOR_PACKAGE,
+        "--target",
+        HYPERVISOR_TARGET,
+    ]);
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    crate::run(&mut cmd).context("building the hypervisor")?;
+    let elf = crate::target_dir()
+        .join(HYPERVISOR_TARGET)
+        .join(profile.dir())
+        .join(HYPERVISOR_PACKAGE);
+    package(&elf)
+}
+
+/// Checks that `elf` is an ELF64 image with a multiboot2 header, gzips it to
+/// `target/ferrovisor/ferrovisor.gz` and writes the placeholder modules.
+pub fn package(elf: &Path) -> anyhow::Result<Artifacts> {
+    let image = fs::read(elf).with_context(|| format!("cannot read {}", elf.display()))?;
+    check_image(&image).with_context(|| format!("{} is not a bootable image", elf.display()))?;
+
+    let dir = output_dir();
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let gz = dir.join("ferrovisor.gz");
+    write_atomically(&gz, |file| {
+        let mut encoder = GzEncoder::new(BufWriter::new(file), Compression::default());
+        encoder.write_all(&image)?;
+        encoder.finish()?.flush()
+    })?;
+
+    let dom0_placeholder = dir.join("dom0-placeholder.bin");
+    write_placeholder(
+        &dom0_placeholder,
+        "Ferrovisor placeholder dom0 kernel (foundation stage).\n\
+         This is not a kernel: GRUB loads it as the first module2 so that the hypervisor\n\
+         can find, measure and report its dom0 kernel module before dom0 exists.\n",
+    )?;
+    let initrd_placeholder = dir.join("initrd-placeholder.bin");
+    write_placeholder(
+        &initrd_placeholder,
+        "Ferrovisor placeholder dom0 initrd (foundation stage).\n\
+         This is not an initramfs: GRUB loads it as the second module2.\n",
+    )?;
+
+    Ok(Artifacts {
+        elf: elf.to_path_buf(),
+        gz,
+        dom0_placeholder,
+        initrd_placeholder,
+    })
+}
+
+/// Catches the two mistakes GRUB would only report as a terse error on the serial line.
+fn check_image(image: &[u8]) -> anyhow::Result<()> {
+    ensure!(
+        image.len() >= 64 && image[..4] == *b"\x7fELF",
+        "no ELF header"
+    );
+    ensure!(
+        image[4] == 2,
+        "not an ELF64 image (EI_CLASS = {})",
+        image[4]
+    );
+    let window = &image[..image.len().min(MULTIBOOT2_SEARCH_BYTES)];
+    let found = window
+        .chunks_exact(8)
+        .any(|chunk| chunk[..4] == MULTIBOOT2_HEADER_MAGIC.to_le_bytes());
+    if !found {
+        bail!("no multiboot2 header (magic {MULTIBOOT2_HEADER_MAGIC:#x}, 8-byte aligned) in its first 32 KiB");
+    }
+    Ok(())
+}
+
+fn write_placeholder(path: &Path, text: &str) -> anyhow::Result<()> {
+    let mut content = text.as_bytes().to_vec();
+    content.resize(PLACEHOLDER_SIZE.max(content.len()), 0);
+    write_atomically(path, |file| file.write_all(&content))
+}
+
+/// Writes through a temporary file and renames it, so that a concurrent reader (another
+/// test process making an ISO) never sees a half-written file.
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = File::create(&tmp).and_then(|mut file| {
+        write(&mut file)?;
+        file.sync_all()
+    });
+    result
+        .and_then(|()| fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()))
+        .inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })
+}
+
+/// Reads a gzip file back (for tests and checks).
+pub fn gunzip(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut out)
+        .with_context(|| format!("cannot gunzip {}", path.display()))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_elf(header_at: usize) -> Vec<u8> {
+        let mut image = vec![0u8; 40 * 1024];
+        image[..4].copy_from_slice(b"\x7fELF");
+        image[4] = 2;
+        image[header_at..header_at + 4].copy_from_slice(&MULTIBOOT2_HEADER_MAGIC.to_le_bytes());
+        image
+    }
+
+    #[test]
+    fn accepts_elf64_with_multiboot2_header() {
+        assert!(check_image(&fake_elf(0x1000)).is_ok());
+    }
+
+    #[test]
+    fn rejects_header_past_32k_or_misaligned() {
+        assert!(check_image(&fake_elf(33 * 1024)).is_err());
+        assert!(check_image(&fake_elf(0x1004)).is_err());
+    }
+
+    #[test]
+    fn rejects_elf32_and_non_elf() {
+        let mut image = fake_elf(0x1000);
+        image[4] = 1;
+        assert!(check_image(&image).is_err());
+        assert!(
+            check_image(b"MZ not an elf at all, but long enough to have a header....").is_err()
+        );
+    }
+}

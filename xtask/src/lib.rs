@@ -1,0 +1,66 @@
+//! Ferrovisor's developer tasks, as a library so that the QEMU integration tests
+//! (`tests/`) build, package and boot the hypervisor exactly as `cargo xtask` does.
+//!
+//! - [`deps`]: the host tools and rustup targets the other steps need, and installing them.
+//! - [`build`]: the hypervisor image (`ferrovisor.gz`) and the placeholder boot modules.
+//! - [`iso`]: the GRUB rescue ISO with a real `grub.cfg` multiboot2 entry.
+//! - [`qemu`]: the QEMU command line, and a [`qemu::Session`] that reads the serial log.
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+pub mod build;
+pub mod deps;
+pub mod iso;
+pub mod qemu;
+
+/// The workspace root (the directory holding the workspace `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is a directory inside the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => workspace_root().join(dir),
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// Renders a command as a shell-like line, for "what we run" messages.
+pub fn display_command(cmd: &Command) -> String {
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        let arg = arg.to_string_lossy();
+        line.push(' ');
+        if arg.is_empty() || arg.contains(|c: char| c.is_whitespace() || "'\"$\\;&|".contains(c)) {
+            line.push('\'');
+            line.push_str(&arg.replace('\'', r"'\''"));
+            line.push('\'');
+        } else {
+            line.push_str(&arg);
+        }
+    }
+    line
+}
+
+/// Prints `$ <command>` to stderr, runs it with inherited stdio and fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = display_command(cmd);
+    eprintln!("$ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,261 @@
+//! `cargo xtask`: Ferrovisor's developer commands. Run `cargo xtask --help`.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use xtask::{
+    build::{self, Artifacts, Profile},
+    deps,
+    iso::{self, BootEntry, DEFAULT_DOM0_CMDLINE, DEFAULT_HYPERVISOR_CMDLINE},
+    qemu::{Accel, ExitOutcome, QemuConfig},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, package, boot and test Ferrovisor",
+    long_about = "Build, package, boot and test Ferrovisor.\n\n\
+                  The hypervisor is built for x86_64-unknown-none, gzipped to \
+                  target/ferrovisor/ferrovisor.gz, put on a GRUB rescue ISO with a multiboot2 \
+                  entry and booted in QEMU (TCG by default) with its serial console on the terminal."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Check for QEMU, GRUB, xorriso, mtools and the rustup targets; install what is missing
+    /// (apt-get as root, otherwise print the sudo command; rustup target add).
+    Deps,
+    /// Build the hypervisor and write target/ferrovisor/ferrovisor.gz and the placeholder
+    /// boot modules; prints the .gz path.
+    Build(BuildArgs),
+    /// Build, then make a GRUB rescue ISO; prints the ISO's path as the last line of stdout.
+    Iso(IsoArgs),
+    /// Build, make the ISO and boot it in QEMU with the serial console on this terminal.
+    Run(RunArgs),
+    /// Run the host unit tests, then the QEMU integration tests.
+    Test,
+    /// cargo fmt --check, and clippy -D warnings for the host and for the hypervisor target.
+    Lint,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    /// Build the debug profile instead of release.
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Args)]
+struct EntryArgs {
+    /// The hypervisor's command line (GRUB's multiboot2 line).
+    #[arg(long, default_value = DEFAULT_HYPERVISOR_CMDLINE)]
+    cmdline: String,
+    /// dom0's kernel command line (the first module2 line).
+    #[arg(long, default_value = DEFAULT_DOM0_CMDLINE)]
+    module_cmdline: String,
+    /// Leave out both module2 lines (no dom0 kernel, no initrd).
+    #[arg(long)]
+    no_modules: bool,
+    #[command(flatten)]
+    build: BuildArgs,
+}
+
+#[derive(Args)]
+struct IsoArgs {
+    #[command(flatten)]
+    entry: EntryArgs,
+    /// Where to write the ISO [default: target/ferrovisor/ferrovisor.iso].
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    entry: EntryArgs,
+    /// Use KVM (-accel kvm -cpu host) instead of TCG; needs hardware VT-x/AMD-V.
+    #[arg(long)]
+    kvm: bool,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// Number of CPUs.
+    #[arg(long, default_value_t = 2)]
+    smp: u32,
+    /// Extra QEMU arguments, after `--`.
+    #[arg(last = true)]
+    qemu_args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
+    match command {
+        Cmd::Deps => deps::ensure()?,
+        Cmd::Build(args) => {
+            let artifacts = build_step(&args)?;
+            println!("{}", artifacts.gz.display());
+        }
+        Cmd::Iso(args) => {
+            deps::ensure()?;
+            let out = args
+                .output
+                .unwrap_or_else(|| build::output_dir().join("ferrovisor.iso"));
+            let iso = iso_step(&args.entry, 0, &out)?;
+            println!("{}", iso.display());
+        }
+        Cmd::Run(args) => return run(args),
+        Cmd::Test => test()?,
+        Cmd::Lint => lint()?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_step(args: &BuildArgs) -> anyhow::Result<Artifacts> {
+    let profile = if args.debug {
+        Profile::Debug
+    } else {
+        Profile::Release
+    };
+    let artifacts = build::build(profile)?;
+    eprintln!(
+        "build: {} -> {}",
+        artifacts.elf.display(),
+        artifacts.gz.display()
+    );
+    Ok(artifacts)
+}
+
+fn iso_step(args: &EntryArgs, timeout_secs: u32, out: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let artifacts = build_step(&args.build)?;
+    let mut entry = BootEntry::new(&artifacts);
+    entry.hypervisor_cmdline = args.cmdline.clone();
+    entry.timeout_secs = timeout_secs;
+    if args.no_modules {
+        entry.modules.clear();
+    } else {
+        entry.modules[0].cmdline = args.module_cmdline.clone();
+    }
+    eprintln!("iso: grub.cfg:\n{}", entry.grub_cfg()?);
+    let iso = iso::make_iso(&entry, out)?;
+    eprintln!("iso: wrote {}", iso.display());
+    Ok(iso)
+}
+
+fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    deps::ensure()?;
+    let iso = iso_step(
+        &args.entry,
+        iso::INTERACTIVE_TIMEOUT_SECS,
+        &build::output_dir().join("ferrovisor.iso"),
+    )?;
+    let mut cfg = QemuConfig::new(iso);
+    cfg.memory_mib = args.memory;
+    cfg.smp = args.smp;
+    cfg.extra_args = args.qemu_args;
+    if args.kvm {
+        cfg.accel = Accel::Kvm;
+        eprintln!(
+            "note: --kvm needs hardware VT-x/AMD-V (/dev/kvm). The paravirtual KVM of some cloud \
+             machines breaks ring-3 syscall, which PV guests rely on; drop --kvm (TCG) if dom0 misbehaves."
+        );
+    }
+    let mut cmd = cfg.command(true);
+    eprintln!("$ {}", xtask::display_command(&cmd));
+    eprintln!(
+        "QEMU: the serial console is on this terminal; quit with Ctrl-A X (Ctrl-A H for help)."
+    );
+    let status = cmd
+        .status()
+        .context("cannot start qemu-system-x86_64 (`cargo xtask deps` installs it)")?;
+    let outcome = ExitOutcome::from_status(status);
+    eprintln!("{}", outcome.describe());
+    Ok(match outcome {
+        ExitOutcome::HaltedCleanly | ExitOutcome::Other(0) => ExitCode::SUCCESS,
+        ExitOutcome::Other(code) => ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)),
+        ExitOutcome::Fatal => ExitCode::from(35),
+        ExitOutcome::RefusedToBoot => ExitCode::from(37),
+        ExitOutcome::Signal(_) => ExitCode::FAILURE,
+    })
+}
+
+fn cargo_in_workspace() -> Command {
+    let mut cmd = build::cargo();
+    cmd.current_dir(xtask::workspace_root());
+    cmd
+}
+
+/// Runs every step, then fails if any failed (so one run shows every failure).
+fn run_all(steps: Vec<(&str, Command)>) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for (name, mut cmd) in steps {
+        eprintln!("==> {name}");
+        if let Err(err) = xtask::run(&mut cmd) {
+            eprintln!("error: {err:#}");
+            failed.push(name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    deps::ensure()?;
+    let mut unit = cargo_in_workspace();
+    unit.args(["test", "--workspace", "--exclude", "ferrovisor-tests"]);
+    let mut qemu = cargo_in_workspace();
+    qemu.args(["test", "-p", "ferrovisor-tests", "--", "--test-threads=2"]);
+    run_all(vec![
+        ("host unit tests", unit),
+        ("QEMU integration tests", qemu),
+    ])
+}
+
+fn lint() -> anyhow::Result<()> {
+    let mut fmt = cargo_in_workspace();
+    fmt.args(["fmt", "--all", "--check"]);
+    let mut host = cargo_in_workspace();
+    host.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    let mut hypervisor = cargo_in_workspace();
+    hypervisor.args([
+        "clippy",
+        "-p",
+        build::HYPERVISOR_PACKAGE,
+        "--target",
+        deps::HYPERVISOR_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run_all(vec![
+        ("rustfmt", fmt),
+        ("clippy (host, all targets)", host),
+        ("clippy (hypervisor, x86_64-unknown-none)", hypervisor),
+    ])
+}
