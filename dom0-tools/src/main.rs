@@ -16,7 +16,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some("--help") | Some("-h") | None => {
-            println!("fv {}: Ferrovisor's dom0 control tool", env!("CARGO_PKG_VERSION"));
+            println!(
+                "fv {}: Ferrovisor's dom0 control tool",
+                env!("CARGO_PKG_VERSION")
+            );
             println!();
             println!("Usage: fv --version");
             println!();

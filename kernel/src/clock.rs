@@ -24,7 +24,10 @@ pub fn mark_boot() {
 pub fn set_tsc_hz(hz: u64) {
     let s = TscScale::from_hz(hz);
     TSC_HZ.store(hz, Ordering::Relaxed);
-    SCALE.store(s.mul as u64 | ((s.shift as u8 as u64) << 32), Ordering::Relaxed);
+    SCALE.store(
+        s.mul as u64 | ((s.shift as u8 as u64) << 32),
+        Ordering::Relaxed,
+    );
 }
 
 pub fn tsc_hz() -> u64 {
@@ -37,7 +40,10 @@ pub fn now_ns() -> u64 {
     if packed == 0 {
         return 0;
     }
-    let scale = TscScale { mul: packed as u32, shift: (packed >> 32) as u8 as i8 };
+    let scale = TscScale {
+        mul: packed as u32,
+        shift: (packed >> 32) as u8 as i8,
+    };
     scale.ticks_to_ns(rdtsc().saturating_sub(BOOT_TSC.load(Ordering::Relaxed)))
 }
 
@@ -45,11 +51,6 @@ pub fn now_ns() -> u64 {
 pub fn set_wallclock(now: &DateTime) {
     let since_boot = now_ns() / 1_000_000_000;
     BOOT_UNIX.store(now.to_unix().saturating_sub(since_boot), Ordering::Relaxed);
-}
-
-/// The current wall-clock time, in Unix seconds.
-pub fn wallclock_unix() -> u64 {
-    BOOT_UNIX.load(Ordering::Relaxed) + now_ns() / 1_000_000_000
 }
 
 pub fn tick() {

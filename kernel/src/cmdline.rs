@@ -349,9 +349,14 @@ impl ConsoleSet {
 /// hypervisor reports them rather than hanging or rebooting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelfTest {
+    /// Check the running system (tick, heap, frame allocator), then halt cleanly.
     Halt,
+    /// Write to an unmapped address.
     PageFault,
+    /// Recurse until the stack's guard page is hit.
     StackOverflow,
+    /// Call `panic!`.
+    Panic,
 }
 
 /// A command-line option that was ignored, and why.
@@ -467,7 +472,8 @@ fn parse_selftest(value: &str) -> Result<SelfTest, &'static str> {
         "halt" => Ok(SelfTest::Halt),
         "pagefault" => Ok(SelfTest::PageFault),
         "overflow" => Ok(SelfTest::StackOverflow),
-        _ => Err("expected halt, pagefault or overflow"),
+        "panic" => Ok(SelfTest::Panic),
+        _ => Err("expected halt, pagefault, overflow or panic"),
     }
 }
 
@@ -1079,9 +1085,10 @@ mod tests {
             parse("selftest=overflow").selftest,
             Some(SelfTest::StackOverflow)
         );
+        assert_eq!(parse("selftest=panic").selftest, Some(SelfTest::Panic));
         assert_eq!(
-            only_malformed("selftest=panic"),
-            "expected halt, pagefault or overflow"
+            only_malformed("selftest=reboot"),
+            "expected halt, pagefault, overflow or panic"
         );
     }
 

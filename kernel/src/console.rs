@@ -28,7 +28,11 @@ pub struct Console {
 
 impl Console {
     const fn new() -> Console {
-        Console { serial: None, vga: None, ring: LogRing::new() }
+        Console {
+            serial: None,
+            vga: None,
+            ring: LogRing::new(),
+        }
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) {
@@ -65,19 +69,6 @@ pub fn init(set: ConsoleSet, baud: u32) {
         // in both the early and the final direct map.
         c.vga = Some(unsafe { Vga::init() });
     }
-}
-
-/// Writes raw bytes to the console (dropped once the fatal path has taken over).
-pub fn write_bytes(bytes: &[u8]) {
-    if TAKEN_OVER.load(Ordering::Relaxed) {
-        return;
-    }
-    CONSOLE.lock().write_bytes(bytes);
-}
-
-/// Copies log-ring bytes from sequence `from`; returns (bytes copied, next sequence).
-pub fn read_ring(from: u64, out: &mut [u8]) -> (usize, u64) {
-    CONSOLE.lock().ring.read(from, out)
 }
 
 /// The console for the fatal path: stops every other writer and writes even if the lock

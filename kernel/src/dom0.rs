@@ -15,11 +15,19 @@ use crate::memory::FRAMES;
 pub const MAX_DOM0_EXTENTS: usize = 64;
 
 pub struct Dom0Memory {
-    pub bytes: u64,
     pub extents: heapless::Vec<PhysRange, MAX_DOM0_EXTENTS>,
 }
 
 static RESERVATION: spin::Mutex<Option<Dom0Memory>> = spin::Mutex::new(None);
+
+/// The extents reserved for dom0 (empty before `reserve_memory`).
+pub fn reserved_extents() -> heapless::Vec<PhysRange, MAX_DOM0_EXTENTS> {
+    RESERVATION
+        .lock()
+        .as_ref()
+        .map(|r| r.extents.clone())
+        .unwrap_or_default()
+}
 
 /// Logs the dom0 kernel and initrd modules; `false` when there is no kernel.
 pub fn report_modules(boot: &BootInfo) -> bool {
@@ -51,7 +59,11 @@ pub fn report_modules(boot: &BootInfo) -> bool {
         None => log::info!("dom0 initrd: none (no second module2 line)"),
     }
     for (n, m) in boot.modules.iter().enumerate().skip(2) {
-        log::warn!("module {n} at {:#x}-{:#x} is not used (only a kernel and an initrd are)", m.start, m.end);
+        log::warn!(
+            "module {n} at {:#x}-{:#x} is not used (only a kernel and an initrd are)",
+            m.start,
+            m.end
+        );
     }
     if boot.modules_dropped > 0 {
         log::warn!("{} further boot modules were ignored", boot.modules_dropped);
@@ -71,7 +83,10 @@ pub fn reserve_memory(dom0_mem: Option<&Dom0Mem>) -> Result<u64, ()> {
     let available = frames.free_frames() * PAGE_SIZE;
     let bytes = match spec.resolve(available) {
         Ok(b) => b,
-        Err(Dom0MemError::NotEnoughMemory { requested, available }) => {
+        Err(Dom0MemError::NotEnoughMemory {
+            requested,
+            available,
+        }) => {
             log::error!(
                 "dom0_mem: cannot reserve {} for dom0: only {} free",
                 HumanSize(requested),
@@ -88,15 +103,19 @@ pub fn reserve_memory(dom0_mem: Option<&Dom0Mem>) -> Result<u64, ()> {
     log::info!("dom0_mem: {} ({} KiB)", HumanSize(bytes), bytes / 1024);
     let mut extents = heapless::Vec::new();
     if let Err(e) = frames.alloc_extents(bytes / PAGE_SIZE, &mut extents) {
-        log::error!("dom0_mem: cannot reserve {} for dom0: {e}", HumanSize(bytes));
+        log::error!(
+            "dom0_mem: cannot reserve {} for dom0: {e}",
+            HumanSize(bytes)
+        );
         return Err(());
     }
     log::info!(
-        "dom0: reserved {} ({} frames in {} extents)",
+        "dom0: reserved {} ({} frames in {} extent{})",
         HumanSize(bytes),
         bytes / PAGE_SIZE,
-        extents.len()
+        extents.len(),
+        if extents.len() == 1 { "" } else { "s" }
     );
-    *RESERVATION.lock() = Some(Dom0Memory { bytes, extents });
+    *RESERVATION.lock() = Some(Dom0Memory { extents });
     Ok(bytes)
 }

@@ -75,7 +75,10 @@ const EXCEPTIONS: [(&str, &str); 32] = [
 pub fn exception(frame: &TrapFrame) -> ! {
     let mut w = console::take_over();
     let vector = frame.vector as usize;
-    let (name, mnemonic) = EXCEPTIONS.get(vector).copied().unwrap_or(("exception", "?"));
+    let (name, mnemonic) = EXCEPTIONS
+        .get(vector)
+        .copied()
+        .unwrap_or(("exception", "?"));
     let cr2 = cpu::read_cr2();
     let _ = writeln!(
         w,
@@ -88,10 +91,18 @@ pub fn exception(frame: &TrapFrame) -> ! {
             w,
             "  cr2={cr2:#018x} (faulting address), error code {e:#x} ({}, {}, {}{}{})",
             if e & 2 != 0 { "write" } else { "read" },
-            if e & 1 != 0 { "protection violation" } else { "not present" },
+            if e & 1 != 0 {
+                "protection violation"
+            } else {
+                "not present"
+            },
             if e & 4 != 0 { "user" } else { "supervisor" },
             if e & 8 != 0 { ", reserved bit set" } else { "" },
-            if e & 16 != 0 { ", instruction fetch" } else { "" },
+            if e & 16 != 0 {
+                ", instruction fetch"
+            } else {
+                ""
+            },
         );
     } else if frame.error_code != 0 {
         let _ = writeln!(w, "  error code {:#x}", frame.error_code);
@@ -114,11 +125,31 @@ pub fn exception(frame: &TrapFrame) -> ! {
 
 fn dump_registers(w: &mut impl Write, f: &TrapFrame) {
     let rows: [[(&str, u64); 4]; 5] = [
-        [("rax", f.rax), ("rbx", f.rbx), ("rcx", f.rcx), ("rdx", f.rdx)],
-        [("rsi", f.rsi), ("rdi", f.rdi), ("rbp", f.rbp), ("rsp", f.rsp)],
+        [
+            ("rax", f.rax),
+            ("rbx", f.rbx),
+            ("rcx", f.rcx),
+            ("rdx", f.rdx),
+        ],
+        [
+            ("rsi", f.rsi),
+            ("rdi", f.rdi),
+            ("rbp", f.rbp),
+            ("rsp", f.rsp),
+        ],
         [("r8", f.r8), ("r9", f.r9), ("r10", f.r10), ("r11", f.r11)],
-        [("r12", f.r12), ("r13", f.r13), ("r14", f.r14), ("r15", f.r15)],
-        [("rip", f.rip), ("rflags", f.rflags), ("cs", f.cs), ("ss", f.ss)],
+        [
+            ("r12", f.r12),
+            ("r13", f.r13),
+            ("r14", f.r14),
+            ("r15", f.r15),
+        ],
+        [
+            ("rip", f.rip),
+            ("rflags", f.rflags),
+            ("cs", f.cs),
+            ("ss", f.ss),
+        ],
     ];
     for row in rows {
         let _ = write!(w, " ");
@@ -142,7 +173,14 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     let mut w = console::take_over();
     match info.location() {
         Some(l) => {
-            let _ = writeln!(w, "PANIC at {}:{}:{}: {}", l.file(), l.line(), l.column(), info.message());
+            let _ = writeln!(
+                w,
+                "PANIC at {}:{}:{}: {}",
+                l.file(),
+                l.line(),
+                l.column(),
+                info.message()
+            );
         }
         None => {
             let _ = writeln!(w, "PANIC: {}", info.message());

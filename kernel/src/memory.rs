@@ -12,10 +12,11 @@ use ferrovisor::{
             GDT_WINDOW_SIZE, IST_STACK_SIZE, MMIO_BASE, STACKS_BASE, STACK_SIZE,
         },
         paging::{AddressSpace, Attrs, MapError, SIZE_1G, SIZE_2M, SIZE_4K},
-        HumanSize, Mfn, PhysRange, PAGE_SIZE,
+        Mfn, PhysRange, PAGE_SIZE,
     },
     multiboot2::{BootInfo, MemoryKind},
 };
+use ferrovisor_abi::layout::FIRST_RESERVED_GDT_BYTE;
 use linked_list_allocator::LockedHeap;
 
 use crate::arch::x86_64::{
@@ -79,7 +80,14 @@ fn available_ram(boot: &BootInfo) -> heapless::Vec<PhysRange, 128> {
 pub struct FrameStats {
     pub usable_bytes: u64,
     pub free_bytes: u64,
-    pub bitmap: PhysRange,
+}
+
+/// What the allocator must never hand out, by name (the selftest checks it).
+pub type Reserved = heapless::Vec<(&'static str, PhysRange), 24>;
+static RESERVED: spin::Mutex<Reserved> = spin::Mutex::new(heapless::Vec::new());
+
+pub fn reserved_ranges() -> Reserved {
+    RESERVED.lock().clone()
 }
 
 /// Builds the frame allocator over usable RAM minus the firmware's first MiB, the
@@ -91,16 +99,42 @@ pub fn init_frames(
 ) -> Result<FrameStats, MemoryError> {
     let ram = available_ram(boot);
     let usable_bytes: u64 = ram.iter().map(|r| r.shrink_to_pages().len()).sum();
-    let mut reserved: heapless::Vec<PhysRange, 24> = heapless::Vec::new();
-    let _ = reserved.push(FIRMWARE_LOW);
-    let _ = reserved.push(PhysRange::new(image.phys_start, image.phys_end));
-    let _ = reserved.push(mbi);
-    for m in &boot.modules {
-        let _ = reserved.push(PhysRange::new(m.start, m.end));
+    const MODULE_NAMES: [&str; 16] = [
+        "boot module 0",
+        "boot module 1",
+        "boot module 2",
+        "boot module 3",
+        "boot module 4",
+        "boot module 5",
+        "boot module 6",
+        "boot module 7",
+        "boot module 8",
+        "boot module 9",
+        "boot module 10",
+        "boot module 11",
+        "boot module 12",
+        "boot module 13",
+        "boot module 14",
+        "boot module 15",
+    ];
+    let mut named: Reserved = heapless::Vec::new();
+    let _ = named.push(("the firmware's first MiB", FIRMWARE_LOW));
+    let _ = named.push((
+        "the hypervisor image",
+        PhysRange::new(image.phys_start, image.phys_end),
+    ));
+    let _ = named.push(("the boot information", mbi));
+    for (m, name) in boot.modules.iter().zip(MODULE_NAMES) {
+        let _ = named.push((name, PhysRange::new(m.start, m.end)));
     }
+    let reserved: heapless::Vec<PhysRange, 24> = named.iter().map(|(_, r)| *r).collect();
     let mut free: heapless::Vec<PhysRange, MAX_FREE_RANGES> =
         frame_alloc::free_ranges(&ram, &reserved);
-    let max_addr = free.iter().map(|r| r.end).max().ok_or(MemoryError::NoUsableRam)?;
+    let max_addr = free
+        .iter()
+        .map(|r| r.end)
+        .max()
+        .ok_or(MemoryError::NoUsableRam)?;
     let words = FrameAllocator::bitmap_words(max_addr);
     let bitmap = frame_alloc::carve(&mut free, words as u64 * 8, FIRMWARE_LOW.end)
         .filter(|r| r.end <= EARLY_DIRECT_MAP_SIZE)
@@ -112,7 +146,12 @@ pub fn init_frames(
     let alloc = FrameAllocator::new(words_slice, &free);
     let free_bytes = alloc.free_frames() * PAGE_SIZE;
     *FRAMES.lock() = Some(alloc);
-    Ok(FrameStats { usable_bytes, free_bytes, bitmap })
+    let _ = named.push(("the frame allocator's bitmap", bitmap));
+    *RESERVED.lock() = named;
+    Ok(FrameStats {
+        usable_bytes,
+        free_bytes,
+    })
 }
 
 /// A stack the fault handler can name when its guard is hit.
@@ -131,7 +170,10 @@ static STACKS: spin::Mutex<heapless::Vec<StackInfo, 16>> = spin::Mutex::new(heap
 /// it never waits for the lock).
 pub fn guard_hit(addr: u64) -> Option<StackInfo> {
     let stacks = STACKS.try_lock()?;
-    stacks.iter().copied().find(|s| addr >= s.guard.0 && addr < s.guard.1)
+    stacks
+        .iter()
+        .copied()
+        .find(|s| addr >= s.guard.0 && addr < s.guard.1)
 }
 
 /// What the final address space provides to the rest of the boot.
@@ -157,13 +199,26 @@ pub fn build_kernel_space(
     let mut guard = FRAMES.lock();
     let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
     let mut aspace = AddressSpace::new(
-        DirectMapTables { frames, below: EARLY_DIRECT_MAP_SIZE },
+        DirectMapTables {
+            frames,
+            below: EARLY_DIRECT_MAP_SIZE,
+        },
         crate::arch::x86_64::msr::nx_enabled(),
     )?;
 
     // The image, section by section.
-    for (range, attrs) in [(image.text, Attrs::TEXT), (image.rodata, Attrs::RODATA), (image.data, Attrs::DATA)] {
-        aspace.map_range(range.0, image_virt_to_phys(range.0), range.1 - range.0, attrs, SIZE_2M)?;
+    for (range, attrs) in [
+        (image.text, Attrs::TEXT),
+        (image.rodata, Attrs::RODATA),
+        (image.data, Attrs::DATA),
+    ] {
+        aspace.map_range(
+            range.0,
+            image_virt_to_phys(range.0),
+            range.1 - range.0,
+            attrs,
+            SIZE_2M,
+        )?;
     }
 
     // The direct map: the firmware's first MiB and all RAM, merged.
@@ -185,7 +240,13 @@ pub fn build_kernel_space(
     let max_page = if features.page_1g { SIZE_1G } else { SIZE_2M };
     let mut direct_mapped = 0;
     for r in &merged {
-        aspace.map_range(DIRECT_MAP_BASE + r.start, r.start, r.len(), Attrs::DATA, max_page)?;
+        aspace.map_range(
+            DIRECT_MAP_BASE + r.start,
+            r.start,
+            r.len(),
+            Attrs::DATA,
+            max_page,
+        )?;
         direct_mapped += r.len();
     }
 
@@ -207,18 +268,27 @@ pub fn build_kernel_space(
         let bottom = top - size;
         let mut va = bottom;
         while va < top {
-            let f = aspace.memory_mut().frames.alloc().ok_or(MemoryError::OutOfFrames("stacks"))?;
+            let f = aspace
+                .memory_mut()
+                .frames
+                .alloc()
+                .ok_or(MemoryError::OutOfFrames("stacks"))?;
             aspace.map_page(va, f.addr(), SIZE_4K, Attrs::DATA)?;
             va += PAGE_SIZE;
         }
         tops[slot] = top;
-        let _ = stacks.push(StackInfo { name, top, bottom, guard: (top - STACK_SLOT, bottom) });
+        let _ = stacks.push(StackInfo {
+            name,
+            top,
+            bottom,
+            guard: (top - STACK_SLOT, bottom),
+        });
     }
     drop(stacks);
 
     // This CPU's GDT window: only the hypervisor's two reserved pages are mapped.
     let gdt_window = GDT_WINDOWS_BASE;
-    let reserved_page = gdt_window + 14 * PAGE_SIZE;
+    let reserved_page = gdt_window + FIRST_RESERVED_GDT_BYTE as u64;
     for i in 0..2 {
         let f = aspace
             .memory_mut()
@@ -227,7 +297,12 @@ pub fn build_kernel_space(
             .ok_or(MemoryError::OutOfFrames("the GDT"))?;
         // SAFETY: the frame was just allocated, so it is ours; it is direct-mapped.
         unsafe { phys::zero(f.addr(), PAGE_SIZE) };
-        aspace.map_page(reserved_page + i * PAGE_SIZE, f.addr(), SIZE_4K, Attrs::DATA)?;
+        aspace.map_page(
+            reserved_page + i * PAGE_SIZE,
+            f.addr(),
+            SIZE_4K,
+            Attrs::DATA,
+        )?;
     }
     debug_assert!(reserved_page + 2 * PAGE_SIZE <= gdt_window + GDT_WINDOW_SIZE);
 
@@ -266,9 +341,8 @@ pub fn init_heap() -> Result<u64, MemoryError> {
 
 /// Free RAM, for the boot log and the checks that nothing leaked.
 pub fn free_bytes() -> u64 {
-    FRAMES.lock().as_ref().map_or(0, |f| f.free_frames() * PAGE_SIZE)
-}
-
-pub fn describe(bytes: u64) -> HumanSize {
-    HumanSize(bytes)
+    FRAMES
+        .lock()
+        .as_ref()
+        .map_or(0, |f| f.free_frames() * PAGE_SIZE)
 }

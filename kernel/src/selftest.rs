@@ -4,14 +4,14 @@
 
 use alloc::{boxed::Box, vec::Vec};
 
-use ferrovisor::cmdline::SelfTest;
+use ferrovisor::{cmdline::SelfTest, mm::Mfn};
 
 use crate::{
     arch::x86_64::{debug_exit::Verdict, irq, trap},
-    clock, fatal, memory,
+    clock, dom0, fatal, memory,
 };
 
-pub const SELFTEST_FAULT_ADDRESS: u64 = 0xdead_beef_000;
+pub const SELFTEST_FAULT_ADDRESS: u64 = 0x0dea_dbee_f000;
 
 pub fn run(test: SelfTest) -> ! {
     match test {
@@ -20,6 +20,7 @@ pub fn run(test: SelfTest) -> ! {
             log::info!("selftest: writing to unmapped address {SELFTEST_FAULT_ADDRESS:#x}");
             trap::provoke_page_fault(SELFTEST_FAULT_ADDRESS)
         }
+        SelfTest::Panic => panic!("selftest: deliberate panic"),
         SelfTest::StackOverflow => {
             log::info!("selftest: recursing until the main stack overflows");
             let depth = recurse(core::hint::black_box(0));
@@ -39,6 +40,65 @@ fn recurse(depth: u64) -> u64 {
         return 0;
     }
     recurse(depth + 1) + buf[7] as u64
+}
+
+/// Takes every free frame from the allocator and checks that none of them lies in a range
+/// that must never be handed out (firmware, the image, the boot information, the modules,
+/// the allocator's bitmap, dom0's reservation), then gives them all back.
+fn frame_allocator_respects_reservations() -> bool {
+    let mut guard = memory::FRAMES.lock();
+    let Some(frames) = guard.as_mut() else {
+        log::error!("selftest: no frame allocator");
+        return false;
+    };
+    let free_before = frames.free_frames();
+    let reserved = memory::reserved_ranges();
+    let dom0 = dom0::reserved_extents();
+    let mut taken: Vec<Mfn> = Vec::with_capacity(free_before as usize);
+    let mut bad = None;
+    while let Some(mfn) = frames.alloc() {
+        let hit = reserved
+            .iter()
+            .find(|(_, r)| r.contains(mfn.addr()))
+            .map(|(name, _)| *name)
+            .or_else(|| {
+                dom0.iter()
+                    .any(|r| r.contains(mfn.addr()))
+                    .then_some("dom0's memory")
+            });
+        if let (None, Some(name)) = (bad, hit) {
+            bad = Some((mfn, name));
+        }
+        taken.push(mfn);
+    }
+    let handed_out = taken.len() as u64;
+    let mut double_free = false;
+    for mfn in taken {
+        double_free |= frames.free(mfn).is_err();
+    }
+    let free_after = frames.free_frames();
+    drop(guard);
+    match bad {
+        Some((mfn, name)) => {
+            log::error!("selftest: frame allocator handed out {mfn}, which is in {name}");
+            false
+        }
+        None if handed_out != free_before || free_after != free_before || double_free => {
+            log::error!(
+                "selftest: frame allocator accounting is off: {free_before} free, {handed_out} \
+                 handed out, {free_after} free after giving them back"
+            );
+            false
+        }
+        None => {
+            log::info!(
+                "selftest: frame allocator: handed out all {handed_out} free frames, none in \
+                 the {} reserved ranges or dom0's memory; all returned",
+                reserved.len()
+            );
+            true
+        }
+    }
 }
 
 fn halt_after_checks() -> ! {
@@ -67,15 +127,7 @@ fn halt_after_checks() -> ! {
     }
     drop((v, b));
 
-    // The frame allocator gives frames back.
-    let before = memory::free_bytes();
-    let taken = memory::FRAMES.lock().as_mut().and_then(|f| f.alloc());
-    let during = memory::free_bytes();
-    if let Some(mfn) = taken {
-        let _ = memory::FRAMES.lock().as_mut().map(|f| f.free(mfn));
-    }
-    if taken.is_none() || during + 4096 != before || memory::free_bytes() != before {
-        log::error!("selftest: frame allocator accounting is off");
+    if !frame_allocator_respects_reservations() {
         ok = false;
     }
 

@@ -44,6 +44,12 @@ static BOOT: spin::Once<Boot> = spin::Once::new();
 pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
     clock::mark_boot();
     let features = Features::detect();
+    // Calibrate first, so that every log line carries a real time stamp. The legacy PICs
+    // are masked before anything could enable interrupts.
+    pit::disable_legacy_pic();
+    if let Some(hz) = pit::calibrate_tsc() {
+        clock::set_tsc_hz(hz);
+    }
 
     // The boot information: its size first, then all of it. GRUB puts it below 4 GiB,
     // which the early direct map covers.
@@ -79,7 +85,10 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
         log::warn!("cmdline: {d}");
     }
     if cmdline.diagnostics_dropped > 0 {
-        log::warn!("cmdline: {} more problems not shown", cmdline.diagnostics_dropped);
+        log::warn!(
+            "cmdline: {} more problems not shown",
+            cmdline.diagnostics_dropped
+        );
     }
     log::info!("bootloader: {}", info.bootloader_name.unwrap_or("unknown"));
     log::info!(
@@ -132,7 +141,12 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
         HumanSize(space.direct_mapped)
     );
     let stack_top = space.main_stack_top;
-    BOOT.call_once(|| Boot { info, cmdline, features, space });
+    BOOT.call_once(|| Boot {
+        info,
+        cmdline,
+        features,
+        space,
+    });
     // SAFETY: the main stack was just mapped (with its guard below) and is used by nothing
     // else; nothing on the boot stack is needed after the switch (the state travels in
     // `BOOT`).
@@ -166,7 +180,11 @@ extern "C" fn boot_on_main_stack() -> ! {
     unsafe { gdt::load(space.gdt_window, space.gdt_reserved_page, tss) };
     idt::load(
         gdt::selector::HYPERVISOR_CS,
-        &[(8, gdt::IST_DOUBLE_FAULT), (2, gdt::IST_NMI), (18, gdt::IST_MACHINE_CHECK)],
+        &[
+            (8, gdt::IST_DOUBLE_FAULT),
+            (2, gdt::IST_NMI),
+            (18, gdt::IST_MACHINE_CHECK),
+        ],
     );
     cpu::enable_global_pages();
     let (smep, smap, umip) = cpu::enable_protections(&boot.features);
@@ -205,24 +223,27 @@ extern "C" fn boot_on_main_stack() -> ! {
 
 /// TSC calibration, the wall clock from the RTC, and the APIC timer tick.
 fn start_time(boot: &Boot) {
-    pit::disable_legacy_pic();
-    let tsc_hz = match pit::calibrate_tsc() {
+    let tsc_hz = match Some(clock::tsc_hz()).filter(|&hz| hz != 0) {
         Some(hz) => {
             log::info!(
                 "tsc: {}.{:03} MHz, calibrated against the PIT{}",
                 hz / 1_000_000,
                 (hz / 1000) % 1000,
-                if boot.features.invariant_tsc { ", invariant" } else { "" }
+                if boot.features.invariant_tsc {
+                    ", invariant"
+                } else {
+                    ""
+                }
             );
             hz
         }
         None => {
             const GUESS: u64 = 1_000_000_000;
             log::error!("tsc: the PIT does not count; assuming 1 GHz, times will be wrong");
+            clock::set_tsc_hz(GUESS);
             GUESS
         }
     };
-    clock::set_tsc_hz(tsc_hz);
 
     let mut regs = cmos::read_registers();
     // The century register is only a convention (the FADT names it); a value that is not

@@ -136,6 +136,23 @@ impl Boot {
         }
     }
 
+    /// Fails unless the last non-empty line of the log matches `pattern`: nothing was
+    /// printed after it.
+    pub fn assert_last_line(&mut self, pattern: &str) {
+        let out = self.session.stripped_output();
+        let last = out
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_string();
+        if !re(pattern).is_match(&last) {
+            self.fail(&format!(
+                "the log's last line is {last:?}, expected /{pattern}/ with nothing after it"
+            ));
+        }
+    }
+
     /// Fails with the log unless `ok`.
     pub fn check(&mut self, ok: bool, what: &str) {
         if !ok {

@@ -18,6 +18,7 @@ pub mod build;
 pub mod deps;
 pub mod iso;
 pub mod qemu;
+pub mod testrun;
 
 /// The workspace root (the directory holding the workspace `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

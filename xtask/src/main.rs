@@ -12,6 +12,7 @@ use xtask::{
     deps,
     iso::{self, BootEntry, DEFAULT_DOM0_CMDLINE, DEFAULT_HYPERVISOR_CMDLINE},
     qemu::{Accel, ExitOutcome, QemuConfig},
+    testrun,
 };
 
 #[derive(Parser)]
@@ -224,10 +225,28 @@ fn test() -> anyhow::Result<()> {
     unit.args(["test", "--workspace", "--exclude", "ferrovisor-tests"]);
     let mut qemu = cargo_in_workspace();
     qemu.args(["test", "-p", "ferrovisor-tests", "--", "--test-threads=2"]);
-    run_all(vec![
-        ("host unit tests", unit),
-        ("QEMU integration tests", qemu),
-    ])
+    let mut totals = testrun::Counts::default();
+    let mut failed = Vec::new();
+    for (name, mut cmd) in [("host unit tests", unit), ("QEMU integration tests", qemu)] {
+        eprintln!("==> {name}");
+        let (counts, ok) = testrun::run(&mut cmd)?;
+        eprintln!(
+            "==> {name}: {} passed, {} failed, {} ignored",
+            counts.passed, counts.failed, counts.ignored
+        );
+        if !ok {
+            failed.push(name);
+        }
+        totals.add(counts);
+    }
+    // One plain closing line for CI; a step that failed without a result line (a build
+    // error) still counts as a failure.
+    let failures = totals.failed.max(failed.len() as u64);
+    println!("{} passed, {} failed", totals.passed, failures);
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
+    }
+    Ok(())
 }
 
 fn lint() -> anyhow::Result<()> {

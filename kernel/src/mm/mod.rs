@@ -76,7 +76,12 @@ impl PhysRange {
 
 impl fmt::Display for PhysRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#018x}-{:#018x}", self.start, self.end.saturating_sub(1))
+        write!(
+            f,
+            "{:#018x}-{:#018x}",
+            self.start,
+            self.end.saturating_sub(1)
+        )
     }
 }
 

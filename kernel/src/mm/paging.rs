@@ -47,10 +47,26 @@ pub struct Attrs {
 }
 
 impl Attrs {
-    pub const TEXT: Attrs = Attrs { writable: false, executable: true, uncached: false };
-    pub const RODATA: Attrs = Attrs { writable: false, executable: false, uncached: false };
-    pub const DATA: Attrs = Attrs { writable: true, executable: false, uncached: false };
-    pub const MMIO: Attrs = Attrs { writable: true, executable: false, uncached: true };
+    pub const TEXT: Attrs = Attrs {
+        writable: false,
+        executable: true,
+        uncached: false,
+    };
+    pub const RODATA: Attrs = Attrs {
+        writable: false,
+        executable: false,
+        uncached: false,
+    };
+    pub const DATA: Attrs = Attrs {
+        writable: true,
+        executable: false,
+        uncached: false,
+    };
+    pub const MMIO: Attrs = Attrs {
+        writable: true,
+        executable: false,
+        uncached: true,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +83,10 @@ impl fmt::Display for MapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             MapError::BadAddress { va, pa } => {
-                write!(f, "cannot map {va:#x} -> {pa:#x}: misaligned or non-canonical")
+                write!(
+                    f,
+                    "cannot map {va:#x} -> {pa:#x}: misaligned or non-canonical"
+                )
             }
             MapError::AlreadyMapped { va } => write!(f, "{va:#x} is already mapped"),
             MapError::OutOfTables => write!(f, "out of memory for page tables"),
@@ -96,7 +115,11 @@ pub struct AddressSpace<M: TableMemory> {
 impl<M: TableMemory> AddressSpace<M> {
     pub fn new(mut mem: M, nx_enabled: bool) -> Result<Self, MapError> {
         let root = mem.alloc_table().ok_or(MapError::OutOfTables)?;
-        Ok(AddressSpace { root, mem, nx: if nx_enabled { pte::NX } else { 0 } })
+        Ok(AddressSpace {
+            root,
+            mem,
+            nx: if nx_enabled { pte::NX } else { 0 },
+        })
     }
 
     pub fn root(&self) -> Mfn {
@@ -136,7 +159,8 @@ impl<M: TableMemory> AddressSpace<M> {
         }
         let new = self.mem.alloc_table().ok_or(MapError::OutOfTables)?;
         // Intermediate entries allow everything; the leaf decides.
-        self.mem.write(table, index, new.addr() | pte::PRESENT | pte::WRITABLE);
+        self.mem
+            .write(table, index, new.addr() | pte::PRESENT | pte::WRITABLE);
         Ok(new)
     }
 
@@ -162,7 +186,8 @@ impl<M: TableMemory> AddressSpace<M> {
             return Err(MapError::AlreadyMapped { va });
         }
         let huge = if leaf_level > 1 { pte::HUGE } else { 0 };
-        self.mem.write(table, idx, pa | huge | self.leaf_bits(attrs));
+        self.mem
+            .write(table, idx, pa | huge | self.leaf_bits(attrs));
         Ok(())
     }
 
@@ -250,8 +275,12 @@ mod tests {
     fn maps_and_translates_with_permissions() {
         let mut aspace = AddressSpace::new(VecTables::default(), true).unwrap();
         let va = 0xFFFF_8200_0020_0000;
-        aspace.map_page(va, 0x20_0000, SIZE_4K, Attrs::TEXT).unwrap();
-        aspace.map_page(va + 0x1000, 0x20_1000, SIZE_4K, Attrs::DATA).unwrap();
+        aspace
+            .map_page(va, 0x20_0000, SIZE_4K, Attrs::TEXT)
+            .unwrap();
+        aspace
+            .map_page(va + 0x1000, 0x20_1000, SIZE_4K, Attrs::DATA)
+            .unwrap();
         let (pa, e) = aspace.translate(va + 0x123).unwrap();
         assert_eq!(pa, 0x20_0123);
         assert_eq!(e & (pte::WRITABLE | pte::NX | pte::USER), 0);
@@ -269,7 +298,9 @@ mod tests {
     #[test]
     fn nx_bit_only_when_enabled() {
         let mut aspace = AddressSpace::new(VecTables::default(), false).unwrap();
-        aspace.map_page(0x40_0000, 0x40_0000, SIZE_4K, Attrs::DATA).unwrap();
+        aspace
+            .map_page(0x40_0000, 0x40_0000, SIZE_4K, Attrs::DATA)
+            .unwrap();
         let (_, e) = aspace.translate(0x40_0000).unwrap();
         assert_eq!(e & pte::NX, 0);
     }
@@ -281,9 +312,21 @@ mod tests {
         // 4 KiB at the head, then 2 MiB pages, then a 1 GiB page, then 4 KiB at the tail.
         let start = SIZE_2M - 0x3000;
         let len = SIZE_1G * 2 + 0x5000 - start;
-        aspace.map_range(base + start, start, len, Attrs::DATA, SIZE_1G).unwrap();
-        for pa in [start, SIZE_2M, SIZE_1G - 0x1000, SIZE_1G, 2 * SIZE_1G + 0x4000] {
-            assert_eq!(aspace.translate(base + pa).map(|t| t.0), Some(pa), "{pa:#x}");
+        aspace
+            .map_range(base + start, start, len, Attrs::DATA, SIZE_1G)
+            .unwrap();
+        for pa in [
+            start,
+            SIZE_2M,
+            SIZE_1G - 0x1000,
+            SIZE_1G,
+            2 * SIZE_1G + 0x4000,
+        ] {
+            assert_eq!(
+                aspace.translate(base + pa).map(|t| t.0),
+                Some(pa),
+                "{pa:#x}"
+            );
         }
         assert!(aspace.translate(base + start - 0x1000).is_none());
         assert!(aspace.translate(base + start + len).is_none());
@@ -306,7 +349,9 @@ mod tests {
             aspace.map_page(0x1000, 0x20_0000, SIZE_2M, Attrs::DATA),
             Err(MapError::BadAddress { .. })
         ));
-        aspace.map_page(0x20_0000, 0x20_0000, SIZE_2M, Attrs::DATA).unwrap();
+        aspace
+            .map_page(0x20_0000, 0x20_0000, SIZE_2M, Attrs::DATA)
+            .unwrap();
         assert_eq!(
             aspace.map_page(0x20_1000, 0x1000, SIZE_4K, Attrs::DATA),
             Err(MapError::AlreadyMapped { va: 0x20_1000 })
@@ -315,7 +360,10 @@ mod tests {
 
     #[test]
     fn out_of_tables_is_an_error() {
-        let mem = VecTables { limit: Some(2), ..Default::default() };
+        let mem = VecTables {
+            limit: Some(2),
+            ..Default::default()
+        };
         let mut aspace = AddressSpace::new(mem, true).unwrap();
         assert_eq!(
             aspace.map_page(0x1000, 0x1000, SIZE_4K, Attrs::DATA),
@@ -326,7 +374,9 @@ mod tests {
     #[test]
     fn uncached_mmio_bits() {
         let mut aspace = AddressSpace::new(VecTables::default(), true).unwrap();
-        aspace.map_page(0xFFFF_8290_0000_0000, 0xFEE0_0000, SIZE_4K, Attrs::MMIO).unwrap();
+        aspace
+            .map_page(0xFFFF_8290_0000_0000, 0xFEE0_0000, SIZE_4K, Attrs::MMIO)
+            .unwrap();
         let (_, e) = aspace.translate(0xFFFF_8290_0000_0000).unwrap();
         assert_eq!(e & (pte::PCD | pte::PWT), pte::PCD | pte::PWT);
     }

@@ -1,8 +1,14 @@
 //! The multiboot2 header and the 32-bit entry / long-mode trampoline, assembled from
 //! `boot/` at the top of the workspace. They end by calling `kernel_entry` in `main.rs`.
 
-core::arch::global_asm!(include_str!("../../../../boot/multiboot2_header.S"), options(att_syntax));
-core::arch::global_asm!(include_str!("../../../../boot/entry.S"), options(att_syntax));
+core::arch::global_asm!(
+    include_str!("../../../../boot/multiboot2_header.S"),
+    options(att_syntax)
+);
+core::arch::global_asm!(
+    include_str!("../../../../boot/entry.S"),
+    options(att_syntax)
+);
 
 extern "C" {
     static __image_phys_start: u8;

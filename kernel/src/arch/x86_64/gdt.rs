@@ -9,22 +9,18 @@
 
 use core::mem::size_of;
 
-/// Selectors (Xen's values: `FLAT_RING3_*` from `xen-x86_64.h`, the hypervisor's own from
-/// the same reserved range). `STAR` is built from them: SYSCALL loads CS/SS from
-/// HYPERVISOR_CS/+8, SYSRET from RING3_CS32 + 16 (CS64) and + 8 (DS).
+use ferrovisor_abi::layout::FIRST_RESERVED_GDT_ENTRY;
+
+/// Selectors in the hypervisor's reserved range: its own (Xen's values) and the guests'
+/// flat ring-3 ones from the ABI. `STAR` will be built from them: SYSCALL loads CS/SS from
+/// HYPERVISOR_CS/+8, SYSRET from FLAT_RING3_CS32 + 16 (CS64) and + 8 (SS).
 pub mod selector {
+    pub use ferrovisor_abi::layout::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32};
+
     pub const HYPERVISOR_CS: u16 = 0xe008;
     pub const HYPERVISOR_DS: u16 = 0xe010;
-    pub const FLAT_RING3_CS32: u16 = 0xe023;
-    pub const FLAT_RING3_DS32: u16 = 0xe02b;
-    pub const FLAT_RING3_SS64: u16 = 0xe02b;
-    pub const FLAT_RING3_CS64: u16 = 0xe033;
     pub const TSS: u16 = 0xe040;
-    pub const LDT: u16 = 0xe050;
 }
-
-pub const FIRST_RESERVED_GDT_ENTRY: usize = 14 * 512;
-pub const FIRST_RESERVED_GDT_PAGE: usize = 14;
 
 /// The hardware TSS (Intel SDM vol. 3, 8.7).
 #[repr(C, packed(4))]
@@ -85,7 +81,7 @@ fn tss_descriptor(base: u64) -> (u64, u64) {
 }
 
 /// Fills the hypervisor's reserved GDT page (mapped writable at `reserved_page`, which
-/// must be `window + FIRST_RESERVED_GDT_PAGE * 4096`), loads the GDT window, reloads the
+/// must be `window + FIRST_RESERVED_GDT_BYTE`), loads the GDT window, reloads the
 /// segment registers and loads the TSS.
 ///
 /// # Safety

@@ -20,17 +20,15 @@ const _: () = assert!(core::mem::size_of::<Gate>() == 16);
 #[repr(C, align(4096))]
 struct Idt([Gate; 256]);
 
-static IDT: spin::Mutex<Idt> = spin::Mutex::new(Idt(
-    [Gate {
-        offset_low: 0,
-        selector: 0,
-        ist: 0,
-        type_attr: 0,
-        offset_mid: 0,
-        offset_high: 0,
-        reserved: 0,
-    }; 256],
-));
+static IDT: spin::Mutex<Idt> = spin::Mutex::new(Idt([Gate {
+    offset_low: 0,
+    selector: 0,
+    ist: 0,
+    type_attr: 0,
+    offset_mid: 0,
+    offset_high: 0,
+    reserved: 0,
+}; 256]));
 
 /// Interrupt gate (IF cleared on entry), DPL 0, present.
 const INTERRUPT_GATE: u8 = 0x8e;
@@ -44,7 +42,10 @@ pub fn load(cs: u16, ist: &[(u8, u8)]) {
         *gate = Gate {
             offset_low: addr as u16,
             selector: cs,
-            ist: ist.iter().find(|(v, _)| *v as usize == vector).map_or(0, |(_, s)| *s),
+            ist: ist
+                .iter()
+                .find(|(v, _)| *v as usize == vector)
+                .map_or(0, |(_, s)| *s),
             type_attr: INTERRUPT_GATE,
             offset_mid: (addr >> 16) as u16,
             offset_high: (addr >> 32) as u32,

@@ -33,19 +33,6 @@ pub fn halt_forever() -> ! {
     }
 }
 
-/// Runs `f` with interrupts disabled, restoring the previous state.
-pub fn without<R>(f: impl FnOnce() -> R) -> R {
-    let was = enabled();
-    if was {
-        disable();
-    }
-    let r = f();
-    if was {
-        enable();
-    }
-    r
-}
-
 /// A spinlock that disables interrupts while held, so an interrupt handler on the same
 /// CPU can never spin on a lock its own CPU holds.
 pub struct IrqMutex<T> {
@@ -59,13 +46,18 @@ pub struct IrqGuard<'a, T> {
 
 impl<T> IrqMutex<T> {
     pub const fn new(value: T) -> Self {
-        IrqMutex { inner: spin::Mutex::new(value) }
+        IrqMutex {
+            inner: spin::Mutex::new(value),
+        }
     }
 
     pub fn lock(&self) -> IrqGuard<'_, T> {
         let reenable = enabled();
         disable();
-        IrqGuard { guard: Some(self.inner.lock()), reenable }
+        IrqGuard {
+            guard: Some(self.inner.lock()),
+            reenable,
+        }
     }
 
     /// Takes the lock if it is free; the panic path uses this so that a panic while the
@@ -74,7 +66,10 @@ impl<T> IrqMutex<T> {
         let reenable = enabled();
         disable();
         match self.inner.try_lock() {
-            Some(g) => Some(IrqGuard { guard: Some(g), reenable }),
+            Some(g) => Some(IrqGuard {
+                guard: Some(g),
+                reenable,
+            }),
             None => {
                 if reenable {
                     enable();

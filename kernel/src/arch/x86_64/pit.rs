@@ -15,7 +15,7 @@ pub fn calibrate_tsc() -> Option<u64> {
     let mut best: Option<u64> = None;
     for _ in 0..5 {
         // Gate off, speaker off; channel 2, lobyte/hibyte, mode 0 (interrupt on terminal count).
-        port_b.write8((port_b.read8() & !0x03) | 0x00);
+        port_b.write8(port_b.read8() & !0x03);
         ctrl.write8(0b1011_0000);
         ch2.write8(WINDOW_TICKS as u8);
         ch2.write8((WINDOW_TICKS >> 8) as u8);
@@ -42,8 +42,14 @@ pub fn calibrate_tsc() -> Option<u64> {
 pub fn disable_legacy_pic() {
     // SAFETY: the 8259s are legacy devices the hypervisor owns; this is their standard
     // initialisation sequence followed by a full mask.
-    let (m_cmd, m_data, s_cmd, s_data) =
-        unsafe { (Port::new(0x20), Port::new(0x21), Port::new(0xa0), Port::new(0xa1)) };
+    let (m_cmd, m_data, s_cmd, s_data) = unsafe {
+        (
+            Port::new(0x20),
+            Port::new(0x21),
+            Port::new(0xa0),
+            Port::new(0xa1),
+        )
+    };
     m_cmd.write8(0x11);
     s_cmd.write8(0x11);
     m_data.write8(0x20);

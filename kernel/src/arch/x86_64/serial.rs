@@ -61,9 +61,4 @@ impl Serial {
             self.write_byte(b);
         }
     }
-
-    /// A received byte, if one is waiting.
-    pub fn read_byte(&self) -> Option<u8> {
-        (self.reg(5).read8() & 1 != 0).then(|| self.reg(0).read8())
-    }
 }

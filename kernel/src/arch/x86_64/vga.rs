@@ -67,7 +67,11 @@ impl Vga {
                     if self.col == COLS {
                         self.newline();
                     }
-                    let ch = if b.is_ascii_graphic() || b == b' ' { b } else { b'?' };
+                    let ch = if b.is_ascii_graphic() || b == b' ' {
+                        b
+                    } else {
+                        b'?'
+                    };
                     self.put(self.row, self.col, ATTR | ch as u16);
                     self.col += 1;
                 }
