@@ -357,6 +357,8 @@ pub enum SelfTest {
     StackOverflow,
     /// Call `panic!`.
     Panic,
+    /// Run code in ring 3: a SYSCALL, timer interrupts and an exception from there.
+    Ring3,
 }
 
 /// A command-line option that was ignored, and why.
@@ -473,7 +475,8 @@ fn parse_selftest(value: &str) -> Result<SelfTest, &'static str> {
         "pagefault" => Ok(SelfTest::PageFault),
         "overflow" => Ok(SelfTest::StackOverflow),
         "panic" => Ok(SelfTest::Panic),
-        _ => Err("expected halt, pagefault, overflow or panic"),
+        "ring3" => Ok(SelfTest::Ring3),
+        _ => Err("expected halt, pagefault, overflow, panic or ring3"),
     }
 }
 
@@ -1086,9 +1089,10 @@ mod tests {
             Some(SelfTest::StackOverflow)
         );
         assert_eq!(parse("selftest=panic").selftest, Some(SelfTest::Panic));
+        assert_eq!(parse("selftest=ring3").selftest, Some(SelfTest::Ring3));
         assert_eq!(
             only_malformed("selftest=reboot"),
-            "expected halt, pagefault, overflow or panic"
+            "expected halt, pagefault, overflow, panic or ring3"
         );
     }
 

@@ -1,21 +1,28 @@
-//! What the hypervisor does with each vector: the tick, spurious interrupts, and the
-//! fatal report for exceptions raised by the hypervisor itself.
+//! What the hypervisor does with each vector: the tick, spurious interrupts, the fatal
+//! report for exceptions raised by the hypervisor itself, and the hand-off of everything
+//! that comes from ring 3 (a guest) to `guest`.
 
 use crate::{
-    arch::x86_64::{apic, trap::TrapFrame},
-    clock, fatal,
+    arch::x86_64::{apic, syscall::SYSCALL_VECTOR, trap::TrapFrame},
+    clock, fatal, guest,
 };
 
 const NMI: u64 = 2;
 
 pub fn dispatch(frame: &mut TrapFrame) {
+    let from_guest = frame.cs & 3 == 3;
     match frame.vector {
+        SYSCALL_VECTOR => guest::syscall(frame),
         NMI => log::warn!("NMI received at rip={:#x}; continuing", frame.rip),
+        v if v < 32 && from_guest => guest::exception(frame),
         v if v < 32 => fatal::exception(frame),
         v if v == apic::TIMER_VECTOR as u64 => {
             clock::tick();
             apic::on_tick();
             apic::eoi();
+            if from_guest {
+                guest::interrupted(frame);
+            }
         }
         // A spurious interrupt is not acknowledged (Intel SDM vol. 3, 11.9).
         v if v == apic::SPURIOUS_VECTOR as u64 => {}

@@ -22,6 +22,8 @@ mod dom0;
 #[cfg(target_os = "none")]
 mod fatal;
 #[cfg(target_os = "none")]
+mod guest;
+#[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]
 mod memory;

@@ -24,7 +24,7 @@ use crate::arch::x86_64::{
     cpu::Features,
     irq::IrqMutex,
     paging::{self as hw_paging, DirectMapTables},
-    phys,
+    phys::{self, OwnedFrame},
 };
 
 /// The frame allocator, once RAM is known.
@@ -337,6 +337,35 @@ pub fn init_heap() -> Result<u64, MemoryError> {
     // the heap is initialised once.
     unsafe { HEAP.lock().init(va as *mut u8, HEAP_SIZE as usize) };
     Ok(va)
+}
+
+/// A zeroed frame, exclusively the caller's.
+pub fn alloc_frame() -> Option<OwnedFrame> {
+    let mfn = FRAMES.lock().as_mut()?.alloc()?;
+    // SAFETY: the allocator just handed this frame out, so nobody else owns or maps it;
+    // all RAM is direct-mapped once the final tables are active.
+    let mut frame = unsafe { OwnedFrame::new(mfn) };
+    frame.bytes_mut().fill(0);
+    Some(frame)
+}
+
+/// Maps `frame` at `va` in the hypervisor's own address space for ring 3 (the ring-3
+/// selftest only: guests get their own, validated, page tables). The frame stays mapped
+/// for good.
+pub fn map_user_page(va: u64, frame: OwnedFrame, attrs: Attrs) -> Result<(), MemoryError> {
+    let root = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
+    let mut guard = FRAMES.lock();
+    let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+    let mut aspace = AddressSpace::attach(
+        root,
+        DirectMapTables {
+            frames,
+            below: u64::MAX,
+        },
+        crate::arch::x86_64::msr::nx_enabled(),
+    );
+    aspace.map_page(va, frame.mfn().addr(), SIZE_4K, attrs)?;
+    Ok(())
 }
 
 /// Free RAM, for the boot log and the checks that nothing leaked.

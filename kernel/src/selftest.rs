@@ -4,10 +4,20 @@
 
 use alloc::{boxed::Box, vec::Vec};
 
-use ferrovisor::{cmdline::SelfTest, mm::Mfn};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use ferrovisor::{
+    cmdline::SelfTest,
+    mm::{paging::Attrs, Mfn},
+};
+use ferrovisor_abi::layout::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
 use crate::{
-    arch::x86_64::{debug_exit::Verdict, irq, trap},
+    arch::x86_64::{
+        debug_exit::Verdict,
+        irq, percpu,
+        trap::{self, TrapFrame},
+    },
     clock, dom0, fatal, memory,
 };
 
@@ -21,6 +31,7 @@ pub fn run(test: SelfTest) -> ! {
             trap::provoke_page_fault(SELFTEST_FAULT_ADDRESS)
         }
         SelfTest::Panic => panic!("selftest: deliberate panic"),
+        SelfTest::Ring3 => ring3_start(),
         SelfTest::StackOverflow => {
             log::info!("selftest: recursing until the main stack overflows");
             let depth = recurse(core::hint::black_box(0));
@@ -138,4 +149,121 @@ fn halt_after_checks() -> ! {
         log::error!("selftest: failed");
         fatal::halt(Verdict::Fatal)
     }
+}
+
+// The ring-3 selftest: a few instructions mapped user-accessible at RING3_CODE.
+//   0x00  mov $0x1234, %eax
+//   0x05  mov $0x5678, %edi
+//   0x0a  syscall               -> the hypervisor checks rax/rdi, returns 0x42 in rax
+//   0x0c  mov %rax, %rbx
+//   0x0f  jmp .                 -> spins until the tick has interrupted it a few times
+//   0x11  ud2                   -> #UD from ring 3: the hypervisor checks rbx == 0x42
+const RING3_CODE: u64 = 0x40_0000;
+const RING3_STACK_TOP: u64 = 0x40_3000;
+const RING3_PROGRAM: [u8; 19] = [
+    0xb8, 0x34, 0x12, 0x00, 0x00, 0xbf, 0x78, 0x56, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0xc3, 0xeb,
+    0xfe, 0x0f, 0x0b,
+];
+const AFTER_SYSCALL: u64 = RING3_CODE + 0x0c;
+const SPIN: u64 = RING3_CODE + 0x0f;
+const UD2: u64 = RING3_CODE + 0x11;
+const SYSCALL_RESULT: u64 = 0x42;
+const WANT_RING3_TICKS: u32 = 5;
+
+/// 0: not running; 1: waiting for the syscall; 2: spinning; 3: waiting for #UD.
+static RING3_STAGE: AtomicU32 = AtomicU32::new(0);
+static RING3_TICKS: AtomicU32 = AtomicU32::new(0);
+
+fn ring3_start() -> ! {
+    let (Some(mut code), Some(stack)) = (memory::alloc_frame(), memory::alloc_frame()) else {
+        log::error!("selftest: ring 3: out of memory");
+        fatal::halt(Verdict::Fatal);
+    };
+    code.bytes_mut()[..RING3_PROGRAM.len()].copy_from_slice(&RING3_PROGRAM);
+    // The stack's page below (RING3_STACK_TOP - 0x2000) stays unmapped.
+    let mapped = memory::map_user_page(RING3_CODE, code, Attrs::USER_TEXT)
+        .and_then(|()| memory::map_user_page(RING3_STACK_TOP - 0x1000, stack, Attrs::USER_DATA));
+    if let Err(e) = mapped {
+        log::error!("selftest: ring 3: {e}");
+        fatal::halt(Verdict::Fatal);
+    }
+    log::info!("selftest: ring 3: entering user code at {RING3_CODE:#x}");
+    RING3_STAGE.store(1, Ordering::SeqCst);
+    let frame = TrapFrame {
+        rip: RING3_CODE,
+        cs: FLAT_RING3_CS64 as u64,
+        rflags: 0x202, // IF
+        rsp: RING3_STACK_TOP,
+        ss: FLAT_RING3_SS64 as u64,
+        ..TrapFrame::default()
+    };
+    // SAFETY: the frame enters ring 3 with the guest flat selectors, IF set, IOPL 0, at
+    // code and a stack just mapped user-accessible in the current address space.
+    unsafe { trap::return_to(&frame) }
+}
+
+fn ring3_fail(what: core::fmt::Arguments) -> ! {
+    log::error!("selftest: ring 3: {what}");
+    fatal::halt(Verdict::Fatal)
+}
+
+/// The selftest's SYSCALL; false if the selftest is not running.
+pub fn ring3_syscall(frame: &mut TrapFrame) -> bool {
+    if RING3_STAGE.load(Ordering::SeqCst) != 1 {
+        return false;
+    }
+    if frame.rax != 0x1234 || frame.rdi != 0x5678 || frame.rip != AFTER_SYSCALL {
+        ring3_fail(format_args!(
+            "syscall arrived with rax={:#x} rdi={:#x} rip={:#x}",
+            frame.rax, frame.rdi, frame.rip
+        ));
+    }
+    log::info!(
+        "selftest: ring 3: syscall from cs={:#x} rip={:#x} with rax={:#x} rdi={:#x} (cpu {})",
+        frame.cs,
+        frame.rip,
+        frame.rax,
+        frame.rdi,
+        percpu::cpu()
+    );
+    frame.rax = SYSCALL_RESULT;
+    RING3_STAGE.store(2, Ordering::SeqCst);
+    true
+}
+
+/// The tick interrupted ring 3: after a few ticks in the spin loop, move on to the ud2.
+pub fn ring3_interrupted(frame: &mut TrapFrame) {
+    if RING3_STAGE.load(Ordering::SeqCst) != 2 || frame.rip != SPIN {
+        return;
+    }
+    if RING3_TICKS.fetch_add(1, Ordering::SeqCst) + 1 >= WANT_RING3_TICKS {
+        log::info!(
+            "selftest: ring 3: {WANT_RING3_TICKS} timer interrupts taken from ring 3 at rip={:#x}",
+            frame.rip
+        );
+        RING3_STAGE.store(3, Ordering::SeqCst);
+        frame.rip = UD2;
+    }
+}
+
+/// The selftest's #UD; false if the selftest is not running.
+pub fn ring3_exception(frame: &mut TrapFrame) -> bool {
+    if RING3_STAGE.load(Ordering::SeqCst) != 3 {
+        return false;
+    }
+    if frame.vector != 6 || frame.rip != UD2 || frame.rbx != SYSCALL_RESULT {
+        ring3_fail(format_args!(
+            "expected #UD at {UD2:#x} with rbx={SYSCALL_RESULT:#x}, got vector {} at {:#x}, \
+             rbx={:#x}",
+            frame.vector, frame.rip, frame.rbx
+        ));
+    }
+    log::info!(
+        "selftest: ring 3: #UD at rip={:#x} cs={:#x}, syscall result {:#x} seen in ring 3",
+        frame.rip,
+        frame.cs,
+        frame.rbx
+    );
+    log::info!("selftest: passed");
+    fatal::halt(Verdict::Halted)
 }

@@ -15,7 +15,9 @@ use crate::{
         cpu::{self, Features},
         debug_exit::Verdict,
         gdt::{self, Tss},
-        idt, irq, phys, pit, rtc as cmos,
+        idt, irq,
+        percpu::{self, PerCpu},
+        phys, pit, rtc as cmos, syscall,
     },
     clock, console, dom0, fatal,
     memory::{self, KernelSpace},
@@ -186,6 +188,14 @@ extern "C" fn boot_on_main_stack() -> ! {
             (18, gdt::IST_MACHINE_CHECK),
         ],
     );
+    percpu::install(Box::leak(Box::new(PerCpu {
+        self_ptr: 0,
+        stack_top: space.main_stack_top,
+        scratch_rsp: 0,
+        cpu: 0,
+        _pad: 0,
+    })));
+    syscall::init();
     cpu::enable_global_pages();
     let (smep, smap, umip) = cpu::enable_protections(&boot.features);
     let on = |b: bool| if b { "on" } else { "absent" };

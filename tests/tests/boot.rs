@@ -181,3 +181,25 @@ fn panic_reports_location_and_stops_output() {
     b.expect_exit(ExitOutcome::Fatal);
     b.assert_last_line("hypervisor halted");
 }
+
+/// Scenario F: ring 3. User code makes a SYSCALL (arguments in, result back), is
+/// interrupted by the tick several times, and raises #UD: each arrives as a ring-3 event
+/// with the right registers, not as a hypervisor fault.
+#[test]
+fn ring3_syscall_interrupts_and_exceptions_reach_the_hypervisor() {
+    let mut b = boot(
+        "ring3",
+        "console=com1 selftest=ring3 debug_exit=0xf4",
+        Modules::Default,
+    );
+    b.expect(r"selftest: ring 3: entering user code at 0x400000");
+    b.expect(r"selftest: ring 3: syscall from cs=0xe033 rip=0x40000c with rax=0x1234 rdi=0x5678");
+    b.expect(r"selftest: ring 3: 5 timer interrupts taken from ring 3 at rip=0x40000f");
+    b.expect(
+        r"selftest: ring 3: #UD at rip=0x400011 cs=0xe033, syscall result 0x42 seen in ring 3",
+    );
+    b.expect(r"selftest: passed");
+    b.expect_exit(ExitOutcome::HaltedCleanly);
+    b.assert_last_line("hypervisor halted");
+    no_panic_or_fatal(&mut b);
+}

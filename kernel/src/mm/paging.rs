@@ -3,7 +3,8 @@
 //! The logic is hardware-free: tables are reached through [`TableMemory`], which the
 //! hypervisor implements over the direct map and the unit tests over a `Vec`. Only the
 //! hypervisor's mappings are made here (never user-accessible); guest page tables are
-//! validated, not built, by the PV MMU.
+//! validated, not built, by the PV MMU. User-accessible mappings exist only for the
+//! ring-3 selftest.
 
 use core::fmt;
 
@@ -44,29 +45,25 @@ pub struct Attrs {
     pub executable: bool,
     /// Device memory: uncached (PCD | PWT).
     pub uncached: bool,
+    /// Reachable from ring 3 (never global: ring-3 mappings differ between address spaces).
+    pub user: bool,
 }
 
 impl Attrs {
-    pub const TEXT: Attrs = Attrs {
-        writable: false,
-        executable: true,
-        uncached: false,
-    };
-    pub const RODATA: Attrs = Attrs {
-        writable: false,
-        executable: false,
-        uncached: false,
-    };
-    pub const DATA: Attrs = Attrs {
-        writable: true,
-        executable: false,
-        uncached: false,
-    };
-    pub const MMIO: Attrs = Attrs {
-        writable: true,
-        executable: false,
-        uncached: true,
-    };
+    const fn new(writable: bool, executable: bool, uncached: bool, user: bool) -> Attrs {
+        Attrs {
+            writable,
+            executable,
+            uncached,
+            user,
+        }
+    }
+    pub const TEXT: Attrs = Attrs::new(false, true, false, false);
+    pub const RODATA: Attrs = Attrs::new(false, false, false, false);
+    pub const DATA: Attrs = Attrs::new(true, false, false, false);
+    pub const MMIO: Attrs = Attrs::new(true, false, true, false);
+    pub const USER_TEXT: Attrs = Attrs::new(false, true, false, true);
+    pub const USER_DATA: Attrs = Attrs::new(true, false, false, true);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +119,15 @@ impl<M: TableMemory> AddressSpace<M> {
         })
     }
 
+    /// An existing address space rooted at `root`.
+    pub fn attach(root: Mfn, mem: M, nx_enabled: bool) -> Self {
+        AddressSpace {
+            root,
+            mem,
+            nx: if nx_enabled { pte::NX } else { 0 },
+        }
+    }
+
     pub fn root(&self) -> Mfn {
         self.root
     }
@@ -135,7 +141,12 @@ impl<M: TableMemory> AddressSpace<M> {
     }
 
     fn leaf_bits(&self, attrs: Attrs) -> u64 {
-        let mut bits = pte::PRESENT | pte::GLOBAL | pte::ACCESSED;
+        let mut bits = pte::PRESENT | pte::ACCESSED;
+        if attrs.user {
+            bits |= pte::USER;
+        } else {
+            bits |= pte::GLOBAL;
+        }
         if attrs.writable {
             bits |= pte::WRITABLE | pte::DIRTY;
         }
@@ -149,18 +160,32 @@ impl<M: TableMemory> AddressSpace<M> {
     }
 
     /// The table one level down from entry `index` of `table`, created if absent.
-    fn next_table(&mut self, table: Mfn, index: usize, va: u64) -> Result<Mfn, MapError> {
+    fn next_table(
+        &mut self,
+        table: Mfn,
+        index: usize,
+        va: u64,
+        user: bool,
+    ) -> Result<Mfn, MapError> {
+        // Intermediate entries allow everything (ring 3 too, on the way to a user leaf);
+        // the leaf decides.
+        let user_bit = if user { pte::USER } else { 0 };
         let entry = self.mem.read(table, index);
         if entry & pte::PRESENT != 0 {
             if entry & pte::HUGE != 0 {
                 return Err(MapError::AlreadyMapped { va });
             }
+            if entry & user_bit != user_bit {
+                self.mem.write(table, index, entry | user_bit);
+            }
             return Ok(Mfn::containing(entry & pte::ADDR_MASK));
         }
         let new = self.mem.alloc_table().ok_or(MapError::OutOfTables)?;
-        // Intermediate entries allow everything; the leaf decides.
-        self.mem
-            .write(table, index, new.addr() | pte::PRESENT | pte::WRITABLE);
+        self.mem.write(
+            table,
+            index,
+            new.addr() | pte::PRESENT | pte::WRITABLE | user_bit,
+        );
         Ok(new)
     }
 
@@ -178,7 +203,7 @@ impl<M: TableMemory> AddressSpace<M> {
         let mut table = self.root;
         let mut level = 4;
         while level > leaf_level {
-            table = self.next_table(table, index(va, level), va)?;
+            table = self.next_table(table, index(va, level), va, attrs.user)?;
             level -= 1;
         }
         let idx = index(va, level);
@@ -369,6 +394,28 @@ mod tests {
             aspace.map_page(0x1000, 0x1000, SIZE_4K, Attrs::DATA),
             Err(MapError::OutOfTables)
         );
+    }
+
+    #[test]
+    fn user_mappings_are_user_all_the_way_down_and_not_global() {
+        let mut aspace = AddressSpace::new(VecTables::default(), true).unwrap();
+        aspace
+            .map_page(0x40_0000, 0x1000, SIZE_4K, Attrs::DATA)
+            .unwrap();
+        aspace
+            .map_page(0x40_1000, 0x2000, SIZE_4K, Attrs::USER_TEXT)
+            .unwrap();
+        let (_, e) = aspace.translate(0x40_1000).unwrap();
+        assert_eq!(e & (pte::USER | pte::GLOBAL | pte::NX), pte::USER);
+        let (_, e) = aspace.translate(0x40_0000).unwrap();
+        assert_eq!(e & (pte::USER | pte::GLOBAL), pte::GLOBAL);
+        // Every intermediate entry on the way allows ring 3.
+        let mut table = aspace.root();
+        for level in (2..=4).rev() {
+            let entry = aspace.memory().read(table, index(0x40_1000, level));
+            assert_ne!(entry & pte::USER, 0, "level {level}");
+            table = Mfn::containing(entry & pte::ADDR_MASK);
+        }
     }
 
     #[test]

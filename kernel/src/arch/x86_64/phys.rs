@@ -31,3 +31,29 @@ pub unsafe fn zero(paddr: u64, len: u64) {
     // SAFETY: as the caller guarantees.
     unsafe { core::ptr::write_bytes(phys_to_virt(paddr) as *mut u8, 0, len as usize) }
 }
+
+/// A frame taken from the frame allocator, owned by whoever holds this value: the only
+/// way to get a `&mut` to a frame's bytes.
+#[derive(Debug)]
+pub struct OwnedFrame {
+    mfn: ferrovisor::mm::Mfn,
+}
+
+impl OwnedFrame {
+    /// # Safety
+    /// `mfn` must be a frame of RAM that the caller exclusively owns (just allocated and
+    /// not mapped or referenced anywhere else), and it must be direct-mapped.
+    pub unsafe fn new(mfn: ferrovisor::mm::Mfn) -> OwnedFrame {
+        OwnedFrame { mfn }
+    }
+
+    pub fn mfn(&self) -> ferrovisor::mm::Mfn {
+        self.mfn
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8; 4096] {
+        // SAFETY: `new`'s contract: exclusive ownership of a direct-mapped frame; the
+        // borrow of `self` keeps this reference unique.
+        unsafe { &mut *(phys_to_virt(self.mfn.addr()) as *mut [u8; 4096]) }
+    }
+}

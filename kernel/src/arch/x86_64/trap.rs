@@ -3,8 +3,9 @@
 //! [`crate::interrupts::dispatch`] with the resulting [`TrapFrame`]. Returning from it
 //! restores the (possibly modified) frame with `iretq`.
 //!
-//! Only hypervisor-mode traps exist so far; guest entry (swapgs, the PV exception bounce)
-//! will extend `trap_common`, keeping the frame layout.
+//! Traps from ring 3 swap the GS base on the way in and out, so the hypervisor always
+//! runs with its per-CPU area in GS. [`return_to`] enters ring 3 (or resumes anything)
+//! from a frame, through the same exit path.
 
 core::arch::global_asm!(
     r#"
@@ -25,6 +26,12 @@ trap_stubs:
     .endr
 
 trap_common:
+    /* From ring 3 (CS RPL 3 in the hardware frame): bring in the hypervisor's GS base. */
+    testb $3, 24(%rsp)
+    jz trap_save
+    swapgs
+    .globl trap_save
+trap_save:
     pushq %rax
     pushq %rbx
     pushq %rcx
@@ -43,6 +50,8 @@ trap_common:
     cld
     movq %rsp, %rdi
     call trap_dispatch
+    .globl trap_exit
+trap_exit:
     popq %r15
     popq %r14
     popq %r13
@@ -59,13 +68,36 @@ trap_common:
     popq %rbx
     popq %rax
     addq $16, %rsp
-    iretq
+    /* Back to ring 3: give the guest its GS base back. */
+    testb $3, 8(%rsp)
+    jz 1f
+    swapgs
+1:  iretq
 "#,
     options(att_syntax)
 );
 
 extern "C" {
     static trap_stubs: u8;
+}
+
+/// Resumes the context in `frame` (typically a guest in ring 3) through the trap exit
+/// path. Nothing on the current stack is needed afterwards.
+///
+/// # Safety
+/// `frame` must describe a valid context: for ring 3, the guest's selectors, an address
+/// space mapping its code and stack, and RFLAGS with IF set and IOPL 0; for ring 0, a
+/// hypervisor context that is safe to resume.
+pub unsafe fn return_to(frame: &TrapFrame) -> ! {
+    // SAFETY: as the caller guarantees; `trap_exit` pops exactly a `TrapFrame`.
+    unsafe {
+        core::arch::asm!(
+            "mov rsp, {frame}",
+            "jmp trap_exit",
+            frame = in(reg) frame as *const TrapFrame,
+            options(noreturn)
+        )
+    }
 }
 
 /// The entry point of `vector`'s stub.
@@ -76,7 +108,7 @@ pub fn stub_address(vector: u8) -> u64 {
 }
 
 /// The registers at the time of a trap, as `trap_common` and the CPU saved them.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct TrapFrame {
     pub r15: u64,

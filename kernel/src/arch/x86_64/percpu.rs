@@ -1,0 +1,52 @@
+//! Per-CPU data, reached through the GS base while the hypervisor runs (the guest's GS
+//! base is swapped in with `swapgs` on every return to ring 3). The first fields are read
+//! by the assembly entry paths at fixed offsets.
+
+use core::mem::offset_of;
+
+use super::msr;
+
+/// The part of the per-CPU area the entry assembly uses. `repr(C)`: offsets are ABI with
+/// `trap.rs` and `syscall.rs`.
+#[repr(C)]
+pub struct PerCpu {
+    /// Address of this structure (so Rust can find it from `gs:0`).
+    pub self_ptr: u64,
+    /// Top of this CPU's hypervisor stack: where a SYSCALL from ring 3 lands.
+    pub stack_top: u64,
+    /// The ring-3 stack pointer, saved by the SYSCALL entry before it switches stacks.
+    pub scratch_rsp: u64,
+    /// This CPU's index.
+    pub cpu: u32,
+    pub _pad: u32,
+}
+
+pub const OFFSET_STACK_TOP: usize = offset_of!(PerCpu, stack_top);
+pub const OFFSET_SCRATCH_RSP: usize = offset_of!(PerCpu, scratch_rsp);
+const _: () = assert!(OFFSET_STACK_TOP == 8 && OFFSET_SCRATCH_RSP == 16);
+
+const IA32_GS_BASE: u32 = 0xc000_0101;
+const IA32_KERNEL_GS_BASE: u32 = 0xc000_0102;
+
+/// Installs `area` as this CPU's per-CPU area.
+pub fn install(area: &'static mut PerCpu) {
+    area.self_ptr = area as *mut PerCpu as u64;
+    // SAFETY: the GS base MSRs exist on every x86-64 CPU; the area is 'static. The kernel
+    // GS base (what `swapgs` brings in) starts as 0: the guest's GS base.
+    unsafe {
+        msr::write(IA32_GS_BASE, area.self_ptr);
+        msr::write(IA32_KERNEL_GS_BASE, 0);
+    }
+}
+
+/// This CPU's index (0 before `install`).
+pub fn cpu() -> u32 {
+    // SAFETY: reading the GS base MSR has no side effects.
+    let base = unsafe { msr::read(IA32_GS_BASE) };
+    if base == 0 {
+        return 0;
+    }
+    // SAFETY: a non-zero GS base in hypervisor mode is the 'static area `install` set up
+    // (entry paths swap the guest's base out before any Rust code runs).
+    unsafe { (*(base as *const PerCpu)).cpu }
+}
