@@ -130,6 +130,10 @@ boot_fail:
 
     .code64
 start64:
+    /* Switch to a copy of the GDT in the image's high mapping: the identity map (and
+     * with it early_gdt) disappears when Rust installs the final page tables. */
+    movabs $boot_gdt_ptr, %rax
+    lgdt (%rax)
     movw $0x10, %ax
     movw %ax, %ds
     movw %ax, %es
@@ -159,8 +163,8 @@ start64:
     .balign 8
 early_gdt:
     .quad 0
-    .quad 0x00af9a000000ffff        /* 0x08: 64-bit code, DPL 0 */
-    .quad 0x00cf92000000ffff        /* 0x10: data */
+    .quad 0x00af9b000000ffff        /* 0x08: 64-bit code, DPL 0, accessed */
+    .quad 0x00cf93000000ffff        /* 0x10: data, accessed */
 early_gdt_end:
 early_gdt_ptr:
     .short early_gdt_end - early_gdt - 1
@@ -187,6 +191,20 @@ early_pd:
 boot32_stack:
     .skip 4096
 boot32_stack_top:
+
+    /* The same descriptors, in the high mapping, until the per-CPU GDT is loaded. The
+     * accessed bits are preset so the CPU never writes to them. */
+    .section .data.boot_gdt, "aw"
+    .balign 16
+boot_gdt:
+    .quad 0
+    .quad 0x00af9b000000ffff
+    .quad 0x00cf93000000ffff
+boot_gdt_end:
+    .balign 8
+boot_gdt_ptr:
+    .short boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
 
     /* The stack Rust starts on, until the guarded stacks exist. */
     .section .bss.boot_stack, "aw", @nobits

@@ -56,6 +56,8 @@ impl Write for Console {
 static CONSOLE: IrqMutex<Console> = IrqMutex::new(Console::new());
 /// Set once the fatal path owns the console: all other output stops.
 static TAKEN_OVER: AtomicBool = AtomicBool::new(false);
+/// Set once `init` has opened the consoles `console=` asked for.
+static READY: AtomicBool = AtomicBool::new(false);
 
 /// Opens the consoles `console=` asks for.
 pub fn init(set: ConsoleSet, baud: u32) {
@@ -69,6 +71,7 @@ pub fn init(set: ConsoleSet, baud: u32) {
         // in both the early and the final direct map.
         c.vga = Some(unsafe { Vga::init() });
     }
+    READY.store(true, Ordering::SeqCst);
 }
 
 /// The console for the fatal path: stops every other writer and writes even if the lock
@@ -79,8 +82,9 @@ pub struct FatalWriter {
 
 pub fn take_over() -> FatalWriter {
     TAKEN_OVER.store(true, Ordering::SeqCst);
+    // Before `init` (a fault while parsing the boot information) COM1 is the only hope.
     let has_serial = match CONSOLE.try_lock() {
-        Some(c) => c.serial.is_some(),
+        Some(c) => c.serial.is_some() || !READY.load(Ordering::SeqCst),
         None => true,
     };
     // SAFETY: COM1 belongs to the hypervisor and every other writer has stopped; the UART

@@ -4,7 +4,7 @@
 
 use core::{
     fmt::Write,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicBool, Ordering},
 };
 
 use crate::{
@@ -17,22 +17,15 @@ use crate::{
     console, memory,
 };
 
-/// `debug_exit=` port, or 0 for none.
-static DEBUG_EXIT_PORT: AtomicU32 = AtomicU32::new(0);
+/// Set by the first panic or fatal exception: a second one only stops the CPU.
+static DYING: AtomicBool = AtomicBool::new(false);
 
-pub fn set_debug_exit(port: Option<u16>) {
-    DEBUG_EXIT_PORT.store(port.map_or(0, |p| p as u32 | 0x1_0000), Ordering::Relaxed);
-}
-
-fn debug_exit_port() -> Option<u16> {
-    let v = DEBUG_EXIT_PORT.load(Ordering::Relaxed);
-    (v != 0).then_some(v as u16)
-}
-
-/// Stops the machine with `verdict`, after a last log line.
+/// Stops the machine with `verdict`, after a last line (printed whatever `loglvl=` says).
 pub fn halt(verdict: Verdict) -> ! {
-    log::info!("hypervisor halted");
-    debug_exit::report(debug_exit_port(), verdict);
+    irq::disable();
+    let mut w = console::take_over();
+    let _ = writeln!(w, "hypervisor halted");
+    debug_exit::report(verdict);
     irq::halt_forever()
 }
 
@@ -73,6 +66,10 @@ const EXCEPTIONS: [(&str, &str); 32] = [
 
 /// A CPU exception the hypervisor cannot recover from: dump everything and stop.
 pub fn exception(frame: &TrapFrame) -> ! {
+    irq::disable();
+    if DYING.swap(true, Ordering::SeqCst) {
+        irq::halt_forever();
+    }
     let mut w = console::take_over();
     let vector = frame.vector as usize;
     let (name, mnemonic) = EXCEPTIONS
@@ -119,7 +116,7 @@ pub fn exception(frame: &TrapFrame) -> ! {
     }
     dump_registers(&mut w, frame);
     let _ = writeln!(w, "hypervisor halted");
-    debug_exit::report(debug_exit_port(), Verdict::Fatal);
+    debug_exit::report(Verdict::Fatal);
     irq::halt_forever()
 }
 
@@ -170,6 +167,10 @@ fn dump_registers(w: &mut impl Write, f: &TrapFrame) {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    irq::disable();
+    if DYING.swap(true, Ordering::SeqCst) {
+        irq::halt_forever();
+    }
     let mut w = console::take_over();
     match info.location() {
         Some(l) => {
@@ -187,6 +188,6 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
         }
     }
     let _ = writeln!(w, "hypervisor halted");
-    debug_exit::report(debug_exit_port(), Verdict::Fatal);
+    debug_exit::report(Verdict::Fatal);
     irq::halt_forever()
 }

@@ -2,14 +2,17 @@
 //! tables (image with per-section permissions, direct map of RAM, guarded stacks, MMIO,
 //! the GDT window), and the kernel heap.
 
-use core::fmt;
+use core::{
+    fmt,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use ferrovisor::{
     mm::{
         frame_alloc::{self, FrameAllocator, MAX_FREE_RANGES},
         layout::{
-            image_virt_to_phys, DIRECT_MAP_BASE, EARLY_DIRECT_MAP_SIZE, GDT_WINDOWS_BASE,
-            GDT_WINDOW_SIZE, IST_STACK_SIZE, MMIO_BASE, STACKS_BASE, STACK_SIZE,
+            image_virt_to_phys, DIRECT_MAP_BASE, DIRECT_MAP_SIZE, EARLY_DIRECT_MAP_SIZE,
+            GDT_WINDOWS_BASE, GDT_WINDOW_SIZE, IST_STACK_SIZE, MMIO_BASE, STACKS_BASE, STACK_SIZE,
         },
         paging::{AddressSpace, Attrs, MapError, SIZE_1G, SIZE_2M, SIZE_4K},
         Mfn, PhysRange, PAGE_SIZE,
@@ -47,6 +50,7 @@ pub enum MemoryError {
     BitmapPlacement,
     Map(MapError),
     OutOfFrames(&'static str),
+    HeapTwice,
 }
 
 impl fmt::Display for MemoryError {
@@ -58,6 +62,7 @@ impl fmt::Display for MemoryError {
             }
             MemoryError::Map(e) => write!(f, "building the hypervisor page tables: {e}"),
             MemoryError::OutOfFrames(what) => write!(f, "out of memory for {what}"),
+            MemoryError::HeapTwice => write!(f, "the kernel heap was initialised twice"),
         }
     }
 }
@@ -69,11 +74,12 @@ impl From<MapError> for MemoryError {
 }
 
 /// RAM ranges of the memory map that the allocator may hand out.
+/// RAM beyond what the direct map can hold (5 TiB) is ignored.
 fn available_ram(boot: &BootInfo) -> heapless::Vec<PhysRange, 128> {
     boot.memory_map
         .iter()
-        .filter(|r| r.kind == MemoryKind::Available)
-        .map(|r| PhysRange::new(r.base, r.base.saturating_add(r.len)))
+        .filter(|r| r.kind == MemoryKind::Available && r.base < DIRECT_MAP_SIZE)
+        .map(|r| PhysRange::new(r.base, r.base.saturating_add(r.len).min(DIRECT_MAP_SIZE)))
         .collect()
 }
 
@@ -127,7 +133,16 @@ pub fn init_frames(
     for (m, name) in boot.modules.iter().zip(MODULE_NAMES) {
         let _ = named.push((name, PhysRange::new(m.start, m.end)));
     }
-    let reserved: heapless::Vec<PhysRange, 24> = named.iter().map(|(_, r)| *r).collect();
+    // Firmware may report overlapping entries: whatever any entry calls not available stays
+    // out of the allocator, even where another entry calls it available.
+    let mut reserved: heapless::Vec<PhysRange, 160> = named.iter().map(|(_, r)| *r).collect();
+    for r in boot
+        .memory_map
+        .iter()
+        .filter(|r| r.kind != MemoryKind::Available)
+    {
+        let _ = reserved.push(PhysRange::new(r.base, r.base.saturating_add(r.len)));
+    }
     let mut free: heapless::Vec<PhysRange, MAX_FREE_RANGES> =
         frame_alloc::free_ranges(&ram, &reserved);
     let max_addr = free
@@ -198,13 +213,10 @@ pub fn build_kernel_space(
 ) -> Result<KernelSpace, MemoryError> {
     let mut guard = FRAMES.lock();
     let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
-    let mut aspace = AddressSpace::new(
-        DirectMapTables {
-            frames,
-            below: EARLY_DIRECT_MAP_SIZE,
-        },
-        crate::arch::x86_64::msr::nx_enabled(),
-    )?;
+    // SAFETY: the tables are new ones, built here from fresh frames, below 4 GiB while only
+    // the early direct map exists.
+    let tables = unsafe { DirectMapTables::new(frames, EARLY_DIRECT_MAP_SIZE) };
+    let mut aspace = AddressSpace::new(tables, crate::arch::x86_64::msr::nx_enabled())?;
 
     // The image, section by section.
     for (range, attrs) in [
@@ -224,8 +236,13 @@ pub fn build_kernel_space(
     // The direct map: the firmware's first MiB and all RAM, merged.
     let mut ram: heapless::Vec<PhysRange, 130> = heapless::Vec::new();
     let _ = ram.push(PhysRange::new(0, 0x10_0000));
-    for r in boot.memory_map.iter().filter(|r| r.kind.is_ram()) {
-        let _ = ram.push(PhysRange::new(r.base, r.base.saturating_add(r.len)).grow_to_pages());
+    for r in boot
+        .memory_map
+        .iter()
+        .filter(|r| r.kind.is_ram() && r.base < DIRECT_MAP_SIZE)
+    {
+        let end = r.base.saturating_add(r.len).min(DIRECT_MAP_SIZE);
+        let _ = ram.push(PhysRange::new(r.base, end).grow_to_pages());
     }
     ram.sort_unstable();
     let mut merged: heapless::Vec<PhysRange, 130> = heapless::Vec::new();
@@ -270,7 +287,7 @@ pub fn build_kernel_space(
         while va < top {
             let f = aspace
                 .memory_mut()
-                .frames
+                .frames()
                 .alloc()
                 .ok_or(MemoryError::OutOfFrames("stacks"))?;
             aspace.map_page(va, f.addr(), SIZE_4K, Attrs::DATA)?;
@@ -292,7 +309,7 @@ pub fn build_kernel_space(
     for i in 0..2 {
         let f = aspace
             .memory_mut()
-            .frames
+            .frames()
             .alloc_below(EARLY_DIRECT_MAP_SIZE)
             .ok_or(MemoryError::OutOfFrames("the GDT"))?;
         // SAFETY: the frame was just allocated, so it is ours; it is direct-mapped.
@@ -326,6 +343,10 @@ pub fn build_kernel_space(
 
 /// Gives the kernel heap `HEAP_SIZE` of contiguous frames, reached through the direct map.
 pub fn init_heap() -> Result<u64, MemoryError> {
+    static DONE: AtomicBool = AtomicBool::new(false);
+    if DONE.swap(true, Ordering::SeqCst) {
+        return Err(MemoryError::HeapTwice);
+    }
     let frames = HEAP_SIZE / PAGE_SIZE;
     let start = FRAMES
         .lock()
@@ -334,7 +355,7 @@ pub fn init_heap() -> Result<u64, MemoryError> {
         .ok_or(MemoryError::OutOfFrames("the kernel heap"))?;
     let va = DIRECT_MAP_BASE + start.addr();
     // SAFETY: the frames were just allocated for the heap alone and are direct-mapped;
-    // the heap is initialised once.
+    // `DONE` makes this the only initialisation.
     unsafe { HEAP.lock().init(va as *mut u8, HEAP_SIZE as usize) };
     Ok(va)
 }
@@ -356,14 +377,10 @@ pub fn map_user_page(va: u64, frame: OwnedFrame, attrs: Attrs) -> Result<(), Mem
     let root = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
     let mut guard = FRAMES.lock();
     let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
-    let mut aspace = AddressSpace::attach(
-        root,
-        DirectMapTables {
-            frames,
-            below: u64::MAX,
-        },
-        crate::arch::x86_64::msr::nx_enabled(),
-    );
+    // SAFETY: `root` is the hypervisor's own live address space (CR3); only entries are
+    // added, on the way to a new user page, under the allocator lock.
+    let tables = unsafe { DirectMapTables::new(frames, u64::MAX) };
+    let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
     aspace.map_page(va, frame.mfn().addr(), SIZE_4K, attrs)?;
     Ok(())
 }

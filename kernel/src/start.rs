@@ -13,7 +13,7 @@ use crate::{
     arch::x86_64::{
         apic, boot,
         cpu::{self, Features},
-        debug_exit::Verdict,
+        debug_exit::{self, Verdict},
         gdt::{self, Tss},
         idt, irq,
         percpu::{self, PerCpu},
@@ -45,6 +45,10 @@ static BOOT: spin::Once<Boot> = spin::Once::new();
 #[no_mangle]
 pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
     clock::mark_boot();
+    // Exceptions are reported from here on (on the boot stack, with the boot GDT).
+    // SAFETY: EARLY_CS is the boot GDT's 64-bit code selector (boot/entry.S); no IST slot
+    // is named.
+    unsafe { idt::load(EARLY_CS, &[]) };
     let features = Features::detect();
     // Calibrate first, so that every log line carries a real time stamp. The legacy PICs
     // are masked before anything could enable interrupts.
@@ -67,8 +71,11 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
     let cmdline = cmdline::parse(raw_cmdline);
     console::init(cmdline.console, cmdline.com1_baud.unwrap_or(115_200));
     console::init_log(cmdline.loglvl.to_filter());
-    fatal::set_debug_exit(cmdline.debug_exit);
-    idt::load(EARLY_CS, &[]);
+    if let Some(port) = cmdline.debug_exit {
+        // SAFETY: `debug_exit=` is the test harness's option naming QEMU's isa-debug-exit
+        // device; the administrator asked for writes to that port.
+        unsafe { debug_exit::configure(port) };
+    }
 
     log::info!("Ferrovisor {VERSION}: x86-64 hypervisor for Xen-PV guests");
     if magic != multiboot2::BOOTLOADER_MAGIC {
@@ -180,14 +187,17 @@ extern "C" fn boot_on_main_stack() -> ! {
     // SAFETY: the window's reserved pages were mapped by `build_kernel_space`; the TSS is
     // leaked, so it lives (unmoved) forever.
     unsafe { gdt::load(space.gdt_window, space.gdt_reserved_page, tss) };
-    idt::load(
-        gdt::selector::HYPERVISOR_CS,
-        &[
-            (8, gdt::IST_DOUBLE_FAULT),
-            (2, gdt::IST_NMI),
-            (18, gdt::IST_MACHINE_CHECK),
-        ],
-    );
+    // SAFETY: `gdt::load` just loaded HYPERVISOR_CS, and the TSS holds the three IST stacks.
+    unsafe {
+        idt::load(
+            gdt::selector::HYPERVISOR_CS,
+            &[
+                (8, gdt::IST_DOUBLE_FAULT),
+                (2, gdt::IST_NMI),
+                (18, gdt::IST_MACHINE_CHECK),
+            ],
+        )
+    };
     percpu::install(Box::leak(Box::new(PerCpu {
         self_ptr: 0,
         stack_top: space.main_stack_top,
@@ -273,8 +283,10 @@ fn start_time(boot: &Boot) {
         Err(e) => log::error!("wallclock: the CMOS RTC reads nonsense ({e}); wall time unset"),
     }
 
-    let mode = apic::init(boot.features.x2apic, boot.space.apic_mmio);
-    let timer = apic::start_timer(TICK_NS, tsc_hz, boot.features.tsc_deadline);
+    // SAFETY: `build_kernel_space` mapped the APIC page (from `apic::mmio_phys`) uncached
+    // at `apic_mmio` for good; x2APIC only where CPUID reports it.
+    let mode = unsafe { apic::init(boot.features.x2apic, boot.space.apic_mmio) };
+    let timer = apic::start_timer(TICK_NS, tsc_hz);
     irq::enable();
     log::info!(
         "apic: {}, id {}, timer at {} Hz ({})",

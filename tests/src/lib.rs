@@ -61,8 +61,24 @@ pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules) -> PathB
 /// Builds the ISO and boots it with QEMU's defaults (TCG, 1024 MiB, 2 CPUs); the serial log
 /// also goes to `target/qemu-logs/<name>.log`.
 pub fn boot(name: &str, hypervisor_cmdline: &str, modules: Modules) -> Boot {
+    boot_with_memory(
+        name,
+        hypervisor_cmdline,
+        modules,
+        QemuConfig::new(PathBuf::new()).memory_mib,
+    )
+}
+
+/// As [`boot`], with `memory_mib` of RAM.
+pub fn boot_with_memory(
+    name: &str,
+    hypervisor_cmdline: &str,
+    modules: Modules,
+    memory_mib: u32,
+) -> Boot {
     let iso = make_iso(name, hypervisor_cmdline, modules);
     let mut cfg = QemuConfig::new(iso);
+    cfg.memory_mib = memory_mib;
     cfg.log_name = Some(name.to_owned());
     let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
     Boot {

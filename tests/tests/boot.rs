@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferrovisor_tests::{boot, Boot, ExitOutcome, Modules};
+use ferrovisor_tests::{boot, boot_with_memory, Boot, ExitOutcome, Modules};
 use xtask::{build::PLACEHOLDER_SIZE, iso::DEFAULT_DOM0_CMDLINE};
 
 const BOOT_CMDLINE: &str = "dom0_mem=262144 console=com1 loglvl=info bogus_opt=1 maxcpus=abc \
@@ -201,5 +201,43 @@ fn ring3_syscall_interrupts_and_exceptions_reach_the_hypervisor() {
     b.expect(r"selftest: passed");
     b.expect_exit(ExitOutcome::HaltedCleanly);
     b.assert_last_line("hypervisor halted");
+    no_panic_or_fatal(&mut b);
+}
+
+/// Scenario G: 6 GiB of RAM. Memory above 4 GiB is direct-mapped (with 1 GiB pages where
+/// the CPU has them), handed out by the frame allocator and checked by the selftest.
+#[test]
+fn large_memory_is_mapped_and_allocated() {
+    let mut b = boot_with_memory(
+        "large-memory",
+        "dom0_mem=1G console=com1 selftest=halt debug_exit=0xf4",
+        Modules::Default,
+        6144,
+    );
+    b.expect(r"selftest: passed");
+    b.expect_exit(ExitOutcome::HaltedCleanly);
+    let ram: u64 = b.find(r"memory: (\d+) MiB of RAM").parse(1).unwrap();
+    b.check(
+        (6000..=6144).contains(&ram),
+        &format!("{ram} MiB of RAM, expected ~6 GiB"),
+    );
+    let mapped: u64 = b
+        .find(r"paging: hypervisor tables at .*, (\d+) MiB direct-mapped")
+        .parse(1)
+        .unwrap();
+    b.check(
+        mapped >= ram,
+        &format!("{mapped} MiB direct-mapped for {ram} MiB of RAM"),
+    );
+    b.find(r"dom0: reserved 1 GiB \(262144 frames");
+    let frames: u64 = b
+        .find(r"selftest: frame allocator: handed out all (\d+) free frames")
+        .parse(1)
+        .unwrap();
+    // Over 4.5 GiB free after dom0's 1 GiB: frames above 4 GiB were handed out too.
+    b.check(
+        frames > 1_150_000,
+        &format!("only {frames} frames handed out"),
+    );
     no_panic_or_fatal(&mut b);
 }

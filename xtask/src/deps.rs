@@ -52,6 +52,11 @@ pub const TOOLS: &[Tool] = &[
         purpose: "writes the El Torito image for grub-mkrescue",
     },
     Tool {
+        probe: Probe::Program("cc"),
+        package: "gcc",
+        purpose: "links build scripts and host tools (rustc calls it as the linker)",
+    },
+    Tool {
         probe: Probe::Dir("/usr/lib/grub/i386-pc"),
         package: "grub-pc-bin",
         purpose: "GRUB's BIOS modules, which the ISO boots with",

@@ -221,6 +221,9 @@ fn run_all(steps: Vec<(&str, Command)>) -> anyhow::Result<()> {
 
 fn test() -> anyhow::Result<()> {
     deps::ensure()?;
+    // Style and lints are part of passing: a change that breaks them does not land.
+    eprintln!("==> lint (rustfmt, clippy on both targets)");
+    lint()?;
     let mut unit = cargo_in_workspace();
     unit.args(["test", "--workspace", "--exclude", "ferrovisor-tests"]);
     let mut qemu = cargo_in_workspace();

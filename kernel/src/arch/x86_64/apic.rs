@@ -10,6 +10,7 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 // Register offsets of the xAPIC MMIO page; the x2APIC MSR is 0x800 + offset / 16.
 const REG_ID: u32 = 0x20;
+const REG_TPR: u32 = 0x80;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
 const REG_LVT_TIMER: u32 = 0x320;
@@ -80,17 +81,21 @@ fn write(reg: u32, value: u32) {
 }
 
 /// Enables this CPU's local APIC, in x2APIC mode when `use_x2apic`, otherwise through the
-/// MMIO page already mapped at `mmio_virt`.
-pub fn init(use_x2apic: bool, mmio_virt: u64) -> Mode {
-    // SAFETY: enabling the APIC (and x2APIC mode when the CPU has it) in IA32_APIC_BASE is
-    // the documented way to start it; nothing else uses the APIC yet.
+/// MMIO page mapped at `mmio_virt`.
+///
+/// # Safety
+/// Unless `use_x2apic`, `mmio_virt` must map this CPU's APIC registers ([`mmio_phys`])
+/// uncached for as long as the hypervisor runs. `use_x2apic` only if CPUID reports x2APIC.
+pub unsafe fn init(use_x2apic: bool, mmio_virt: u64) -> Mode {
+    // SAFETY: enabling the APIC in IA32_APIC_BASE, then (a separate write, since x2APIC
+    // mode may only be entered from enabled xAPIC mode) x2APIC mode when the caller says
+    // the CPU has it; nothing else uses the APIC yet.
     unsafe {
-        let base = msr::read(msr::IA32_APIC_BASE);
-        let mut new = base | APIC_BASE_ENABLE;
+        let base = msr::read(msr::IA32_APIC_BASE) | APIC_BASE_ENABLE;
+        msr::write(msr::IA32_APIC_BASE, base);
         if use_x2apic {
-            new |= APIC_BASE_X2APIC;
+            msr::write(msr::IA32_APIC_BASE, base | APIC_BASE_X2APIC);
         }
-        msr::write(msr::IA32_APIC_BASE, new);
     }
     let mode = if use_x2apic {
         MODE.store(MODE_X2APIC, Ordering::Relaxed);
@@ -100,7 +105,8 @@ pub fn init(use_x2apic: bool, mmio_virt: u64) -> Mode {
         MODE.store(MODE_XAPIC, Ordering::Relaxed);
         Mode::XApic
     };
-    // Software-enable with the spurious vector.
+    // Accept every priority, and software-enable with the spurious vector.
+    write(REG_TPR, 0);
     write(REG_SVR, (1 << 8) | SPURIOUS_VECTOR as u32);
     mode
 }
@@ -117,9 +123,12 @@ pub fn eoi() {
 }
 
 /// Starts the tick: every `period_ns`, an interrupt on [`TIMER_VECTOR`]. Uses TSC-deadline
-/// mode when `tsc_deadline` (re-armed by [`on_tick`]); otherwise the APIC's own counter in
+/// mode when the CPU has it (re-armed by [`on_tick`]); otherwise the APIC's own counter in
 /// periodic mode, calibrated here against the TSC.
-pub fn start_timer(period_ns: u64, tsc_hz: u64, tsc_deadline: bool) -> TimerMode {
+pub fn start_timer(period_ns: u64, tsc_hz: u64) -> TimerMode {
+    let tsc_deadline = x86::cpuid::CpuId::new()
+        .get_feature_info()
+        .is_some_and(|f| f.has_tsc_deadline());
     if tsc_deadline {
         let period = tsc_hz * period_ns / 1_000_000_000;
         DEADLINE_PERIOD.store(period, Ordering::Relaxed);
@@ -147,9 +156,13 @@ pub fn start_timer(period_ns: u64, tsc_hz: u64, tsc_deadline: bool) -> TimerMode
 }
 
 fn arm_deadline(period: u64) {
-    // SAFETY: IA32_TSC_DEADLINE exists when CPUID reports TSC-deadline (checked by the
-    // caller of `start_timer`); writing it only schedules a timer interrupt.
-    unsafe { msr::write(msr::IA32_TSC_DEADLINE, rdtsc() + period) }
+    // SAFETY: only reached once `start_timer` found TSC-deadline in CPUID, so the MSR
+    // exists; writing it only schedules a timer interrupt. The fence orders the LVT write
+    // (an MMIO store in xAPIC mode) before the deadline, which the SDM requires.
+    unsafe {
+        core::arch::asm!("mfence", options(nostack, preserves_flags));
+        msr::write(msr::IA32_TSC_DEADLINE, rdtsc() + period)
+    }
 }
 
 /// Called from the timer interrupt: re-arms a deadline-mode timer.

@@ -2,7 +2,20 @@
 //! Only used when the command line names its port (`debug_exit=0xf4`): it is how the
 //! integration tests get the hypervisor's verdict.
 
+use core::sync::atomic::{AtomicU32, Ordering};
+
 use super::port::Port;
+
+/// The configured port, or 0.
+static PORT: AtomicU32 = AtomicU32::new(0);
+
+/// Names QEMU's isa-debug-exit port.
+///
+/// # Safety
+/// `port` must be an isa-debug-exit device (or nothing at all): [`report`] writes to it.
+pub unsafe fn configure(port: u16) {
+    PORT.store(port as u32 | 0x1_0000, Ordering::SeqCst);
+}
 
 /// Why the hypervisor stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,10 +30,11 @@ pub enum Verdict {
 }
 
 /// Reports `verdict` on the configured port, if there is one.
-pub fn report(port: Option<u16>, verdict: Verdict) {
-    if let Some(port) = port {
-        // SAFETY: the administrator named this port as QEMU's isa-debug-exit device on the
-        // command line; it is written once, as the machine stops.
-        unsafe { Port::new(port) }.write32(verdict as u32);
+pub fn report(verdict: Verdict) {
+    let v = PORT.load(Ordering::SeqCst);
+    if v != 0 {
+        // SAFETY: `configure`'s caller vouched that this port is an isa-debug-exit device;
+        // it is written as the machine stops.
+        unsafe { Port::new(v as u16) }.write32(verdict as u32);
     }
 }

@@ -35,7 +35,11 @@ const INTERRUPT_GATE: u8 = 0x8e;
 
 /// (Re)writes every gate for code selector `cs`, with the IST slots given for particular
 /// vectors, and loads the IDT on this CPU.
-pub fn load(cs: u16, ist: &[(u8, u8)]) {
+///
+/// # Safety
+/// `cs` must be a 64-bit ring-0 code selector of the loaded GDT, and every IST slot named
+/// must hold a valid stack in this CPU's TSS.
+pub unsafe fn load(cs: u16, ist: &[(u8, u8)]) {
     let mut idt = IDT.lock();
     for (vector, gate) in idt.0.iter_mut().enumerate() {
         let addr = stub_address(vector as u8);
@@ -57,6 +61,6 @@ pub fn load(cs: u16, ist: &[(u8, u8)]) {
         base: idt.0.as_ptr(),
     };
     // SAFETY: the IDT is a static, so it outlives its use by the CPU; every gate points at
-    // a valid stub with a code selector the caller has loaded in the GDT.
+    // a valid stub, with the selector and IST slots the caller vouched for.
     unsafe { x86::dtables::lidt(&ptr) };
 }

@@ -10,10 +10,25 @@ use ferrovisor::mm::{
 
 /// Page tables in frames from the frame allocator, edited through the direct map.
 pub struct DirectMapTables<'a, 'b> {
-    pub frames: &'a mut FrameAllocator<'b>,
+    frames: &'a mut FrameAllocator<'b>,
     /// New tables come from below this address (during early boot only the first 4 GiB
     /// are direct-mapped).
-    pub below: u64,
+    below: u64,
+}
+
+impl<'a, 'b> DirectMapTables<'a, 'b> {
+    /// # Safety
+    /// Every table this is asked to read or write (the root it is used with and the tables
+    /// reachable from it) must be a page-table frame of the hypervisor's own address
+    /// space, direct-mapped, and edited by nothing else meanwhile.
+    pub unsafe fn new(frames: &'a mut FrameAllocator<'b>, below: u64) -> Self {
+        DirectMapTables { frames, below }
+    }
+
+    /// The allocator the tables come from.
+    pub fn frames(&mut self) -> &mut FrameAllocator<'b> {
+        self.frames
+    }
 }
 
 impl TableMemory for DirectMapTables<'_, '_> {
@@ -28,8 +43,8 @@ impl TableMemory for DirectMapTables<'_, '_> {
     fn read(&self, table: Mfn, index: usize) -> u64 {
         assert!(index < ENTRIES);
         let p = (phys_to_virt(table.addr()) as *const u64).wrapping_add(index);
-        // SAFETY: `table` is a page-table frame this address space allocated; the index is
-        // inside it.
+        // SAFETY: `table` is one of the hypervisor's page-table frames (the contract of
+        // `new`); the index is inside it.
         unsafe { p.read_volatile() }
     }
 

@@ -19,14 +19,17 @@ pub fn calibrate_tsc() -> Option<u64> {
         ctrl.write8(0b1011_0000);
         ch2.write8(WINDOW_TICKS as u8);
         ch2.write8((WINDOW_TICKS >> 8) as u8);
-        // Gate on: counting starts; OUT2 (port 0x61 bit 5) rises at terminal count.
-        port_b.write8((port_b.read8() & !0x02) | 0x01);
+        // Gate on: counting starts; OUT2 (port 0x61 bit 5) rises at terminal count. The
+        // TSC is read before the gate opens, so a delay can only lengthen a window (and the
+        // minimum over the windows discards it), never shorten it.
+        let gate = (port_b.read8() & !0x02) | 0x01;
         let start = rdtsc();
+        port_b.write8(gate);
         let mut spins: u64 = 0;
         while port_b.read8() & 0x20 == 0 {
             spins += 1;
-            if spins > 50_000_000 {
-                return None; // no PIT
+            if spins > 5_000_000 {
+                return None; // no PIT (a 10 ms window takes far fewer port reads)
             }
             core::hint::spin_loop();
         }

@@ -142,13 +142,17 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     crate::interrupts::dispatch(frame);
 }
 
-/// Writes to `addr`, which must be unmapped: the resulting page fault is fatal by design
-/// (used by `selftest=pagefault`).
-pub fn provoke_page_fault(addr: u64) -> ! {
-    // SAFETY: the store goes to an address the caller knows is unmapped, so it never
-    // touches memory; the page fault it raises is fatal and does not return here.
+/// An address nothing ever maps: the hypervisor maps nothing in the lower half except
+/// the ring-3 selftest's pages at 0x400000, and guests' lower halves are their own.
+pub const UNMAPPED_ADDRESS: u64 = 0x0dea_dbee_f000;
+
+/// Writes to [`UNMAPPED_ADDRESS`]: the resulting page fault is fatal by design (used by
+/// `selftest=pagefault`).
+pub fn provoke_page_fault() -> ! {
+    // SAFETY: the store goes to an address that is never mapped (see UNMAPPED_ADDRESS), so
+    // it touches no memory; the page fault it raises is fatal and does not return here.
     unsafe {
-        core::arch::asm!("mov qword ptr [{0}], 0", in(reg) addr, options(nostack));
+        core::arch::asm!("mov qword ptr [{0}], 0", in(reg) UNMAPPED_ADDRESS, options(nostack));
     }
     unreachable!("a write to an unmapped address returned")
 }
