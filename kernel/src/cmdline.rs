@@ -23,8 +23,11 @@ pub const MAX_DIAGNOSTICS: usize = 16;
 pub enum SizeError {
     /// Nothing to parse.
     Empty,
-    /// The string does not start with a decimal digit.
+    /// The string does not start with a digit.
     NotANumber,
+    /// A digit that the number's base does not have: `08` (a leading `0` is octal) or
+    /// `0x` with no hexadecimal digit after it.
+    BadDigit,
     /// The text after the number is not a known unit.
     UnknownSuffix,
     /// The size does not fit in 64 bits of bytes.
@@ -36,7 +39,10 @@ impl SizeError {
     pub const fn reason(self) -> &'static str {
         match self {
             SizeError::Empty => "expected a size such as 262144 (KiB), 512M or 2G",
-            SizeError::NotANumber => "a size must start with a decimal number",
+            SizeError::NotANumber => "a size must start with a number",
+            SizeError::BadDigit => {
+                "a leading 0 makes a number octal (digits 0-7) and 0x hexadecimal"
+            }
             SizeError::UnknownSuffix => "unknown size suffix (use B, K, M, G or T)",
             SizeError::Overflow => "size does not fit in 64 bits",
         }
@@ -49,23 +55,57 @@ impl fmt::Display for SizeError {
     }
 }
 
-/// Parses a size in bytes.
+/// Parses a size in bytes (Xen's `parse_size_and_unit`).
+///
+/// The number is read as C's `strtoull(s, &end, 0)` reads it: `0x` or `0X` followed by a
+/// hexadecimal digit starts a hexadecimal number, any other leading `0` an octal one, and
+/// anything else is decimal. So `0x10000` is 64 MiB and `010` is 8 KiB. Hexadecimal digits
+/// are taken greedily, so in `0x10b` the `b` is a digit, not the byte suffix.
 ///
 /// A bare number is KiB, as for Xen's `dom0_mem=262144` (256 MiB). The suffixes `B`, `K`,
 /// `M`, `G` and `T` (any case, optionally spelled `KiB`, `MiB`, `GiB`, `TiB`) are binary
-/// multiples of a byte.
+/// multiples of a byte. Unlike Xen, a size that does not fit in 64 bits is refused rather
+/// than wrapped.
 pub fn parse_size(s: &str) -> Result<u64, SizeError> {
-    if s.is_empty() {
-        return Err(SizeError::Empty);
-    }
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err(SizeError::NotANumber);
-    }
-    let (number, suffix) = s.split_at(digits);
-    let number = parse_decimal(number).ok_or(SizeError::Overflow)?;
+    let (number, suffix) = scan_number(s)?;
     let shift = match_suffix(suffix).ok_or(SizeError::UnknownSuffix)?;
     number.checked_mul(1u64 << shift).ok_or(SizeError::Overflow)
+}
+
+/// Reads the unsigned number at the start of `s` in base 0 (see [`parse_size`]) and
+/// returns it with the text after it.
+fn scan_number(s: &str) -> Result<(u64, &str), SizeError> {
+    let bytes = s.as_bytes();
+    match bytes.first() {
+        None => return Err(SizeError::Empty),
+        Some(b) if !b.is_ascii_digit() => return Err(SizeError::NotANumber),
+        Some(_) => {}
+    }
+    let hex = bytes[0] == b'0'
+        && matches!(bytes.get(1), Some(b'x' | b'X'))
+        && bytes.get(2).is_some_and(u8::is_ascii_hexdigit);
+    let (radix, start) = match (hex, bytes[0]) {
+        (true, _) => (16, 2),
+        (false, b'0') => (8, 0),
+        (false, _) => (10, 0),
+    };
+    let digits = bytes[start..]
+        .iter()
+        .take_while(|&&b| char::from(b).is_digit(radix))
+        .count();
+    let (number, rest) = s[start..].split_at(digits);
+    // `08`, `09`, `0x` and `0xg` would otherwise surface as a puzzling "unknown suffix".
+    if radix == 8 && rest.starts_with(['8', '9', 'x', 'X']) {
+        return Err(SizeError::BadDigit);
+    }
+    let value = number
+        .chars()
+        .try_fold(0u64, |acc, c| {
+            acc.checked_mul(u64::from(radix))?
+                .checked_add(u64::from(c.to_digit(radix)?))
+        })
+        .ok_or(SizeError::Overflow)?;
+    Ok((value, rest))
 }
 
 /// The power of two a size suffix multiplies by.
@@ -115,30 +155,120 @@ fn parse_number(s: &str) -> Option<u64> {
     }
 }
 
-/// The size item of `dom0_mem=`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dom0MemAmount {
-    /// Give dom0 exactly this many bytes.
-    Exact(u64),
-    /// Give dom0 everything except this many bytes (Xen's leading `-`).
-    AllBut(u64),
+/// One `<sz>` of `dom0_mem=`: `[-](<size> | <frac>% | <size>+<frac>%)`.
+///
+/// It stands for `bytes` plus `percent` per cent of the memory available for dom0, or,
+/// with a leading `-` (`all_but`), for the available memory minus that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Dom0MemSize {
+    /// The `<size>` part, in bytes (0 when only a fraction is given).
+    pub bytes: u64,
+    /// The `<frac>` part, in per cent of the available memory: 0 to 99, as in Xen.
+    pub percent: u32,
+    /// A leading `-`: everything available except the amount above.
+    pub all_but: bool,
 }
 
-/// `dom0_mem=[min:<size>,][max:<size>,][<size>]`, items in any order (Xen's syntax).
+/// The size item of `dom0_mem=` (the one without `min:` or `max:`).
+pub type Dom0MemAmount = Dom0MemSize;
+
+impl Dom0MemSize {
+    /// Exactly `bytes` bytes.
+    pub const fn bytes(bytes: u64) -> Self {
+        Dom0MemSize {
+            bytes,
+            percent: 0,
+            all_but: false,
+        }
+    }
+
+    /// Everything available except `bytes` bytes.
+    pub const fn all_but(bytes: u64) -> Self {
+        Dom0MemSize {
+            bytes,
+            percent: 0,
+            all_but: true,
+        }
+    }
+
+    /// `percent` per cent of the available memory.
+    pub const fn percent(percent: u32) -> Self {
+        Dom0MemSize {
+            bytes: 0,
+            percent,
+            all_but: false,
+        }
+    }
+
+    /// The bytes this stands for when `available` bytes could go to dom0.
+    ///
+    /// Saturating: an absolute size too large for 64 bits is `u64::MAX`, and an
+    /// "all but" that keeps back at least everything is 0.
+    pub fn of(&self, available: u64) -> u64 {
+        let share = u128::from(available) * u128::from(self.percent) / 100;
+        let share = u64::try_from(share).unwrap_or(u64::MAX);
+        let amount = self.bytes.saturating_add(share);
+        if self.all_but {
+            available.saturating_sub(amount)
+        } else {
+            amount
+        }
+    }
+
+    /// Parses one `<sz>`.
+    fn parse(s: &str) -> Result<Dom0MemSize, &'static str> {
+        let (all_but, s) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (bytes, percent) = match s.strip_suffix('%') {
+            Some(with_frac) => {
+                let (size, frac) = match with_frac.split_once('+') {
+                    Some((size, frac)) => (parse_size(size).map_err(SizeError::reason)?, frac),
+                    None => (0, with_frac),
+                };
+                (size, parse_percent(frac)?)
+            }
+            None if s.contains('+') => {
+                return Err("a '+' must be followed by a percentage, as in 1G+25%")
+            }
+            None => (parse_size(s).map_err(SizeError::reason)?, 0),
+        };
+        Ok(Dom0MemSize {
+            bytes,
+            percent,
+            all_but,
+        })
+    }
+}
+
+/// The `<frac>` of `<frac>%`: a plain number (base 0, like sizes) below 100.
+fn parse_percent(s: &str) -> Result<u32, &'static str> {
+    const EXPECTED: &str = "a percentage must be a whole number from 0 to 99, as in 25%";
+    match scan_number(s) {
+        Ok((value, "")) if value < 100 => Ok(value as u32),
+        _ => Err(EXPECTED),
+    }
+}
+
+/// `dom0_mem=List of ( min:<sz> | max:<sz> | <sz> )`, items in any order (Xen's syntax).
+///
+/// `<sz>` is `<size>`, `<frac>%` or `<size>+<frac>%`, optionally after a `-`; see
+/// [`Dom0MemSize`] and [`parse_size`]. A later item of the same kind overrides an earlier
+/// one. See [`Dom0Mem::resolve`] for how the three combine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Dom0Mem {
     pub amount: Option<Dom0MemAmount>,
-    pub min: Option<u64>,
-    pub max: Option<u64>,
+    pub min: Option<Dom0MemSize>,
+    pub max: Option<Dom0MemSize>,
 }
 
 /// Why [`Dom0Mem::resolve`] could not size dom0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dom0MemError {
-    /// More memory was asked for than there is.
+    /// More memory was asked for than there is. Xen would silently give dom0 all there
+    /// is instead; Ferrovisor refuses, so that a wrong `dom0_mem=` is noticed.
     NotEnoughMemory { requested: u64, available: u64 },
-    /// `min:` is larger than `max:`.
-    MinAboveMax { min: u64, max: u64 },
     /// The request leaves dom0 with less than one page.
     NoMemoryLeft { available: u64 },
 }
@@ -155,12 +285,6 @@ impl fmt::Display for Dom0MemError {
                 "dom0_mem asks for {} but only {} is available for dom0",
                 HumanSize(requested),
                 HumanSize(available)
-            ),
-            Dom0MemError::MinAboveMax { min, max } => write!(
-                f,
-                "dom0_mem min:{} is above max:{}",
-                HumanSize(min),
-                HumanSize(max)
             ),
             Dom0MemError::NoMemoryLeft { available } => write!(
                 f,
@@ -187,52 +311,54 @@ impl Dom0Mem {
                 return Err("empty item in the comma-separated list");
             }
             if let Some(size) = item.strip_prefix("min:") {
-                mem.min = Some(parse_bound(size)?);
+                mem.min = Some(Dom0MemSize::parse(size)?);
             } else if let Some(size) = item.strip_prefix("max:") {
-                mem.max = Some(parse_bound(size)?);
-            } else if let Some(size) = item.strip_prefix('-') {
-                mem.amount = Some(Dom0MemAmount::AllBut(
-                    parse_size(size).map_err(SizeError::reason)?,
-                ));
+                mem.max = Some(Dom0MemSize::parse(size)?);
             } else {
-                mem.amount = Some(Dom0MemAmount::Exact(
-                    parse_size(item).map_err(SizeError::reason)?,
-                ));
+                mem.amount = Some(Dom0MemSize::parse(item)?);
             }
         }
         Ok(mem)
     }
 
-    /// dom0's size in bytes, given the bytes that could be given to dom0.
+    /// dom0's size in bytes, given the bytes that could be given to dom0 (Xen's
+    /// `dom0_compute_nr_pages`).
     ///
-    /// Without a size, the hypervisor keeps back 1/16th of the memory, at most
-    /// [`Self::DEFAULT_RESERVE_MAX`], for its own later allocations (domain structures,
-    /// grant and event-channel tables). Then `max:` clamps and `min:` raises; the result
-    /// is whole pages.
+    /// 1. The amount: without one, or when it comes to less than a page (`dom0_mem=0`,
+    ///    `0%`), the hypervisor keeps back 1/16th of the memory, at most
+    ///    [`Self::DEFAULT_RESERVE_MAX`], for its own later allocations (domain
+    ///    structures, grant and event-channel tables) and dom0 gets the rest. An "all but"
+    ///    amount that leaves less than a page is an error, not the default.
+    /// 2. `min:` raises the amount to at least its size.
+    /// 3. `max:` lowers it to at most its size; so when `min:` is above `max:`, `max:`
+    ///    wins, as Xen documents.
+    /// 4. The result is rounded down to whole pages.
+    ///
+    /// One deliberate difference from Xen: where Xen quietly shrinks dom0 to the memory
+    /// there is, a result above `available` is [`Dom0MemError::NotEnoughMemory`].
     pub fn resolve(&self, available: u64) -> Result<u64, Dom0MemError> {
-        if let (Some(min), Some(max)) = (self.min, self.max) {
-            if min > max {
-                return Err(Dom0MemError::MinAboveMax { min, max });
-            }
-        }
+        use crate::mm::{align_down, PAGE_SIZE};
+        let default = || available - (available / 16).min(Self::DEFAULT_RESERVE_MAX);
         let mut size = match self.amount {
-            Some(Dom0MemAmount::Exact(bytes)) => bytes,
-            Some(Dom0MemAmount::AllBut(keep)) => {
-                let size = available.saturating_sub(keep);
-                if size == 0 {
+            Some(amount) => {
+                let size = amount.of(available);
+                if align_down(size, PAGE_SIZE) != 0 {
+                    size
+                } else if amount.all_but {
                     return Err(Dom0MemError::NoMemoryLeft { available });
+                } else {
+                    default()
                 }
-                size
             }
-            None => available - (available / 16).min(Self::DEFAULT_RESERVE_MAX),
+            None => default(),
         };
-        if let Some(max) = self.max {
-            size = size.min(max);
-        }
         if let Some(min) = self.min {
-            size = size.max(min);
+            size = size.max(min.of(available));
         }
-        let size = crate::mm::align_down(size, crate::mm::PAGE_SIZE);
+        if let Some(max) = self.max {
+            size = size.min(max.of(available));
+        }
+        let size = align_down(size, PAGE_SIZE);
         if size > available {
             return Err(Dom0MemError::NotEnoughMemory {
                 requested: size,
@@ -244,14 +370,6 @@ impl Dom0Mem {
         }
         Ok(size)
     }
-}
-
-/// `min:` and `max:` are plain sizes; Xen's "all but" form is only for the amount here.
-fn parse_bound(size: &str) -> Result<u64, &'static str> {
-    if size.starts_with('-') {
-        return Err("min: and max: take a size, not an 'all but' (-) amount");
-    }
-    parse_size(size).map_err(SizeError::reason)
 }
 
 /// The console log level, in Xen's `loglvl=` vocabulary.
@@ -608,20 +726,44 @@ mod tests {
     }
 
     #[test]
+    fn sizes_in_hexadecimal() {
+        // 0x10000 KiB = 64 MiB.
+        assert_eq!(parse_size("0x10000"), Ok(64 * MIB));
+        assert_eq!(parse_size("0X10000"), Ok(64 * MIB));
+        assert_eq!(parse_size("0x10M"), Ok(16 * MIB));
+        assert_eq!(parse_size("0xaG"), Ok(10 * GIB));
+        assert_eq!(parse_size("0XFfK"), Ok(255 * KIB));
+        assert_eq!(parse_size("0x0"), Ok(0));
+        // As with strtoull, hexadecimal digits are taken greedily: this b is a digit.
+        assert_eq!(parse_size("0x10b"), Ok(0x10b * KIB));
+        assert_eq!(parse_size("0x10bB"), Ok(0x10bb * KIB));
+    }
+
+    #[test]
+    fn sizes_in_octal() {
+        assert_eq!(parse_size("010"), Ok(8 * KIB));
+        assert_eq!(parse_size("010M"), Ok(8 * MIB));
+        assert_eq!(parse_size("0777B"), Ok(511));
+        assert_eq!(parse_size("00"), Ok(0));
+        assert_eq!(parse_size("0b"), Ok(0));
+        assert_eq!(parse_size("0G"), Ok(0));
+    }
+
+    #[test]
     fn size_errors() {
         assert_eq!(parse_size(""), Err(SizeError::Empty));
         assert_eq!(parse_size("G"), Err(SizeError::NotANumber));
         assert_eq!(parse_size("-1G"), Err(SizeError::NotANumber));
         assert_eq!(parse_size("+1G"), Err(SizeError::NotANumber));
+        assert_eq!(parse_size(" 1G"), Err(SizeError::NotANumber));
+        assert_eq!(parse_size("x10"), Err(SizeError::NotANumber));
         assert_eq!(parse_size("1X"), Err(SizeError::UnknownSuffix));
         assert_eq!(parse_size("1GB"), Err(SizeError::UnknownSuffix));
         assert_eq!(parse_size("1 G"), Err(SizeError::UnknownSuffix));
         assert_eq!(parse_size("1.5G"), Err(SizeError::UnknownSuffix));
-        assert_eq!(parse_size("99999999999999999999"), Err(SizeError::Overflow));
-        assert_eq!(parse_size("16777216T"), Err(SizeError::Overflow));
-        // 2^54 KiB is exactly 2^64 bytes: one too many.
-        assert_eq!(parse_size("18014398509481984"), Err(SizeError::Overflow));
-        assert_eq!(parse_size("18014398509481983"), Ok(u64::MAX - 1023));
+        assert_eq!(parse_size("1x10"), Err(SizeError::UnknownSuffix));
+        assert_eq!(parse_size("0x1Q"), Err(SizeError::UnknownSuffix));
+        assert_eq!(parse_size("1%"), Err(SizeError::UnknownSuffix));
         assert_eq!(
             SizeError::UnknownSuffix.to_string(),
             "unknown size suffix (use B, K, M, G or T)"
@@ -629,11 +771,53 @@ mod tests {
     }
 
     #[test]
+    fn size_digit_errors() {
+        for s in ["08", "09G", "0778", "0x", "0X", "0xG", "0xg", "0x.5"] {
+            assert_eq!(parse_size(s), Err(SizeError::BadDigit), "{s}");
+        }
+        assert_eq!(
+            SizeError::BadDigit.to_string(),
+            "a leading 0 makes a number octal (digits 0-7) and 0x hexadecimal"
+        );
+    }
+
+    #[test]
+    fn size_overflow() {
+        assert_eq!(parse_size("99999999999999999999"), Err(SizeError::Overflow));
+        assert_eq!(parse_size("16777216T"), Err(SizeError::Overflow));
+        // 2^54 KiB is exactly 2^64 bytes: one too many.
+        assert_eq!(parse_size("18014398509481984"), Err(SizeError::Overflow));
+        assert_eq!(parse_size("18014398509481983"), Ok(u64::MAX - 1023));
+        assert_eq!(parse_size("18446744073709551615B"), Ok(u64::MAX));
+        assert_eq!(
+            parse_size("18446744073709551616B"),
+            Err(SizeError::Overflow)
+        );
+        assert_eq!(parse_size("0xffffffffffffffffB"), Err(SizeError::Overflow));
+        assert_eq!(parse_size("0xffffffffffffffff"), Err(SizeError::Overflow));
+        assert_eq!(parse_size("0x3fffffffffffffK"), Ok(u64::MAX - 1023));
+        assert_eq!(parse_size("0x10000000000000000"), Err(SizeError::Overflow));
+        assert_eq!(parse_size("01777777777777777777777b"), Ok(u64::MAX));
+        assert_eq!(
+            parse_size("02000000000000000000000b"),
+            Err(SizeError::Overflow)
+        );
+    }
+
+    fn size(bytes: u64, percent: u32, all_but: bool) -> Dom0MemSize {
+        Dom0MemSize {
+            bytes,
+            percent,
+            all_but,
+        }
+    }
+
+    #[test]
     fn dom0_mem_syntax() {
         assert_eq!(
             Dom0Mem::parse("262144"),
             Ok(Dom0Mem {
-                amount: Some(Dom0MemAmount::Exact(256 * MIB)),
+                amount: Some(Dom0MemSize::bytes(256 * MIB)),
                 min: None,
                 max: None
             })
@@ -641,15 +825,15 @@ mod tests {
         assert_eq!(
             Dom0Mem::parse("max:2G,min:512M,1G"),
             Ok(Dom0Mem {
-                amount: Some(Dom0MemAmount::Exact(GIB)),
-                min: Some(512 * MIB),
-                max: Some(2 * GIB)
+                amount: Some(Dom0MemSize::bytes(GIB)),
+                min: Some(Dom0MemSize::bytes(512 * MIB)),
+                max: Some(Dom0MemSize::bytes(2 * GIB))
             })
         );
         assert_eq!(
             Dom0Mem::parse("-1G"),
             Ok(Dom0Mem {
-                amount: Some(Dom0MemAmount::AllBut(GIB)),
+                amount: Some(Dom0MemSize::all_but(GIB)),
                 min: None,
                 max: None
             })
@@ -658,52 +842,137 @@ mod tests {
             Dom0Mem::parse("min:1G"),
             Ok(Dom0Mem {
                 amount: None,
-                min: Some(GIB),
+                min: Some(Dom0MemSize::bytes(GIB)),
                 max: None
             })
         );
         // Later items override earlier ones.
         assert_eq!(
             Dom0Mem::parse("1G,2G,max:4G,max:3G").map(|m| (m.amount, m.max)),
-            Ok((Some(Dom0MemAmount::Exact(2 * GIB)), Some(3 * GIB)))
+            Ok((
+                Some(Dom0MemSize::bytes(2 * GIB)),
+                Some(Dom0MemSize::bytes(3 * GIB))
+            ))
+        );
+    }
+
+    #[test]
+    fn dom0_mem_syntax_fractions_and_signs() {
+        let amount = |s| Dom0Mem::parse(s).map(|m| m.amount.unwrap());
+        assert_eq!(amount("25%"), Ok(Dom0MemSize::percent(25)));
+        assert_eq!(amount("0%"), Ok(Dom0MemSize::percent(0)));
+        assert_eq!(amount("99%"), Ok(Dom0MemSize::percent(99)));
+        assert_eq!(amount("0x10%"), Ok(Dom0MemSize::percent(16)));
+        assert_eq!(amount("010%"), Ok(Dom0MemSize::percent(8)));
+        assert_eq!(amount("1G+25%"), Ok(size(GIB, 25, false)));
+        assert_eq!(amount("0x400+5%"), Ok(size(MIB, 5, false)));
+        assert_eq!(amount("-1G+25%"), Ok(size(GIB, 25, true)));
+        assert_eq!(amount("-25%"), Ok(size(0, 25, true)));
+        assert_eq!(amount("-0"), Ok(Dom0MemSize::all_but(0)));
+        assert_eq!(amount("0"), Ok(Dom0MemSize::bytes(0)));
+        assert_eq!(
+            Dom0Mem::parse("min:-1G,max:-10%,50%"),
+            Ok(Dom0Mem {
+                amount: Some(Dom0MemSize::percent(50)),
+                min: Some(Dom0MemSize::all_but(GIB)),
+                max: Some(size(0, 10, true))
+            })
+        );
+        assert_eq!(
+            Dom0Mem::parse("min:512M+10%,max:-0x100000"),
+            Ok(Dom0Mem {
+                amount: None,
+                min: Some(size(512 * MIB, 10, false)),
+                max: Some(Dom0MemSize::all_but(GIB))
+            })
         );
     }
 
     #[test]
     fn dom0_mem_syntax_errors() {
-        assert_eq!(Dom0Mem::parse(""), Err("missing value"));
-        assert_eq!(
-            Dom0Mem::parse("1G,,max:2G"),
-            Err("empty item in the comma-separated list")
-        );
-        assert_eq!(
-            Dom0Mem::parse("1G,"),
-            Err("empty item in the comma-separated list")
-        );
-        assert_eq!(
-            Dom0Mem::parse("max:-1G"),
-            Err("min: and max: take a size, not an 'all but' (-) amount")
-        );
-        assert_eq!(Dom0Mem::parse("min:"), Err(SizeError::Empty.reason()));
-        assert_eq!(Dom0Mem::parse("lots"), Err(SizeError::NotANumber.reason()));
-        assert_eq!(Dom0Mem::parse("-"), Err(SizeError::Empty.reason()));
-        assert_eq!(Dom0Mem::parse("1Q"), Err(SizeError::UnknownSuffix.reason()));
-        assert_eq!(
-            Dom0Mem::parse("mid:1G"),
-            Err(SizeError::NotANumber.reason())
-        );
+        let percent = "a percentage must be a whole number from 0 to 99, as in 25%";
+        let plus = "a '+' must be followed by a percentage, as in 1G+25%";
+        let cases = [
+            ("", "missing value"),
+            ("1G,,max:2G", "empty item in the comma-separated list"),
+            ("1G,", "empty item in the comma-separated list"),
+            (",1G", "empty item in the comma-separated list"),
+            ("min:", SizeError::Empty.reason()),
+            ("max:-", SizeError::Empty.reason()),
+            ("-", SizeError::Empty.reason()),
+            ("lots", SizeError::NotANumber.reason()),
+            ("mid:1G", SizeError::NotANumber.reason()),
+            ("MAX:1G", SizeError::NotANumber.reason()),
+            ("--1G", SizeError::NotANumber.reason()),
+            ("+1G", plus),
+            ("1Q", SizeError::UnknownSuffix.reason()),
+            ("08", SizeError::BadDigit.reason()),
+            ("max:0x", SizeError::BadDigit.reason()),
+            ("99999999999999999999", SizeError::Overflow.reason()),
+            ("min:16777216T", SizeError::Overflow.reason()),
+            ("100%", percent),
+            ("-100%", percent),
+            ("150%", percent),
+            ("%", percent),
+            ("-%", percent),
+            ("25%%", percent),
+            ("1G+%", percent),
+            ("1G+2G%", percent),
+            ("1G+-5%", percent),
+            ("1G+1.5%", percent),
+            ("1G+ 5%", percent),
+            ("99999999999999999999%", percent),
+            ("1G+25%+5%", percent),
+            ("+25%", SizeError::Empty.reason()),
+            ("-+25%", SizeError::Empty.reason()),
+            ("x+25%", SizeError::NotANumber.reason()),
+            ("1G+", plus),
+            ("1G+25", plus),
+            ("25%+1G", plus),
+            ("max:-1G+", plus),
+        ];
+        for (value, reason) in cases {
+            assert_eq!(Dom0Mem::parse(value), Err(reason), "{value}");
+        }
     }
 
     #[test]
     fn dom0_mem_resolve_exact_and_all_but() {
         let avail = 8 * GIB;
-        let exact = Dom0Mem::parse("1G").unwrap();
-        assert_eq!(exact.resolve(avail), Ok(GIB));
-        let all_but = Dom0Mem::parse("-1G").unwrap();
-        assert_eq!(all_but.resolve(avail), Ok(7 * GIB));
+        let resolve = |s| Dom0Mem::parse(s).unwrap().resolve(avail);
+        assert_eq!(resolve("1G"), Ok(GIB));
+        assert_eq!(resolve("0x100000"), Ok(GIB));
+        assert_eq!(resolve("04000000"), Ok(GIB));
+        assert_eq!(resolve("-1G"), Ok(7 * GIB));
+        assert_eq!(resolve("-0"), Ok(avail));
+        assert_eq!(resolve("8G"), Ok(avail));
         // Rounded down to whole pages.
-        let odd = Dom0Mem::parse("1000001B").unwrap();
-        assert_eq!(odd.resolve(avail), Ok(1000001 & !4095));
+        assert_eq!(resolve("1000001B"), Ok(1000001 & !4095));
+        assert_eq!(resolve("-1000001B"), Ok(avail - (1000001 & !4095) - 4096));
+    }
+
+    #[test]
+    fn dom0_mem_resolve_fractions() {
+        let avail = 8 * GIB;
+        let resolve = |s| Dom0Mem::parse(s).unwrap().resolve(avail);
+        assert_eq!(resolve("50%"), Ok(4 * GIB));
+        assert_eq!(resolve("1G+25%"), Ok(3 * GIB));
+        assert_eq!(resolve("-25%"), Ok(6 * GIB));
+        // All but (1 GiB + 25%).
+        assert_eq!(resolve("-1G+25%"), Ok(5 * GIB));
+        assert_eq!(resolve("99%"), Ok((avail * 99 / 100) & !4095));
+        // A fraction is of the memory available, rounded down to whole pages.
+        assert_eq!(resolve("33%"), Ok((avail * 33 / 100) & !4095));
+        assert_eq!(resolve("max:50%"), Ok(4 * GIB));
+        assert_eq!(resolve("1G,min:25%"), Ok(2 * GIB));
+        assert_eq!(resolve("min:-1G,1G"), Ok(7 * GIB));
+        assert_eq!(resolve("max:-2G"), Ok(6 * GIB));
+        assert_eq!(resolve("max:-1G+25%"), Ok(5 * GIB));
+        // Xen's example: 1G+25% of a 256 GiB host is 65 GiB.
+        assert_eq!(
+            Dom0Mem::parse("1G+25%").unwrap().resolve(256 * GIB),
+            Ok(65 * GIB)
+        );
     }
 
     #[test]
@@ -720,6 +989,32 @@ mod tests {
     }
 
     #[test]
+    fn dom0_mem_zero_amount_is_the_default() {
+        let avail = 16 * GIB;
+        let default = Dom0Mem::default().resolve(avail);
+        assert_eq!(default, Ok(avail - 128 * MIB));
+        // As in Xen, an amount of less than a page means "no amount given".
+        for value in ["0", "0G", "0x0", "00", "0%", "0+0%", "4095B", "0B+0%"] {
+            assert_eq!(
+                Dom0Mem::parse(value).unwrap().resolve(avail),
+                default,
+                "{value}"
+            );
+        }
+        // A percentage that comes to less than a page of a tiny machine, too.
+        assert_eq!(
+            Dom0Mem::parse("1%").unwrap().resolve(64 * 4096),
+            Dom0Mem::default().resolve(64 * 4096)
+        );
+        // min: and max: still apply to the default.
+        assert_eq!(Dom0Mem::parse("0,max:1G").unwrap().resolve(avail), Ok(GIB));
+        assert_eq!(
+            Dom0Mem::parse("0,min:-0").unwrap().resolve(avail),
+            Ok(avail)
+        );
+    }
+
+    #[test]
     fn dom0_mem_resolve_min_max() {
         let avail = 8 * GIB;
         let clamp = Dom0Mem::parse("4G,max:2G").unwrap();
@@ -733,47 +1028,99 @@ mod tests {
         assert_eq!(Dom0Mem::parse("min:1G").unwrap().resolve(GIB), Ok(GIB));
         let all_but_max = Dom0Mem::parse("-1G,max:3G").unwrap();
         assert_eq!(all_but_max.resolve(avail), Ok(3 * GIB));
+        // A min: that keeps back more than there is sets no lower bound.
+        assert_eq!(
+            Dom0Mem::parse("1G,min:-9G").unwrap().resolve(avail),
+            Ok(GIB)
+        );
+        // min: 0 is no lower bound either.
+        assert_eq!(Dom0Mem::parse("1G,min:0").unwrap().resolve(avail), Ok(GIB));
     }
 
     #[test]
-    fn dom0_mem_resolve_errors() {
+    fn dom0_mem_max_wins_over_min() {
+        let avail = 8 * GIB;
+        let resolve = |s| Dom0Mem::parse(s).unwrap().resolve(avail);
+        assert_eq!(resolve("min:2G,max:1G"), Ok(GIB));
+        assert_eq!(resolve("max:1G,min:2G"), Ok(GIB));
+        assert_eq!(resolve("3G,min:4G,max:2G"), Ok(2 * GIB));
+        assert_eq!(resolve("min:75%,max:25%"), Ok(2 * GIB));
+        assert_eq!(resolve("min:-1G,max:-2G"), Ok(6 * GIB));
+        // Even a min: larger than all memory is only a problem if max: allows it.
+        assert_eq!(resolve("min:16G,max:1G"), Ok(GIB));
+    }
+
+    #[test]
+    fn dom0_mem_resolve_not_enough_memory() {
         let avail = 2 * GIB;
-        assert_eq!(
-            Dom0Mem::parse("4G").unwrap().resolve(avail),
+        let resolve = |s| Dom0Mem::parse(s).unwrap().resolve(avail);
+        let not_enough = |requested| {
             Err(Dom0MemError::NotEnoughMemory {
-                requested: 4 * GIB,
-                available: avail
+                requested,
+                available: avail,
             })
+        };
+        assert_eq!(resolve("4G"), not_enough(4 * GIB));
+        assert_eq!(resolve("min:3G"), not_enough(3 * GIB));
+        assert_eq!(resolve("max:4G,3G"), not_enough(3 * GIB));
+        assert_eq!(resolve("2097156"), not_enough(2 * GIB + 4 * KIB));
+        assert_eq!(
+            resolve("1G+90%"),
+            not_enough((GIB + avail * 90 / 100) & !4095)
         );
         assert_eq!(
-            Dom0Mem::parse("min:3G").unwrap().resolve(avail),
-            Err(Dom0MemError::NotEnoughMemory {
-                requested: 3 * GIB,
-                available: avail
-            })
+            resolve("min:1G+60%"),
+            not_enough((GIB + avail * 60 / 100) & !4095)
         );
+        // The largest sizes saturate rather than wrap.
+        let huge = crate::mm::align_down(u64::MAX, crate::mm::PAGE_SIZE);
+        assert_eq!(resolve("18446744073709551615B+50%"), not_enough(huge));
+        assert_eq!(resolve("0x3fffffffffffffK+99%"), not_enough(huge));
         assert_eq!(
-            Dom0Mem::parse("min:2G,max:1G").unwrap().resolve(avail),
-            Err(Dom0MemError::MinAboveMax {
-                min: 2 * GIB,
-                max: GIB
-            })
+            Dom0MemSize {
+                bytes: 0,
+                percent: u32::MAX,
+                all_but: false
+            }
+            .of(u64::MAX),
+            u64::MAX
         );
-        assert_eq!(
-            Dom0Mem::parse("-2G").unwrap().resolve(avail),
-            Err(Dom0MemError::NoMemoryLeft { available: avail })
-        );
-        assert_eq!(
-            Dom0Mem::parse("-3G").unwrap().resolve(avail),
-            Err(Dom0MemError::NoMemoryLeft { available: avail })
-        );
-        assert_eq!(
-            Dom0Mem::parse("100B").unwrap().resolve(avail),
-            Err(Dom0MemError::NoMemoryLeft { available: avail })
-        );
+    }
+
+    #[test]
+    fn dom0_mem_resolve_no_memory_left() {
+        let avail = 2 * GIB;
+        let resolve = |s| Dom0Mem::parse(s).unwrap().resolve(avail);
+        let none_left = Err(Dom0MemError::NoMemoryLeft { available: avail });
+        for value in [
+            "-2G",
+            "-3G",
+            "-2147483649B",
+            "-1G+50%",
+            "-1G+99%",
+            "-18446744073709551615B+99%",
+            "max:0",
+            "max:0%",
+            "max:4095B",
+            "max:-2G",
+            "max:-1G+50%",
+            "4G,max:-3G",
+        ] {
+            assert_eq!(resolve(value), none_left, "{value}");
+        }
+        // An "all but" leaving less than a page is refused, not replaced by the default.
+        assert_eq!(resolve("-2147483649B"), none_left);
+        assert_eq!(resolve("-2097148K"), Ok(4096));
         assert_eq!(
             Dom0Mem::default().resolve(0),
             Err(Dom0MemError::NoMemoryLeft { available: 0 })
+        );
+        assert_eq!(
+            Dom0Mem::parse("1G").unwrap().resolve(0),
+            Err(Dom0MemError::NotEnoughMemory {
+                requested: GIB,
+                available: 0
+            })
         );
     }
 
@@ -786,14 +1133,6 @@ mod tests {
             }
             .to_string(),
             "dom0_mem asks for 4 GiB but only 2 GiB is available for dom0"
-        );
-        assert_eq!(
-            Dom0MemError::MinAboveMax {
-                min: 2 * GIB,
-                max: 512 * MIB
-            }
-            .to_string(),
-            "dom0_mem min:2 GiB is above max:512 MiB"
         );
         assert_eq!(
             Dom0MemError::NoMemoryLeft { available: GIB }.to_string(),
@@ -831,7 +1170,7 @@ mod tests {
         assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
         assert_eq!(
             c.dom0_mem.and_then(|m| m.amount),
-            Some(Dom0MemAmount::Exact(256 * MIB))
+            Some(Dom0MemSize::bytes(256 * MIB))
         );
         assert_eq!(
             c.console,
@@ -853,9 +1192,9 @@ mod tests {
         assert_eq!(
             c.dom0_mem,
             Some(Dom0Mem {
-                amount: Some(Dom0MemAmount::Exact(GIB)),
+                amount: Some(Dom0MemSize::bytes(GIB)),
                 min: None,
-                max: Some(2 * GIB)
+                max: Some(Dom0MemSize::bytes(2 * GIB))
             })
         );
         assert_eq!(c.maxcpus, Some(4));
@@ -878,7 +1217,7 @@ mod tests {
         assert!(c.diagnostics.is_empty(), "{:?}", c.diagnostics);
         assert_eq!(
             c.dom0_mem.and_then(|m| m.amount),
-            Some(Dom0MemAmount::Exact(GIB))
+            Some(Dom0MemSize::bytes(GIB))
         );
         assert_eq!(c.debug_exit, Some(244));
         // ... but only in names, and only those two characters.
@@ -915,7 +1254,7 @@ mod tests {
             Some(Dom0Mem {
                 amount: None,
                 min: None,
-                max: Some(2 * GIB)
+                max: Some(Dom0MemSize::bytes(2 * GIB))
             })
         );
     }
@@ -1158,7 +1497,7 @@ mod tests {
         );
         assert_eq!(
             c.dom0_mem.and_then(|m| m.amount),
-            Some(Dom0MemAmount::Exact(GIB))
+            Some(Dom0MemSize::bytes(GIB))
         );
     }
 

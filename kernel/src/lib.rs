@@ -4,7 +4,11 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod cmdline;
+pub mod domain_builder;
+pub mod guest_image;
 pub mod logring;
 pub mod mm;
 pub mod multiboot2;

@@ -2,7 +2,9 @@
 //! virtual layout and the page-table builder.
 
 pub mod frame_alloc;
+pub mod frame_table;
 pub mod layout;
+pub mod page_type;
 pub mod paging;
 
 use core::fmt;
