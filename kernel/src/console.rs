@@ -74,6 +74,15 @@ pub fn init(set: ConsoleSet, baud: u32) {
     READY.store(true, Ordering::SeqCst);
 }
 
+/// Writes one line as it is (guest console output: its own prefix, no time stamp).
+pub fn write_line(line: &str) {
+    if TAKEN_OVER.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut c = CONSOLE.lock();
+    let _ = writeln!(c, "{line}");
+}
+
 /// The console for the fatal path: stops every other writer and writes even if the lock
 /// is held (by this CPU, interrupted in the middle of a line, or by a wedged one).
 pub struct FatalWriter {

@@ -20,9 +20,13 @@ mod console;
 #[cfg(target_os = "none")]
 mod dom0;
 #[cfg(target_os = "none")]
+mod domain;
+#[cfg(target_os = "none")]
 mod fatal;
 #[cfg(target_os = "none")]
 mod guest;
+#[cfg(target_os = "none")]
+mod hypercall;
 #[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]

@@ -19,7 +19,7 @@ use ferrovisor::{
     },
     multiboot2::{BootInfo, MemoryKind},
 };
-use ferrovisor_abi::layout::FIRST_RESERVED_GDT_BYTE;
+use ferrovisor_abi::layout::{FIRST_RESERVED_GDT_BYTE, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
 use linked_list_allocator::LockedHeap;
 
 use crate::arch::x86_64::{
@@ -36,7 +36,11 @@ pub static FRAMES: IrqMutex<Option<FrameAllocator<'static>>> = IrqMutex::new(Non
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-pub const HEAP_SIZE: u64 = 8 << 20;
+/// The kernel heap: an eighth of RAM, between 16 and 512 MiB (the frame table, and the
+/// decompressed dom0 kernel while it is built, live there).
+pub fn heap_size(ram_bytes: u64) -> u64 {
+    (ram_bytes / 8).clamp(16 << 20, 512 << 20) & !(PAGE_SIZE - 1)
+}
 /// Firmware owns the first MiB (real-mode IVT, BIOS data, EBDA, option ROMs); the AP
 /// start-up trampoline will be placed there explicitly, not by the allocator.
 const FIRMWARE_LOW: PhysRange = PhysRange::new(0, 0x10_0000);
@@ -169,6 +173,35 @@ pub fn init_frames(
     })
 }
 
+/// Where the machine-to-phys table is (first frame, entries) until `init_m2p` takes it.
+static M2P_PLACE: spin::Mutex<Option<(Mfn, u64)>> = spin::Mutex::new(None);
+/// The machine-to-phys table: `M2P[mfn] = pfn`, or [`M2P_INVALID`].
+static M2P: spin::Mutex<Option<&'static mut [u64]>> = spin::Mutex::new(None);
+/// What a frame no domain uses maps to (Xen's `INVALID_M2P_ENTRY`).
+pub const M2P_INVALID: u64 = u64::MAX;
+
+/// Fills the machine-to-phys table with "invalid" (after the switch to the final tables,
+/// when all of it is direct-mapped).
+pub fn init_m2p() {
+    let Some((first, entries)) = M2P_PLACE.lock().take() else {
+        return;
+    };
+    // SAFETY: the frames were allocated for the table alone in `build_kernel_space`; the
+    // guests' mapping of them is read-only, so this is the only writer; direct-mapped.
+    let table = unsafe { phys::words_mut(first.addr(), entries as usize) };
+    table.fill(M2P_INVALID);
+    *M2P.lock() = Some(table);
+}
+
+/// Records that machine frame `mfn` is pseudo-physical frame `pfn` of its domain.
+pub fn m2p_set(mfn: Mfn, pfn: u64) {
+    if let Some(t) = M2P.lock().as_mut() {
+        if let Some(e) = t.get_mut(mfn.0 as usize) {
+            *e = pfn;
+        }
+    }
+}
+
 /// A stack the fault handler can name when its guard is hit.
 #[derive(Clone, Copy, Debug)]
 pub struct StackInfo {
@@ -271,6 +304,37 @@ pub fn build_kernel_space(
     let apic_mmio = MMIO_BASE;
     aspace.map_page(apic_mmio, apic_phys, SIZE_4K, Attrs::MMIO)?;
 
+    // The machine-to-phys table: one u64 per frame of RAM, read-only to guests at the
+    // ABI's fixed address (`MACH2PHYS_VIRT_START`); the hypervisor writes it through the
+    // direct map.
+    let max_ram = merged.last().map_or(0, |r| r.end);
+    let m2p_entries = max_ram / PAGE_SIZE;
+    let m2p_bytes = (m2p_entries * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    if m2p_bytes > MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START {
+        return Err(MemoryError::OutOfFrames(
+            "the machine-to-phys table (too much RAM)",
+        ));
+    }
+    let m2p = aspace
+        .memory_mut()
+        .frames()
+        .alloc_contiguous(m2p_bytes / PAGE_SIZE, 1)
+        .ok_or(MemoryError::OutOfFrames("the machine-to-phys table"))?;
+    let guest_ro = Attrs {
+        writable: false,
+        executable: false,
+        uncached: false,
+        user: true,
+    };
+    aspace.map_range(
+        MACH2PHYS_VIRT_START,
+        m2p.addr(),
+        m2p_bytes,
+        guest_ro,
+        SIZE_2M,
+    )?;
+    *M2P_PLACE.lock() = Some((m2p, m2p_entries));
+
     // Guarded stacks: slot 0 the main stack, then the IST stacks.
     let mut stacks = STACKS.lock();
     let mut tops = [0u64; 4];
@@ -342,12 +406,12 @@ pub fn build_kernel_space(
 }
 
 /// Gives the kernel heap `HEAP_SIZE` of contiguous frames, reached through the direct map.
-pub fn init_heap() -> Result<u64, MemoryError> {
+pub fn init_heap(size: u64) -> Result<u64, MemoryError> {
     static DONE: AtomicBool = AtomicBool::new(false);
     if DONE.swap(true, Ordering::SeqCst) {
         return Err(MemoryError::HeapTwice);
     }
-    let frames = HEAP_SIZE / PAGE_SIZE;
+    let frames = size / PAGE_SIZE;
     let start = FRAMES
         .lock()
         .as_mut()
@@ -356,7 +420,7 @@ pub fn init_heap() -> Result<u64, MemoryError> {
     let va = DIRECT_MAP_BASE + start.addr();
     // SAFETY: the frames were just allocated for the heap alone and are direct-mapped;
     // `DONE` makes this the only initialisation.
-    unsafe { HEAP.lock().init(va as *mut u8, HEAP_SIZE as usize) };
+    unsafe { HEAP.lock().init(va as *mut u8, size as usize) };
     Ok(va)
 }
 

@@ -19,7 +19,7 @@ use crate::{
         percpu::{self, PerCpu},
         phys, pit, rtc as cmos, syscall,
     },
-    clock, console, dom0, fatal,
+    clock, console, dom0, domain, fatal,
     memory::{self, KernelSpace},
     selftest,
 };
@@ -34,6 +34,9 @@ const EARLY_CS: u16 = 0x08;
 /// What the first half of the boot hands to the second, across the stack switch.
 struct Boot {
     info: BootInfo<'static>,
+    /// Usable RAM, and the end of the highest RAM range.
+    ram_bytes: u64,
+    ram_end: u64,
     cmdline: Cmdline<'static>,
     features: Features,
     space: KernelSpace,
@@ -150,8 +153,19 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
         HumanSize(space.direct_mapped)
     );
     let stack_top = space.main_stack_top;
+    let ram_end = info
+        .memory_map
+        .iter()
+        .filter(|r| r.kind.is_ram())
+        .map(|r| r.base.saturating_add(r.len))
+        .max()
+        .unwrap_or(0)
+        .min(ferrovisor::mm::layout::DIRECT_MAP_SIZE);
+    let ram_bytes = stats.usable_bytes;
     BOOT.call_once(|| Boot {
         info,
+        ram_bytes,
+        ram_end,
         cmdline,
         features,
         space,
@@ -169,8 +183,10 @@ extern "C" fn boot_on_main_stack() -> ! {
     };
     let space = &boot.space;
 
-    match memory::init_heap() {
-        Ok(va) => log::info!("heap: {} at {va:#x}", HumanSize(memory::HEAP_SIZE)),
+    memory::init_m2p();
+    let heap = memory::heap_size(boot.ram_bytes);
+    match memory::init_heap(heap) {
+        Ok(va) => log::info!("heap: {} at {va:#x}", HumanSize(heap)),
         Err(e) => {
             log::error!("memory: {e}");
             fatal::halt(Verdict::Refused);
@@ -235,9 +251,15 @@ extern "C" fn boot_on_main_stack() -> ! {
     if let Some(test) = boot.cmdline.selftest {
         selftest::run(test);
     }
-    log::info!("dom0: building and running a PV dom0 comes with the PV core; idling");
-    loop {
-        irq::enable_and_wait();
+    domain::init_frame_table(boot.ram_end);
+    let kernel = &boot.info.modules[0]; // present: checked by `report_modules`
+    match domain::build_dom0(kernel, boot.info.modules.get(1), &dom0::reserved_extents()) {
+        Ok(()) => domain::run_dom0(),
+        Err(e) => {
+            log::error!("{e}");
+            log::error!("cannot start dom0; halting");
+            fatal::halt(Verdict::Refused)
+        }
     }
 }
 

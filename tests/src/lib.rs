@@ -1,9 +1,11 @@
-//! Helpers for the QEMU integration tests: build the hypervisor once per test process, make
-//! an ISO for a boot entry, boot it and check the serial log. Every check that fails panics
-//! with the whole serial log, and so does any other panic while a [`Boot`] is alive.
+//! Helpers for the QEMU integration tests: build the hypervisor (and the PV test kernels)
+//! once per test process, make an ISO for a boot entry, boot it and check the serial log.
+//! Every check that fails panics with the whole serial log, and so does any other panic
+//! while a [`Boot`] is alive.
 
 use std::{
-    path::PathBuf,
+    collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::OnceLock,
     time::{Duration, Instant},
 };
@@ -13,7 +15,7 @@ pub use xtask::qemu::{ExitOutcome, Matched};
 use xtask::{
     build::{self, Artifacts, Profile},
     deps,
-    iso::{self, BootEntry},
+    iso::{self, BootEntry, BootModule},
     qemu::{self, QemuConfig, Session},
 };
 
@@ -35,22 +37,59 @@ pub fn artifacts() -> &'static Artifacts {
     }
 }
 
+/// The PV test kernels (`tests/kernels/`), built once per test process, by name. Panics
+/// (failing the test) when they do not build.
+pub fn test_kernels() -> &'static BTreeMap<String, PathBuf> {
+    static KERNELS: OnceLock<Result<BTreeMap<String, PathBuf>, String>> = OnceLock::new();
+    let built = KERNELS
+        .get_or_init(|| build::test_kernels(Profile::Release).map_err(|err| format!("{err:#}")));
+    match built {
+        Ok(kernels) => kernels,
+        Err(err) => panic!("cannot build the PV test kernels:\n{err}"),
+    }
+}
+
+/// The ELF of test kernel `name` (`tests/kernels/src/bin/<name>.rs`).
+pub fn test_kernel(name: &str) -> &'static Path {
+    let kernels = test_kernels();
+    match kernels.get(name) {
+        Some(path) => path,
+        None => panic!(
+            "no test kernel {name:?}; there are {:?}",
+            kernels.keys().collect::<Vec<_>>()
+        ),
+    }
+}
+
 /// Which `module2` lines the boot entry has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Modules {
+pub enum Modules<'a> {
     /// The placeholder dom0 kernel (with `iso::DEFAULT_DOM0_CMDLINE`) and initrd.
     Default,
     /// No `module2` line at all.
     None,
+    /// One `module2` line: this dom0 kernel with this command line, no initrd.
+    Dom0Kernel { kernel: &'a Path, cmdline: &'a str },
 }
 
 /// Makes `target/qemu-tests/<name>.iso` for this hypervisor command line and module set.
-pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules) -> PathBuf {
+pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules<'_>) -> PathBuf {
     let mut entry = BootEntry::new(artifacts());
     entry.hypervisor_cmdline = hypervisor_cmdline.to_owned();
     entry.timeout_secs = 0;
-    if modules == Modules::None {
-        entry.modules.clear();
+    match modules {
+        Modules::Default => {}
+        Modules::None => entry.modules.clear(),
+        Modules::Dom0Kernel { kernel, cmdline } => {
+            let file_name = kernel
+                .file_name()
+                .map_or_else(|| "dom0-kernel".into(), |n| n.to_string_lossy());
+            entry.modules = vec![BootModule {
+                source: kernel.to_path_buf(),
+                iso_name: format!("{file_name}.elf"),
+                cmdline: cmdline.to_owned(),
+            }];
+        }
     }
     let out = xtask::target_dir()
         .join("qemu-tests")
@@ -60,7 +99,7 @@ pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules) -> PathB
 
 /// Builds the ISO and boots it with QEMU's defaults (TCG, 1024 MiB, 2 CPUs); the serial log
 /// also goes to `target/qemu-logs/<name>.log`.
-pub fn boot(name: &str, hypervisor_cmdline: &str, modules: Modules) -> Boot {
+pub fn boot(name: &str, hypervisor_cmdline: &str, modules: Modules<'_>) -> Boot {
     boot_with_memory(
         name,
         hypervisor_cmdline,
@@ -73,7 +112,7 @@ pub fn boot(name: &str, hypervisor_cmdline: &str, modules: Modules) -> Boot {
 pub fn boot_with_memory(
     name: &str,
     hypervisor_cmdline: &str,
-    modules: Modules,
+    modules: Modules<'_>,
     memory_mib: u32,
 ) -> Boot {
     let iso = make_iso(name, hypervisor_cmdline, modules);
@@ -86,6 +125,21 @@ pub fn boot_with_memory(
         deadline: Instant::now() + BOOT_TIMEOUT,
         reported: false,
     }
+}
+
+/// Boots test kernel `name` (`tests/kernels/src/bin/<name>.rs`) as dom0: the kernel is the
+/// only `module2`, with `kernel_cmdline`. The ISO and the serial log are named
+/// `pv-<name>`.
+pub fn boot_test_kernel(name: &str, hypervisor_cmdline: &str, kernel_cmdline: &str) -> Boot {
+    let kernel = test_kernel(name);
+    boot(
+        &format!("pv-{name}"),
+        hypervisor_cmdline,
+        Modules::Dom0Kernel {
+            kernel,
+            cmdline: kernel_cmdline,
+        },
+    )
 }
 
 /// A booted machine under test. All waits share one deadline, [`BOOT_TIMEOUT`] after boot.

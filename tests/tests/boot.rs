@@ -234,9 +234,9 @@ fn large_memory_is_mapped_and_allocated() {
         .find(r"selftest: frame allocator: handed out all (\d+) free frames")
         .parse(1)
         .unwrap();
-    // Over 4.5 GiB free after dom0's 1 GiB: frames above 4 GiB were handed out too.
+    // Over 3.8 GiB free after dom0 and the heap: frames above 4 GiB were handed out too.
     b.check(
-        frames > 1_150_000,
+        frames > 1_000_000,
         &format!("only {frames} frames handed out"),
     );
     no_panic_or_fatal(&mut b);

@@ -1,7 +1,9 @@
 //! Building the hypervisor image and the files GRUB loads: `ferrovisor.gz` (the gzipped
-//! ELF, as Xen ships `xen.gz`) and, until dom0 exists, placeholder boot modules.
+//! ELF, as Xen ships `xen.gz`), placeholder boot modules, and the project's PV test
+//! kernels (`tests/kernels/`), which the integration tests boot as dom0.
 
 use std::{
+    collections::BTreeMap,
     env,
     fs::{self, File},
     io::{BufWriter, Read, Write},
@@ -16,6 +18,10 @@ use crate::deps::HYPERVISOR_TARGET;
 
 /// The hypervisor's cargo package (and binary) name.
 pub const HYPERVISOR_PACKAGE: &str = "ferrovisor";
+
+/// The PV test kernels' cargo package; each of its binaries (`src/bin/<name>.rs`) is one
+/// kernel.
+pub const TEST_KERNELS_PACKAGE: &str = "pv-test-kernels";
 
 /// The multiboot2 header magic (Multiboot2 spec, 3.1.1): GRUB looks for it, 8-byte
 /// aligned, within the image's first 32 KiB.
@@ -83,6 +89,61 @@ pub fn build(profile: Profile) -> anyhow::Result<Artifacts> {
         .join(profile.dir())
         .join(HYPERVISOR_PACKAGE);
     package(&elf)
+}
+
+/// The PV test kernels' names: the binaries of `tests/kernels/src/bin/`, sorted.
+pub fn test_kernel_names() -> anyhow::Result<Vec<String>> {
+    let dir = crate::workspace_root().join("tests/kernels/src/bin");
+    let entries = fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|ext| ext == "rs") {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                names.push(stem.to_owned());
+            }
+        }
+    }
+    names.sort();
+    ensure!(!names.is_empty(), "no test kernels in {}", dir.display());
+    Ok(names)
+}
+
+/// Builds the PV test kernels for `x86_64-unknown-none` and returns each kernel's ELF,
+/// `target/x86_64-unknown-none/<profile>/<name>`, by name.
+pub fn test_kernels(profile: Profile) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let names = test_kernel_names()?;
+    let mut cmd = cargo();
+    cmd.current_dir(crate::workspace_root()).args([
+        "build",
+        "-p",
+        TEST_KERNELS_PACKAGE,
+        "--bins",
+        "--target",
+        HYPERVISOR_TARGET,
+    ]);
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    crate::run(&mut cmd).context("building the PV test kernels")?;
+    let dir = crate::target_dir()
+        .join(HYPERVISOR_TARGET)
+        .join(profile.dir());
+    let mut kernels = BTreeMap::new();
+    for name in names {
+        let elf = dir.join(&name);
+        let header = fs::read(&elf)
+            .with_context(|| format!("test kernel {name}: cannot read {}", elf.display()))?;
+        ensure!(
+            header.len() >= 64 && header[..4] == *b"\x7fELF" && header[4] == 2,
+            "test kernel {name}: {} is not an ELF64 image",
+            elf.display()
+        );
+        kernels.insert(name, elf);
+    }
+    Ok(kernels)
 }
 
 /// Checks that `elf` is an ELF64 image with a multiboot2 header, gzips it to
@@ -199,6 +260,13 @@ mod tests {
     fn rejects_header_past_32k_or_misaligned() {
         assert!(check_image(&fake_elf(33 * 1024)).is_err());
         assert!(check_image(&fake_elf(0x1004)).is_err());
+    }
+
+    #[test]
+    fn test_kernels_are_the_bins() {
+        let names = test_kernel_names().unwrap();
+        assert!(names.iter().any(|n| n == "hello"), "{names:?}");
+        assert!(names.iter().any(|n| n == "hypercall_page"), "{names:?}");
     }
 
     #[test]

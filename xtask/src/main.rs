@@ -44,7 +44,8 @@ enum Cmd {
     Run(RunArgs),
     /// Run the host unit tests, then the QEMU integration tests.
     Test,
-    /// cargo fmt --check, and clippy -D warnings for the host and for the hypervisor target.
+    /// cargo fmt --check, and clippy -D warnings for the host and for the bare-metal target
+    /// (the hypervisor and the PV test kernels).
     Lint,
 }
 
@@ -193,6 +194,7 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitOutcome::Other(code) => ExitCode::from(u8::try_from(code).unwrap_or(1).max(1)),
         ExitOutcome::Fatal => ExitCode::from(35),
         ExitOutcome::RefusedToBoot => ExitCode::from(37),
+        ExitOutcome::GuestCrashed => ExitCode::from(39),
         ExitOutcome::Signal(_) => ExitCode::FAILURE,
     })
 }
@@ -275,9 +277,24 @@ fn lint() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]);
+    let mut test_kernels = cargo_in_workspace();
+    test_kernels.args([
+        "clippy",
+        "-p",
+        build::TEST_KERNELS_PACKAGE,
+        "--target",
+        deps::HYPERVISOR_TARGET,
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run_all(vec![
         ("rustfmt", fmt),
         ("clippy (host, all targets)", host),
         ("clippy (hypervisor, x86_64-unknown-none)", hypervisor),
+        (
+            "clippy (PV test kernels, x86_64-unknown-none)",
+            test_kernels,
+        ),
     ])
 }

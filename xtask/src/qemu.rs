@@ -108,6 +108,8 @@ pub enum ExitOutcome {
     Fatal,
     /// 37: 0x12, the hypervisor refused to boot (a configuration error such as no dom0).
     RefusedToBoot,
+    /// 39: 0x13, dom0 crashed (or shut down with reason crash): a failing PV test kernel.
+    GuestCrashed,
     /// Any other status: 0 when QEMU was quit (Ctrl-A X) or the machine reset (a triple
     /// fault, with `-no-reboot`), 1 when QEMU itself failed, other debug-exit values.
     Other(i32),
@@ -121,6 +123,7 @@ impl ExitOutcome {
             33 => ExitOutcome::HaltedCleanly,
             35 => ExitOutcome::Fatal,
             37 => ExitOutcome::RefusedToBoot,
+            39 => ExitOutcome::GuestCrashed,
             other => ExitOutcome::Other(other),
         }
     }
@@ -147,6 +150,10 @@ impl ExitOutcome {
             ExitOutcome::RefusedToBoot => {
                 "Ferrovisor refused to boot: a configuration error such as no dom0 module \
                  (debug-exit 0x12, QEMU status 37)"
+                    .to_owned()
+            }
+            ExitOutcome::GuestCrashed => {
+                "dom0 crashed, or shut down with reason crash (debug-exit 0x13, QEMU status 39)"
                     .to_owned()
             }
             ExitOutcome::Other(0) => "QEMU exited with status 0: quit from its monitor, or the \
@@ -592,6 +599,7 @@ mod tests {
         assert_eq!(ExitOutcome::from_code(33), ExitOutcome::HaltedCleanly);
         assert_eq!(ExitOutcome::from_code(35), ExitOutcome::Fatal);
         assert_eq!(ExitOutcome::from_code(37), ExitOutcome::RefusedToBoot);
+        assert_eq!(ExitOutcome::from_code(39), ExitOutcome::GuestCrashed);
         assert_eq!(ExitOutcome::from_code(0), ExitOutcome::Other(0));
         assert!(ExitOutcome::from_code(39).describe().contains("0x13"));
     }

@@ -27,6 +27,8 @@ pub enum Verdict {
     Fatal = 0x11,
     /// Refused to boot: a configuration error such as a missing dom0 module (37).
     Refused = 0x12,
+    /// dom0 crashed, or shut down with reason crash (39).
+    GuestCrashed = 0x13,
 }
 
 /// Reports `verdict` on the configured port, if there is one.

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod cpu;
 pub mod debug_exit;
 pub mod gdt;
+pub mod guest_memory;
 pub mod idt;
 pub mod irq;
 pub mod msr;

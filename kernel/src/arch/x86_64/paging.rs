@@ -65,3 +65,67 @@ pub unsafe fn activate(root: Mfn) {
     // SAFETY: as the caller guarantees.
     unsafe { x86::controlregs::cr3_write(root.addr()) }
 }
+
+/// Guest page tables, read and written through the direct map on behalf of the PV MMU's
+/// frame table (`ferrovisor::mm::frame_table`), which decides what may be written.
+pub struct GuestTables(());
+
+impl GuestTables {
+    /// # Safety
+    /// Only the frame table may use it, and it must only be asked to read and write frames
+    /// of RAM (frames the frame table tracks: all are direct-mapped) that are page tables of
+    /// a domain, never the hypervisor's own.
+    pub unsafe fn new() -> GuestTables {
+        GuestTables(())
+    }
+}
+
+impl ferrovisor::mm::frame_table::PageTableMemory for GuestTables {
+    fn read(&self, table: Mfn, index: usize) -> u64 {
+        assert!(index < ENTRIES);
+        let p = (phys_to_virt(table.addr()) as *const u64).wrapping_add(index);
+        // SAFETY: `new`'s contract: `table` is a direct-mapped frame of RAM; the index is
+        // inside it. The guest may write it concurrently (it is its memory): the volatile,
+        // aligned 8-byte read sees either value.
+        unsafe { p.read_volatile() }
+    }
+
+    fn write(&mut self, table: Mfn, index: usize, value: u64) {
+        assert!(index < ENTRIES);
+        let p = (phys_to_virt(table.addr()) as *mut u64).wrapping_add(index);
+        // SAFETY: `new`'s contract: a domain's page-table frame, which the frame table
+        // validated and which the guest can only map read-only.
+        unsafe { p.write_volatile(value) }
+    }
+}
+
+/// The hypervisor's entries for PML4 slots 256..=271, to be copied into every guest L4.
+pub fn hypervisor_l4_slots() -> [u64; 16] {
+    let root = super::cpu::read_cr3() & !0xfff;
+    let mut slots = [0u64; 16];
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let p = (phys_to_virt(root) as *const u64).wrapping_add(256 + i);
+        // SAFETY: CR3 holds the hypervisor's own L4 (this runs at boot, before any guest
+        // address space is loaded); reading it through the direct map is side-effect free.
+        *slot = unsafe { p.read_volatile() };
+    }
+    slots
+}
+
+/// Flushes this CPU's whole TLB, global entries included (guests may map global pages).
+pub fn flush_tlb_local() {
+    let cr4 = super::cpu::read_cr4();
+    let pge = x86::controlregs::Cr4::CR4_ENABLE_GLOBAL_PAGES;
+    // SAFETY: toggling CR4.PGE only invalidates TLB entries; every mapping stays valid in
+    // the page tables.
+    unsafe {
+        x86::controlregs::cr4_write(cr4 & !pge);
+        x86::controlregs::cr4_write(cr4);
+    }
+}
+
+/// Invalidates the TLB entry for `va` on this CPU.
+pub fn invlpg(va: u64) {
+    // SAFETY: invalidating a TLB entry never breaks a mapping.
+    unsafe { x86::tlb::flush(va as usize) }
+}

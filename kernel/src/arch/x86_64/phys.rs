@@ -51,9 +51,26 @@ impl OwnedFrame {
         self.mfn
     }
 
+    /// Gives up exclusive access: the frame is handed to someone else (a domain).
+    pub fn into_mfn(self) -> ferrovisor::mm::Mfn {
+        self.mfn
+    }
+
     pub fn bytes_mut(&mut self) -> &mut [u8; 4096] {
         // SAFETY: `new`'s contract: exclusive ownership of a direct-mapped frame; the
         // borrow of `self` keeps this reference unique.
         unsafe { &mut *(phys_to_virt(self.mfn.addr()) as *mut [u8; 4096]) }
+    }
+}
+
+/// Copies `bytes` to physical address `paddr`.
+///
+/// # Safety
+/// The range must be direct-mapped RAM that the caller exclusively owns (for example a
+/// domain's frames while it is being built and not yet running).
+pub unsafe fn write_bytes(paddr: u64, bytes: &[u8]) {
+    // SAFETY: as the caller guarantees.
+    unsafe {
+        core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(paddr) as *mut u8, bytes.len())
     }
 }

@@ -1,0 +1,304 @@
+//! Domains and their vCPUs: building dom0 from the boot modules, running it in ring 3,
+//! and what happens when it stops. One domain with one vCPU for now; the structures are
+//! the ones more domains and vCPUs will use.
+
+use alloc::{string::String, vec::Vec};
+use core::fmt::Write;
+
+use ferrovisor::{
+    domain_builder::{self, BuildSpec, DomainMemory, KernelImage, Segment},
+    guest_image::{self, GuestImage},
+    mm::{
+        frame_table::{DomId, FrameTable, Owner},
+        page_type::Level,
+        Mfn, PhysRange, PAGE_SIZE,
+    },
+    multiboot2::Module,
+};
+use ferrovisor_abi::{
+    layout::{FLAT_RING3_CS64, FLAT_RING3_SS64},
+    xen::xen::SIF_PRIVILEGED,
+};
+
+use crate::{
+    arch::x86_64::{
+        debug_exit::Verdict,
+        guest_memory::{GuestFault, GuestSpace},
+        irq::IrqMutex,
+        paging::{self as hw_paging, GuestTables},
+        phys,
+        trap::{self, TrapFrame},
+    },
+    fatal, memory,
+};
+
+pub const DOM0: DomId = DomId(0);
+
+/// Largest kernel image (decompressed) the builder accepts.
+const MAX_KERNEL_IMAGE: usize = 128 << 20;
+
+/// A virtual CPU: its saved registers and PV mode.
+pub struct Vcpu {
+    /// The registers it resumes with (a trap frame: what `trap_exit` restores).
+    pub regs: TrapFrame,
+    /// Running the guest kernel (as opposed to guest user space).
+    pub kernel_mode: bool,
+    /// The kernel's page-table root (`cr3` while in kernel mode).
+    pub kernel_l4: Mfn,
+}
+
+pub struct Domain {
+    pub id: DomId,
+    /// Pseudo-physical to machine frames.
+    pub p2m: Vec<Mfn>,
+    pub shared_info: Mfn,
+    pub vcpu: Vcpu,
+    /// Console output not yet ended by a newline.
+    console_line: Vec<u8>,
+}
+
+/// Every frame's owner and type (the PV MMU's state).
+pub static FRAME_TABLE: IrqMutex<Option<FrameTable>> = IrqMutex::new(None);
+static DOMAIN0: IrqMutex<Option<Domain>> = IrqMutex::new(None);
+
+/// Creates the frame table for frames below `max_addr`, with the hypervisor's L4 slots
+/// that every validated guest L4 receives.
+pub fn init_frame_table(max_addr: u64) {
+    let mut table = FrameTable::new((max_addr / PAGE_SIZE) as usize);
+    table.set_hypervisor_l4_slots(hw_paging::hypervisor_l4_slots());
+    *FRAME_TABLE.lock() = Some(table);
+}
+
+/// dom0's memory while it is being built: its frames in pseudo-physical order.
+struct BuildMemory<'a> {
+    p2m: &'a [Mfn],
+}
+
+impl DomainMemory for BuildMemory<'_> {
+    fn nr_pages(&self) -> u64 {
+        self.p2m.len() as u64
+    }
+    fn mfn(&self, pfn: u64) -> Mfn {
+        self.p2m[pfn as usize]
+    }
+    fn write(&mut self, pfn: u64, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= PAGE_SIZE as usize);
+        // SAFETY: dom0's reserved frames belong to the builder alone until dom0 runs; all
+        // are direct-mapped RAM.
+        unsafe { phys::write_bytes(self.p2m[pfn as usize].addr() + offset as u64, bytes) };
+    }
+}
+
+/// The kernel image's segments as the builder wants them.
+fn segments(image: &GuestImage) -> Vec<Segment<'_>> {
+    image
+        .segments
+        .iter()
+        .map(|s| Segment {
+            virt: s.guest_virt,
+            data: &image.elf[s.file_offset as usize..(s.file_offset + s.file_size) as usize],
+            mem_size: s.mem_size,
+        })
+        .collect()
+}
+
+/// Builds dom0 from the kernel (and initrd) modules in its reserved memory.
+pub fn build_dom0(
+    kernel: &Module,
+    initrd: Option<&Module>,
+    extents: &[PhysRange],
+) -> Result<(), String> {
+    // SAFETY: boot modules are RAM the frame allocator never hands out and nothing writes.
+    let module = unsafe { phys::slice(kernel.start, (kernel.end - kernel.start) as usize) };
+    let image = guest_image::inspect(module, MAX_KERNEL_IMAGE)
+        .map_err(|e| alloc::format!("the dom0 kernel (module 0) is unusable: {e}"))?;
+    log::info!(
+        "dom0: {:?} kernel, entry {:#x}, image {:#x}-{:#x}, hypercall page {}",
+        image.format,
+        image.entry,
+        image.virt_start,
+        image.virt_end,
+        if image.info.hypercall_page.is_some() {
+            "requested"
+        } else {
+            "not used"
+        }
+    );
+    // SAFETY: as for the kernel module.
+    let initrd_bytes = initrd.map(|m| unsafe { phys::slice(m.start, (m.end - m.start) as usize) });
+
+    let p2m: Vec<Mfn> = extents
+        .iter()
+        .flat_map(|r| (r.start / PAGE_SIZE..r.end / PAGE_SIZE).map(Mfn))
+        .collect();
+    for r in extents {
+        // SAFETY: dom0's reserved frames, owned by the builder until dom0 runs. Scrubbing
+        // them keeps whatever was there before from reaching the guest.
+        unsafe { phys::zero(r.start, r.len()) };
+    }
+    let shared_info = memory::alloc_frame().ok_or("out of memory for dom0's shared info")?;
+    let shared_info = shared_info.into_mfn();
+
+    let segs = segments(&image);
+    let kimage = KernelImage {
+        segments: &segs,
+        virt_base: image.info.virt_base,
+        entry: image.entry,
+        hypercall_page: image.info.hypercall_page,
+    };
+    let spec = BuildSpec {
+        initrd: initrd_bytes,
+        cmdline: kernel.cmdline,
+        flags: SIF_PRIVILEGED,
+        shared_info_maddr: shared_info.addr(),
+        store_evtchn: 0,
+        console_evtchn: 0,
+    };
+    let built = domain_builder::build(&kimage, &spec, &mut BuildMemory { p2m: &p2m })
+        .map_err(|e| alloc::format!("building dom0: {e}"))?;
+    drop(image);
+
+    // Hand the frames to dom0 and validate its bootstrap page tables by pinning the L4.
+    let l4 = p2m[built.l4_pfn as usize];
+    {
+        let mut ft = FRAME_TABLE.lock();
+        let ft = ft.as_mut().ok_or("no frame table")?;
+        for &mfn in p2m.iter().chain(core::iter::once(&shared_info)) {
+            ft.assign(mfn, Owner::Domain(DOM0))
+                .map_err(|e| alloc::format!("giving {mfn} to dom0: {e}"))?;
+        }
+        for (pfn, &mfn) in p2m.iter().enumerate() {
+            memory::m2p_set(mfn, pfn as u64);
+        }
+        // SAFETY: the frame table only writes validated page tables of dom0.
+        let mut tables = unsafe { GuestTables::new() };
+        ft.pin(l4, DOM0, Level::L4, &mut tables)
+            .map_err(|e| alloc::format!("dom0's bootstrap page tables are invalid: {e}"))?;
+    }
+    log::info!(
+        "dom0: built: {} pages, start info at {:#x}, {} page-table frames, stack top {:#x}",
+        p2m.len(),
+        built.start_info_va,
+        built.pt_count,
+        built.stack_top
+    );
+    let regs = TrapFrame {
+        rip: built.entry,
+        cs: FLAT_RING3_CS64 as u64,
+        rflags: 0x202,
+        rsp: built.stack_top,
+        ss: FLAT_RING3_SS64 as u64,
+        rsi: built.start_info_va,
+        ..TrapFrame::default()
+    };
+    *DOMAIN0.lock() = Some(Domain {
+        id: DOM0,
+        p2m,
+        shared_info,
+        vcpu: Vcpu {
+            regs,
+            kernel_mode: true,
+            kernel_l4: l4,
+        },
+        console_line: Vec::new(),
+    });
+    Ok(())
+}
+
+/// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
+pub fn run_dom0() -> ! {
+    let (l4, regs) = match DOMAIN0.lock().as_ref() {
+        Some(d) => (d.vcpu.kernel_l4, d.vcpu.regs),
+        None => {
+            log::error!("dom0 was not built");
+            fatal::halt(Verdict::Refused);
+        }
+    };
+    log::info!("dom0: starting at {:#x} in ring 3", regs.rip);
+    // SAFETY: the L4 was validated by the frame table, which filled its hypervisor slots
+    // (256..=271) from the hypervisor's own L4: this code, its stack and data stay mapped.
+    unsafe { hw_paging::activate(l4) };
+    // SAFETY: a ring-3 frame with the guest's flat selectors, IF set, IOPL 0, entering
+    // the kernel's entry point in the address space just loaded.
+    unsafe { trap::return_to(&regs) }
+}
+
+/// Whether a domain is running (a trap from ring 3 belongs to it).
+pub fn running() -> bool {
+    DOMAIN0.lock().is_some()
+}
+
+/// Runs `f` with the current domain.
+pub fn with_current<R>(f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
+    DOMAIN0.lock().as_mut().map(f)
+}
+
+impl Domain {
+    /// The current guest address space, for copying to and from guest memory.
+    pub fn space(&self) -> GuestSpace<impl Fn(Mfn) -> bool> {
+        let id = self.id;
+        let owns = move |mfn: Mfn| {
+            FRAME_TABLE
+                .try_lock()
+                .and_then(|ft| ft.as_ref().and_then(|t| t.info(mfn).map(|i| i.owner)))
+                == Some(Owner::Domain(id))
+        };
+        let l4 = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
+        // SAFETY: CR3 holds this domain's validated L4 while its trap is handled; `owns`
+        // accepts only frames the frame table gives to this domain (all RAM).
+        unsafe { GuestSpace::new(l4, owns) }
+    }
+
+    pub fn read_guest(&self, va: u64, out: &mut [u8]) -> Result<(), GuestFault> {
+        self.space().read(va, out)
+    }
+
+    pub fn write_guest(&self, va: u64, bytes: &[u8]) -> Result<(), GuestFault> {
+        self.space().write(va, bytes)
+    }
+
+    /// The L1 table and index mapping `va` in the current address space.
+    pub fn l1_slot(&self, va: u64) -> Option<(Mfn, usize)> {
+        self.space().l1_slot(va).ok()
+    }
+
+    /// Console output from the guest: whole lines go to the log, prefixed `(d<id>)`.
+    pub fn console_write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' || self.console_line.len() >= 256 {
+                let line = String::from_utf8_lossy(&self.console_line);
+                let mut s = String::new();
+                let _ = write!(s, "(d{}) {}", self.id.0, line.trim_end_matches('\r'));
+                crate::console::write_line(&s);
+                self.console_line.clear();
+                if b == b'\n' {
+                    continue;
+                }
+            }
+            self.console_line.push(b);
+        }
+    }
+}
+
+/// The domain stopped itself (`SCHEDOP_shutdown`): dom0 stopping stops the machine.
+pub fn shutdown(reason: u32) -> ! {
+    match reason {
+        0 => {
+            log::info!("dom0 shut down (poweroff)");
+            fatal::halt(Verdict::Halted)
+        }
+        1 => {
+            log::info!(
+                "dom0 asked for a reboot; rebooting the machine is not supported yet, halting"
+            );
+            fatal::halt(Verdict::Halted)
+        }
+        _ => crash(format_args!("shut down with reason {reason}")),
+    }
+}
+
+/// dom0 crashed (asked to, or did something the hypervisor cannot let it continue from).
+pub fn crash(why: core::fmt::Arguments) -> ! {
+    log::error!("dom0 crashed: {why}");
+    fatal::halt(Verdict::GuestCrashed)
+}

@@ -1,0 +1,227 @@
+//! The PV MMU hypercalls: `mmu_update`, `mmuext_op` and `update_va_mapping`. Every change
+//! to a guest page table goes through the frame table's rules (`mm::frame_table`): a
+//! domain can only map frames it owns, never a page table writable, never the hypervisor's
+//! slots.
+
+use ferrovisor::mm::{
+    frame_table::{FrameTable, MmError, Owner, UpdateOutcome},
+    page_type::Level,
+    Mfn, PAGE_SIZE,
+};
+use ferrovisor_abi::{
+    errno::XenErrno,
+    xen::xen::{
+        foreigndom_fd, MmuUpdate, MmuUpdateCmd, MmuextCmd, MmuextOp, DOMID_SELF,
+        UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH,
+    },
+};
+use zerocopy::FromBytes;
+
+use super::Result;
+use crate::{
+    arch::x86_64::paging::{self as hw_paging, GuestTables},
+    domain::{self, Domain, FRAME_TABLE},
+    memory,
+};
+
+/// Most requests one call handles before it stops (the caller retries with the rest);
+/// keeps one hypercall's work bounded.
+const MAX_BATCH: u64 = 512;
+
+fn mm_errno(e: MmError) -> XenErrno {
+    e.errno()
+}
+
+fn tables() -> GuestTables {
+    // SAFETY: used only as the frame table's page-table memory, or for writes to frames
+    // the frame table just approved as the domain's plain pages.
+    unsafe { GuestTables::new() }
+}
+
+fn with_ft<R>(
+    f: impl FnOnce(&mut FrameTable) -> core::result::Result<R, XenErrno>,
+) -> core::result::Result<R, XenErrno> {
+    let mut guard = FRAME_TABLE.lock();
+    let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
+    f(ft)
+}
+
+/// Only the domain's own tables for now: foreign (dom0 mapping others') comes with domctl.
+fn check_self(foreigndom: u64) -> core::result::Result<(), XenErrno> {
+    if foreigndom_fd(foreigndom as u32) == DOMID_SELF || foreigndom as u16 == 0 {
+        Ok(())
+    } else {
+        Err(XenErrno::Esrch)
+    }
+}
+
+/// `mmu_update(reqs, count, success_count, foreigndom)`.
+pub fn mmu_update([reqs, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
+    check_self(foreigndom)?;
+    let n = count.min(MAX_BATCH);
+    let mut done = 0u64;
+    let mut result = Ok(0);
+    for i in 0..n {
+        let mut raw = [0u8; 16];
+        let req = domain::with_current(|d| d.read_guest(reqs.wrapping_add(i * 16), &mut raw))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)
+            .and_then(|()| MmuUpdate::read_from_bytes(&raw).map_err(|_| XenErrno::Efault));
+        let step = req.and_then(|req| {
+            domain::with_current(|d| one_update(d, &req)).unwrap_or(Err(XenErrno::Esrch))
+        });
+        if let Err(e) = step {
+            result = Err(e);
+            break;
+        }
+        done += 1;
+    }
+    hw_paging::flush_tlb_local();
+    write_done(done_ptr, done)?;
+    result
+}
+
+fn one_update(d: &mut Domain, req: &MmuUpdate) -> core::result::Result<(), XenErrno> {
+    let addr = req.addr();
+    let mfn = Mfn::containing(addr);
+    match req.cmd() {
+        MmuUpdateCmd::NormalPtUpdate | MmuUpdateCmd::PtUpdatePreserveAd => {
+            if addr % 8 != 0 {
+                return Err(XenErrno::Einval);
+            }
+            let index = ((addr % PAGE_SIZE) / 8) as usize;
+            with_ft(|ft| {
+                let mut mem = tables();
+                match ft
+                    .update_entry(mfn, index, req.val, d.id, &mut mem)
+                    .map_err(mm_errno)?
+                {
+                    UpdateOutcome::Validated(_) => Ok(()),
+                    // Not a page table: an ordinary write to one of the domain's pages.
+                    UpdateOutcome::PlainWrite => {
+                        use ferrovisor::mm::frame_table::PageTableMemory;
+                        mem.write(mfn, index, req.val);
+                        Ok(())
+                    }
+                }
+            })
+        }
+        MmuUpdateCmd::MachphysUpdate => {
+            let owned =
+                with_ft(|ft| Ok(ft.info(mfn).map(|i| i.owner) == Some(Owner::Domain(d.id))))?;
+            if !owned || req.val >= d.p2m.len() as u64 {
+                return Err(XenErrno::Einval);
+            }
+            memory::m2p_set(mfn, req.val);
+            Ok(())
+        }
+        MmuUpdateCmd::PtUpdateNoTranslate => Err(XenErrno::Enosys),
+    }
+}
+
+fn write_done(ptr: u64, done: u64) -> core::result::Result<(), XenErrno> {
+    if ptr == 0 {
+        return Ok(());
+    }
+    domain::with_current(|d| d.write_guest(ptr, &(done as u32).to_le_bytes()))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)
+}
+
+/// `mmuext_op(ops, count, success_count, foreigndom)`.
+pub fn mmuext_op([ops, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
+    check_self(foreigndom)?;
+    let n = count.min(MAX_BATCH);
+    let mut done = 0u64;
+    let mut result = Ok(0);
+    for i in 0..n {
+        let mut raw = [0u8; 24];
+        let op = domain::with_current(|d| d.read_guest(ops.wrapping_add(i * 24), &mut raw))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)
+            .and_then(|()| MmuextOp::read_from_bytes(&raw).map_err(|_| XenErrno::Efault));
+        let step = op.and_then(|op| {
+            domain::with_current(|d| one_ext(d, &op)).unwrap_or(Err(XenErrno::Esrch))
+        });
+        if let Err(e) = step {
+            result = Err(e);
+            break;
+        }
+        done += 1;
+    }
+    write_done(done_ptr, done)?;
+    result
+}
+
+fn pin_level(cmd: MmuextCmd) -> Option<Level> {
+    match cmd {
+        MmuextCmd::PinL1Table => Some(Level::L1),
+        MmuextCmd::PinL2Table => Some(Level::L2),
+        MmuextCmd::PinL3Table => Some(Level::L3),
+        MmuextCmd::PinL4Table => Some(Level::L4),
+        _ => None,
+    }
+}
+
+fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> {
+    let cmd = MmuextCmd::try_from(op.cmd).map_err(|_| XenErrno::Enosys)?;
+    let mfn = Mfn(op.arg1);
+    if let Some(level) = pin_level(cmd) {
+        return with_ft(|ft| ft.pin(mfn, d.id, level, &mut tables()).map_err(mm_errno));
+    }
+    match cmd {
+        MmuextCmd::UnpinTable => with_ft(|ft| ft.unpin(mfn, d.id, &mut tables()).map_err(mm_errno)),
+        MmuextCmd::NewBaseptr => {
+            with_ft(|ft| {
+                let mut mem = tables();
+                ft.get_page_and_type(mfn, d.id, Level::L4.page_type(), &mut mem)
+                    .map_err(mm_errno)?;
+                let old = d.vcpu.kernel_l4;
+                // The old root's references go only after the new one's are held.
+                let _ = ft.put_page_and_type(old, &mut mem);
+                Ok(())
+            })?;
+            d.vcpu.kernel_l4 = mfn;
+            // SAFETY: the new L4 is a validated L4 of this domain (just typed above), so
+            // its hypervisor slots map the hypervisor.
+            unsafe { hw_paging::activate(mfn) };
+            Ok(())
+        }
+        MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll => {
+            hw_paging::flush_tlb_local();
+            Ok(())
+        }
+        MmuextCmd::InvlpgLocal | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll => {
+            hw_paging::invlpg(op.arg1);
+            Ok(())
+        }
+        MmuextCmd::FlushCache | MmuextCmd::FlushCacheGlobal => Ok(()),
+        // LDTs, user base pointers, page clear/copy and superpage marks come with the rest
+        // of the PV MMU.
+        _ => Err(XenErrno::Enosys),
+    }
+}
+
+/// `update_va_mapping(va, val, flags)`: replaces the L1 entry mapping `va` in the current
+/// address space.
+pub fn update_va_mapping([va, val, flags, ..]: [u64; 5]) -> Result {
+    domain::with_current(|d| {
+        let (l1, index) = d.l1_slot(va).ok_or(XenErrno::Einval)?;
+        with_ft(|ft| {
+            match ft
+                .update_entry(l1, index, val, d.id, &mut tables())
+                .map_err(mm_errno)?
+            {
+                UpdateOutcome::Validated(Level::L1) => Ok(()),
+                _ => Err(XenErrno::Einval),
+            }
+        })
+    })
+    .ok_or(XenErrno::Esrch)??;
+    match flags & UVMF_FLUSHTYPE_MASK {
+        UVMF_INVLPG => hw_paging::invlpg(va),
+        UVMF_TLB_FLUSH => hw_paging::flush_tlb_local(),
+        _ => {}
+    }
+    Ok(0)
+}
