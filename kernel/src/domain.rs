@@ -208,7 +208,10 @@ pub fn build_dom0(
 /// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
 pub fn run_dom0() -> ! {
     let (l4, regs) = match DOMAIN0.lock().as_ref() {
-        Some(d) => (d.vcpu.kernel_l4, d.vcpu.regs),
+        Some(d) => {
+            log::info!("dom0: shared info page at {}", d.shared_info);
+            (d.vcpu.kernel_l4, d.vcpu.regs)
+        }
         None => {
             log::error!("dom0 was not built");
             fatal::halt(Verdict::Refused);

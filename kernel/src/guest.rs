@@ -8,10 +8,16 @@ pub fn syscall(frame: &mut TrapFrame) {
     if selftest::ring3_syscall(frame) {
         return;
     }
-    if !domain::running() {
-        fatal::exception(frame);
+    match domain::with_current(|d| d.vcpu.kernel_mode) {
+        None => fatal::exception(frame),
+        Some(true) => hypercall::dispatch(frame),
+        // Guest user space never makes hypercalls: its SYSCALL belongs to the guest kernel.
+        Some(false) => domain::crash(format_args!(
+            "system call from guest user mode at rip={:#x}: bouncing it to the guest kernel \
+             is not implemented yet",
+            frame.rip
+        )),
     }
-    hypercall::dispatch(frame);
 }
 
 /// A CPU exception raised in ring 3. Bouncing exceptions to the guest's trap table comes
