@@ -12,4 +12,5 @@ pub mod guest_image;
 pub mod logring;
 pub mod mm;
 pub mod multiboot2;
+pub mod pv;
 pub mod time;

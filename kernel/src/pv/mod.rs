@@ -1,0 +1,4 @@
+//! Xen-PV guest support that needs no hardware (host-tested): one module per concern.
+
+pub mod bounce;
+pub mod emulate;
