@@ -2,3 +2,7 @@
 
 pub mod bounce;
 pub mod emulate;
+pub mod cpuid;
+pub mod msr;
+pub mod time;
+pub mod version;
