@@ -1,8 +1,8 @@
 //! Xen-PV guest support that needs no hardware (host-tested): one module per concern.
 
 pub mod bounce;
-pub mod emulate;
 pub mod cpuid;
+pub mod emulate;
 pub mod msr;
 pub mod time;
 pub mod version;
