@@ -2,9 +2,10 @@
 //! and what happens when it stops. One domain with one vCPU for now; the structures are
 //! the ones more domains and vCPUs will use.
 
-use alloc::{string::String, vec::Vec};
+use alloc::{boxed::Box, string::String, vec::Vec};
 use core::fmt::Write;
 
+use core::mem::offset_of;
 use ferrovisor::{
     domain_builder::{self, BuildSpec, DomainMemory, KernelImage, Segment},
     guest_image::{self, GuestImage},
@@ -15,9 +16,14 @@ use ferrovisor::{
     },
     multiboot2::Module,
 };
+
+use ferrovisor::pv::bounce::BounceState;
 use ferrovisor_abi::{
     layout::{FLAT_RING3_CS64, FLAT_RING3_SS64},
-    xen::xen::SIF_PRIVILEGED,
+    xen::{
+        arch_x86::ArchVcpuInfo,
+        xen::{VcpuInfo, SIF_PRIVILEGED},
+    },
 };
 
 use crate::{
@@ -26,7 +32,8 @@ use crate::{
         guest_memory::{GuestFault, GuestSpace},
         irq::IrqMutex,
         paging::{self as hw_paging, GuestTables},
-        phys,
+        percpu,
+        phys::{self, SharedFrame},
         trap::{self, TrapFrame},
     },
     fatal, memory,
@@ -34,17 +41,26 @@ use crate::{
 
 pub const DOM0: DomId = DomId(0);
 
+/// The test guest-memory copies apply to each frame: is it the domain's?
+pub type OwnsFrame = Box<dyn Fn(Mfn) -> bool>;
+
 /// Largest kernel image (decompressed) the builder accepts.
 const MAX_KERNEL_IMAGE: usize = 128 << 20;
 
-/// A virtual CPU: its saved registers and PV mode.
+/// A virtual CPU: its saved registers and PV state.
 pub struct Vcpu {
     /// The registers it resumes with (a trap frame: what `trap_exit` restores).
     pub regs: TrapFrame,
-    /// Running the guest kernel (as opposed to guest user space).
-    pub kernel_mode: bool,
+    /// Guest-kernel vs user mode, kernel stack, trap table, callbacks, upcall mask.
+    pub pv: BounceState,
     /// The kernel's page-table root (`cr3` while in kernel mode).
     pub kernel_l4: Mfn,
+    /// The user page-table root (`MMUEXT_NEW_USER_BASEPTR`), `cr3` in user mode.
+    pub user_l4: Option<Mfn>,
+    /// The GS base of the mode that is not running (swapped on each mode change).
+    pub saved_gs_base: u64,
+    /// The guest's virtual CR0.TS (`fpu_taskswitch`).
+    pub fpu_ts: bool,
 }
 
 pub struct Domain {
@@ -191,14 +207,21 @@ pub fn build_dom0(
         rsi: built.start_info_va,
         ..TrapFrame::default()
     };
+    // SAFETY: the frame was just allocated for dom0's shared info.
+    let shared = unsafe { SharedFrame::new(shared_info) };
+    // vCPU 0 starts with event delivery masked, as in Xen.
+    shared.write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
     *DOMAIN0.lock() = Some(Domain {
         id: DOM0,
         p2m,
         shared_info,
         vcpu: Vcpu {
             regs,
-            kernel_mode: true,
+            pv: BounceState::new(built.stack_top),
             kernel_l4: l4,
+            user_l4: None,
+            saved_gs_base: 0,
+            fpu_ts: false,
         },
         console_line: Vec::new(),
     });
@@ -226,30 +249,76 @@ pub fn run_dom0() -> ! {
     unsafe { trap::return_to(&regs) }
 }
 
-/// Whether a domain is running (a trap from ring 3 belongs to it).
-pub fn running() -> bool {
-    DOMAIN0.lock().is_some()
-}
-
 /// Runs `f` with the current domain.
 pub fn with_current<R>(f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
     DOMAIN0.lock().as_mut().map(f)
 }
 
 impl Domain {
-    /// The current guest address space, for copying to and from guest memory.
-    pub fn space(&self) -> GuestSpace<impl Fn(Mfn) -> bool> {
+    /// Whether a frame is this domain's (what guest-memory copies check).
+    fn owns(&self) -> OwnsFrame {
         let id = self.id;
-        let owns = move |mfn: Mfn| {
+        Box::new(move |mfn: Mfn| {
             FRAME_TABLE
                 .try_lock()
                 .and_then(|ft| ft.as_ref().and_then(|t| t.info(mfn).map(|i| i.owner)))
                 == Some(Owner::Domain(id))
-        };
+        })
+    }
+
+    /// The current guest address space, for copying to and from guest memory.
+    pub fn space(&self) -> GuestSpace<OwnsFrame> {
         let l4 = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
         // SAFETY: CR3 holds this domain's validated L4 while its trap is handled; `owns`
         // accepts only frames the frame table gives to this domain (all RAM).
-        unsafe { GuestSpace::new(l4, owns) }
+        unsafe { GuestSpace::new(l4, self.owns()) }
+    }
+
+    /// The guest kernel's address space (bounce frames always go on a kernel stack).
+    pub fn kernel_space(&self) -> GuestSpace<OwnsFrame> {
+        // SAFETY: `kernel_l4` is this domain's validated L4 (typed L4 by the frame table
+        // while it is the base pointer); `owns` accepts only this domain's frames.
+        unsafe { GuestSpace::new(self.vcpu.kernel_l4, self.owns()) }
+    }
+
+    /// vCPU 0's `vcpu_info`, at the start of the shared-info page.
+    fn shared(&self) -> SharedFrame {
+        // SAFETY: the shared-info frame was allocated for this domain and is never freed
+        // while it exists; it holds only guest-visible data.
+        unsafe { SharedFrame::new(self.shared_info) }
+    }
+
+    pub fn set_upcall_mask(&self, mask: u8) {
+        self.shared()
+            .write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), mask);
+    }
+
+    pub fn upcall_mask(&self) -> u8 {
+        self.shared()
+            .read_u8(offset_of!(VcpuInfo, evtchn_upcall_mask))
+    }
+
+    pub fn set_cr2(&self, cr2: u64) {
+        let off = offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2);
+        self.shared().write_u64(off, cr2);
+    }
+
+    /// Changes between guest-kernel and guest-user mode: the page tables and the GS base
+    /// follow (Xen's `toggle_guest_mode`).
+    pub fn switch_mode(&mut self, to_kernel: bool) {
+        let l4 = if to_kernel {
+            Some(self.vcpu.kernel_l4)
+        } else {
+            self.vcpu.user_l4
+        };
+        if let Some(l4) = l4 {
+            // SAFETY: both roots are validated L4s of this domain (typed by the frame
+            // table), whose hypervisor slots map the hypervisor.
+            unsafe { hw_paging::activate(l4) };
+        }
+        let active = percpu::guest_gs_base();
+        let _ = percpu::set_guest_gs_base(self.vcpu.saved_gs_base);
+        self.vcpu.saved_gs_base = active;
     }
 
     pub fn read_guest(&self, va: u64, out: &mut [u8]) -> Result<(), GuestFault> {

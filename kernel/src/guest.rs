@@ -1,41 +1,295 @@
-//! Entries from ring 3: system calls, exceptions and interrupted execution. Ring 3 is
-//! where PV guests run (and the ring-3 selftest, which takes precedence when it runs).
+//! Entries from ring 3, where PV guests run (and the ring-3 selftest, which takes
+//! precedence while it runs): hypercalls, guest-user system calls, exceptions (emulated
+//! when they are a privileged instruction the guest kernel may use, otherwise bounced to
+//! the guest kernel's trap table) and interrupted execution.
 
-use crate::{arch::x86_64::trap::TrapFrame, domain, fatal, hypercall, selftest};
+use ferrovisor::pv::{
+    bounce::{self, Bounce, BounceError, BounceState, Fault, GuestStack},
+    cpuid::{self, CpuidPolicy},
+    emulate::{self, InsnKind},
+    msr::{self, MsrContext, SyscallMsrs, Vendor, WriteEffect},
+};
+use ferrovisor_abi::xen::{arch_x86::CpuUserRegs, arch_x86::SegBase};
 
-/// A SYSCALL from ring 3: from a guest kernel, a hypercall.
+use crate::{
+    arch::x86_64::{cpu, guest_memory::GuestSpace, percpu, trap::TrapFrame},
+    clock,
+    domain::{self, Domain, OwnsFrame},
+    fatal, hypercall, selftest,
+};
+
+/// A SYSCALL from ring 3: from the guest kernel a hypercall, from guest user space a
+/// system call for the guest kernel.
 pub fn syscall(frame: &mut TrapFrame) {
     if selftest::ring3_syscall(frame) {
         return;
     }
-    match domain::with_current(|d| d.vcpu.kernel_mode) {
+    match domain::with_current(|d| d.vcpu.pv.in_kernel) {
         None => fatal::exception(frame),
         Some(true) => hypercall::dispatch(frame),
-        // Guest user space never makes hypercalls: its SYSCALL belongs to the guest kernel.
-        Some(false) => domain::crash(format_args!(
-            "system call from guest user mode at rip={:#x}: bouncing it to the guest kernel \
-             is not implemented yet",
-            frame.rip
-        )),
+        Some(false) => {
+            domain::with_current(|d| {
+                deliver(d, frame, "a system call", |regs, state, stack| {
+                    bounce::deliver_syscall_from_user(regs, state, stack)
+                })
+            });
+        }
     }
 }
 
-/// A CPU exception raised in ring 3. Bouncing exceptions to the guest's trap table comes
-/// next; until then the guest cannot continue from one.
+/// A CPU exception raised in ring 3.
 pub fn exception(frame: &mut TrapFrame) {
     if selftest::ring3_exception(frame) {
         return;
     }
-    if !domain::running() {
+    if domain::with_current(|d| handle_exception(d, frame)).is_none() {
         fatal::exception(frame);
     }
-    domain::crash(format_args!(
-        "unhandled exception {} (error code {:#x}) at rip={:#x}, rsp={:#x}",
-        frame.vector, frame.error_code, frame.rip, frame.rsp
-    ))
 }
 
 /// Ring 3 was interrupted (by the tick); `frame` is where it resumes.
 pub fn interrupted(frame: &mut TrapFrame) {
     selftest::ring3_interrupted(frame);
+}
+
+pub fn to_regs(f: &TrapFrame) -> CpuUserRegs {
+    CpuUserRegs {
+        r15: f.r15,
+        r14: f.r14,
+        r13: f.r13,
+        r12: f.r12,
+        rbp: f.rbp,
+        rbx: f.rbx,
+        r11: f.r11,
+        r10: f.r10,
+        r9: f.r9,
+        r8: f.r8,
+        rax: f.rax,
+        rcx: f.rcx,
+        rdx: f.rdx,
+        rsi: f.rsi,
+        rdi: f.rdi,
+        error_code: f.error_code as u32,
+        entry_vector: f.vector as u32,
+        rip: f.rip,
+        cs: f.cs as u16,
+        rflags: f.rflags,
+        rsp: f.rsp,
+        ss: f.ss as u16,
+        ..zerocopy::FromZeros::new_zeroed()
+    }
+}
+
+/// Copies `r` back into the frame the CPU will resume. Whatever the guest asked for, the
+/// real RFLAGS keep interrupts on and IOPL 0, and the selectors stay ring 3.
+pub fn apply_regs(r: &CpuUserRegs, f: &mut TrapFrame) {
+    f.r15 = r.r15;
+    f.r14 = r.r14;
+    f.r13 = r.r13;
+    f.r12 = r.r12;
+    f.rbp = r.rbp;
+    f.rbx = r.rbx;
+    f.r11 = r.r11;
+    f.r10 = r.r10;
+    f.r9 = r.r9;
+    f.r8 = r.r8;
+    f.rax = r.rax;
+    f.rcx = r.rcx;
+    f.rdx = r.rdx;
+    f.rsi = r.rsi;
+    f.rdi = r.rdi;
+    f.rip = r.rip;
+    f.cs = r.cs as u64 | 3;
+    f.rflags = (r.rflags | 0x200) & !0x3000;
+    f.rsp = r.rsp;
+    f.ss = r.ss as u64 | 3;
+}
+
+/// The guest kernel's memory, for bounce frames and `iret` contexts.
+pub struct KernelStack {
+    space: GuestSpace<OwnsFrame>,
+}
+
+impl GuestStack for KernelStack {
+    fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Fault> {
+        self.space.write(va, bytes).map_err(|_| Fault { va })
+    }
+    fn read(&mut self, va: u64, out: &mut [u8]) -> Result<(), Fault> {
+        self.space.read(va, out).map_err(|_| Fault { va })
+    }
+}
+
+/// Runs a bounce (or `iret`-like) step on the vCPU and applies its result; a failure
+/// crashes the domain, as in Xen.
+pub fn deliver(
+    d: &mut Domain,
+    frame: &mut TrapFrame,
+    what: &str,
+    step: impl FnOnce(
+        &mut CpuUserRegs,
+        &mut BounceState,
+        &mut KernelStack,
+    ) -> Result<Bounce, BounceError>,
+) {
+    let mut regs = to_regs(frame);
+    let mut stack = KernelStack {
+        space: d.kernel_space(),
+    };
+    d.vcpu.pv.upcall_mask = d.upcall_mask();
+    match step(&mut regs, &mut d.vcpu.pv, &mut stack) {
+        Ok(b) => {
+            apply_regs(&regs, frame);
+            if b.entered_kernel {
+                d.switch_mode(true);
+            }
+            if let Some(cr2) = b.cr2 {
+                d.set_cr2(cr2);
+            }
+            d.set_upcall_mask(b.upcall_mask);
+        }
+        Err(e) => domain::crash(format_args!(
+            "cannot deliver {what} at rip={:#x} (rsp={:#x}): {e:?}",
+            frame.rip, frame.rsp
+        )),
+    }
+}
+
+const UD: u64 = 6;
+const GP: u64 = 13;
+const PF: u64 = 14;
+
+fn has_error_code(vector: u64) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
+    let vector = frame.vector;
+    if d.vcpu.pv.in_kernel
+        && ((vector == GP && frame.error_code == 0) || vector == UD)
+        && emulate(d, frame)
+    {
+        return;
+    }
+    let error_code = has_error_code(vector).then_some(frame.error_code as u32);
+    let cr2 = (vector == PF).then(cpu::read_cr2);
+    deliver(d, frame, "an exception", |regs, state, stack| {
+        bounce::bounce_exception(regs, vector as u8, error_code, cr2, state, stack)
+    });
+}
+
+/// Emulates the privileged instruction at the guest kernel's `rip`, if it is one the PV
+/// ABI lets it use (CPUID through the forced-emulation prefix or plainly, RDMSR/WRMSR
+/// under the MSR policy). Returns false when the exception is the guest's to handle.
+fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
+    let mut bytes = [0u8; 15];
+    // Read what is there (up to 15 bytes, stopping at an unmapped page).
+    let mut n = 0;
+    while n < bytes.len()
+        && d.read_guest(frame.rip.wrapping_add(n as u64), &mut bytes[n..n + 1])
+            .is_ok()
+    {
+        n += 1;
+    }
+    let Ok(insn) = emulate::decode(&bytes[..n]) else {
+        return false;
+    };
+    match (frame.vector, insn.kind) {
+        (UD, InsnKind::ForcedCpuid) | (GP, InsnKind::Cpuid) => {
+            let mut policy = CpuidPolicy::minimal(0);
+            policy.enlightened_kernel = frame.vector == UD;
+            policy.tsc_khz = (clock::tsc_hz() / 1000) as u32;
+            let [a, b, c, dx] =
+                cpuid::guest_cpuid(frame.rax as u32, frame.rcx as u32, cpu::cpuid, &policy);
+            frame.rax = a as u64;
+            frame.rbx = b as u64;
+            frame.rcx = c as u64;
+            frame.rdx = dx as u64;
+        }
+        // Lazy FPU: the guest kernel clears its TS after a #NM.
+        (GP, InsnKind::Clts) => {
+            d.vcpu.fpu_ts = false;
+            cpu::set_task_switched(false);
+        }
+        (GP, InsnKind::Rdmsr) => match msr::read(frame.rcx as u32, &msr_context(d)) {
+            Ok(v) => {
+                frame.rax = v & 0xffff_ffff;
+                frame.rdx = v >> 32;
+            }
+            Err(_) => return false,
+        },
+        (GP, InsnKind::Wrmsr) => {
+            let value = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
+            match msr::write(frame.rcx as u32, value, &msr_context(d)) {
+                Ok(WriteEffect::Ignored) => {}
+                Ok(WriteEffect::SetSegmentBase(which, base)) => {
+                    if !set_segment_base(d, which, base) {
+                        return false;
+                    }
+                }
+                // TSC_AUX and the hypercall-page MSR are not offered yet.
+                Ok(_) | Err(_) => return false,
+            }
+        }
+        _ => return false,
+    }
+    frame.rip = frame.rip.wrapping_add(insn.len as u64);
+    true
+}
+
+fn msr_context(d: &Domain) -> MsrContext {
+    let vendor = match cpu::cpuid(0, 0) {
+        [_, 0x756e_6547, _, _] => Vendor::Intel, // "Genu"
+        [_, 0x6874_7541, _, _] | [_, 0x6f67_7948, _, _] => Vendor::Amd, // "Auth", "Hygo"
+        _ => Vendor::Other,
+    };
+    let (kernel_gs, user_gs) = if d.vcpu.pv.in_kernel {
+        (percpu::guest_gs_base(), d.vcpu.saved_gs_base)
+    } else {
+        (d.vcpu.saved_gs_base, percpu::guest_gs_base())
+    };
+    MsrContext {
+        vendor,
+        vcpu_id: 0,
+        tsc: cpu::rdtsc(),
+        fs_base: 0,
+        gs_base_kernel: kernel_gs,
+        gs_base_user: user_gs,
+        syscall: SyscallMsrs {
+            star: 0,
+            lstar: d.vcpu.pv.callbacks.syscall,
+            cstar: 0,
+            sfmask: 0,
+        },
+        nx: crate::arch::x86_64::msr::nx_enabled(),
+        pat: 0x0007_0406_0007_0406,
+        host_misc_enable: 0,
+        ucode_rev: 0,
+        tsc_aux: None,
+        lfence_serialising: true,
+    }
+}
+
+/// `set_segment_base` and the equivalent MSR writes; false for a bad base.
+pub fn set_segment_base(d: &mut Domain, which: SegBase, base: u64) -> bool {
+    match which {
+        SegBase::Fs => cpu::set_guest_fs_base(base),
+        SegBase::GsKernel if d.vcpu.pv.in_kernel => percpu::set_guest_gs_base(base),
+        SegBase::GsUser if d.vcpu.pv.in_kernel => {
+            if !cpu::is_guest_base(base) {
+                return false;
+            }
+            d.vcpu.saved_gs_base = base;
+            true
+        }
+        SegBase::GsKernel => {
+            if !cpu::is_guest_base(base) {
+                return false;
+            }
+            d.vcpu.saved_gs_base = base;
+            true
+        }
+        SegBase::GsUser => percpu::set_guest_gs_base(base),
+        // Loading a user %gs selector needs the guest's GDT/LDT: not yet.
+        SegBase::GsUserSel => false,
+    }
 }

@@ -44,6 +44,11 @@ struct Boot {
 
 static BOOT: spin::Once<Boot> = spin::Once::new();
 
+/// The hypervisor's command line (empty before boot got that far).
+pub fn hypervisor_cmdline() -> &'static str {
+    BOOT.get().map_or("", |b| b.cmdline.raw)
+}
+
 /// Called by `boot/entry.S` in long mode, on the boot stack, with the early page tables.
 #[no_mangle]
 pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {

@@ -187,6 +187,24 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
             unsafe { hw_paging::activate(mfn) };
             Ok(())
         }
+        MmuextCmd::NewUserBaseptr => {
+            // A zero frame means "no user page tables".
+            let new = (op.arg1 != 0).then_some(mfn);
+            with_ft(|ft| {
+                let mut mem = tables();
+                if let Some(new) = new {
+                    ft.get_page_and_type(new, d.id, Level::L4.page_type(), &mut mem)
+                        .map_err(mm_errno)?;
+                }
+                if let Some(old) = d.vcpu.user_l4 {
+                    let _ = ft.put_page_and_type(old, &mut mem);
+                }
+                Ok(())
+            })?;
+            d.vcpu.user_l4 = new;
+            d.vcpu.pv.has_user_page_tables = new.is_some();
+            Ok(())
+        }
         MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll => {
             hw_paging::flush_tlb_local();
             Ok(())

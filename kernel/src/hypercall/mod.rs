@@ -3,14 +3,14 @@
 //! `rdi, rsi, rdx, r10, r8` (`arch-x86/xen-x86_64.h`); the result goes back in `rax`.
 //! Every argument is validated; failures are Xen errnos, never a hypervisor fault.
 
+use ferrovisor::pv::version::{self, VersionArg, VersionContext};
 use ferrovisor_abi::{
     errno::XenErrno,
-    version::XEN_VERSION,
     xen::{
         hypercall::Hypercall,
         sched::{SchedOp, SchedShutdown},
         version::XenVersionOp,
-        xen::ConsoleIoCmd,
+        xen::{ConsoleIoCmd, VmAssistCmd, VmAssistType},
     },
 };
 use zerocopy::FromBytes;
@@ -18,10 +18,15 @@ use zerocopy::FromBytes;
 use crate::{arch::x86_64::trap::TrapFrame, domain};
 
 mod mmu;
+mod traps;
 
 type Result = core::result::Result<u64, XenErrno>;
 
 pub fn dispatch(frame: &mut TrapFrame) {
+    if frame.rax == Hypercall::Iret as u64 {
+        // `iret` replaces the whole register state, `rax` included.
+        return traps::iret(frame);
+    }
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let result = match Hypercall::try_from(frame.rax) {
         Ok(Hypercall::ConsoleIo) => console_io(args),
@@ -30,6 +35,13 @@ pub fn dispatch(frame: &mut TrapFrame) {
         Ok(Hypercall::MmuUpdate) => mmu::mmu_update(args),
         Ok(Hypercall::MmuextOp) => mmu::mmuext_op(args),
         Ok(Hypercall::UpdateVaMapping) => mmu::update_va_mapping(args),
+        Ok(Hypercall::SetTrapTable) => traps::set_trap_table(args),
+        Ok(Hypercall::SetCallbacks) => traps::set_callbacks(args),
+        Ok(Hypercall::CallbackOp) => traps::callback_op(args),
+        Ok(Hypercall::StackSwitch) => traps::stack_switch(args),
+        Ok(Hypercall::SetSegmentBase) => traps::set_segment_base(args),
+        Ok(Hypercall::FpuTaskswitch) => traps::fpu_taskswitch(args),
+        Ok(Hypercall::VmAssist) => vm_assist(args),
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
     };
     frame.rax = match result {
@@ -64,10 +76,45 @@ fn console_io([cmd, count, buffer, ..]: [u64; 5]) -> Result {
     }
 }
 
-fn xen_version([cmd, ..]: [u64; 5]) -> Result {
-    match XenVersionOp::try_from(cmd as u32) {
-        Ok(XenVersionOp::Version) => Ok(XEN_VERSION as u64),
-        Ok(_) | Err(_) => Err(XenErrno::Enosys),
+fn xen_version([cmd, arg, ..]: [u64; 5]) -> Result {
+    let read_u32 = |at: u64| -> core::result::Result<u32, XenErrno> {
+        let mut b = [0u8; 4];
+        domain::with_current(|d| d.read_guest(at, &mut b))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)?;
+        Ok(u32::from_le_bytes(b))
+    };
+    let input = match XenVersionOp::try_from(cmd as u32) {
+        Ok(XenVersionOp::GetFeatures) => VersionArg::FeatureSubmap(read_u32(arg)?),
+        Ok(XenVersionOp::BuildId) if arg == 0 => VersionArg::BuildIdLen(None),
+        Ok(XenVersionOp::BuildId) => VersionArg::BuildIdLen(Some(read_u32(arg)?)),
+        _ => VersionArg::None,
+    };
+    let ctx = VersionContext {
+        build: version::BUILD_INFO,
+        privileged: true, // dom0 is the only domain so far
+        guest_handle: [0; 16],
+        commandline: crate::start::hypervisor_cmdline(),
+    };
+    let answer = version::answer(cmd, input, &ctx)?;
+    let bytes = answer.bytes();
+    if !bytes.is_empty() {
+        domain::with_current(|d| d.write_guest(arg.wrapping_add(answer.copy_offset()), bytes))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)?;
+    }
+    Ok(answer.return_value())
+}
+
+/// `vm_assist(cmd, type)`. Only the assists the hypervisor implements can be enabled;
+/// writable page tables (trapped writes to page tables) come with the rest of the PV MMU.
+fn vm_assist([cmd, kind, ..]: [u64; 5]) -> Result {
+    let cmd = VmAssistCmd::try_from(cmd as u32).map_err(|_| XenErrno::Einval)?;
+    let kind = VmAssistType::try_from(kind as u32).map_err(|_| XenErrno::Einval)?;
+    match (cmd, kind) {
+        (VmAssistCmd::Disable, _) => Ok(0),
+        (VmAssistCmd::Enable, VmAssistType::RunstateUpdateFlag) => Ok(0),
+        (VmAssistCmd::Enable, _) => Err(XenErrno::Einval),
     }
 }
 

@@ -205,3 +205,40 @@ pub unsafe fn switch_stack(stack_top: u64, entry: extern "C" fn() -> !) -> ! {
         )
     }
 }
+
+/// The host's CPUID answer for `leaf`/`subleaf`: `[eax, ebx, ecx, edx]`.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = x86::cpuid::cpuid!(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
+/// Sets or clears CR0.TS (lazy FPU switching: the guest's `fpu_taskswitch`).
+pub fn set_task_switched(on: bool) {
+    // SAFETY: CR0.TS only makes FPU instructions raise #NM; the hypervisor uses no FPU
+    // (the target is soft-float).
+    unsafe {
+        let cr0 = x86::controlregs::cr0();
+        let ts = x86::controlregs::Cr0::CR0_TASK_SWITCHED;
+        x86::controlregs::cr0_write(if on { cr0 | ts } else { cr0 & !ts });
+    }
+}
+
+/// Whether `va` is canonical and outside the hypervisor's range: a base a guest may load.
+pub fn is_guest_base(va: u64) -> bool {
+    let canonical = (va >> 47) == 0 || (va >> 47) == 0x1_ffff;
+    canonical
+        && !(ferrovisor_abi::layout::HYPERVISOR_VIRT_START
+            ..ferrovisor_abi::layout::HYPERVISOR_VIRT_END)
+            .contains(&va)
+}
+
+/// The guest's FS base (the hypervisor never uses FS, so it stays loaded).
+pub fn set_guest_fs_base(va: u64) -> bool {
+    if !is_guest_base(va) {
+        return false;
+    }
+    // SAFETY: IA32_FS_BASE exists on x86-64; the value is canonical (checked) and the
+    // hypervisor does not use FS.
+    unsafe { super::msr::write(0xc000_0100, va) };
+    true
+}

@@ -50,3 +50,21 @@ pub fn cpu() -> u32 {
     // (entry paths swap the guest's base out before any Rust code runs).
     unsafe { (*(base as *const PerCpu)).cpu }
 }
+
+/// The guest's active GS base. While the hypervisor runs it sits in IA32_KERNEL_GS_BASE
+/// (the trap exit's `swapgs` makes it active again).
+pub fn guest_gs_base() -> u64 {
+    // SAFETY: reading IA32_KERNEL_GS_BASE has no side effects.
+    unsafe { msr::read(IA32_KERNEL_GS_BASE) }
+}
+
+/// Sets the guest's active GS base (see [`guest_gs_base`]); false if not canonical.
+pub fn set_guest_gs_base(va: u64) -> bool {
+    if !super::cpu::is_guest_base(va) {
+        return false;
+    }
+    // SAFETY: the hypervisor's own GS base is in IA32_GS_BASE while it runs; this one is
+    // only swapped in on the return to ring 3. The value is canonical (checked).
+    unsafe { msr::write(IA32_KERNEL_GS_BASE, va) };
+    true
+}

@@ -74,3 +74,39 @@ pub unsafe fn write_bytes(paddr: u64, bytes: &[u8]) {
         core::ptr::copy_nonoverlapping(bytes.as_ptr(), phys_to_virt(paddr) as *mut u8, bytes.len())
     }
 }
+
+/// A frame the hypervisor shares with a guest (its shared-info page): both sides write
+/// it, so every access is a single volatile load or store.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedFrame {
+    mfn: ferrovisor::mm::Mfn,
+}
+
+impl SharedFrame {
+    /// # Safety
+    /// `mfn` must be a frame of RAM (direct-mapped) that stays allocated for as long as this
+    /// value is used, and that holds no hypervisor data other than what is shared.
+    pub unsafe fn new(mfn: ferrovisor::mm::Mfn) -> SharedFrame {
+        SharedFrame { mfn }
+    }
+
+    fn ptr(&self, offset: usize, size: usize) -> *mut u8 {
+        assert!(offset + size <= 4096 && offset % size == 0);
+        (phys_to_virt(self.mfn.addr()) + offset as u64) as *mut u8
+    }
+
+    pub fn read_u8(&self, offset: usize) -> u8 {
+        // SAFETY: inside the frame (checked), which `new`'s contract keeps valid.
+        unsafe { self.ptr(offset, 1).read_volatile() }
+    }
+
+    pub fn write_u8(&self, offset: usize, value: u8) {
+        // SAFETY: as in `read_u8`.
+        unsafe { self.ptr(offset, 1).write_volatile(value) }
+    }
+
+    pub fn write_u64(&self, offset: usize, value: u64) {
+        // SAFETY: as in `read_u8`; the offset is 8-byte aligned (checked).
+        unsafe { (self.ptr(offset, 8) as *mut u64).write_volatile(value) }
+    }
+}
