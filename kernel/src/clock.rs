@@ -53,6 +53,20 @@ pub fn set_wallclock(now: &DateTime) {
     BOOT_UNIX.store(now.to_unix().saturating_sub(since_boot), Ordering::Relaxed);
 }
 
+/// Unix time (seconds) at system time 0.
+pub fn boot_unix() -> u64 {
+    BOOT_UNIX.load(Ordering::Relaxed)
+}
+
+/// The TSC scale the clock uses (what guests get in `vcpu_time_info`).
+pub fn scale() -> TscScale {
+    let packed = SCALE.load(Ordering::Relaxed);
+    TscScale {
+        mul: packed as u32,
+        shift: (packed >> 32) as u8 as i8,
+    }
+}
+
 pub fn tick() {
     TICKS.fetch_add(1, Ordering::Relaxed);
 }

@@ -17,14 +17,20 @@ use ferrovisor::{
     multiboot2::Module,
 };
 
-use ferrovisor::pv::bounce::BounceState;
+use ferrovisor::evtchn::{self, EventChannels, EventWords};
+use ferrovisor::pv::{
+    bounce::BounceState,
+    time::{self as pv_time, TimeFields},
+};
 use ferrovisor_abi::{
     layout::{FLAT_RING3_CS64, FLAT_RING3_SS64},
     xen::{
         arch_x86::ArchVcpuInfo,
-        xen::{VcpuInfo, SIF_PRIVILEGED},
+        vcpu::VcpuRunstateInfo,
+        xen::{SharedInfo, VcpuInfo, VcpuTimeInfo, SIF_PRIVILEGED},
     },
 };
+use zerocopy::{FromZeros, IntoBytes};
 
 use crate::{
     arch::x86_64::{
@@ -36,10 +42,14 @@ use crate::{
         phys::{self, SharedFrame},
         trap::{self, TrapFrame},
     },
-    fatal, memory,
+    clock, fatal, memory,
 };
 
 pub const DOM0: DomId = DomId(0);
+
+/// Event-channel ports per domain (the 2-level ABI's limit for 64-bit guests is 4096).
+const MAX_PORTS: u32 = 1024;
+const VIRQ_TIMER: u32 = 0;
 
 /// The test guest-memory copies apply to each frame: is it the domain's?
 pub type OwnsFrame = Box<dyn Fn(Mfn) -> bool>;
@@ -61,6 +71,17 @@ pub struct Vcpu {
     pub saved_gs_base: u64,
     /// The guest's virtual CR0.TS (`fpu_taskswitch`).
     pub fpu_ts: bool,
+    /// The version of the last `vcpu_time_info` published (even when complete).
+    pub time_version: u32,
+    /// Where its `vcpu_info` is: in the shared-info page, or where the guest moved it
+    /// (`VCPUOP_register_vcpu_info`).
+    pub vcpu_info: (Mfn, usize),
+    /// Single-shot timer deadline (system time, ns).
+    pub timer_deadline: Option<u64>,
+    /// Periodic timer: period and next deadline.
+    pub periodic: Option<(u64, u64)>,
+    /// Guest address of its `vcpu_runstate_info`, if registered.
+    pub runstate_area: Option<u64>,
 }
 
 pub struct Domain {
@@ -71,6 +92,61 @@ pub struct Domain {
     pub vcpu: Vcpu,
     /// Console output not yet ended by a newline.
     console_line: Vec<u8>,
+    /// The domain's event-channel ports.
+    pub evtchn: EventChannels,
+}
+
+/// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,
+/// the selector and the upcall flags in the vCPU's `vcpu_info`. Every update is an atomic
+/// operation on the shared page, since the guest changes the same words.
+pub struct SharedWords {
+    shared: SharedFrame,
+    vcpu_info: (SharedFrame, usize),
+}
+
+impl EventWords for SharedWords {
+    fn pending_fetch_or(&self, word: usize, mask: u64) -> u64 {
+        self.shared
+            .fetch_or_u64(offset_of!(SharedInfo, evtchn_pending) + word * 8, mask)
+    }
+    fn pending_load(&self, word: usize) -> u64 {
+        self.shared
+            .load_u64(offset_of!(SharedInfo, evtchn_pending) + word * 8)
+    }
+    fn pending_fetch_and(&self, word: usize, mask: u64) -> u64 {
+        self.shared
+            .fetch_and_u64(offset_of!(SharedInfo, evtchn_pending) + word * 8, mask)
+    }
+    fn mask_load(&self, word: usize) -> u64 {
+        self.shared
+            .load_u64(offset_of!(SharedInfo, evtchn_mask) + word * 8)
+    }
+    fn mask_fetch_and(&self, word: usize, mask: u64) -> u64 {
+        self.shared
+            .fetch_and_u64(offset_of!(SharedInfo, evtchn_mask) + word * 8, mask)
+    }
+    fn sel_fetch_or(&self, _vcpu: u32, mask: u64) -> u64 {
+        let (f, base) = self.vcpu_info;
+        f.fetch_or_u64(base + offset_of!(VcpuInfo, evtchn_pending_sel), mask)
+    }
+    fn upcall_pending_swap(&self, _vcpu: u32, v: u8) -> u8 {
+        let (f, base) = self.vcpu_info;
+        f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), v)
+    }
+    fn upcall_mask_load(&self, _vcpu: u32) -> u8 {
+        let (f, base) = self.vcpu_info;
+        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+    }
+}
+
+impl Domain {
+    /// The event bitmaps, for the event-channel operations.
+    pub fn event_words(&self) -> SharedWords {
+        SharedWords {
+            shared: self.shared(),
+            vcpu_info: self.vcpu_info(),
+        }
+    }
 }
 
 /// Every frame's owner and type (the PV MMU's state).
@@ -222,16 +298,25 @@ pub fn build_dom0(
             user_l4: None,
             saved_gs_base: 0,
             fpu_ts: false,
+            time_version: 0,
+            vcpu_info: (shared_info, 0),
+            timer_deadline: None,
+            // Xen starts every vCPU with a 10 ms periodic timer (Linux stops it).
+            periodic: Some((10_000_000, 10_000_000)),
+            runstate_area: None,
         },
         console_line: Vec::new(),
+        evtchn: EventChannels::new(DOM0.0, 1, MAX_PORTS),
     });
     Ok(())
 }
 
 /// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
 pub fn run_dom0() -> ! {
-    let (l4, regs) = match DOMAIN0.lock().as_ref() {
+    let (l4, regs) = match DOMAIN0.lock().as_mut() {
         Some(d) => {
+            d.publish_time();
+            d.publish_wallclock();
             log::info!("dom0: shared info page at {}", d.shared_info);
             (d.vcpu.kernel_l4, d.vcpu.regs)
         }
@@ -281,26 +366,145 @@ impl Domain {
         unsafe { GuestSpace::new(self.vcpu.kernel_l4, self.owns()) }
     }
 
-    /// vCPU 0's `vcpu_info`, at the start of the shared-info page.
-    fn shared(&self) -> SharedFrame {
+    /// The shared-info page.
+    pub fn shared(&self) -> SharedFrame {
         // SAFETY: the shared-info frame was allocated for this domain and is never freed
         // while it exists; it holds only guest-visible data.
         unsafe { SharedFrame::new(self.shared_info) }
     }
 
+    /// vCPU 0's `vcpu_info`: the frame and the offset of the structure in it.
+    pub fn vcpu_info(&self) -> (SharedFrame, usize) {
+        let (mfn, offset) = self.vcpu.vcpu_info;
+        // SAFETY: either the shared-info page, or a frame of the domain that
+        // `register_vcpu_info` checked it owns (kept referenced while registered).
+        (unsafe { SharedFrame::new(mfn) }, offset)
+    }
+
     pub fn set_upcall_mask(&self, mask: u8) {
-        self.shared()
-            .write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), mask);
+        let (f, base) = self.vcpu_info();
+        f.write_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask), mask);
     }
 
     pub fn upcall_mask(&self) -> u8 {
-        self.shared()
-            .read_u8(offset_of!(VcpuInfo, evtchn_upcall_mask))
+        let (f, base) = self.vcpu_info();
+        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+    }
+
+    /// An event is pending for the vCPU and its events are not masked.
+    pub fn upcall_due(&self) -> bool {
+        self.upcall_pending() && self.upcall_mask() == 0
+    }
+
+    /// The vCPU has an event pending, masked or not (what wakes a blocked vCPU).
+    pub fn upcall_pending(&self) -> bool {
+        let (f, base) = self.vcpu_info();
+        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending)) != 0
+    }
+
+    /// Publishes vCPU 0's `vcpu_time_info` (system time now, TSC scale) under the version
+    /// protocol: odd version, fields, even version.
+    pub fn publish_time(&mut self) {
+        let tsc = crate::arch::x86_64::cpu::rdtsc();
+        let system_ns = clock::now_ns();
+        let Ok(fields) = TimeFields::new(tsc, system_ns, clock::scale(), false) else {
+            return; // no TSC calibration: nothing truthful to publish
+        };
+        let mut info = VcpuTimeInfo::new_zeroed();
+        pv_time::write_fields(&mut info, &fields);
+        let (shared, vi) = self.vcpu_info();
+        let base = vi + offset_of!(VcpuInfo, time);
+        let version_at = base + offset_of!(VcpuTimeInfo, version);
+        self.vcpu.time_version = self.vcpu.time_version.wrapping_add(1) | 1;
+        shared.write_u32(version_at, self.vcpu.time_version);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let fields_at = offset_of!(VcpuTimeInfo, tsc_timestamp);
+        shared.write_bytes(base + fields_at, &info.as_bytes()[fields_at..]);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.vcpu.time_version = self.vcpu.time_version.wrapping_add(1);
+        shared.write_u32(version_at, self.vcpu.time_version);
+    }
+
+    /// Publishes the wall-clock time at system time 0 in `shared_info`.
+    pub fn publish_wallclock(&self) {
+        let shared = self.shared();
+        let version = shared.read_u32(offset_of!(SharedInfo, wc_version));
+        shared.write_u32(
+            offset_of!(SharedInfo, wc_version),
+            version.wrapping_add(1) | 1,
+        );
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        let boot = clock::boot_unix();
+        shared.write_u32(offset_of!(SharedInfo, wc_sec), boot as u32);
+        shared.write_u32(offset_of!(SharedInfo, wc_nsec), 0);
+        shared.write_u32(offset_of!(SharedInfo, wc_sec_hi), (boot >> 32) as u32);
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        shared.write_u32(
+            offset_of!(SharedInfo, wc_version),
+            (version.wrapping_add(1) | 1).wrapping_add(1),
+        );
+    }
+
+    /// Marks an event as pending for the vCPU (delivered on its next return to the guest
+    /// if not masked).
+    pub fn raise_upcall(&self) {
+        let (f, base) = self.vcpu_info();
+        f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), 1);
+    }
+
+    /// Writes the vCPU's runstate (running since boot: one vCPU, never preempted yet) to
+    /// the area the guest registered.
+    pub fn publish_runstate(&self) {
+        let Some(va) = self.vcpu.runstate_area else {
+            return;
+        };
+        let now = clock::now_ns();
+        let info = VcpuRunstateInfo {
+            state: 0, // RUNSTATE_running
+            _cpad0: 0,
+            state_entry_time: now,
+            time: [now, 0, 0, 0],
+        };
+        // A bad area is the guest's problem (Xen ignores write failures here too).
+        let _ = self.kernel_space().write(va, info.as_bytes());
+    }
+
+    /// Sends virtual IRQ `virq` to vCPU 0 if the guest bound it to a port.
+    pub fn send_virq(&mut self, virq: u32) {
+        let Some(target) = self.evtchn.virq_target(virq, 0) else {
+            return;
+        };
+        // `set_pending` raises the upcall flag itself when one becomes due.
+        let _ = evtchn::set_pending(&self.event_words(), target.port, target.vcpu);
+    }
+
+    /// Fires the vCPU's timers that are due (called on every tick).
+    pub fn check_timers(&mut self, now: u64) {
+        let mut fire = false;
+        if self.vcpu.timer_deadline.is_some_and(|d| d <= now) {
+            self.vcpu.timer_deadline = None;
+            fire = true;
+        }
+        if let Some((period, next)) = self.vcpu.periodic {
+            if next <= now {
+                // Skip missed periods rather than firing a burst.
+                let behind = (now - next) / period + 1;
+                self.vcpu.periodic = Some((period, next + behind * period));
+                fire = true;
+            }
+        }
+        if fire {
+            self.publish_time();
+            self.send_virq(VIRQ_TIMER);
+        }
     }
 
     pub fn set_cr2(&self, cr2: u64) {
-        let off = offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2);
-        self.shared().write_u64(off, cr2);
+        let (f, base) = self.vcpu_info();
+        f.write_u64(
+            base + offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2),
+            cr2,
+        );
     }
 
     /// Changes between guest-kernel and guest-user mode: the page tables and the GS base

@@ -52,6 +52,26 @@ pub fn interrupted(frame: &mut TrapFrame) {
     selftest::ring3_interrupted(frame);
 }
 
+/// The tick: the running domain's vCPU timers.
+pub fn on_tick() {
+    let now = clock::now_ns();
+    domain::with_current(|d| d.check_timers(now));
+}
+
+/// The last step before returning to a guest: an event upcall, if one is due.
+pub fn before_return(frame: &mut TrapFrame) {
+    if selftest::ring3_running() {
+        return;
+    }
+    domain::with_current(|d| {
+        if d.upcall_due() {
+            deliver(d, frame, "an event upcall", |regs, state, stack| {
+                bounce::deliver_event_upcall(regs, state, stack)
+            });
+        }
+    });
+}
+
 pub fn to_regs(f: &TrapFrame) -> CpuUserRegs {
     CpuUserRegs {
         r15: f.r15,
@@ -169,6 +189,22 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
         && emulate(d, frame)
     {
         return;
+    }
+    // `int n` to a gate ring 3 may not use faults with #GP(n * 8 + 2): if the guest's trap
+    // table lets its current mode raise vector n, deliver n after the 2-byte instruction.
+    if vector == GP && frame.error_code & 0b11 == 0b10 {
+        let n = (frame.error_code >> 3) as u8;
+        if d.vcpu
+            .pv
+            .trap_table
+            .permits_software_int(n, d.vcpu.pv.in_kernel)
+        {
+            frame.rip = frame.rip.wrapping_add(2);
+            deliver(d, frame, "a software interrupt", |regs, state, stack| {
+                bounce::bounce_exception(regs, n, None, None, state, stack)
+            });
+            return;
+        }
     }
     let error_code = has_error_code(vector).then_some(frame.error_code as u32);
     let cr2 = (vector == PF).then(cpu::read_cr2);

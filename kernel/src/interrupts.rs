@@ -28,6 +28,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
             clock::tick();
             apic::on_tick();
             apic::eoi();
+            guest::on_tick();
             if from_guest {
                 guest::interrupted(frame);
             }
@@ -38,5 +39,9 @@ pub fn dispatch(frame: &mut TrapFrame) {
             log::warn!("unexpected interrupt on vector {v:#x}; ignored");
             apic::eoi();
         }
+    }
+    // Back to a guest: deliver an event that became pending and is not masked.
+    if frame.cs & 3 == 3 {
+        guest::before_return(frame);
     }
 }

@@ -8,6 +8,7 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod domain_builder;
+pub mod evtchn;
 pub mod guest_image;
 pub mod logring;
 pub mod mm;

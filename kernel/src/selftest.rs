@@ -215,6 +215,11 @@ fn ring3_fail(what: core::fmt::Arguments) -> ! {
     fatal::halt(Verdict::Fatal)
 }
 
+/// Whether the ring-3 selftest owns ring 3.
+pub fn ring3_running() -> bool {
+    RING3_STAGE.load(Ordering::SeqCst) != 0
+}
+
 /// The selftest's SYSCALL; false if the selftest is not running.
 pub fn ring3_syscall(frame: &mut TrapFrame) -> bool {
     if RING3_STAGE.load(Ordering::SeqCst) != 1 {

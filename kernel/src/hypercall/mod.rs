@@ -17,8 +17,10 @@ use zerocopy::FromBytes;
 
 use crate::{arch::x86_64::trap::TrapFrame, domain};
 
+mod evtchn;
 mod mmu;
 mod traps;
+mod vcpu;
 
 type Result = core::result::Result<u64, XenErrno>;
 
@@ -42,6 +44,11 @@ pub fn dispatch(frame: &mut TrapFrame) {
         Ok(Hypercall::SetSegmentBase) => traps::set_segment_base(args),
         Ok(Hypercall::FpuTaskswitch) => traps::fpu_taskswitch(args),
         Ok(Hypercall::VmAssist) => vm_assist(args),
+        Ok(Hypercall::VcpuOp) => vcpu::vcpu_op(args),
+        Ok(Hypercall::EventChannelOp) => evtchn::event_channel_op(args),
+        Ok(Hypercall::SetTimerOp) => vcpu::set_timer_op(args),
+        // dom0 gets no hardware: the hypervisor keeps the machine.
+        Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
     };
     frame.rax = match result {
@@ -121,6 +128,7 @@ fn vm_assist([cmd, kind, ..]: [u64; 5]) -> Result {
 fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
     match SchedOp::try_from(cmd as u32) {
         Ok(SchedOp::Yield) => Ok(0),
+        Ok(SchedOp::Block) => vcpu::block(),
         Ok(SchedOp::Shutdown) => {
             let mut raw = [0u8; core::mem::size_of::<SchedShutdown>()];
             domain::with_current(|d| d.read_guest(arg, &mut raw))

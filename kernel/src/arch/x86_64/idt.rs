@@ -32,6 +32,9 @@ static IDT: spin::Mutex<Idt> = spin::Mutex::new(Idt([Gate {
 
 /// Interrupt gate (IF cleared on entry), DPL 0, present.
 const INTERRUPT_GATE: u8 = 0x8e;
+/// The same, callable from ring 3 with `int n`: only `int3` (#BP) and `into` (#OF), which
+/// a PV guest (its kernel included, in ring 3) executes directly, as under Xen.
+const USER_INTERRUPT_GATE: u8 = 0xee;
 
 /// (Re)writes every gate for code selector `cs`, with the IST slots given for particular
 /// vectors, and loads the IDT on this CPU.
@@ -50,7 +53,11 @@ pub unsafe fn load(cs: u16, ist: &[(u8, u8)]) {
                 .iter()
                 .find(|(v, _)| *v as usize == vector)
                 .map_or(0, |(_, s)| *s),
-            type_attr: INTERRUPT_GATE,
+            type_attr: if vector == 3 || vector == 4 {
+                USER_INTERRUPT_GATE
+            } else {
+                INTERRUPT_GATE
+            },
             offset_mid: (addr >> 16) as u16,
             offset_high: (addr >> 32) as u32,
             reserved: 0,

@@ -109,4 +109,53 @@ impl SharedFrame {
         // SAFETY: as in `read_u8`; the offset is 8-byte aligned (checked).
         unsafe { (self.ptr(offset, 8) as *mut u64).write_volatile(value) }
     }
+
+    pub fn read_u32(&self, offset: usize) -> u32 {
+        // SAFETY: as in `read_u8`; 4-byte aligned (checked).
+        unsafe { (self.ptr(offset, 4) as *const u32).read_volatile() }
+    }
+
+    pub fn write_u32(&self, offset: usize, value: u32) {
+        // SAFETY: as in `read_u8`; 4-byte aligned (checked).
+        unsafe { (self.ptr(offset, 4) as *mut u32).write_volatile(value) }
+    }
+
+    /// Byte-wise volatile copy into the frame (for records published under a version
+    /// protocol, where the version stores order the copy).
+    pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
+        assert!(offset + bytes.len() <= 4096);
+        for (i, &b) in bytes.iter().enumerate() {
+            self.write_u8(offset + i, b);
+        }
+    }
+
+    fn atomic_u64(&self, offset: usize) -> &core::sync::atomic::AtomicU64 {
+        let p = self.ptr(offset, 8) as *mut u64;
+        // SAFETY: 8-byte aligned memory inside the frame (checked), valid for as long as
+        // `self` (the contract of `new`); the guest only ever accesses it atomically or
+        // racily by design of the shared-info ABI, which atomic RMWs tolerate.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
+    }
+
+    pub fn fetch_or_u64(&self, offset: usize, mask: u64) -> u64 {
+        self.atomic_u64(offset)
+            .fetch_or(mask, core::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn fetch_and_u64(&self, offset: usize, mask: u64) -> u64 {
+        self.atomic_u64(offset)
+            .fetch_and(mask, core::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn load_u64(&self, offset: usize) -> u64 {
+        self.atomic_u64(offset)
+            .load(core::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn swap_u8(&self, offset: usize, value: u8) -> u8 {
+        let p = self.ptr(offset, 1);
+        // SAFETY: a byte inside the frame (checked), valid as in `atomic_u64`.
+        let a = unsafe { core::sync::atomic::AtomicU8::from_ptr(p) };
+        a.swap(value, core::sync::atomic::Ordering::SeqCst)
+    }
 }
