@@ -56,3 +56,33 @@ fn hypercall_page() {
     b.find(r"\(d0\) pv-test hypercall_page: hypercalls through the page at 0x[0-9a-f]+");
     b.find(r"\(d0\) pv-test hypercall_page: xen_version 4\.\d+");
 }
+
+#[test]
+fn traps() {
+    let mut b = run_kernel("traps", "");
+    b.find(r"\(d0\) pv-test traps: trap table installed");
+    b.find(r"\(d0\) pv-test traps: #BP handled");
+    b.find(r"\(d0\) pv-test traps: #PF handled at rip 0x[0-9a-f]+: error code 0x0, vcpu_info\.arch\.cr2 0x12345000");
+    b.find(
+        r"\(d0\) pv-test traps: cpuid 0x40000000: eax 0x4000000[2-9a-f], signature 'XenVMMXenVMM'",
+    );
+    b.find(r"\(d0\) pv-test traps: cpuid 0x40000001: version 4\.17");
+}
+
+#[test]
+fn usermode() {
+    let mut b = run_kernel("usermode", "");
+    b.find(r"\(d0\) pv-test usermode: user L4 mfn 0x[0-9a-f]+: pin \+ MMUEXT_NEW_USER_BASEPTR returned 0");
+    b.find(r"\(d0\) pv-test usermode: syscall callback: 1 call\(s\), rax 0x5ca1, rdi 0x1234");
+    b.find(r"\(d0\) pv-test usermode: user #UD: rip 0x4[0-9a-f]{5}, cs 0x[0-9a-f]*e033");
+}
+
+#[test]
+fn attack() {
+    let mut b = run_kernel("attack", "");
+    b.find(r"\(d0\) pv-test attack: refused: update_va_mapping of the hypervisor image \(machine 0x200000\) writable: -16");
+    b.find(r"\(d0\) pv-test attack: refused: mmu_update of L4 slot 260 to 0x0: -22");
+    b.find(r"\(d0\) pv-test attack: refused: call of 0xffff820000200000: #PF bounced");
+    b.find(r"\(d0\) pv-test attack: \d+ random hypercalls returned");
+    b.find(r"\(d0\) pv-test attack: still running");
+}

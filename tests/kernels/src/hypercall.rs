@@ -19,6 +19,7 @@ use core::{
 
 use ferrovisor_abi::xen::{
     arch_x86::TrapInfo,
+    callback::{CallbackOp, CallbackRegister, CallbackType},
     hypercall::Hypercall,
     memory::MemoryOp,
     sched::{SchedOp, SchedShutdown, ShutdownReason},
@@ -230,6 +231,38 @@ pub unsafe fn set_trap_table(table: &[TrapInfo]) -> i64 {
 pub unsafe fn set_callbacks(event: u64, failsafe: u64, syscall: u64) -> i64 {
     // SAFETY: the caller's contract.
     unsafe { hypercall3(nr(Hypercall::SetCallbacks), event, failsafe, syscall) }
+}
+
+/// `callback_op(CALLBACKOP_register, &{type, flags, address})`.
+///
+/// # Safety
+/// `address` must be code that handles the callback's PV frame.
+pub unsafe fn callback_register(ty: CallbackType, flags: u16, address: u64) -> i64 {
+    let arg = CallbackRegister {
+        r#type: ty.raw(),
+        flags,
+        _cpad0: 0,
+        address,
+    };
+    // SAFETY: the caller's contract; the hypervisor reads the 16-byte structure.
+    unsafe {
+        hypercall2(
+            nr(Hypercall::CallbackOp),
+            u64::from(CallbackOp::Register.raw()),
+            addr(&arg),
+        )
+    }
+}
+
+/// `stack_switch(ss, sp)`: the kernel stack the hypervisor writes the frame on when it
+/// enters the kernel from user mode.
+///
+/// # Safety
+/// `sp` must be the top of a stack the kernel does not use for anything else while user
+/// mode can enter it.
+pub unsafe fn stack_switch(ss: u16, sp: u64) -> i64 {
+    // SAFETY: the caller's contract.
+    unsafe { hypercall2(nr(Hypercall::StackSwitch), u64::from(ss), sp) }
 }
 
 /// `mmu_update(reqs, count, done, foreigndom)`; `done` receives how many succeeded.

@@ -32,8 +32,11 @@ pub mod console;
 pub mod contract;
 pub mod hypercall;
 pub mod layout;
+pub mod region;
+pub mod shared_info;
 #[cfg(target_os = "none")]
 mod start;
+pub mod traps;
 
 use core::{
     fmt,
