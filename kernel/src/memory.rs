@@ -193,6 +193,11 @@ pub fn init_m2p() {
     *M2P.lock() = Some(table);
 }
 
+/// Frames the machine-to-phys table covers (one past the highest RAM frame).
+pub fn m2p_entries() -> u64 {
+    M2P.lock().as_ref().map_or(0, |t| t.len() as u64)
+}
+
 /// Records that machine frame `mfn` is pseudo-physical frame `pfn` of its domain.
 pub fn m2p_set(mfn: Mfn, pfn: u64) {
     if let Some(t) = M2P.lock().as_mut() {

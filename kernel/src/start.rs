@@ -228,6 +228,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     })));
     syscall::init();
     cpu::enable_global_pages();
+    cpu::enable_guest_fpu();
     let (smep, smap, umip) = cpu::enable_protections(&boot.features);
     let on = |b: bool| if b { "on" } else { "absent" };
     log::info!(

@@ -10,7 +10,7 @@ use ferrovisor_abi::{
         hypercall::Hypercall,
         sched::{SchedOp, SchedShutdown},
         version::XenVersionOp,
-        xen::{ConsoleIoCmd, VmAssistCmd, VmAssistType},
+        xen::{ConsoleIoCmd, MulticallEntry, VmAssistCmd, VmAssistType},
     },
 };
 use zerocopy::FromBytes;
@@ -18,6 +18,7 @@ use zerocopy::FromBytes;
 use crate::{arch::x86_64::trap::TrapFrame, domain};
 
 mod evtchn;
+mod memory;
 mod mmu;
 mod traps;
 mod vcpu;
@@ -31,6 +32,19 @@ pub fn dispatch(frame: &mut TrapFrame) {
     }
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let result = match Hypercall::try_from(frame.rax) {
+        Ok(Hypercall::Multicall) => multicall(args),
+        _ => call(frame.rax, args),
+    };
+    frame.rax = match result {
+        Ok(v) => v,
+        Err(e) => e.to_hypercall_ret() as u64,
+    };
+}
+
+/// One hypercall by number (from a SYSCALL or a multicall entry). `iret` and `multicall`
+/// itself are not reachable from here.
+fn call(nr: u64, args: [u64; 5]) -> Result {
+    match Hypercall::try_from(nr) {
         Ok(Hypercall::ConsoleIo) => console_io(args),
         Ok(Hypercall::XenVersion) => xen_version(args),
         Ok(Hypercall::SchedOp) => sched_op(args),
@@ -49,12 +63,37 @@ pub fn dispatch(frame: &mut TrapFrame) {
         Ok(Hypercall::SetTimerOp) => vcpu::set_timer_op(args),
         // dom0 gets no hardware: the hypervisor keeps the machine.
         Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
+        Ok(Hypercall::MemoryOp) => memory::memory_op(args),
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
-    };
-    frame.rax = match result {
-        Ok(v) => v,
-        Err(e) => e.to_hypercall_ret() as u64,
-    };
+    }
+}
+
+/// Most entries one `multicall` runs (Xen preempts long lists; the guest resubmits).
+const MAX_MULTICALL: u64 = 128;
+
+/// `multicall(call_list, nr_calls)`: runs each entry, writing its result back into it.
+/// Entries cannot nest a multicall or make an `iret`.
+fn multicall([list, nr, ..]: [u64; 5]) -> Result {
+    const ENTRY: u64 = core::mem::size_of::<MulticallEntry>() as u64;
+    for i in 0..nr.min(MAX_MULTICALL) {
+        let at = list.wrapping_add(i * ENTRY);
+        let mut raw = [0u8; ENTRY as usize];
+        domain::with_current(|d| d.read_guest(at, &mut raw))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)?;
+        let entry = MulticallEntry::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+        let a = entry.args;
+        let result = match Hypercall::try_from(entry.op) {
+            Ok(Hypercall::Multicall | Hypercall::Iret) => Err(XenErrno::Einval),
+            _ => call(entry.op, [a[0], a[1], a[2], a[3], a[4]]),
+        };
+        let value = result.unwrap_or_else(|e| e.to_hypercall_ret() as u64);
+        let result_at = at + core::mem::offset_of!(MulticallEntry, result) as u64;
+        domain::with_current(|d| d.write_guest(result_at, &value.to_le_bytes()))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)?;
+    }
+    Ok(0)
 }
 
 /// The most console output one call copies (Xen loops in chunks too).

@@ -154,6 +154,24 @@ pub fn enable_protections(features: &Features) -> (bool, bool, bool) {
     (features.smep, features.smap, features.umip)
 }
 
+/// Lets guests use the x87 FPU and SSE: CR0.MP and NE on, EM off, CR4.OSFXSR and
+/// OSXMMEXCPT on, and a clean FPU state. The hypervisor itself is built soft-float and
+/// never touches these registers, so a guest's FPU state survives every trap.
+pub fn enable_guest_fpu() {
+    use x86::controlregs::{Cr0, Cr4};
+    // SAFETY: these bits only change how FPU/SSE instructions behave (the hypervisor runs
+    // none); `fninit` resets the x87 state to its defaults.
+    unsafe {
+        let cr0 = controlregs::cr0();
+        controlregs::cr0_write(
+            (cr0 | Cr0::CR0_MONITOR_COPROCESSOR | Cr0::CR0_NUMERIC_ERROR)
+                & !Cr0::CR0_EMULATE_COPROCESSOR,
+        );
+        controlregs::cr4_write(read_cr4() | Cr4::CR4_ENABLE_SSE | Cr4::CR4_UNMASKED_SSE);
+        core::arch::asm!("fninit", options(nostack));
+    }
+}
+
 /// Enables global pages (the hypervisor's mappings are the same in every address space).
 pub fn enable_global_pages() {
     let cr4 = read_cr4() | Cr4::CR4_ENABLE_GLOBAL_PAGES;
