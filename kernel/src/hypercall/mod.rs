@@ -168,6 +168,7 @@ fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
     match SchedOp::try_from(cmd as u32) {
         Ok(SchedOp::Yield) => Ok(0),
         Ok(SchedOp::Block) => vcpu::block(),
+        Ok(SchedOp::Poll) => vcpu::poll(arg),
         Ok(SchedOp::Shutdown) => {
             let mut raw = [0u8; core::mem::size_of::<SchedShutdown>()];
             domain::with_current(|d| d.read_guest(arg, &mut raw))

@@ -1,7 +1,9 @@
 //! Per-vCPU hypercalls: `vcpu_op` (vcpu_info and runstate placement, timers, up/down)
 //! and `set_timer_op`; plus `sched_op`'s blocking.
 
+use ferrovisor::evtchn;
 use ferrovisor::mm::{frame_table::Owner, Mfn, PAGE_SIZE};
+use ferrovisor_abi::xen::sched::SchedPoll;
 use ferrovisor_abi::{
     errno::XenErrno,
     xen::{
@@ -117,6 +119,42 @@ fn set_deadline(deadline: Option<u64>) -> Result {
 /// 0 cancels it.
 pub fn set_timer_op([timeout, ..]: [u64; 5]) -> Result {
     set_deadline((timeout != 0).then_some(timeout))
+}
+
+/// Ports one `SCHEDOP_poll` may name (Xen's limit is the domain's port count; 128 covers
+/// what guests use: Linux polls one port).
+const MAX_POLL_PORTS: usize = 128;
+
+/// `SCHEDOP_poll`: wait until one of the given ports is pending or the timeout (absolute
+/// system time, 0 = none) passes. Events stay masked; nothing is delivered.
+pub fn poll(arg: u64) -> Result {
+    let p: SchedPoll = read(arg)?;
+    let n = p.nr_ports as usize;
+    if n > MAX_POLL_PORTS {
+        return Err(XenErrno::Einval);
+    }
+    let mut raw = [0u8; MAX_POLL_PORTS * 4];
+    domain::with_current(|d| d.read_guest(p.ports.0, &mut raw[..n * 4]))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)?;
+    let mut ports = [0u32; MAX_POLL_PORTS];
+    for (i, port) in ports[..n].iter_mut().enumerate() {
+        *port = u32::from_le_bytes([raw[i * 4], raw[i * 4 + 1], raw[i * 4 + 2], raw[i * 4 + 3]]);
+    }
+    let ok = domain::with_current(|d| ports[..n].iter().all(|&p| d.evtchn.is_valid_port(p)))
+        .ok_or(XenErrno::Esrch)?;
+    if !ok {
+        return Err(XenErrno::Einval);
+    }
+    loop {
+        let ready = domain::with_current(|d| evtchn::poll_ready(&d.event_words(), &ports[..n]))
+            .unwrap_or(true);
+        if ready || (p.timeout != 0 && clock::now_ns() >= p.timeout) {
+            return Ok(0);
+        }
+        irq::enable_and_wait();
+        irq::disable();
+    }
 }
 
 /// `SCHEDOP_block`: unmask events and wait until one is pending (the tick keeps firing
