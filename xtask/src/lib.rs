@@ -5,6 +5,7 @@
 //! - [`build`]: the hypervisor image (`ferrovisor.gz`) and the placeholder boot modules.
 //! - [`iso`]: the GRUB rescue ISO with a real `grub.cfg` multiboot2 entry.
 //! - [`qemu`]: the QEMU command line, and a [`qemu::Session`] that reads the serial log.
+//! - [`bench`]: `cargo xtask bench`, the benchmark kernel's figures as a table.
 
 use std::{
     env,
@@ -14,6 +15,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
+pub mod bench;
 pub mod build;
 pub mod deps;
 pub mod iso;
