@@ -47,6 +47,10 @@ use crate::{
 
 pub const DOM0: DomId = DomId(0);
 
+/// `RUNSTATE_*` (`vcpu.h`).
+pub const RUNSTATE_RUNNING: i32 = 0;
+pub const RUNSTATE_BLOCKED: i32 = 2;
+
 /// Event-channel ports per domain (the 2-level ABI's limit for 64-bit guests is 4096).
 const MAX_PORTS: u32 = 1024;
 const VIRQ_TIMER: u32 = 0;
@@ -82,6 +86,10 @@ pub struct Vcpu {
     pub periodic: Option<(u64, u64)>,
     /// Guest address of its `vcpu_runstate_info`, if registered.
     pub runstate_area: Option<u64>,
+    /// Its run-state accounting (what the runstate area shows).
+    pub runstate: VcpuRunstateInfo,
+    /// `register_vcpu_info` may be used once per vCPU (`vcpu.h`).
+    pub vcpu_info_registered: bool,
 }
 
 pub struct Domain {
@@ -94,6 +102,8 @@ pub struct Domain {
     console_line: Vec<u8>,
     /// The domain's event-channel ports.
     pub evtchn: EventChannels,
+    /// `vm_assist` types enabled (a bit per `VMASST_TYPE_*`).
+    pub vm_assist: u32,
 }
 
 /// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,
@@ -304,9 +314,17 @@ pub fn build_dom0(
             // Xen starts every vCPU with a 10 ms periodic timer (Linux stops it).
             periodic: Some((10_000_000, 10_000_000)),
             runstate_area: None,
+            runstate: VcpuRunstateInfo {
+                state: RUNSTATE_RUNNING,
+                _cpad0: 0,
+                state_entry_time: 0,
+                time: [0; 4],
+            },
+            vcpu_info_registered: false,
         },
         console_line: Vec::new(),
         evtchn: EventChannels::new(DOM0.0, 1, MAX_PORTS),
+        vm_assist: 0,
     });
     Ok(())
 }
@@ -452,21 +470,26 @@ impl Domain {
         f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), 1);
     }
 
-    /// Writes the vCPU's runstate (running since boot: one vCPU, never preempted yet) to
-    /// the area the guest registered.
+    /// Moves the vCPU to run state `state` (`RUNSTATE_*`), accounting the time spent in
+    /// the old one, and publishes it.
+    pub fn set_runstate(&mut self, state: i32) {
+        let now = clock::now_ns();
+        let r = &mut self.vcpu.runstate;
+        if let Some(t) = r.time.get_mut(r.state as usize) {
+            *t += now.saturating_sub(r.state_entry_time);
+        }
+        r.state = state;
+        r.state_entry_time = now;
+        self.publish_runstate();
+    }
+
+    /// Writes the vCPU's run-state accounting to the area the guest registered.
     pub fn publish_runstate(&self) {
         let Some(va) = self.vcpu.runstate_area else {
             return;
         };
-        let now = clock::now_ns();
-        let info = VcpuRunstateInfo {
-            state: 0, // RUNSTATE_running
-            _cpad0: 0,
-            state_entry_time: now,
-            time: [now, 0, 0, 0],
-        };
         // A bad area is the guest's problem (Xen ignores write failures here too).
-        let _ = self.kernel_space().write(va, info.as_bytes());
+        let _ = self.kernel_space().write(va, self.vcpu.runstate.as_bytes());
     }
 
     /// Sends virtual IRQ `virq` to vCPU 0 if the guest bound it to a port.

@@ -3,16 +3,30 @@
 //! when they are a privileged instruction the guest kernel may use, otherwise bounced to
 //! the guest kernel's trap table) and interrupted execution.
 
+use ferrovisor::mm::{
+    frame_table::{Owner, PageTableMemory},
+    Mfn,
+};
 use ferrovisor::pv::{
     bounce::{self, Bounce, BounceError, BounceState, Fault, GuestStack},
     cpuid::{self, CpuidPolicy},
     emulate::{self, InsnKind},
     msr::{self, MsrContext, SyscallMsrs, Vendor, WriteEffect},
+    ptwr,
 };
-use ferrovisor_abi::xen::{arch_x86::CpuUserRegs, arch_x86::SegBase};
+use ferrovisor_abi::xen::{
+    arch_x86::{CpuUserRegs, SegBase},
+    xen::VMASST_TYPE_WRITABLE_PAGETABLES,
+};
 
 use crate::{
-    arch::x86_64::{cpu, guest_memory::GuestSpace, percpu, trap::TrapFrame},
+    arch::x86_64::{
+        cpu,
+        guest_memory::GuestSpace,
+        paging::{self as hw_paging, GuestTables},
+        percpu,
+        trap::TrapFrame,
+    },
     clock,
     domain::{self, Domain, OwnsFrame},
     fatal, hypercall, selftest,
@@ -184,6 +198,13 @@ fn has_error_code(vector: u64) -> bool {
 
 fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     let vector = frame.vector;
+    if vector == PF
+        && frame.error_code & 0b11 == 0b11
+        && d.vcpu.pv.in_kernel
+        && writable_pt_write(d, frame)
+    {
+        return;
+    }
     if d.vcpu.pv.in_kernel
         && ((vector == GP && frame.error_code == 0) || vector == UD)
         && emulate(d, frame)
@@ -213,19 +234,93 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     });
 }
 
-/// Emulates the privileged instruction at the guest kernel's `rip`, if it is one the PV
-/// ABI lets it use (CPUID through the forced-emulation prefix or plainly, RDMSR/WRMSR
-/// under the MSR policy). Returns false when the exception is the guest's to handle.
-fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
+/// Reads up to 15 instruction bytes at the guest's `rip` (fewer at an unmapped page).
+fn instruction_bytes(d: &Domain, rip: u64) -> ([u8; 15], usize) {
     let mut bytes = [0u8; 15];
-    // Read what is there (up to 15 bytes, stopping at an unmapped page).
     let mut n = 0;
     while n < bytes.len()
-        && d.read_guest(frame.rip.wrapping_add(n as u64), &mut bytes[n..n + 1])
+        && d.read_guest(rip.wrapping_add(n as u64), &mut bytes[n..n + 1])
             .is_ok()
     {
         n += 1;
     }
+    (bytes, n)
+}
+
+/// The writable-page-tables assist (`VMASST_TYPE_writable_pagetables`): a guest-kernel
+/// write that faulted on a read-only mapping of one of its validated page tables is
+/// decoded, the new entry is validated like an `mmu_update`, and the write is done for
+/// it. False when this is not such a write (or the entry is refused): the #PF then goes
+/// to the guest, as under Xen.
+fn writable_pt_write(d: &mut Domain, frame: &mut TrapFrame) -> bool {
+    if d.vm_assist & (1 << VMASST_TYPE_WRITABLE_PAGETABLES) == 0 {
+        return false;
+    }
+    let cr2 = cpu::read_cr2();
+    // The frame the faulting address maps, through the guest's own tables.
+    let Some((l1, index)) = d.l1_slot(cr2) else {
+        return false;
+    };
+    let mut tables = pt_tables();
+    let entry = tables.read(l1, index);
+    if entry & 1 == 0 {
+        return false;
+    }
+    let target = Mfn::containing(entry & 0x000f_ffff_ffff_f000);
+    let is_table = domain::FRAME_TABLE
+        .lock()
+        .as_ref()
+        .and_then(|t| t.info(target))
+        .is_some_and(|i| {
+            i.owner == Owner::Domain(d.id)
+                && i.type_info.ty.level().is_some()
+                && i.type_info.type_count > 0
+        });
+    if !is_table {
+        return false;
+    }
+    let (bytes, n) = instruction_bytes(d, frame.rip);
+    let Ok(w) = ptwr::decode_pte_write(&bytes[..n]) else {
+        return false;
+    };
+    let mut regs = to_regs(frame);
+    let ea = w.effective_address(&regs);
+    if ea & !7 != cr2 & !7 {
+        return false;
+    }
+    let slot = ((ea & 0xfff) / 8) as usize;
+    let old = tables.read(target, slot);
+    let Ok(r) = w.apply(old, &regs, (ea & 7) as u8) else {
+        return false;
+    };
+    if r.write {
+        let mut ft = domain::FRAME_TABLE.lock();
+        let Some(ft) = ft.as_mut() else { return false };
+        if ft
+            .update_entry(target, slot, r.new, d.id, &mut tables)
+            .is_err()
+        {
+            return false;
+        }
+        hw_paging::flush_tlb_local();
+    }
+    r.commit(&mut regs);
+    regs.rip = regs.rip.wrapping_add(w.len as u64);
+    apply_regs(&regs, frame);
+    true
+}
+
+fn pt_tables() -> GuestTables {
+    // SAFETY: used to read guest page-table entries and, through the frame table, to
+    // write validated ones.
+    unsafe { GuestTables::new() }
+}
+
+/// Emulates the privileged instruction at the guest kernel's `rip`, if it is one the PV
+/// ABI lets it use (CPUID through the forced-emulation prefix or plainly, RDMSR/WRMSR
+/// under the MSR policy). Returns false when the exception is the guest's to handle.
+fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
+    let (bytes, n) = instruction_bytes(d, frame.rip);
     let Ok(insn) = emulate::decode(&bytes[..n]) else {
         return false;
     };

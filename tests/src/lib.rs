@@ -2,9 +2,14 @@
 //! once per test process, make an ISO for a boot entry, boot it and check the serial log.
 //! Every check that fails panics with the whole serial log, and so does any other panic
 //! while a [`Boot`] is alive.
+//!
+//! With `FERROVISOR_ON_XEN=1` in the environment (`cargo xtask test --on-xen`),
+//! [`boot_test_kernel`] boots the same test kernel as dom0 of real Xen 4.17 instead, so the
+//! PV kernel tests check Ferrovisor's behaviour against the reference hypervisor's.
 
 use std::{
     collections::BTreeMap,
+    env,
     path::{Path, PathBuf},
     sync::OnceLock,
     time::{Duration, Instant},
@@ -17,10 +22,14 @@ use xtask::{
     deps,
     iso::{self, BootEntry, BootModule},
     qemu::{self, QemuConfig, Session},
+    xen,
 };
 
 /// One boot, from QEMU's start to its exit: TCG on a loaded 2-core machine is slow.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a machine must stay silent after Xen's halt line for the halt to count.
+const XEN_HALT_QUIET: Duration = Duration::from_secs(2);
 
 /// The hypervisor and boot modules, built once per test process. Panics (failing the test,
 /// never skipping it) when the machine lacks a tool, naming what to install.
@@ -58,6 +67,22 @@ pub fn test_kernel(name: &str) -> &'static Path {
             "no test kernel {name:?}; there are {:?}",
             kernels.keys().collect::<Vec<_>>()
         ),
+    }
+}
+
+/// Whether the PV test kernels boot on real Xen 4.17 rather than on Ferrovisor:
+/// `FERROVISOR_ON_XEN=1` in the environment (`cargo xtask test --on-xen` sets it).
+pub fn on_xen() -> bool {
+    env::var_os("FERROVISOR_ON_XEN").is_some_and(|v| v == "1")
+}
+
+/// Xen 4.17's image (Debian's package, cached under `target/xen/`), fetched once per test
+/// process. Panics (failing the test) when it cannot be fetched.
+pub fn xen_image() -> &'static Path {
+    static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match IMAGE.get_or_init(|| xen::image().map_err(|err| format!("{err:#}"))) {
+        Ok(path) => path,
+        Err(err) => panic!("cannot get Xen 4.17 for the --on-xen tests:\n{err}"),
     }
 }
 
@@ -124,14 +149,22 @@ pub fn boot_with_memory(
         session,
         deadline: Instant::now() + BOOT_TIMEOUT,
         reported: false,
+        on_xen: false,
     }
 }
 
 /// Boots test kernel `name` (`tests/kernels/src/bin/<name>.rs`) as dom0: the kernel is the
 /// only `module2`, with `kernel_cmdline`. The ISO and the serial log are named
 /// `pv-<name>`.
+///
+/// When [`on_xen`], the same kernel boots as dom0 of Xen 4.17 instead, with
+/// [`xen::CMDLINE`] (`hypervisor_cmdline` is Ferrovisor's and is not used) and
+/// [`xen::QEMU_ARGS`]; the ISO and the log are named `xen-pv-<name>`.
 pub fn boot_test_kernel(name: &str, hypervisor_cmdline: &str, kernel_cmdline: &str) -> Boot {
     let kernel = test_kernel(name);
+    if on_xen() {
+        return boot_on_xen(&format!("xen-pv-{name}"), kernel, kernel_cmdline);
+    }
     boot(
         &format!("pv-{name}"),
         hypervisor_cmdline,
@@ -142,6 +175,33 @@ pub fn boot_test_kernel(name: &str, hypervisor_cmdline: &str, kernel_cmdline: &s
     )
 }
 
+/// Boots `kernel` as Xen 4.17's dom0 (see [`boot_test_kernel`]).
+fn boot_on_xen(name: &str, kernel: &Path, kernel_cmdline: &str) -> Boot {
+    let mut entry = BootEntry::xen(xen_image());
+    let file_name = kernel
+        .file_name()
+        .map_or_else(|| "dom0-kernel".into(), |n| n.to_string_lossy());
+    entry.modules = vec![BootModule {
+        source: kernel.to_path_buf(),
+        iso_name: format!("{file_name}.elf"),
+        cmdline: kernel_cmdline.to_owned(),
+    }];
+    let out = xtask::target_dir()
+        .join("qemu-tests")
+        .join(format!("{name}.iso"));
+    let iso = iso::make_iso(&entry, &out).unwrap_or_else(|err| panic!("{err:#}"));
+    let mut cfg = QemuConfig::new(iso);
+    cfg.extra_args = xen::QEMU_ARGS.iter().map(|&a| a.to_owned()).collect();
+    cfg.log_name = Some(name.to_owned());
+    let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
+    Boot {
+        session,
+        deadline: Instant::now() + BOOT_TIMEOUT,
+        reported: false,
+        on_xen: true,
+    }
+}
+
 /// A booted machine under test. All waits share one deadline, [`BOOT_TIMEOUT`] after boot.
 #[derive(Debug)]
 pub struct Boot {
@@ -149,6 +209,8 @@ pub struct Boot {
     deadline: Instant,
     /// Whether a panic message already carried the serial log.
     reported: bool,
+    /// Booted on Xen 4.17 ([`on_xen`]): see [`Boot::re`].
+    on_xen: bool,
 }
 
 /// Compiles a regex of the test source; a bad one is a bug in the test.
@@ -158,6 +220,23 @@ pub fn re(pattern: &str) -> Regex {
 }
 
 impl Boot {
+    /// Whether this machine runs Xen 4.17 rather than Ferrovisor.
+    pub fn on_xen(&self) -> bool {
+        self.on_xen
+    }
+
+    /// Compiles a pattern of the test source for this machine's log. Ferrovisor prefixes
+    /// each line dom0 writes with `(d0) `; Xen 4.17 writes the hardware domain's
+    /// `console_io` output as is (only other domains get `(dN) `), so on Xen the `(d0) `
+    /// prefix is taken out of every pattern.
+    fn re(&self, pattern: &str) -> Regex {
+        if self.on_xen {
+            re(&pattern.replace(r"\(d0\) ", ""))
+        } else {
+            re(pattern)
+        }
+    }
+
     fn remaining(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
@@ -177,7 +256,8 @@ impl Boot {
     /// Waits for `pattern` after the previous `expect`'s match.
     pub fn expect(&mut self, pattern: &str) -> Matched {
         let remaining = self.remaining();
-        match self.session.expect(&re(pattern), remaining) {
+        let re = self.re(pattern);
+        match self.session.expect(&re, remaining) {
             Ok(matched) => matched,
             Err(err) => self.fail_with(err),
         }
@@ -190,7 +270,8 @@ impl Boot {
 
     /// The first match of `pattern` at or after offset `from` of the log.
     pub fn find_from(&mut self, pattern: &str, from: usize) -> Matched {
-        match self.session.find_from(&re(pattern), from) {
+        let re = self.re(pattern);
+        match self.session.find_from(&re, from) {
             Some(matched) => matched,
             None => self.fail(&format!("the serial log has no /{pattern}/")),
         }
@@ -198,7 +279,7 @@ impl Boot {
 
     /// Fails if `pattern` appears anywhere in the log.
     pub fn assert_absent(&mut self, pattern: &str) {
-        if let Some(found) = self.session.find(&re(pattern)) {
+        if let Some(found) = self.session.find(&self.re(pattern)) {
             self.fail(&format!(
                 "the serial log has {:?}, matching /{pattern}/, which must not appear",
                 found.text
@@ -216,7 +297,7 @@ impl Boot {
             .find(|l| !l.trim().is_empty())
             .unwrap_or("")
             .to_string();
-        if !re(pattern).is_match(&last) {
+        if !self.re(pattern).is_match(&last) {
             self.fail(&format!(
                 "the log's last line is {last:?}, expected /{pattern}/ with nothing after it"
             ));
@@ -228,6 +309,42 @@ impl Boot {
         if !ok {
             self.fail(&format!("check failed: {what}"));
         }
+    }
+
+    /// Waits for dom0's poweroff to stop the machine. Ferrovisor logs
+    /// `dom0 shut down (poweroff)` and halts cleanly (QEMU status 33). Xen 4.17 logs
+    /// [`xen::DOM0_POWEROFF_LINE`] and halts its CPUs without powering off, so QEMU keeps
+    /// running: the machine must stay silent for a while (Xen halted rather than, say,
+    /// rebooting), then QEMU is stopped.
+    pub fn expect_dom0_poweroff(&mut self) {
+        if !self.on_xen {
+            self.expect(r"dom0 shut down \(poweroff\)");
+            self.expect_exit(ExitOutcome::HaltedCleanly);
+            return;
+        }
+        self.expect(&format!(
+            r"\(XEN\) {}",
+            regex::escape(xen::DOM0_POWEROFF_LINE)
+        ));
+        // On success `wait_exit` reports an exit: the machine did not stay halted.
+        if let Ok(outcome) = self.session.wait_exit(XEN_HALT_QUIET) {
+            self.fail(&format!(
+                "Xen halted the machine, then QEMU exited: {}",
+                outcome.describe()
+            ));
+        }
+        self.assert_last_line(&regex::escape(xen::DOM0_POWEROFF_LINE));
+    }
+
+    /// Fails if the log says dom0 crashed (Ferrovisor's `dom0 crashed`, Xen's
+    /// [`xen::DOM0_CRASH_LINE`]).
+    pub fn assert_dom0_not_crashed(&mut self) {
+        let pattern = if self.on_xen {
+            regex::escape(xen::DOM0_CRASH_LINE)
+        } else {
+            "dom0 crashed".to_owned()
+        };
+        self.assert_absent(&pattern);
     }
 
     /// Waits for QEMU to exit and checks its verdict.

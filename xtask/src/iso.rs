@@ -30,12 +30,39 @@ pub struct BootModule {
     pub cmdline: String,
 }
 
-/// One GRUB `menuentry`: the hypervisor (`/boot/ferrovisor.gz`), its command line and its
-/// modules (dom0's kernel first, then its initrd), and the menu timeout.
+/// Which hypervisor a boot entry loads: its file on the ISO and the menu title.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Hypervisor {
+    #[default]
+    Ferrovisor,
+    /// Real Xen 4.17, the reference the test kernels are checked against ([`crate::xen`]).
+    Xen,
+}
+
+impl Hypervisor {
+    /// The image's name in the ISO's `/boot`.
+    pub fn iso_name(self) -> &'static str {
+        match self {
+            Hypervisor::Ferrovisor => "ferrovisor.gz",
+            Hypervisor::Xen => "xen.gz",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Hypervisor::Ferrovisor => "Ferrovisor",
+            Hypervisor::Xen => "Xen 4.17",
+        }
+    }
+}
+
+/// One GRUB `menuentry`: the hypervisor (`/boot/ferrovisor.gz`, or `/boot/xen.gz`), its
+/// command line and its modules (dom0's kernel first, then its initrd), and the menu timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootEntry {
-    /// The gzipped hypervisor, copied to `/boot/ferrovisor.gz`.
+    /// The gzipped hypervisor, copied to `/boot/<kind.iso_name()>`.
     pub hypervisor: PathBuf,
+    pub kind: Hypervisor,
     pub hypervisor_cmdline: String,
     pub modules: Vec<BootModule>,
     pub timeout_secs: u32,
@@ -47,6 +74,7 @@ impl BootEntry {
     pub fn new(artifacts: &Artifacts) -> Self {
         BootEntry {
             hypervisor: artifacts.gz.clone(),
+            kind: Hypervisor::Ferrovisor,
             hypervisor_cmdline: DEFAULT_HYPERVISOR_CMDLINE.to_owned(),
             modules: vec![
                 BootModule {
@@ -60,6 +88,18 @@ impl BootEntry {
                     cmdline: String::new(),
                 },
             ],
+            timeout_secs: 0,
+        }
+    }
+
+    /// An entry that boots Xen 4.17 (`xen_gz`, from [`crate::xen::image`]) with
+    /// [`crate::xen::CMDLINE`] and no modules yet, timeout 0.
+    pub fn xen(xen_gz: impl Into<PathBuf>) -> Self {
+        BootEntry {
+            hypervisor: xen_gz.into(),
+            kind: Hypervisor::Xen,
+            hypervisor_cmdline: crate::xen::CMDLINE.to_owned(),
+            modules: Vec::new(),
             timeout_secs: 0,
         }
     }
@@ -78,11 +118,13 @@ impl BootEntry {
              terminal_input serial console\n\
              terminal_output serial console\n\
              \n\
-             menuentry 'Ferrovisor' {{\n    \
+             menuentry '{}' {{\n    \
                  insmod gzio\n    \
                  insmod multiboot2\n    \
-                 multiboot2 /boot/ferrovisor.gz{}\n",
+                 multiboot2 /boot/{}{}\n",
             self.timeout_secs,
+            self.kind.title(),
+            self.kind.iso_name(),
             with_space(&self.hypervisor_cmdline),
         );
         for module in &self.modules {
@@ -119,13 +161,14 @@ fn check_cmdline(cmdline: &str) -> anyhow::Result<()> {
 
 fn check_iso_name(name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
-        && name != "ferrovisor.gz"
+        && name != Hypervisor::Ferrovisor.iso_name()
+        && name != Hypervisor::Xen.iso_name()
         && name != "grub"
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
     if !ok {
-        bail!("module file name {name:?}: use a plain name ([A-Za-z0-9._-]) other than ferrovisor.gz and grub");
+        bail!("module file name {name:?}: use a plain name ([A-Za-z0-9._-]) other than ferrovisor.gz, xen.gz and grub");
     }
     Ok(())
 }
@@ -162,7 +205,7 @@ fn stage_and_pack(entry: &BootEntry, cfg: &str, staging: &Path, out: &Path) -> a
     let boot = staging.join("boot");
     fs::create_dir_all(boot.join("grub"))
         .with_context(|| format!("cannot create {}", boot.display()))?;
-    copy(&entry.hypervisor, &boot.join("ferrovisor.gz"))?;
+    copy(&entry.hypervisor, &boot.join(entry.kind.iso_name()))?;
     for module in &entry.modules {
         copy(&module.source, &boot.join(&module.iso_name))?;
     }
@@ -253,6 +296,27 @@ mod tests {
         assert!(entry.grub_cfg().is_err());
         let mut entry = BootEntry::new(&artifacts());
         entry.modules[0].iso_name = "../x".into();
+        assert!(entry.grub_cfg().is_err());
+    }
+
+    #[test]
+    fn xen_entry_boots_xen_gz() {
+        let mut entry = BootEntry::xen("/cache/xen-4.17-amd64.gz");
+        entry.modules.push(BootModule {
+            source: "hello".into(),
+            iso_name: "hello.elf".into(),
+            cmdline: "x=1".into(),
+        });
+        let cfg = entry.grub_cfg().unwrap();
+        assert!(cfg.contains("menuentry 'Xen 4.17' {\n"), "{cfg}");
+        assert!(
+            cfg.contains(&format!(
+                "    multiboot2 /boot/xen.gz {}\n    module2    /boot/hello.elf x=1\n}}\n",
+                crate::xen::CMDLINE
+            )),
+            "{cfg}"
+        );
+        entry.modules[0].iso_name = "xen.gz".into();
         assert!(entry.grub_cfg().is_err());
     }
 

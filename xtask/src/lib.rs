@@ -4,6 +4,7 @@
 //! - [`deps`]: the host tools and rustup targets the other steps need, and installing them.
 //! - [`build`]: the hypervisor image (`ferrovisor.gz`) and the placeholder boot modules.
 //! - [`iso`]: the GRUB rescue ISO with a real `grub.cfg` multiboot2 entry.
+//! - [`xen`]: Xen 4.17 from Debian's package, the reference the test kernels also boot on.
 //! - [`qemu`]: the QEMU command line, and a [`qemu::Session`] that reads the serial log.
 //! - [`bench`]: `cargo xtask bench`, the benchmark kernel's figures as a table.
 
@@ -21,6 +22,7 @@ pub mod deps;
 pub mod iso;
 pub mod qemu;
 pub mod testrun;
+pub mod xen;
 
 /// The workspace root (the directory holding the workspace `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -152,16 +152,28 @@ fn xen_version([cmd, arg, ..]: [u64; 5]) -> Result {
     Ok(answer.return_value())
 }
 
-/// `vm_assist(cmd, type)`. Only the assists the hypervisor implements can be enabled;
-/// writable page tables (trapped writes to page tables) come with the rest of the PV MMU.
+/// `vm_assist(cmd, type)`. Only the assists the hypervisor implements can be enabled:
+/// writable page tables (direct writes to page-table entries, trapped and emulated) and
+/// the runstate update flag.
 fn vm_assist([cmd, kind, ..]: [u64; 5]) -> Result {
     let cmd = VmAssistCmd::try_from(cmd as u32).map_err(|_| XenErrno::Einval)?;
     let kind = VmAssistType::try_from(kind as u32).map_err(|_| XenErrno::Einval)?;
-    match (cmd, kind) {
-        (VmAssistCmd::Disable, _) => Ok(0),
-        (VmAssistCmd::Enable, VmAssistType::RunstateUpdateFlag) => Ok(0),
-        (VmAssistCmd::Enable, _) => Err(XenErrno::Einval),
-    }
+    let supported = matches!(
+        kind,
+        VmAssistType::WritablePagetables | VmAssistType::RunstateUpdateFlag
+    );
+    domain::with_current(|d| match cmd {
+        VmAssistCmd::Enable if supported => {
+            d.vm_assist |= 1 << kind.raw();
+            Ok(0)
+        }
+        VmAssistCmd::Enable => Err(XenErrno::Einval),
+        VmAssistCmd::Disable => {
+            d.vm_assist &= !(1 << kind.raw());
+            Ok(0)
+        }
+    })
+    .ok_or(XenErrno::Esrch)?
 }
 
 fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {

@@ -2,7 +2,7 @@
 //! and `set_timer_op`; plus `sched_op`'s blocking.
 
 use ferrovisor::evtchn;
-use ferrovisor::mm::{frame_table::Owner, Mfn, PAGE_SIZE};
+use ferrovisor::mm::{Mfn, PAGE_SIZE};
 use ferrovisor_abi::xen::sched::SchedPoll;
 use ferrovisor_abi::{
     errno::XenErrno,
@@ -45,17 +45,19 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 return Err(XenErrno::Einval);
             }
             domain::with_current(|d| {
-                // The guest names its frame by machine frame number (a PV guest's view).
-                let mfn = Mfn(reg.mfn);
-                let owned = FRAME_TABLE
-                    .lock()
-                    .as_ref()
-                    .and_then(|t| t.info(mfn))
-                    .map(|i| i.owner)
-                    == Some(Owner::Domain(d.id));
-                if !owned {
+                if d.vcpu.vcpu_info_registered {
                     return Err(XenErrno::Einval);
                 }
+                // The guest names its frame by machine frame number (a PV guest's view). A
+                // general reference keeps it the domain's while the hypervisor writes it.
+                let mfn = Mfn(reg.mfn);
+                FRAME_TABLE
+                    .lock()
+                    .as_mut()
+                    .ok_or(XenErrno::Esrch)?
+                    .get_page(mfn, d.id)
+                    .map_err(|_| XenErrno::Einval)?;
+                d.vcpu.vcpu_info_registered = true;
                 let mask = d.upcall_mask();
                 let pending = d.upcall_pending();
                 d.vcpu.vcpu_info = (mfn, reg.offset as usize);
@@ -160,9 +162,14 @@ pub fn poll(arg: u64) -> Result {
 /// `SCHEDOP_block`: unmask events and wait until one is pending (the tick keeps firing
 /// timers meanwhile).
 pub fn block() -> Result {
-    domain::with_current(|d| d.set_upcall_mask(0)).ok_or(XenErrno::Esrch)?;
+    domain::with_current(|d| {
+        d.set_upcall_mask(0);
+        d.set_runstate(domain::RUNSTATE_BLOCKED);
+    })
+    .ok_or(XenErrno::Esrch)?;
     loop {
         if domain::with_current(|d| d.upcall_pending()).unwrap_or(true) {
+            domain::with_current(|d| d.set_runstate(domain::RUNSTATE_RUNNING));
             return Ok(0);
         }
         irq::enable_and_wait();

@@ -2,7 +2,9 @@
 
 pub mod bounce;
 pub mod cpuid;
+pub mod descriptor;
 pub mod emulate;
 pub mod msr;
+pub mod ptwr;
 pub mod time;
 pub mod version;

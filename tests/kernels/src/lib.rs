@@ -30,12 +30,14 @@
 
 pub mod console;
 pub mod contract;
+pub mod events;
 pub mod hypercall;
 pub mod layout;
 pub mod region;
 pub mod shared_info;
 #[cfg(target_os = "none")]
 mod start;
+pub mod time;
 pub mod traps;
 
 use core::{

@@ -15,9 +15,10 @@
 //! What happens to an exception, in order: a probe in progress ([`probe_read`] and
 //! friends) records it and resumes after the probed instruction; else the kernel's
 //! handler ([`set_handler`]) decides; else (or if it declines) the kernel fails with the
-//! frame in the reason. The event and failsafe callbacks always fail the kernel: the test
-//! kernels never unmask events, and a failsafe entry means the hypervisor could not return
-//! to them.
+//! frame in the reason. The event callback goes to the kernel's event handler
+//! ([`set_event_handler`], which kernels that unmask events install) and fails the kernel
+//! without one; the failsafe callback always fails it: a failsafe entry means the
+//! hypervisor could not return to the kernel.
 
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
@@ -140,6 +141,27 @@ const MAX_DEPTH: u32 = 3;
 /// Installs `handler` as the kernel's exception and syscall handler.
 pub fn set_handler(handler: Handler) {
     HANDLER.store(handler as *mut (), Ordering::SeqCst);
+}
+
+/// A kernel's event-upcall handler: it runs with events masked and returns through the
+/// frame's `iret`, whose saved IF restores the upcall mask.
+pub type EventHandler = fn(&mut ExceptionFrame);
+
+/// The kernel's event handler, an `EventHandler` as a pointer (null: none).
+static EVENT_HANDLER: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Installs `handler` for the event callback (`CALLBACKTYPE_event`).
+pub fn set_event_handler(handler: EventHandler) {
+    EVENT_HANDLER.store(handler as *mut (), Ordering::SeqCst);
+}
+
+fn event_handler() -> Option<EventHandler> {
+    let raw = EVENT_HANDLER.load(Ordering::SeqCst);
+    if raw.is_null() {
+        return None;
+    }
+    // SAFETY: only `set_event_handler` stores here, and it stores an `EventHandler`.
+    Some(unsafe { core::mem::transmute::<*mut (), EventHandler>(raw) })
 }
 
 fn handler() -> Option<Handler> {
@@ -321,10 +343,17 @@ pub fn dispatch(frame: &mut ExceptionFrame) {
         .then(shared_info::cr2)
         .flatten();
     match frame.vector {
-        VECTOR_EVENT => crate::fail!(
-            "event upcall at rip {:#x} although events stay masked",
-            frame.rip
-        ),
+        VECTOR_EVENT => {
+            let Some(h) = event_handler() else {
+                crate::fail!(
+                    "event upcall at rip {:#x} but the kernel has no event handler",
+                    frame.rip
+                );
+            };
+            h(frame);
+            DEPTH.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         VECTOR_FAILSAFE => crate::fail!(
             "failsafe callback: the hypervisor could not return to rip {:#x} cs {:#x} rsp {:#x}",
             frame.rip,
