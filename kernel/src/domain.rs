@@ -20,6 +20,7 @@ use ferrovisor::{
 use ferrovisor::evtchn::{self, EventChannels, EventWords};
 use ferrovisor::pv::{
     bounce::BounceState,
+    descriptor::GuestGdt,
     time::{self as pv_time, TimeFields},
 };
 use ferrovisor_abi::{
@@ -27,7 +28,9 @@ use ferrovisor_abi::{
     xen::{
         arch_x86::ArchVcpuInfo,
         vcpu::VcpuRunstateInfo,
-        xen::{SharedInfo, VcpuInfo, VcpuTimeInfo, SIF_PRIVILEGED},
+        xen::{
+            SharedInfo, VcpuInfo, VcpuTimeInfo, SIF_PRIVILEGED, VMASST_TYPE_WRITABLE_PAGETABLES,
+        },
     },
 };
 use zerocopy::{FromZeros, IntoBytes};
@@ -90,6 +93,8 @@ pub struct Vcpu {
     pub runstate: VcpuRunstateInfo,
     /// `register_vcpu_info` may be used once per vCPU (`vcpu.h`).
     pub vcpu_info_registered: bool,
+    /// Its GDT (`set_gdt`): the frames mapped into the CPU's GDT window while it runs.
+    pub gdt: GuestGdt,
 }
 
 pub struct Domain {
@@ -321,10 +326,12 @@ pub fn build_dom0(
                 time: [0; 4],
             },
             vcpu_info_registered: false,
+            gdt: GuestGdt::EMPTY,
         },
         console_line: Vec::new(),
         evtchn: EventChannels::new(DOM0.0, 1, MAX_PORTS),
-        vm_assist: 0,
+        // Writable page tables are on from the start, as Xen gives every PV domain.
+        vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
     });
     Ok(())
 }

@@ -173,6 +173,33 @@ pub fn init_frames(
     })
 }
 
+/// The hypervisor's L4 and the zero frame of the GDT window (for `map_guest_gdt`).
+static GDT_STATE: spin::Mutex<Option<(Mfn, Mfn)>> = spin::Mutex::new(None);
+
+/// Maps a vCPU's GDT frames into this CPU's GDT window (pages 0..14, writable for the
+/// hypervisor only: the CPU sets descriptors' accessed bits); pages past them show the
+/// zero frame.
+pub fn map_guest_gdt(frames: &[Mfn]) -> Result<(), MemoryError> {
+    let Some((root, zero)) = *GDT_STATE.lock() else {
+        return Err(MemoryError::NoUsableRam);
+    };
+    let mut guard = FRAMES.lock();
+    let alloc = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+    // SAFETY: the hypervisor's own L4; only the GDT window's existing leaves (slot 261,
+    // shared by every address space) are rewritten.
+    let tables = unsafe { DirectMapTables::new(alloc, u64::MAX) };
+    let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
+    for i in 0..FIRST_RESERVED_GDT_BYTE as u64 / PAGE_SIZE {
+        let va = GDT_WINDOWS_BASE + i * PAGE_SIZE;
+        match frames.get(i as usize) {
+            Some(f) => aspace.remap_page(va, f.addr(), Attrs::DATA)?,
+            None => aspace.remap_page(va, zero.addr(), Attrs::RODATA)?,
+        }
+        hw_paging::invlpg(va);
+    }
+    Ok(())
+}
+
 /// Where the machine-to-phys table is (first frame, entries) until `init_m2p` takes it.
 static M2P_PLACE: spin::Mutex<Option<(Mfn, u64)>> = spin::Mutex::new(None);
 /// The machine-to-phys table: `M2P[mfn] = pfn`, or [`M2P_INVALID`].
@@ -391,6 +418,25 @@ pub fn build_kernel_space(
         )?;
     }
     debug_assert!(reserved_page + 2 * PAGE_SIZE <= gdt_window + GDT_WINDOW_SIZE);
+
+    // A zeroed page for the GDT window's pages no guest frame fills (selectors reach the
+    // whole 64 KiB window).
+    let zero = aspace
+        .memory_mut()
+        .frames()
+        .alloc_below(EARLY_DIRECT_MAP_SIZE)
+        .ok_or(MemoryError::OutOfFrames("the GDT"))?;
+    // SAFETY: the frame was just allocated; it is direct-mapped.
+    unsafe { phys::zero(zero.addr(), PAGE_SIZE) };
+    for i in 0..FIRST_RESERVED_GDT_BYTE as u64 / PAGE_SIZE {
+        aspace.map_page(
+            gdt_window + i * PAGE_SIZE,
+            zero.addr(),
+            SIZE_4K,
+            Attrs::RODATA,
+        )?;
+    }
+    *GDT_STATE.lock() = Some((aspace.root(), zero));
 
     let root = aspace.root();
     // SAFETY: the new tables map the image (code, data, this stack: the boot stack is in

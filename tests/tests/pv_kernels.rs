@@ -149,8 +149,17 @@ fn fpu() {
 #[test]
 fn ptwrite() {
     let mut b = run_kernel("ptwrite", "");
-    b.find(r"\(d0\) pv-test ptwrite: without the assist the write faults");
+    b.find(r"\(d0\) pv-test ptwrite: (without the assist the write faults|Xen's rule)");
     b.find(r"\(d0\) pv-test ptwrite: mov remapped the page");
     b.find(r"\(d0\) pv-test ptwrite: xchg restored the page");
     b.find(r"\(d0\) pv-test ptwrite: a writable mapping of the L4 is refused");
+}
+
+#[test]
+fn gdt() {
+    let mut b = run_kernel("gdt", "");
+    b.find(r"\(d0\) pv-test gdt: set_gdt of a writable page refused");
+    b.find(r"\(d0\) pv-test gdt: set_gdt loaded 3 entries");
+    b.find(r"\(d0\) pv-test gdt: loaded selector 0x13 from the guest GDT");
+    b.find(r"\(d0\) pv-test gdt: update_descriptor accepted a segment and refused a TSS");
 }

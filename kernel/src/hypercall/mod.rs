@@ -17,6 +17,7 @@ use zerocopy::FromBytes;
 
 use crate::{arch::x86_64::trap::TrapFrame, domain};
 
+mod desc;
 mod evtchn;
 mod memory;
 mod mmu;
@@ -64,6 +65,8 @@ fn call(nr: u64, args: [u64; 5]) -> Result {
         // dom0 gets no hardware: the hypervisor keeps the machine.
         Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
         Ok(Hypercall::MemoryOp) => memory::memory_op(args),
+        Ok(Hypercall::SetGdt) => desc::set_gdt(args),
+        Ok(Hypercall::UpdateDescriptor) => desc::update_descriptor(args),
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
     }
 }

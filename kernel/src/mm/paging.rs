@@ -216,6 +216,22 @@ impl<M: TableMemory> AddressSpace<M> {
         Ok(())
     }
 
+    /// Points the 4 KiB page at `va` to `pa`, replacing whatever 4 KiB mapping was there
+    /// (the caller flushes the TLB entry).
+    pub fn remap_page(&mut self, va: u64, pa: u64, attrs: Attrs) -> Result<(), MapError> {
+        if !is_canonical(va) || va % SIZE_4K != 0 || pa % SIZE_4K != 0 || pa & !pte::ADDR_MASK != 0
+        {
+            return Err(MapError::BadAddress { va, pa });
+        }
+        let mut table = self.root;
+        for level in [4, 3, 2] {
+            table = self.next_table(table, index(va, level), va, attrs.user)?;
+        }
+        self.mem
+            .write(table, index(va, 1), pa | self.leaf_bits(attrs));
+        Ok(())
+    }
+
     /// Maps `[va, va + len)` to `[pa, pa + len)` with the largest pages that fit (up to
     /// `max_page`: pass `SIZE_1G` only when the CPU has 1 GiB pages).
     pub fn map_range(
@@ -416,6 +432,21 @@ mod tests {
             assert_ne!(entry & pte::USER, 0, "level {level}");
             table = Mfn::containing(entry & pte::ADDR_MASK);
         }
+    }
+
+    #[test]
+    fn remap_replaces_a_page() {
+        let mut aspace = AddressSpace::new(VecTables::default(), true).unwrap();
+        aspace
+            .map_page(0x40_0000, 0x1000, SIZE_4K, Attrs::DATA)
+            .unwrap();
+        aspace.remap_page(0x40_0000, 0x5000, Attrs::RODATA).unwrap();
+        let (pa, e) = aspace.translate(0x40_0000).unwrap();
+        assert_eq!(pa, 0x5000);
+        assert_eq!(e & pte::WRITABLE, 0);
+        aspace.remap_page(0x80_0000, 0x6000, Attrs::DATA).unwrap();
+        assert_eq!(aspace.translate(0x80_0000).map(|t| t.0), Some(0x6000));
+        assert!(aspace.remap_page(0x80_0001, 0x6000, Attrs::DATA).is_err());
     }
 
     #[test]

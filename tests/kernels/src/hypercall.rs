@@ -24,7 +24,7 @@ use ferrovisor_abi::xen::{
     memory::MemoryOp,
     sched::{SchedOp, SchedShutdown, ShutdownReason},
     vcpu::VcpuOp,
-    version::XenVersionOp,
+    version::{XenExtraversion, XenVersionOp, XEN_EXTRAVERSION_LEN},
     xen::{ConsoleIoCmd, MmuUpdate, MmuextOp, VmAssistCmd, VmAssistType},
     DomId,
 };
@@ -169,6 +169,20 @@ pub fn xen_version(cmd: XenVersionOp) -> i64 {
 pub unsafe fn xen_version_with(cmd: XenVersionOp, arg: *mut c_void) -> i64 {
     // SAFETY: the caller's contract.
     unsafe { hypercall2(nr(Hypercall::XenVersion), u64::from(cmd.raw()), addr(arg)) }
+}
+
+/// Whether the hypervisor is Ferrovisor rather than real Xen (`cargo xtask test --on-xen`
+/// boots the same kernels on Xen 4.17): Ferrovisor's `XENVER_extraversion` contains
+/// "ferrovisor". Only for the few checks where Ferrovisor deliberately differs from Xen;
+/// the kernel says which rule it applies.
+pub fn on_ferrovisor() -> bool {
+    let mut extra: XenExtraversion = [0; XEN_EXTRAVERSION_LEN];
+    // SAFETY: `extra` is a writable `xen_extraversion_t`, what `XENVER_extraversion` fills.
+    let ret = unsafe { xen_version_with(XenVersionOp::Extraversion, extra.as_mut_ptr().cast()) };
+    ret >= 0
+        && extra
+            .windows(b"ferrovisor".len())
+            .any(|w| w == b"ferrovisor")
 }
 
 /// `sched_op(SCHEDOP_shutdown, &{reason})`: normally does not return.

@@ -229,10 +229,18 @@ fn monotonic_time() -> Result<(), &'static str> {
         "system time went backwards {backwards} times in {reads} reads (by up to {worst} ns)"
     );
     pvrt::ensure!(last.mul != 0, "vcpu_time_info.tsc_to_system_mul is 0");
-    pvrt::ensure!(
-        versions >= 1,
-        "vcpu_time_info was not republished in 60 ms of a 10 ms periodic timer"
-    );
+    // Ferrovisor republishes the time record with every timer event; Xen 4.17 only about
+    // once a second (the ABI asks nothing of the rate: readers follow the version).
+    if !pvrt::on_ferrovisor() && versions == 0 {
+        pvrt::println!(
+            "pv-test events: Xen's rule: vcpu_time_info not republished within 60 ms (Xen updates it about once a second)"
+        );
+    } else {
+        pvrt::ensure!(
+            versions >= 1,
+            "vcpu_time_info was not republished in 60 ms of a 10 ms periodic timer"
+        );
+    }
     Ok(())
 }
 

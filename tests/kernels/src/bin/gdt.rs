@@ -1,0 +1,123 @@
+//! `gdt`: guest descriptor tables. The kernel builds a GDT page (null, a 64-bit code and a
+//! data segment written with DPL 0 as Linux writes them), makes it read-only (a descriptor
+//! page may not be mapped writable), loads it with `set_gdt`, loads a data selector from
+//! it, rewrites an entry with `update_descriptor`, and checks the refusals: a TSS
+//! descriptor in either call, and `set_gdt` while the page is still mapped writable.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+use ferrovisor_abi::xen::{
+    hypercall::Hypercall,
+    xen::{StartInfo, UVMF_INVLPG},
+};
+use pvrt::region::{self, PTE_RO, PTE_RW};
+
+pvrt::test_kernel!(name: "gdt", main: test_main);
+
+const CODE64_DPL0: u64 = 0x00af_9b00_0000_ffff;
+const DATA_DPL0: u64 = 0x00cf_9300_0000_ffff;
+const DATA_DPL3: u64 = 0x00cf_f300_0000_ffff;
+/// An available 64-bit TSS descriptor (low half): never allowed in a guest GDT.
+const TSS: u64 = 0x0000_8900_0000_0067;
+/// Selector of entry 2, RPL 3.
+const DATA_SEL: u16 = (2 << 3) | 3;
+
+fn set_gdt(frames: &[u64], entries: u64) -> i64 {
+    // SAFETY: the hypervisor reads `frames` (a local array) and checks every frame.
+    unsafe { pvrt::hypercall2(Hypercall::SetGdt as u64, frames.as_ptr() as u64, entries) }
+}
+
+fn update_descriptor(maddr: u64, desc: u64) -> i64 {
+    // SAFETY: the hypervisor checks the frame and the descriptor.
+    unsafe { pvrt::hypercall2(Hypercall::UpdateDescriptor as u64, maddr, desc) }
+}
+
+fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    let page = region::alloc_scratch(si).ok_or("no scratch page")?;
+    // SAFETY: the scratch page is mapped writable and used by nothing else.
+    unsafe {
+        let w = page.words();
+        core::ptr::write_volatile(w, 0);
+        core::ptr::write_volatile(w.add(1), CODE64_DPL0);
+        core::ptr::write_volatile(w.add(2), DATA_DPL0);
+    }
+    // While the page is mapped writable it cannot become a descriptor page.
+    let rc = set_gdt(&[page.mfn], 3);
+    pvrt::ensure!(
+        rc < 0,
+        "set_gdt accepted a page the guest can still write (returned {})",
+        rc
+    );
+    pvrt::println!("pv-test gdt: set_gdt of a writable page refused: {}", rc);
+
+    // SAFETY: remapping the scratch page read-only; nothing else uses it.
+    let rc = unsafe { pvrt::update_va_mapping(page.va, page.maddr() | PTE_RO, UVMF_INVLPG) };
+    pvrt::ensure!(rc == 0, "remapping the GDT page read-only returned {}", rc);
+    let rc = set_gdt(&[page.mfn], 3);
+    pvrt::ensure!(rc == 0, "set_gdt returned {}", rc);
+    // The hypervisor raised the DPL of the ring-0 segments to 3 (the kernel runs in ring 3).
+    // SAFETY: the page is still mapped (read-only).
+    let data = unsafe { core::ptr::read_volatile(page.words().add(2)) };
+    pvrt::ensure!(
+        data == DATA_DPL3 | (data & (1 << 40)),
+        "entry 2 reads {:#x} after set_gdt",
+        data
+    );
+    pvrt::println!(
+        "pv-test gdt: set_gdt loaded 3 entries; entry 2 now {:#x}",
+        data
+    );
+
+    // Load the data selector from the new GDT and read it back.
+    let loaded: u16;
+    // SAFETY: DS is unused in 64-bit mode; it is reset to the null selector right after.
+    unsafe {
+        core::arch::asm!(
+            "mov ds, {sel:x}",
+            "mov {out:x}, ds",
+            "xor {tmp:e}, {tmp:e}",
+            "mov ds, {tmp:x}",
+            sel = in(reg) DATA_SEL as u64,
+            out = out(reg) loaded,
+            tmp = out(reg) _,
+            options(nostack)
+        );
+    }
+    pvrt::ensure!(
+        loaded == DATA_SEL,
+        "ds read back {:#x}, expected {:#x}",
+        loaded,
+        DATA_SEL
+    );
+    pvrt::println!(
+        "pv-test gdt: loaded selector {:#x} from the guest GDT",
+        loaded
+    );
+
+    // update_descriptor: a good descriptor goes in, a TSS is refused.
+    let slot1 = page.maddr() + 8;
+    let rc = update_descriptor(slot1, DATA_DPL0);
+    pvrt::ensure!(
+        rc == 0,
+        "update_descriptor of a data segment returned {}",
+        rc
+    );
+    let rc = update_descriptor(slot1, TSS);
+    pvrt::ensure!(
+        rc == -22,
+        "update_descriptor of a TSS returned {}, expected -22",
+        rc
+    );
+    pvrt::println!("pv-test gdt: update_descriptor accepted a segment and refused a TSS (-22)");
+
+    // Back to an empty GDT and a writable page.
+    let rc = set_gdt(&[], 0);
+    pvrt::ensure!(rc == 0, "set_gdt(0 entries) returned {}", rc);
+    // SAFETY: the page is no longer a descriptor page.
+    let rc = unsafe { pvrt::update_va_mapping(page.va, page.maddr() | PTE_RW, UVMF_INVLPG) };
+    pvrt::ensure!(
+        rc == 0,
+        "remapping the page writable after the GDT was dropped returned {}",
+        rc
+    );
+    Ok(())
+}
