@@ -508,6 +508,8 @@ pub struct Cmdline<'a> {
     pub raw: &'a str,
     pub dom0_mem: Option<Dom0Mem>,
     pub maxcpus: Option<u32>,
+    /// `dom0_max_vcpus=`: how many vCPUs dom0 gets (default 1).
+    pub dom0_max_vcpus: Option<u32>,
     pub loglvl: LogLevel,
     pub console: ConsoleSet,
     pub com1_baud: Option<u32>,
@@ -523,6 +525,7 @@ pub struct Cmdline<'a> {
 #[derive(Clone, Copy)]
 enum Key {
     Dom0Mem,
+    Dom0MaxVcpus,
     MaxCpus,
     LogLvl,
     Console,
@@ -533,8 +536,9 @@ enum Key {
 
 impl Key {
     fn lookup(name: &str) -> Option<Key> {
-        const KEYS: [(&str, Key); 7] = [
+        const KEYS: [(&str, Key); 8] = [
             ("dom0_mem", Key::Dom0Mem),
+            ("dom0_max_vcpus", Key::Dom0MaxVcpus),
             ("maxcpus", Key::MaxCpus),
             ("loglvl", Key::LogLvl),
             ("console", Key::Console),
@@ -580,6 +584,18 @@ fn parse_com1(value: &str) -> Result<u32, &'static str> {
     }
 }
 
+/// `dom0_max_vcpus=<n>` or Xen's range form `<min>-<max>` (dom0 gets the maximum).
+fn parse_dom0_max_vcpus(value: &str) -> Result<u32, &'static str> {
+    let (min, max) = match value.split_once('-') {
+        Some((lo, hi)) => (parse_maxcpus(lo)?, parse_maxcpus(hi)?),
+        None => (1, parse_maxcpus(value)?),
+    };
+    if min > max {
+        return Err("expected <n> or <min>-<max> with min <= max");
+    }
+    Ok(max)
+}
+
 fn parse_maxcpus(value: &str) -> Result<u32, &'static str> {
     parse_decimal(value)
         .and_then(|n| u32::try_from(n).ok())
@@ -612,6 +628,7 @@ impl<'a> Cmdline<'a> {
             raw,
             dom0_mem: None,
             maxcpus: None,
+            dom0_max_vcpus: None,
             loglvl: LogLevel::default(),
             console: ConsoleSet::default(),
             com1_baud: None,
@@ -652,6 +669,7 @@ impl<'a> Cmdline<'a> {
         let result = match key {
             Key::Dom0Mem => Dom0Mem::parse(value).map(|m| self.dom0_mem = Some(m)),
             Key::MaxCpus => parse_maxcpus(value).map(|n| self.maxcpus = Some(n)),
+            Key::Dom0MaxVcpus => parse_dom0_max_vcpus(value).map(|n| self.dom0_max_vcpus = Some(n)),
             Key::LogLvl => LogLevel::parse(value).map(|l| self.loglvl = l),
             Key::Console => ConsoleSet::parse(value).map(|c| self.console = c),
             Key::Com1 => parse_com1(value).map(|b| self.com1_baud = Some(b)),
@@ -1397,6 +1415,18 @@ mod tests {
             "only the 8n1 line format is supported"
         );
         assert_eq!(parse("com1=115200,7e1").com1_baud, None);
+    }
+
+    #[test]
+    fn dom0_max_vcpus_values() {
+        assert_eq!(parse("dom0_max_vcpus=2").dom0_max_vcpus, Some(2));
+        assert_eq!(parse("dom0_max_vcpus=1-4").dom0_max_vcpus, Some(4));
+        assert_eq!(parse("dom0-max-vcpus=3").dom0_max_vcpus, Some(3));
+        for bad in ["dom0_max_vcpus=0", "dom0_max_vcpus=4-2", "dom0_max_vcpus=x"] {
+            let c = parse(bad);
+            assert_eq!(c.dom0_max_vcpus, None, "{bad}");
+            assert_eq!(c.diagnostics.len(), 1, "{bad}");
+        }
     }
 
     #[test]

@@ -37,6 +37,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::{
     arch::x86_64::{
+        cpu::FpuState,
         debug_exit::Verdict,
         guest_memory::{GuestFault, GuestSpace},
         irq::IrqMutex,
@@ -52,10 +53,14 @@ pub const DOM0: DomId = DomId(0);
 
 /// `RUNSTATE_*` (`vcpu.h`).
 pub const RUNSTATE_RUNNING: i32 = 0;
+pub const RUNSTATE_RUNNABLE: i32 = 1;
 pub const RUNSTATE_BLOCKED: i32 = 2;
+pub const RUNSTATE_OFFLINE: i32 = 3;
 
 /// Event-channel ports per domain (the 2-level ABI's limit for 64-bit guests is 4096).
 const MAX_PORTS: u32 = 1024;
+/// vCPUs a domain may have (each has a `vcpu_info` slot in the shared-info page).
+pub const MAX_VCPUS: usize = 8;
 const VIRQ_TIMER: u32 = 0;
 
 /// The test guest-memory copies apply to each frame: is it the domain's?
@@ -66,6 +71,20 @@ const MAX_KERNEL_IMAGE: usize = 128 << 20;
 
 /// A virtual CPU: its saved registers and PV state.
 pub struct Vcpu {
+    /// Its number in the domain.
+    pub id: u32,
+    /// Up (`VCPUOP_up`), or down / never started.
+    pub online: bool,
+    /// Has a starting state (vCPU 0 from the builder, others from `VCPUOP_initialise`).
+    pub initialised: bool,
+    /// Waiting in `SCHEDOP_block` for an event.
+    pub blocked: bool,
+    /// Its x87/SSE registers while it is not on the CPU.
+    pub fpu: FpuState,
+    /// Its FS base while it is not on the CPU.
+    pub fs_base: u64,
+    /// Its active GS base while it is not on the CPU (on the CPU it is in the MSR).
+    pub saved_gs_base_active: u64,
     /// The registers it resumes with (a trap frame: what `trap_exit` restores).
     pub regs: TrapFrame,
     /// Guest-kernel vs user mode, kernel stack, trap table, callbacks, upcall mask.
@@ -102,7 +121,13 @@ pub struct Domain {
     /// Pseudo-physical to machine frames.
     pub p2m: Vec<Mfn>,
     pub shared_info: Mfn,
+    /// The vCPU on the CPU (its registers, MSRs and FPU state are live); the scheduler
+    /// swaps it with one of `others` (`sched::switch_to`).
     pub vcpu: Vcpu,
+    /// The domain's other vCPUs, in id order, with their state saved.
+    pub others: Vec<Vcpu>,
+    /// Ticks the running vCPU has had since it was put on the CPU.
+    pub slice_ticks: u32,
     /// Console output not yet ended by a newline.
     console_line: Vec<u8>,
     /// The domain's event-channel ports.
@@ -116,7 +141,24 @@ pub struct Domain {
 /// operation on the shared page, since the guest changes the same words.
 pub struct SharedWords {
     shared: SharedFrame,
-    vcpu_info: (SharedFrame, usize),
+    /// Each vCPU's `vcpu_info`: (vCPU id, frame, offset).
+    vcpu_infos: heapless::Vec<(u32, SharedFrame, usize), MAX_VCPUS>,
+}
+
+impl SharedWords {
+    fn info(&self, vcpu: u32) -> Option<(SharedFrame, usize)> {
+        self.vcpu_infos
+            .iter()
+            .find(|(id, _, _)| *id == vcpu)
+            .map(|&(_, f, o)| (f, o))
+    }
+
+    /// Whether `evtchn_upcall_pending` is set for `vcpu` (no change).
+    pub fn upcall_pending_swap_peek(&self, vcpu: u32) -> bool {
+        self.info(vcpu).is_some_and(|(f, base)| {
+            f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending)) != 0
+        })
+    }
 }
 
 impl EventWords for SharedWords {
@@ -140,26 +182,100 @@ impl EventWords for SharedWords {
         self.shared
             .fetch_and_u64(offset_of!(SharedInfo, evtchn_mask) + word * 8, mask)
     }
-    fn sel_fetch_or(&self, _vcpu: u32, mask: u64) -> u64 {
-        let (f, base) = self.vcpu_info;
-        f.fetch_or_u64(base + offset_of!(VcpuInfo, evtchn_pending_sel), mask)
+    fn sel_fetch_or(&self, vcpu: u32, mask: u64) -> u64 {
+        self.info(vcpu).map_or(0, |(f, base)| {
+            f.fetch_or_u64(base + offset_of!(VcpuInfo, evtchn_pending_sel), mask)
+        })
     }
-    fn upcall_pending_swap(&self, _vcpu: u32, v: u8) -> u8 {
-        let (f, base) = self.vcpu_info;
-        f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), v)
+    fn upcall_pending_swap(&self, vcpu: u32, v: u8) -> u8 {
+        self.info(vcpu).map_or(0, |(f, base)| {
+            f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), v)
+        })
     }
-    fn upcall_mask_load(&self, _vcpu: u32) -> u8 {
-        let (f, base) = self.vcpu_info;
-        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+    fn upcall_mask_load(&self, vcpu: u32) -> u8 {
+        self.info(vcpu).map_or(1, |(f, base)| {
+            f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+        })
+    }
+}
+
+impl Vcpu {
+    /// A vCPU that is not running yet, with vCPU `id`'s default `vcpu_info` slot in the
+    /// shared-info page.
+    pub fn new(id: u32, regs: TrapFrame, l4: Mfn, kernel_sp: u64, shared_info: Mfn) -> Vcpu {
+        Vcpu {
+            id,
+            online: false,
+            initialised: false,
+            blocked: false,
+            fpu: FpuState::initial(),
+            fs_base: 0,
+            saved_gs_base_active: 0,
+            regs,
+            pv: BounceState::new(kernel_sp),
+            kernel_l4: l4,
+            user_l4: None,
+            saved_gs_base: 0,
+            fpu_ts: false,
+            time_version: 0,
+            vcpu_info: (shared_info, id as usize * core::mem::size_of::<VcpuInfo>()),
+            timer_deadline: None,
+            // Xen starts every vCPU with a 10 ms periodic timer (Linux stops it).
+            periodic: Some((10_000_000, 10_000_000)),
+            runstate_area: None,
+            runstate: VcpuRunstateInfo {
+                state: RUNSTATE_RUNNING,
+                _cpad0: 0,
+                state_entry_time: 0,
+                time: [0; 4],
+            },
+            vcpu_info_registered: false,
+            gdt: GuestGdt::EMPTY,
+        }
+    }
+
+    /// Can be put on the CPU.
+    pub fn runnable(&self) -> bool {
+        self.online && !self.blocked
     }
 }
 
 impl Domain {
     /// The event bitmaps, for the event-channel operations.
     pub fn event_words(&self) -> SharedWords {
+        let mut infos = heapless::Vec::new();
+        for v in core::iter::once(&self.vcpu).chain(self.others.iter()) {
+            let (mfn, off) = v.vcpu_info;
+            // SAFETY: as in `vcpu_info`: the shared-info page or a registered frame of the
+            // domain, kept referenced.
+            let _ = infos.push((v.id, unsafe { SharedFrame::new(mfn) }, off));
+        }
         SharedWords {
             shared: self.shared(),
-            vcpu_info: self.vcpu_info(),
+            vcpu_infos: infos,
+        }
+    }
+
+    pub fn vcpu_by_id_mut(&mut self, id: u32) -> Option<&mut Vcpu> {
+        if self.vcpu.id == id {
+            return Some(&mut self.vcpu);
+        }
+        self.others.iter_mut().find(|v| v.id == id)
+    }
+
+    /// Marks `port` pending for vCPU `vcpu`: a blocked vCPU becomes runnable.
+    pub fn notify(&mut self, port: u32, vcpu: u32) {
+        let _ = evtchn::set_pending(&self.event_words(), port, vcpu);
+        self.wake_if_pending(vcpu);
+    }
+
+    /// A blocked vCPU with an event pending becomes runnable.
+    pub fn wake_if_pending(&mut self, vcpu: u32) {
+        let pending = self.event_words().upcall_pending_swap_peek(vcpu);
+        if let Some(v) = self.vcpu_by_id_mut(vcpu) {
+            if v.blocked && pending {
+                v.blocked = false;
+            }
         }
     }
 }
@@ -214,7 +330,9 @@ pub fn build_dom0(
     kernel: &Module,
     initrd: Option<&Module>,
     extents: &[PhysRange],
+    nr_vcpus: u32,
 ) -> Result<(), String> {
+    let nr_vcpus = nr_vcpus.clamp(1, MAX_VCPUS as u32);
     // SAFETY: boot modules are RAM the frame allocator never hands out and nothing writes.
     let module = unsafe { phys::slice(kernel.start, (kernel.end - kernel.start) as usize) };
     let image = guest_image::inspect(module, MAX_KERNEL_IMAGE)
@@ -307,29 +425,16 @@ pub fn build_dom0(
         p2m,
         shared_info,
         vcpu: Vcpu {
-            regs,
-            pv: BounceState::new(built.stack_top),
-            kernel_l4: l4,
-            user_l4: None,
-            saved_gs_base: 0,
-            fpu_ts: false,
-            time_version: 0,
-            vcpu_info: (shared_info, 0),
-            timer_deadline: None,
-            // Xen starts every vCPU with a 10 ms periodic timer (Linux stops it).
-            periodic: Some((10_000_000, 10_000_000)),
-            runstate_area: None,
-            runstate: VcpuRunstateInfo {
-                state: RUNSTATE_RUNNING,
-                _cpad0: 0,
-                state_entry_time: 0,
-                time: [0; 4],
-            },
-            vcpu_info_registered: false,
-            gdt: GuestGdt::EMPTY,
+            online: true,
+            initialised: true,
+            ..Vcpu::new(0, regs, l4, built.stack_top, shared_info)
         },
+        others: (1..nr_vcpus)
+            .map(|id| Vcpu::new(id, TrapFrame::default(), l4, 0, shared_info))
+            .collect(),
+        slice_ticks: 0,
         console_line: Vec::new(),
-        evtchn: EventChannels::new(DOM0.0, 1, MAX_PORTS),
+        evtchn: EventChannels::new(DOM0.0, nr_vcpus, MAX_PORTS),
         // Writable page tables are on from the start, as Xen gives every PV domain.
         vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
     });
@@ -499,33 +604,44 @@ impl Domain {
         let _ = self.kernel_space().write(va, self.vcpu.runstate.as_bytes());
     }
 
-    /// Sends virtual IRQ `virq` to vCPU 0 if the guest bound it to a port.
-    pub fn send_virq(&mut self, virq: u32) {
-        let Some(target) = self.evtchn.virq_target(virq, 0) else {
+    /// Sends virtual IRQ `virq` of vCPU `vcpu` if the guest bound it to a port.
+    pub fn send_virq(&mut self, virq: u32, vcpu: u32) {
+        let Some(target) = self.evtchn.virq_target(virq, vcpu) else {
             return;
         };
         // `set_pending` raises the upcall flag itself when one becomes due.
-        let _ = evtchn::set_pending(&self.event_words(), target.port, target.vcpu);
+        self.notify(target.port, target.vcpu);
     }
 
-    /// Fires the vCPU's timers that are due (called on every tick).
+    /// Fires the timers of every vCPU that are due (called on every tick).
     pub fn check_timers(&mut self, now: u64) {
-        let mut fire = false;
-        if self.vcpu.timer_deadline.is_some_and(|d| d <= now) {
-            self.vcpu.timer_deadline = None;
-            fire = true;
-        }
-        if let Some((period, next)) = self.vcpu.periodic {
-            if next <= now {
-                // Skip missed periods rather than firing a burst.
-                let behind = (now - next) / period + 1;
-                self.vcpu.periodic = Some((period, next + behind * period));
+        let mut fired: heapless::Vec<u32, MAX_VCPUS> = heapless::Vec::new();
+        for v in core::iter::once(&mut self.vcpu).chain(self.others.iter_mut()) {
+            if !v.online {
+                continue;
+            }
+            let mut fire = false;
+            if v.timer_deadline.is_some_and(|d| d <= now) {
+                v.timer_deadline = None;
                 fire = true;
             }
+            if let Some((period, next)) = v.periodic {
+                if next <= now {
+                    // Skip missed periods rather than firing a burst.
+                    let behind = (now - next) / period + 1;
+                    v.periodic = Some((period, next + behind * period));
+                    fire = true;
+                }
+            }
+            if fire {
+                let _ = fired.push(v.id);
+            }
         }
-        if fire {
+        if !fired.is_empty() {
             self.publish_time();
-            self.send_virq(VIRQ_TIMER);
+        }
+        for id in fired {
+            self.send_virq(VIRQ_TIMER, id);
         }
     }
 

@@ -29,6 +29,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
             apic::on_tick();
             apic::eoi();
             guest::on_tick();
+            crate::sched::on_tick(frame);
             if from_guest {
                 guest::interrupted(frame);
             }

@@ -32,6 +32,8 @@ mod interrupts;
 #[cfg(target_os = "none")]
 mod memory;
 #[cfg(target_os = "none")]
+mod sched;
+#[cfg(target_os = "none")]
 mod selftest;
 #[cfg(target_os = "none")]
 mod start;

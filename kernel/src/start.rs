@@ -259,7 +259,13 @@ extern "C" fn boot_on_main_stack() -> ! {
     }
     domain::init_frame_table(boot.ram_end);
     let kernel = &boot.info.modules[0]; // present: checked by `report_modules`
-    match domain::build_dom0(kernel, boot.info.modules.get(1), &dom0::reserved_extents()) {
+    let vcpus = boot.cmdline.dom0_max_vcpus.unwrap_or(1);
+    match domain::build_dom0(
+        kernel,
+        boot.info.modules.get(1),
+        &dom0::reserved_extents(),
+        vcpus,
+    ) {
         Ok(()) => domain::run_dom0(),
         Err(e) => {
             log::error!("{e}");

@@ -46,25 +46,36 @@ pub fn set_gdt([list, entries, ..]: [u64; 5]) -> Result {
     .ok_or(XenErrno::Esrch)?
 }
 
-/// Types and checks the new GDT's frames, then swaps it in for the old one.
-fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno> {
-    let mut guard = FRAME_TABLE.lock();
-    let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
+/// Types every frame of `gdt` as a descriptor page of `dom` and checks its descriptors;
+/// on failure nothing stays referenced.
+pub fn take_gdt(
+    ft: &mut FrameTable,
+    dom: ferrovisor::mm::frame_table::DomId,
+    gdt: &GuestGdt,
+) -> core::result::Result<(), XenErrno> {
     let mut mem = tables();
     let mut taken = 0;
     let result = (|| {
         for &mfn in gdt.frames() {
-            ft.get_page_and_type(mfn, d.id, PageType::SegDesc, &mut mem)
+            ft.get_page_and_type(mfn, dom, PageType::SegDesc, &mut mem)
                 .map_err(|e| e.errno())?;
             taken += 1;
             check_frame(&mut mem, mfn)?;
         }
         Ok(())
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         release(ft, &mut mem, &gdt.frames()[..taken]);
-        return Err(e);
     }
+    result
+}
+
+/// Types and checks the new GDT's frames, then swaps it in for the old one.
+fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno> {
+    let mut guard = FRAME_TABLE.lock();
+    let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
+    take_gdt(ft, d.id, &gdt)?;
+    let mut mem = tables();
     let old = core::mem::replace(&mut d.vcpu.gdt, gdt);
     release(ft, &mut mem, old.frames());
     drop(guard);

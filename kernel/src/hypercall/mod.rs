@@ -9,13 +9,14 @@ use ferrovisor_abi::{
     xen::{
         hypercall::Hypercall,
         sched::{SchedOp, SchedShutdown},
+        vcpu::VcpuOp,
         version::XenVersionOp,
         xen::{ConsoleIoCmd, MulticallEntry, VmAssistCmd, VmAssistType},
     },
 };
 use zerocopy::FromBytes;
 
-use crate::{arch::x86_64::trap::TrapFrame, domain};
+use crate::{arch::x86_64::trap::TrapFrame, domain, sched};
 
 mod desc;
 mod evtchn;
@@ -30,6 +31,20 @@ pub fn dispatch(frame: &mut TrapFrame) {
     if frame.rax == Hypercall::Iret as u64 {
         // `iret` replaces the whole register state, `rax` included.
         return traps::iret(frame);
+    }
+    // The calls that may put another vCPU on the CPU replace the frame themselves.
+    if frame.rax == Hypercall::SchedOp as u64 {
+        match SchedOp::try_from(frame.rdi as u32) {
+            Ok(SchedOp::Block) => return sched::block(frame),
+            Ok(SchedOp::Yield) => return sched::yield_now(frame),
+            _ => {}
+        }
+    }
+    if frame.rax == Hypercall::VcpuOp as u64
+        && VcpuOp::try_from(frame.rdi as u32) == Ok(VcpuOp::Down)
+        && domain::with_current(|d| u64::from(d.vcpu.id)) == Some(frame.rsi)
+    {
+        return sched::down_self(frame);
     }
     let args = [frame.rdi, frame.rsi, frame.rdx, frame.r10, frame.r8];
     let result = match Hypercall::try_from(frame.rax) {
@@ -181,8 +196,7 @@ fn vm_assist([cmd, kind, ..]: [u64; 5]) -> Result {
 
 fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
     match SchedOp::try_from(cmd as u32) {
-        Ok(SchedOp::Yield) => Ok(0),
-        Ok(SchedOp::Block) => vcpu::block(),
+        Ok(SchedOp::Yield | SchedOp::Block) => Ok(0), // handled in `dispatch`
         Ok(SchedOp::Poll) => vcpu::poll(arg),
         Ok(SchedOp::Shutdown) => {
             let mut raw = [0u8; core::mem::size_of::<SchedShutdown>()];

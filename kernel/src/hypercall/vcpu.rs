@@ -3,6 +3,10 @@
 
 use ferrovisor::evtchn;
 use ferrovisor::mm::{Mfn, PAGE_SIZE};
+use ferrovisor::{
+    mm::page_type::PageType,
+    pv::{bounce, descriptor},
+};
 use ferrovisor_abi::xen::sched::SchedPoll;
 use ferrovisor_abi::{
     errno::XenErrno,
@@ -14,10 +18,21 @@ use ferrovisor_abi::{
         xen::VcpuInfo,
     },
 };
+use ferrovisor_abi::{
+    layout::{FLAT_RING3_CS64, FLAT_RING3_SS64},
+    xen::arch_x86::{
+        VcpuGuestContext, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_IN_KERNEL, VGCF_ONLINE,
+        VGCF_SYSCALL_DISABLES_EVENTS,
+    },
+};
 use zerocopy::FromBytes;
 
 use super::Result;
-use crate::{arch::x86_64::irq, clock, domain, domain::FRAME_TABLE};
+use crate::{
+    arch::x86_64::{cpu, irq},
+    clock, domain,
+    domain::FRAME_TABLE,
+};
 
 fn read<T: FromBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
     let mut buf = [0u8; 32];
@@ -31,13 +46,37 @@ fn read<T: FromBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
 /// `vcpu_op(cmd, vcpu, arg)`. dom0 has one vCPU (0); secondary vCPUs come with SMP.
 pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
     let op = VcpuOp::try_from(cmd as u32).map_err(|_| XenErrno::Enosys)?;
-    if vcpu != 0 {
+    let vcpu = u32::try_from(vcpu).map_err(|_| XenErrno::Enoent)?;
+    let (exists, current) = domain::with_current(|d| (d.vcpu_by_id_mut(vcpu).is_some(), d.vcpu.id))
+        .ok_or(XenErrno::Esrch)?;
+    if !exists {
         return Err(XenErrno::Enoent);
     }
     match op {
-        VcpuOp::IsUp => Ok(1),
-        VcpuOp::Up => Ok(0),
-        VcpuOp::Down | VcpuOp::Initialise => Err(XenErrno::Einval),
+        VcpuOp::IsUp => {
+            domain::with_current(|d| d.vcpu_by_id_mut(vcpu).map_or(0, |v| v.online as u64))
+                .ok_or(XenErrno::Esrch)
+        }
+        VcpuOp::Up => domain::with_current(|d| match d.vcpu_by_id_mut(vcpu) {
+            Some(v) if v.online => Ok(0),
+            Some(v) if v.initialised => {
+                v.online = true;
+                Ok(0)
+            }
+            _ => Err(XenErrno::Einval),
+        })
+        .ok_or(XenErrno::Esrch)?,
+        // Taking down the running vCPU switches away from it (`hypercall::dispatch`).
+        VcpuOp::Down => domain::with_current(|d| {
+            if let Some(v) = d.vcpu_by_id_mut(vcpu) {
+                v.online = false;
+            }
+            Ok(0)
+        })
+        .ok_or(XenErrno::Esrch)?,
+        VcpuOp::Initialise => initialise(vcpu, arg),
+        // Per-vCPU settings below act on the running vCPU only, for now.
+        _ if vcpu != current => Err(XenErrno::Einval),
         VcpuOp::RegisterVcpuInfo => {
             let reg: VcpuRegisterVcpuInfo = read(arg)?;
             let size = core::mem::size_of::<VcpuInfo>() as u64;
@@ -109,6 +148,134 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
     }
 }
 
+/// `VCPUOP_initialise(vcpu, struct vcpu_guest_context *)`: the starting state of a vCPU
+/// that is not running: registers, page tables (`ctrlreg[3]`), kernel stack, trap table,
+/// callbacks, GDT and segment bases, checked like the hypercalls that set each.
+fn initialise(vcpu: u32, arg: u64) -> Result {
+    let size = core::mem::size_of::<VcpuGuestContext>();
+    let mut raw = alloc::vec![0u8; size];
+    domain::with_current(|d| d.read_guest(arg, &mut raw))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)?;
+    let ctx = VcpuGuestContext::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+    if ctx.flags & VGCF_IN_KERNEL == 0 {
+        return Err(XenErrno::Einval); // starting in guest user mode is not offered
+    }
+    domain::with_current(|d| {
+        let dom = d.id;
+        let Some(v) = d.vcpu_by_id_mut(vcpu) else {
+            return Err(XenErrno::Enoent);
+        };
+        if v.online || v.initialised {
+            return Err(XenErrno::Eexist);
+        }
+        let l4 = Mfn(ctx.ctrlreg[3] >> 12);
+        let gdt_frames: heapless::Vec<u64, 16> = ctx
+            .gdt_frames
+            .iter()
+            .copied()
+            .take(descriptor::gdt_frame_count(ctx.gdt_ents as u32).map_err(|e| e.errno())?)
+            .collect();
+        let gdt = descriptor::validate_set_gdt(&gdt_frames, ctx.gdt_ents as u32)
+            .map_err(|e| e.errno())?;
+        let mut trap_table = bounce::TrapTable::new();
+        for t in ctx.trap_ctxt.iter().filter(|t| t.address != 0) {
+            trap_table
+                .set(core::slice::from_ref(t))
+                .map_err(|_| XenErrno::Einval)?;
+        }
+        for a in [
+            ctx.event_callback_eip,
+            ctx.failsafe_callback_eip,
+            ctx.syscall_callback_eip,
+            ctx.kernel_sp,
+        ] {
+            if a != 0 && !cpu::is_guest_base(a) {
+                return Err(XenErrno::Einval);
+            }
+        }
+        {
+            let mut guard = FRAME_TABLE.lock();
+            let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
+            let mut mem = tables();
+            ft.get_page_and_type(l4, dom, PageType::L4, &mut mem)
+                .map_err(|e| e.errno())?;
+            if let Err(e) = super::desc::take_gdt(ft, dom, &gdt) {
+                let _ = ft.put_page_and_type(l4, &mut mem);
+                return Err(e);
+            }
+        }
+        let r = &ctx.user_regs;
+        v.regs = crate::arch::x86_64::trap::TrapFrame {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rbp: r.rbp,
+            rdi: r.rdi,
+            rsi: r.rsi,
+            rdx: r.rdx,
+            rcx: r.rcx,
+            rbx: r.rbx,
+            rax: r.rax,
+            vector: 0,
+            error_code: 0,
+            rip: r.rip,
+            cs: FLAT_RING3_CS64 as u64,
+            rflags: (r.rflags | 0x200) & !0x3000,
+            rsp: r.rsp,
+            ss: FLAT_RING3_SS64 as u64,
+        };
+        v.kernel_l4 = l4;
+        v.pv = bounce::BounceState::new(ctx.kernel_sp);
+        v.pv.trap_table = trap_table;
+        v.pv.callbacks.event = ctx.event_callback_eip;
+        v.pv.callbacks.failsafe = ctx.failsafe_callback_eip;
+        v.pv.callbacks.failsafe_masks_events = ctx.flags & VGCF_FAILSAFE_DISABLES_EVENTS != 0;
+        v.pv.callbacks.syscall = ctx.syscall_callback_eip;
+        v.pv.callbacks.syscall_masks_events = ctx.flags & VGCF_SYSCALL_DISABLES_EVENTS != 0;
+        v.fs_base = if cpu::is_guest_base(ctx.fs_base) {
+            ctx.fs_base
+        } else {
+            0
+        };
+        v.saved_gs_base_active = if cpu::is_guest_base(ctx.gs_base_kernel) {
+            ctx.gs_base_kernel
+        } else {
+            0
+        };
+        v.saved_gs_base = if cpu::is_guest_base(ctx.gs_base_user) {
+            ctx.gs_base_user
+        } else {
+            0
+        };
+        v.gdt = gdt;
+        v.initialised = true;
+        if ctx.flags & VGCF_ONLINE != 0 {
+            v.online = true;
+        }
+        // The vCPU starts with its events masked, as vCPU 0 did.
+        let (f, base) = v.vcpu_info;
+        // SAFETY: the shared-info page (or a registered frame of the domain).
+        let shared = unsafe { crate::arch::x86_64::phys::SharedFrame::new(f) };
+        shared.write_u8(
+            base + core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask),
+            1,
+        );
+        Ok(0)
+    })
+    .ok_or(XenErrno::Esrch)?
+}
+
+fn tables() -> crate::arch::x86_64::paging::GuestTables {
+    // SAFETY: used only as the frame table's page-table memory.
+    unsafe { crate::arch::x86_64::paging::GuestTables::new() }
+}
+
 fn set_deadline(deadline: Option<u64>) -> Result {
     domain::with_current(|d| {
         d.vcpu.timer_deadline = deadline;
@@ -152,24 +319,6 @@ pub fn poll(arg: u64) -> Result {
         let ready = domain::with_current(|d| evtchn::poll_ready(&d.event_words(), &ports[..n]))
             .unwrap_or(true);
         if ready || (p.timeout != 0 && clock::now_ns() >= p.timeout) {
-            return Ok(0);
-        }
-        irq::enable_and_wait();
-        irq::disable();
-    }
-}
-
-/// `SCHEDOP_block`: unmask events and wait until one is pending (the tick keeps firing
-/// timers meanwhile).
-pub fn block() -> Result {
-    domain::with_current(|d| {
-        d.set_upcall_mask(0);
-        d.set_runstate(domain::RUNSTATE_BLOCKED);
-    })
-    .ok_or(XenErrno::Esrch)?;
-    loop {
-        if domain::with_current(|d| d.upcall_pending()).unwrap_or(true) {
-            domain::with_current(|d| d.set_runstate(domain::RUNSTATE_RUNNING));
             return Ok(0);
         }
         irq::enable_and_wait();

@@ -260,3 +260,47 @@ pub fn set_guest_fs_base(va: u64) -> bool {
     unsafe { super::msr::write(0xc000_0100, va) };
     true
 }
+
+/// A vCPU's x87/SSE state in the FXSAVE format (512 bytes, 16-byte aligned).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct FpuState(pub [u8; 512]);
+
+impl FpuState {
+    /// The state after `fninit` with SSE exceptions masked: FCW 0x037f, MXCSR 0x1f80.
+    pub fn initial() -> FpuState {
+        let mut s = [0u8; 512];
+        s[0..2].copy_from_slice(&0x037f_u16.to_le_bytes());
+        s[24..28].copy_from_slice(&0x1f80_u32.to_le_bytes());
+        FpuState(s)
+    }
+}
+
+impl core::fmt::Debug for FpuState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FpuState")
+    }
+}
+
+/// Saves the current x87/SSE registers into `state` (CR0.TS is cleared for the
+/// instruction and left clear: the caller sets it for the next vCPU).
+pub fn save_fpu(state: &mut FpuState) {
+    set_task_switched(false);
+    // SAFETY: `state` is a 512-byte, 16-byte-aligned buffer we borrow mutably; with
+    // CR0.TS clear and CR4.OSFXSR set (`enable_guest_fpu`), FXSAVE64 only writes it.
+    unsafe { core::arch::asm!("fxsave64 [{}]", in(reg) state.0.as_mut_ptr(), options(nostack)) }
+}
+
+/// Loads the x87/SSE registers from `state` (CR0.TS cleared, as for `save_fpu`).
+pub fn restore_fpu(state: &FpuState) {
+    set_task_switched(false);
+    // SAFETY: as in `save_fpu`; the buffer came from FXSAVE64 or `FpuState::initial`,
+    // whose reserved MXCSR bits are clear, so FXRSTOR64 cannot fault.
+    unsafe { core::arch::asm!("fxrstor64 [{}]", in(reg) state.0.as_ptr(), options(nostack)) }
+}
+
+/// The guest's FS base, as loaded.
+pub fn guest_fs_base() -> u64 {
+    // SAFETY: reading IA32_FS_BASE has no side effects.
+    unsafe { super::msr::read(0xc000_0100) }
+}
