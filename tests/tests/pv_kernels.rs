@@ -108,12 +108,22 @@ fn events() {
     let mut b = run_kernel("events", "");
     b.find(r"\(d0\) pv-test events: VIRQ_TIMER bound to port [1-9]\d*");
     b.find(r"\(d0\) pv-test events: single-shot: block returned 0 after \d+ us, 1 upcall\(s\)");
-    b.find(r"\(d0\) pv-test events: time: \d+ reads over 60 ms, [1-9]\d* updates seen, \d+ retries, 0 backwards");
+    // Ferrovisor republishes the time record with every timer event; Xen about once a
+    // second (the kernel then waits for it and prints how long it took).
+    let updates = if b.on_xen() { r"\d+" } else { r"[1-9]\d*" };
+    b.find(&format!(
+        r"\(d0\) pv-test events: time: \d+ reads over 60 ms, {updates} updates seen, \d+ retries, 0 backwards"
+    ));
     b.find(r"\(d0\) pv-test events: periodic 10 ms: \d+ upcalls");
     b.find(r"\(d0\) pv-test events: EVTCHNOP_status port \d+: status 4, vcpu 0, virq 0");
     b.find(r"\(d0\) pv-test events: send to closed port \d+: -22");
     b.find(r"\(d0\) pv-test events: VIRQ_TIMER bound again: Err\(-17\)");
-    b.find(r"\(d0\) pv-test events: EVTCHNOP_init_control: -38");
+    // Ferrovisor does not offer the FIFO ABI (-ENOSYS); Xen does, and refuses the
+    // kernel's deliberately bogus control block (-EINVAL).
+    let init_control = if b.on_xen() { "-22" } else { "-38" };
+    b.find(&format!(
+        r"\(d0\) pv-test events: EVTCHNOP_init_control: {init_control}"
+    ));
     b.find(r"\(d0\) pv-test events: runstate area at 0x[0-9a-f]+: register returned 0, state 0");
     b.find(r"\(d0\) pv-test events: VCPUOP_register_vcpu_info\(mfn 0x[0-9a-f]+, offset 64\) returned 0");
 
@@ -162,4 +172,39 @@ fn gdt() {
     b.find(r"\(d0\) pv-test gdt: set_gdt loaded 3 entries");
     b.find(r"\(d0\) pv-test gdt: loaded selector 0x13 from the guest GDT");
     b.find(r"\(d0\) pv-test gdt: update_descriptor accepted a segment and refused a TSS");
+}
+
+#[test]
+#[ignore = "needs secondary vCPUs (VCPUOP_initialise/up): in progress"]
+fn smp() {
+    /// dom0 with two vCPUs, as Xen takes it.
+    const SMP_HYPERVISOR_CMDLINE: &str =
+        "dom0_mem=32M dom0_max_vcpus=2 console=com1 loglvl=info debug_exit=0xf4";
+
+    // `run_kernel`'s checks, with the two-vCPU command line.
+    let mut b = boot_test_kernel("smp", SMP_HYPERVISOR_CMDLINE, "");
+    let verdict = format!(r"\(d0\) {} smp: (PASS|FAIL: .*)", contract::VERDICT_PREFIX);
+    let matched = b.expect(&verdict);
+    if matched.group(1) != "PASS" {
+        b.fail(&format!("test kernel smp failed: {}", matched.text));
+    }
+    b.expect_dom0_poweroff();
+    b.assert_absent("FAIL");
+    b.assert_absent("PANIC");
+    b.assert_absent("FATAL");
+    b.assert_dom0_not_crashed();
+
+    b.find(r"\(d0\) pv-test smp: VCPUOP_is_up: vCPU 0 1, vCPU 1 0, vCPU 2 -2");
+    b.find(r"\(d0\) pv-test smp: VCPUOP_up\(1\) before VCPUOP_initialise: -22");
+    b.find(r"\(d0\) pv-test smp: VCPUOP_initialise\(1\): 0, again: -17; is_up 0");
+    b.find(r"\(d0\) pv-test smp: VCPUOP_up\(1\): 0, is_up 1");
+    b.find(r"\(d0\) pv-test smp: vCPU 1 up: rdi 1, rsi 0x53507631c0de0001, .*MXCSR 0x1f80, xmm zero; .*int3 handled");
+    b.find(r"\(d0\) pv-test smp: vCPU 0: 200 yields, vCPU 1 progressed across [1-9]\d* of them; xmm, MXCSR 0x7f80 and gs/fs bases intact");
+    b.find(r"\(d0\) pv-test smp: vCPU 1: 200 yields, .*xmm, MXCSR 0x5f80 and gs/fs bases intact");
+    b.find(r"\(d0\) pv-test smp: IPI port \d+ bound to vCPU 1: 1 upcall hit\(s\) on vCPU 1, 0 on vCPU 0; vCPU 1's SCHEDOP_block returned 0");
+    b.find(r"\(d0\) pv-test smp: vCPU 1 spun 50 ms without hypercalls: vCPU 0 ran [1-9]\d* time\(s\) meanwhile");
+    b.find(r"\(d0\) pv-test smp: vCPU 1 is down: is_up 0");
+    b.find(
+        r"\(d0\) pv-test smp: VCPUOP_up\(1\) again: vCPU 1's VCPUOP_down returned 0; down again",
+    );
 }

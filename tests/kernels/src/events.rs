@@ -219,14 +219,28 @@ pub fn unmask_events() {
 /// Forgets a stale event on `port`: its pending bit, and the selector and upcall flag if
 /// nothing else is pending. Only with events masked.
 pub fn discard(port: u32) {
+    // Clear the vCPU's flags first, then the port: an event that arrives in between is
+    // either discarded with the port or raises the flags again itself. Checking first and
+    // clearing after would race with delivery (an event landing between the two would be
+    // left pending with its selector cleared, and the 2-level rules then never raise an
+    // upcall for that port again).
+    pending_sel().store(0, Ordering::SeqCst);
+    upcall_pending_byte().store(0, Ordering::SeqCst);
     clear_pending(port);
-    // SAFETY: shared_info is mapped; read-only access to the pending words.
-    let any = (0..64).any(|w| unsafe {
-        AtomicU64::from_ptr(&raw mut (*shared()).evtchn_pending[w]).load(Ordering::SeqCst) != 0
-    });
-    if !any {
-        pending_sel().store(0, Ordering::SeqCst);
-        upcall_pending_byte().store(0, Ordering::SeqCst);
+    // Anything else still pending and unmasked gets its selector bit and the upcall flag
+    // back, as the hypervisor would have set them.
+    for w in 0..64 {
+        // SAFETY: shared_info is mapped; atomic reads of the pending and mask words.
+        let (pending, mask) = unsafe {
+            (
+                AtomicU64::from_ptr(&raw mut (*shared()).evtchn_pending[w]).load(Ordering::SeqCst),
+                AtomicU64::from_ptr(&raw mut (*shared()).evtchn_mask[w]).load(Ordering::SeqCst),
+            )
+        };
+        if pending & !mask != 0 {
+            pending_sel().fetch_or(1 << w, Ordering::SeqCst);
+            upcall_pending_byte().store(1, Ordering::SeqCst);
+        }
     }
 }
 

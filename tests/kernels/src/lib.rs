@@ -35,6 +35,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod region;
 pub mod shared_info;
+pub mod smp;
 #[cfg(target_os = "none")]
 mod start;
 pub mod time;

@@ -9,7 +9,9 @@
 //! entry is unchanged).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
-use ferrovisor_abi::xen::xen::{StartInfo, VmAssistCmd, VmAssistType};
+use ferrovisor_abi::xen::xen::{
+    MmuextCmd, MmuextOp, StartInfo, VmAssistCmd, VmAssistType, DOMID_SELF,
+};
 use pvrt::{
     region::{self, PTE_RW},
     traps::{self, pfec},
@@ -41,6 +43,23 @@ fn l1_entry_va(si: &StartInfo, va: u64) -> Result<u64, &'static str> {
         table = VIRT_BASE + pfn * 4096;
     }
     Ok(table + ((va >> 12) & 0x1ff) * 8)
+}
+
+/// `MMUEXT_INVLPG_LOCAL`: drops this CPU's translation of `va`.
+fn invlpg(va: u64) -> Result<(), &'static str> {
+    let op = [MmuextOp {
+        cmd: MmuextCmd::InvlpgLocal.raw(),
+        _cpad0: 0,
+        arg1: va,
+        arg2: 0,
+    }];
+    // SAFETY: a TLB flush of one address; no memory is named.
+    let rc = unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err("MMUEXT_INVLPG_LOCAL failed")
+    }
 }
 
 fn read(addr: u64) -> u64 {
@@ -107,6 +126,9 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     // SAFETY: with the assist on, the faulting write is emulated (or bounced as #PF).
     unsafe { traps::probe_write(pte, to_b) }
         .map_err(|_| "the mov to the entry was not emulated")?;
+    // As on hardware, the guest flushes the stale translation itself after changing an
+    // entry (Xen does not flush for it; Ferrovisor does, which is allowed).
+    invlpg(a.va)?;
     // The hypervisor may adjust flag bits (Ferrovisor forces _PAGE_USER, as Xen does for
     // 64-bit PV): the frame is what must have changed.
     pvrt::ensure!(
@@ -131,6 +153,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     unsafe {
         core::arch::asm!("xchg [{p}], {v}", p = in(reg) pte, v = inout(reg) value, options(nostack));
     }
+    invlpg(a.va)?;
     pvrt::ensure!(
         (value & ADDR_MASK) == b.maddr(),
         "xchg returned {:#x}, expected B's entry",
