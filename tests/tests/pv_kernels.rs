@@ -175,7 +175,6 @@ fn gdt() {
 }
 
 #[test]
-#[ignore = "needs secondary vCPUs (VCPUOP_initialise/up): in progress"]
 fn smp() {
     /// dom0 with two vCPUs, as Xen takes it.
     const SMP_HYPERVISOR_CMDLINE: &str =

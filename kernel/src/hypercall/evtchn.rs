@@ -85,9 +85,8 @@ fn one(d: &mut Domain, op: EvtchnOp, arg: u64) -> Result {
         EvtchnOp::Send => {
             let s: EvtchnSend = read(d, arg)?;
             match d.evtchn.send(s.port)? {
-                SendTarget::Local { vcpu, port } => {
-                    let _ = evtchn::set_pending(&d.event_words(), port, vcpu);
-                }
+                // A blocked target vCPU becomes runnable.
+                SendTarget::Local { vcpu, port } => d.notify(port, vcpu),
                 SendTarget::Remote { .. } | SendTarget::Dropped => {}
             }
         }
@@ -98,6 +97,7 @@ fn one(d: &mut Domain, op: EvtchnOp, arg: u64) -> Result {
             }
             let vcpu = d.evtchn.notify_vcpu(u.port).unwrap_or(0);
             let _ = evtchn::unmask(&d.event_words(), u.port, vcpu);
+            d.wake_if_pending(vcpu);
         }
         EvtchnOp::Status => {
             let req: EvtchnStatus = read(d, arg)?;
