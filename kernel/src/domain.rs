@@ -97,6 +97,8 @@ pub struct Vcpu {
     pub saved_gs_base: u64,
     /// The guest's virtual CR0.TS (`fpu_taskswitch`).
     pub fpu_ts: bool,
+    /// The guest's virtual CR2: the address of the last page fault delivered to it.
+    pub cr2: u64,
     /// The version of the last `vcpu_time_info` published (even when complete).
     pub time_version: u32,
     /// Where its `vcpu_info` is: in the shared-info page, or where the guest moved it
@@ -217,6 +219,7 @@ impl Vcpu {
             user_l4: None,
             saved_gs_base: 0,
             fpu_ts: false,
+            cr2: 0,
             time_version: 0,
             vcpu_info: (shared_info, id as usize * core::mem::size_of::<VcpuInfo>()),
             timer_deadline: None,

@@ -178,6 +178,7 @@ pub fn deliver(
             }
             if let Some(cr2) = b.cr2 {
                 d.set_cr2(cr2);
+                d.vcpu.cr2 = cr2;
             }
             d.set_upcall_mask(b.upcall_mask);
         }
@@ -341,6 +342,25 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
             d.vcpu.fpu_ts = false;
             cpu::set_task_switched(false);
         }
+        (GP, InsnKind::MovFromCr { cr, reg }) => {
+            let Some(value) = guest_cr(d, cr) else {
+                return false;
+            };
+            let mut regs = to_regs(frame);
+            match emulate::gpr_mut(&mut regs, reg) {
+                Some(r) => *r = value,
+                None => return false,
+            }
+            apply_regs(&regs, frame);
+        }
+        (GP, InsnKind::MovToCr { cr, reg }) => {
+            let Some(value) = emulate::gpr(&to_regs(frame), reg) else {
+                return false;
+            };
+            if !set_guest_cr(d, cr, value) {
+                return false;
+            }
+        }
         (GP, InsnKind::Rdmsr) => match msr::read(frame.rcx as u32, &msr_context(d)) {
             Ok(v) => {
                 frame.rax = v & 0xffff_ffff;
@@ -365,6 +385,48 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
     }
     frame.rip = frame.rip.wrapping_add(insn.len as u64);
     true
+}
+
+/// The guest's view of a control register (Xen's PV rules): CR0 with its own TS, its
+/// last page-fault address, its current page-table root, the CR4 bits it may rely on.
+fn guest_cr(d: &Domain, cr: u8) -> Option<u64> {
+    const CR0_TS: u64 = 1 << 3;
+    const CR4_GUEST: u64 = (1 << 5) | (1 << 9) | (1 << 10); // PAE, OSFXSR, OSXMMEXCPT
+    match cr {
+        0 => Some((cpu::read_cr0() & !CR0_TS) | if d.vcpu.fpu_ts { CR0_TS } else { 0 }),
+        2 => Some(d.vcpu.cr2),
+        3 => {
+            let l4 = if d.vcpu.pv.in_kernel {
+                Some(d.vcpu.kernel_l4)
+            } else {
+                d.vcpu.user_l4
+            };
+            Some(l4.map_or(0, |m| m.addr()))
+        }
+        4 => Some(CR4_GUEST),
+        _ => None,
+    }
+}
+
+/// A guest write to a control register: CR0 may only change TS, CR3 loads a new root
+/// (as `MMUEXT_NEW_BASEPTR`), CR4 writes are ignored (the guest cannot change paging
+/// modes); anything else is refused (#GP).
+fn set_guest_cr(d: &mut Domain, cr: u8, value: u64) -> bool {
+    const CR0_TS: u64 = 1 << 3;
+    match cr {
+        0 => {
+            let current = guest_cr(d, 0).unwrap_or(0);
+            if (value ^ current) & !CR0_TS != 0 {
+                return false;
+            }
+            d.vcpu.fpu_ts = value & CR0_TS != 0;
+            cpu::set_task_switched(d.vcpu.fpu_ts);
+            true
+        }
+        3 => crate::hypercall::mmu::new_baseptr(d, Mfn::containing(value)).is_ok(),
+        4 => true,
+        _ => false,
+    }
 }
 
 fn msr_context(d: &Domain) -> MsrContext {

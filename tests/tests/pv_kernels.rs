@@ -207,3 +207,12 @@ fn smp() {
         r"\(d0\) pv-test smp: VCPUOP_up\(1\) again: vCPU 1's VCPUOP_down returned 0; down again",
     );
 }
+
+#[test]
+fn privops() {
+    let mut b = run_kernel("privops", "");
+    b.find(r"\(d0\) pv-test privops: cr0 0x[0-9a-f]+, cr3 0x[0-9a-f]+ \(its L4\)");
+    b.find(r"\(d0\) pv-test privops: CR0.TS toggled; clearing CR0.WP refused with #GP");
+    b.find(r"\(d0\) pv-test privops: copy and clear page work; clearing its L4 refused");
+    b.find(r"\(d0\) pv-test privops: empty LDT set");
+}

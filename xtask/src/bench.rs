@@ -12,6 +12,11 @@
 //! QEMU runs with TCG, so every figure is an emulation figure: comparable between two
 //! hypervisors under the same emulator on the same host, not what either does on hardware.
 //! A benchmark is never part of `cargo xtask test`.
+//!
+//! dom0 gets two vCPUs on both hypervisors (`dom0_max_vcpus=2`) for the context switch
+//! figure, and both hypervisors schedule them on one physical CPU: Ferrovisor runs on one,
+//! and Xen is told `maxcpus=1`, since with the QEMU machine's second CPU its two vCPUs
+//! would run side by side and a yield would switch nothing.
 
 use std::{
     collections::BTreeMap,
@@ -28,14 +33,23 @@ use crate::{
     deps,
     iso::{self, BootEntry, BootModule},
     qemu::{self, ExitOutcome, QemuConfig},
+    xen,
 };
 
 /// The benchmark kernel's name (`tests/kernels/src/bin/bench.rs`).
 pub const KERNEL: &str = "bench";
 
 /// The hypervisor command line: the QEMU tests' (dom0 small, `debug_exit` so that dom0's
-/// poweroff ends QEMU).
-pub const HYPERVISOR_CMDLINE: &str = "dom0_mem=32M console=com1 loglvl=info debug_exit=0xf4";
+/// poweroff ends QEMU), with dom0's second vCPU for the context switch.
+pub const HYPERVISOR_CMDLINE: &str =
+    "dom0_mem=32M dom0_max_vcpus=2 console=com1 loglvl=info debug_exit=0xf4";
+
+/// What the bench adds to Xen's test command line ([`xen::CMDLINE`]): dom0's second vCPU,
+/// and one physical CPU, as Ferrovisor has, so that the two vCPUs share it.
+pub const XEN_EXTRA_CMDLINE: &str = "dom0_max_vcpus=2 maxcpus=1";
+
+/// How long the machine must stay silent after Xen's halt line before QEMU is stopped.
+const XEN_HALT_QUIET: Duration = Duration::from_secs(2);
 
 /// One boot, from QEMU's start to its exit.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -275,20 +289,20 @@ pub fn table(ferrovisor: &Figures, xen: Option<&Figures>) -> String {
     out
 }
 
-/// Whether xtask can boot a test kernel on Xen 4.17 yet; the reason when not.
-fn xen_support() -> Result<(), &'static str> {
-    Err("Xen support not available yet")
+/// Xen's command line for the bench: [`xen::CMDLINE`] and [`XEN_EXTRA_CMDLINE`].
+pub fn xen_cmdline() -> String {
+    format!("{} {XEN_EXTRA_CMDLINE}", xen::CMDLINE)
 }
 
 /// `cargo xtask bench`.
 pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    if args.against_xen {
-        if let Err(reason) = xen_support() {
-            eprintln!("--against-xen: {reason}");
-            return Ok(ExitCode::FAILURE);
-        }
-    }
     deps::ensure()?;
+    // Fetched first: a machine that cannot get Xen fails before any boot.
+    let xen_image = if args.against_xen {
+        Some(xen::image()?)
+    } else {
+        None
+    };
     let artifacts = build::build(Profile::Release)?;
     let kernels = build::test_kernels(Profile::Release)?;
     let kernel = kernels
@@ -296,18 +310,33 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("no test kernel {KERNEL:?} was built"))?
         .clone();
 
-    let mut entry = BootEntry::new(&artifacts);
-    entry.hypervisor_cmdline = HYPERVISOR_CMDLINE.to_owned();
-    entry.modules = vec![BootModule {
+    let module = BootModule {
         source: kernel,
         iso_name: format!("{KERNEL}.elf"),
         cmdline: String::new(),
-    }];
+    };
+    let mut entry = BootEntry::new(&artifacts);
+    entry.hypervisor_cmdline = HYPERVISOR_CMDLINE.to_owned();
+    entry.modules = vec![module.clone()];
     let iso = iso::make_iso(&entry, &build::output_dir().join("bench.iso"))?;
+    let xen_iso = match xen_image {
+        Some(image) => {
+            let mut entry = BootEntry::xen(image);
+            entry.hypervisor_cmdline = xen_cmdline();
+            entry.modules = vec![module];
+            Some(iso::make_iso(
+                &entry,
+                &build::output_dir().join("bench-xen.iso"),
+            )?)
+        }
+        None => None,
+    };
 
     let ferrovisor = boots(Hypervisor::Ferrovisor, &iso, args.runs)?;
-    // `xen_support` refused --against-xen above while xtask cannot boot Xen.
-    let xen: Option<Figures> = None;
+    let xen = match &xen_iso {
+        Some(iso) => Some(boots(Hypervisor::Xen, iso, args.runs)?),
+        None => None,
+    };
 
     println!();
     print!("{}", table(&ferrovisor, xen.as_ref()));
@@ -333,14 +362,18 @@ fn boots(hv: Hypervisor, iso: &std::path::Path, runs: u32) -> anyhow::Result<Fig
     Ok(combine(&all))
 }
 
-/// One boot: times QEMU's start to the kernel's first line, waits for its verdict and
-/// QEMU's clean exit, and parses the figures.
+/// One boot: times QEMU's start to the kernel's first line, waits for its verdict and the
+/// machine's end (Ferrovisor: QEMU's clean exit; Xen: its halt line, then QEMU is
+/// stopped), and parses the figures.
 fn boot_once(hv: Hypervisor, iso: PathBuf, run: u32) -> anyhow::Result<Figures> {
     let mut cfg = QemuConfig::new(iso);
     let tag = match hv {
         Hypervisor::Ferrovisor => "ferrovisor",
         Hypervisor::Xen => "xen",
     };
+    if hv == Hypervisor::Xen {
+        cfg.extra_args = xen::QEMU_ARGS.iter().map(|&a| a.to_owned()).collect();
+    }
     cfg.log_name = Some(format!("bench-{tag}-{run}"));
     let spawned = Instant::now();
     let mut session = qemu::spawn(&cfg)?;
@@ -361,14 +394,32 @@ fn boot_once(hv: Hypervisor, iso: PathBuf, run: u32) -> anyhow::Result<Figures> 
             session.report()
         );
     }
-    if hv == Hypervisor::Ferrovisor {
-        let outcome = session.wait_exit(Duration::from_secs(60))?;
-        if outcome != ExitOutcome::HaltedCleanly {
-            bail!(
-                "QEMU ended with \"{}\" after the bench kernel passed\n{}",
-                outcome.describe(),
-                session.report()
-            );
+    match hv {
+        Hypervisor::Ferrovisor => {
+            let outcome = session.wait_exit(Duration::from_secs(60))?;
+            if outcome != ExitOutcome::HaltedCleanly {
+                bail!(
+                    "QEMU ended with \"{}\" after the bench kernel passed\n{}",
+                    outcome.describe(),
+                    session.report()
+                );
+            }
+        }
+        Hypervisor::Xen => {
+            // Xen halts its CPUs on dom0's poweroff without ending QEMU.
+            let halted = Regex::new(&format!(
+                r"(?m)^\(XEN\) {}",
+                regex::escape(xen::DOM0_POWEROFF_LINE)
+            ))?;
+            session.expect(&halted, Duration::from_secs(60))?;
+            if let Ok(outcome) = session.wait_exit(XEN_HALT_QUIET) {
+                bail!(
+                    "Xen halted the machine, then QEMU exited: {}\n{}",
+                    outcome.describe(),
+                    session.report()
+                );
+            }
+            session.kill();
         }
     }
     let mut figures = parse_figures(&session.stripped_output());
@@ -396,6 +447,14 @@ mod tests {
 bench: page_fault_bounce median 5000.2 ns (10000 samples)
 (d0) pv-test bench: PASS
 ";
+
+    #[test]
+    fn both_hypervisors_give_dom0_two_vcpus() {
+        assert!(HYPERVISOR_CMDLINE.contains("dom0_max_vcpus=2"));
+        let x = xen_cmdline();
+        assert!(x.starts_with(xen::CMDLINE), "{x}");
+        assert!(x.ends_with(" dom0_max_vcpus=2 maxcpus=1"), "{x}");
+    }
 
     #[test]
     fn parses_the_kernel_lines() {

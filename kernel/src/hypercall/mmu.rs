@@ -6,8 +6,10 @@
 use ferrovisor::mm::{
     frame_table::{FrameTable, MmError, Owner, UpdateOutcome},
     page_type::Level,
+    page_type::PageType,
     Mfn, PAGE_SIZE,
 };
+use ferrovisor::pv::descriptor;
 use ferrovisor_abi::{
     errno::XenErrno,
     xen::xen::{
@@ -19,7 +21,10 @@ use zerocopy::FromBytes;
 
 use super::Result;
 use crate::{
-    arch::x86_64::paging::{self as hw_paging, GuestTables},
+    arch::x86_64::{
+        paging::{self as hw_paging, GuestTables},
+        phys::DomainPages,
+    },
     domain::{self, Domain, FRAME_TABLE},
     memory,
 };
@@ -30,6 +35,12 @@ const MAX_BATCH: u64 = 512;
 
 fn mm_errno(e: MmError) -> XenErrno {
     e.errno()
+}
+
+fn pages() -> DomainPages {
+    // SAFETY: used only on frames just typed `Writable` (or referenced, for a copy's
+    // source) for the calling domain by the frame table.
+    unsafe { DomainPages::new() }
 }
 
 fn tables() -> GuestTables {
@@ -171,22 +182,7 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
     }
     match cmd {
         MmuextCmd::UnpinTable => with_ft(|ft| ft.unpin(mfn, d.id, &mut tables()).map_err(mm_errno)),
-        MmuextCmd::NewBaseptr => {
-            with_ft(|ft| {
-                let mut mem = tables();
-                ft.get_page_and_type(mfn, d.id, Level::L4.page_type(), &mut mem)
-                    .map_err(mm_errno)?;
-                let old = d.vcpu.kernel_l4;
-                // The old root's references go only after the new one's are held.
-                let _ = ft.put_page_and_type(old, &mut mem);
-                Ok(())
-            })?;
-            d.vcpu.kernel_l4 = mfn;
-            // SAFETY: the new L4 is a validated L4 of this domain (just typed above), so
-            // its hypervisor slots map the hypervisor.
-            unsafe { hw_paging::activate(mfn) };
-            Ok(())
-        }
+        MmuextCmd::NewBaseptr => new_baseptr(d, mfn),
         MmuextCmd::NewUserBaseptr => {
             // A zero frame means "no user page tables".
             let new = (op.arg1 != 0).then_some(mfn);
@@ -214,10 +210,63 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
             Ok(())
         }
         MmuextCmd::FlushCache | MmuextCmd::FlushCacheGlobal => Ok(()),
+        // `highmem_assist`: whole-page clear and copy of the domain's ordinary pages.
+        MmuextCmd::ClearPage => with_ft(|ft| {
+            let mut mem = tables();
+            ft.get_page_and_type(mfn, d.id, PageType::Writable, &mut mem)
+                .map_err(mm_errno)?;
+            pages().zero(mfn);
+            let _ = ft.put_page_and_type(mfn, &mut mem);
+            Ok(())
+        }),
+        MmuextCmd::CopyPage => with_ft(|ft| {
+            let src = Mfn(op.src_mfn());
+            let mut mem = tables();
+            ft.get_page(src, d.id).map_err(mm_errno)?;
+            if let Err(e) = ft.get_page_and_type(mfn, d.id, PageType::Writable, &mut mem) {
+                let _ = ft.put_page(src);
+                return Err(mm_errno(e));
+            }
+            pages().copy(mfn, src);
+            let _ = ft.put_page_and_type(mfn, &mut mem);
+            let _ = ft.put_page(src);
+            Ok(())
+        }),
+        // An empty LDT (what Linux sets) is accepted; loading a real LDT is not offered yet.
+        MmuextCmd::SetLdt => {
+            let ldt =
+                descriptor::validate_set_ldt(op.arg1, op.arg2 as u32).map_err(|e| e.errno())?;
+            if ldt.entries() == 0 {
+                Ok(())
+            } else {
+                Err(XenErrno::Enosys)
+            }
+        }
         // LDTs, user base pointers, page clear/copy and superpage marks come with the rest
         // of the PV MMU.
         _ => Err(XenErrno::Enosys),
     }
+}
+
+/// Makes `mfn` the running vCPU's kernel page-table root (`MMUEXT_NEW_BASEPTR`, or a
+/// guest `mov %reg, %cr3`).
+pub fn new_baseptr(d: &mut Domain, mfn: Mfn) -> core::result::Result<(), XenErrno> {
+    with_ft(|ft| {
+        let mut mem = tables();
+        ft.get_page_and_type(mfn, d.id, Level::L4.page_type(), &mut mem)
+            .map_err(mm_errno)?;
+        let old = d.vcpu.kernel_l4;
+        // The old root's references go only after the new one's are held.
+        let _ = ft.put_page_and_type(old, &mut mem);
+        Ok(())
+    })?;
+    d.vcpu.kernel_l4 = mfn;
+    if d.vcpu.pv.in_kernel {
+        // SAFETY: the new L4 is a validated L4 of this domain (just typed above), so its
+        // hypervisor slots map the hypervisor.
+        unsafe { hw_paging::activate(mfn) };
+    }
+    Ok(())
 }
 
 /// `update_va_mapping(va, val, flags)`: replaces the L1 entry mapping `va` in the current

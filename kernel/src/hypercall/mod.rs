@@ -21,7 +21,7 @@ use crate::{arch::x86_64::trap::TrapFrame, domain, sched};
 mod desc;
 mod evtchn;
 mod memory;
-mod mmu;
+pub mod mmu;
 mod traps;
 mod vcpu;
 

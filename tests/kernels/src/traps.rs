@@ -552,6 +552,30 @@ pub unsafe fn probe_wrmsr(msr: u32, value: u64) -> Result<(), Fault> {
     probe_end().map_or(Ok(()), Err)
 }
 
+/// Runs `mov %reg, %cr0` with `value`, catching the #GP. Needs [`install`].
+///
+/// # Safety
+/// A write the hypervisor accepts changes the vCPU's CR0 (its TS bit).
+pub unsafe fn probe_mov_to_cr0(value: u64) -> Result<(), Fault> {
+    probe_begin();
+    // SAFETY: the caller's contract; a #GP resumes at label 2.
+    #[cfg(target_os = "none")]
+    unsafe {
+        core::arch::asm!(
+            "lea {tmp}, [rip + 2f]",
+            "mov [rip + PVRT_PROBE_RSP], rsp",
+            "mov [rip + PVRT_PROBE_RESUME], {tmp}",
+            "mov cr0, {v}",
+            "2:",
+            tmp = out(reg) _,
+            v = in(reg) value,
+        );
+    }
+    #[cfg(not(target_os = "none"))]
+    host_only::<_, ()>(value);
+    probe_end().map_or(Ok(()), Err)
+}
+
 /// CPUID through Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`,
 /// `XEN_EMULATE_PREFIX`): the hypervisor's view of `leaf`/`subleaf` as `[eax, ebx, ecx,
 /// edx]`, or the #UD when it does not emulate it. Needs [`install`].

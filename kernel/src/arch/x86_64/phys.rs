@@ -159,3 +159,35 @@ impl SharedFrame {
         a.swap(value, core::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// Whole-frame operations on a domain's ordinary pages (`MMUEXT_CLEAR_PAGE`,
+/// `MMUEXT_COPY_PAGE`).
+pub struct DomainPages(());
+
+impl DomainPages {
+    /// # Safety
+    /// Only used on frames the frame table has just typed `Writable` (or referenced, for a
+    /// copy's source) for the calling domain: RAM, never a page table or hypervisor frame.
+    pub unsafe fn new() -> DomainPages {
+        DomainPages(())
+    }
+
+    pub fn zero(&mut self, mfn: ferrovisor::mm::Mfn) {
+        // SAFETY: `new`'s contract: a direct-mapped RAM frame of the domain, writable for it.
+        unsafe { zero(mfn.addr(), 4096) }
+    }
+
+    pub fn copy(&mut self, dst: ferrovisor::mm::Mfn, src: ferrovisor::mm::Mfn) {
+        if dst == src {
+            return;
+        }
+        // SAFETY: `new`'s contract for both frames; distinct frames do not overlap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                phys_to_virt(src.addr()) as *const u8,
+                phys_to_virt(dst.addr()) as *mut u8,
+                4096,
+            )
+        }
+    }
+}

@@ -9,8 +9,15 @@
 //! * `mmu_update_batch64`: one `mmu_update` of 64 L1-entry updates, alternately unmapping
 //!   and remapping one scratch page of the bootstrap region (so every pair drops and takes
 //!   the page's writable type), and `mmu_update_per_entry`, that median over 64;
-//! * `context_switch`: only with a second vCPU, which this kernel looks for with
-//!   `VCPUOP_is_up(1)`; with one vCPU it says `n/a` and why, never a number;
+//! * `context_switch`: only with a second vCPU (dom0 booted with `dom0_max_vcpus=2`, both
+//!   vCPUs on one physical CPU). The kernel starts vCPU 1 as the `smp` kernel does
+//!   (`VCPUOP_initialise` with [`pvrt::smp::kernel_context`], then `VCPUOP_up`), and both
+//!   vCPUs yield in turn with `SCHEDOP_yield`. Before each yield a vCPU stores its TSC and
+//!   its id in one shared word; on return from its own yield a vCPU that finds the *other*
+//!   vCPU's stamp there has just been switched to, and the sample is its TSC minus that
+//!   stamp: from one vCPU's yield to the other running (the hypercall, the scheduler, the
+//!   switch of every register and the return). A yield that comes back to the same vCPU is
+//!   no sample. Without a vCPU 1 that can be started it says `n/a` and why, never a number;
 //! * `timer_overhead`: two back-to-back TSC reads, which every sample above includes (it is
 //!   not subtracted).
 //!
@@ -24,16 +31,18 @@
 
 use core::{
     cell::UnsafeCell,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
 use ferrovisor_abi::xen::{
-    vcpu::VcpuOp,
     version::XenVersionOp,
     xen::{MmuUpdate, MmuUpdateCmd, StartInfo, DOMID_SELF},
 };
 use pvrt::{
+    layout,
     region::{self, ScratchPage},
+    smp::{self, Start},
+    time::{self, NS_PER_MS},
     traps::{self, vector, Trap},
 };
 
@@ -93,7 +102,7 @@ fn bench_main(si: &StartInfo) -> Result<(), &'static str> {
         BATCH as u64,
     );
 
-    context_switch();
+    context_switch(si, &scale, &mut samples[..]);
     Ok(())
 }
 
@@ -345,25 +354,221 @@ fn l1_entry(si: &StartInfo, va: u64) -> Option<(u64, u64)> {
     Some((maddr, entry(table, index)))
 }
 
-/// A context switch between two vCPUs needs a second one: `VCPUOP_is_up(1)` says whether
-/// the domain has it. Without one the figure is `n/a`; bringing a second vCPU up
-/// (`VCPUOP_initialise` with a full `vcpu_guest_context`) is not something this kernel does
-/// yet, so a domain whose vCPU 1 exists but is down gets `n/a` too, with that reason.
-fn context_switch() {
-    // SAFETY: `VCPUOP_is_up` takes no argument structure (NULL) and changes nothing.
-    let ret = unsafe { pvrt::vcpu_op(VcpuOp::IsUp, 1, core::ptr::null_mut()) };
-    match ret {
-        r if r < 0 => {
-            pvrt::println!("bench: context_switch n/a (one vCPU: VCPUOP_is_up(1) returned {r})")
+// --- The context switch: a yield ping-pong between vCPU 0 and vCPU 1. ----------------
+
+/// The secondary vCPU.
+const VCPU1: u32 = 1;
+/// vCPU 1's stack, in scratch pages.
+const STACK1_PAGES: u64 = 4;
+/// Samples each vCPU takes (both together: [`SAMPLES`]).
+const SWITCHES_PER_VCPU: usize = SAMPLES / 2;
+/// How long (system time) vCPU 0 waits for vCPU 1 to start, and for the ping-pong.
+const START_WAIT_MS: u64 = 5_000;
+const PING_PONG_MS: u64 = 60_000;
+
+/// The last stamp before a yield: the TSC with bit 0 replaced by the yielding vCPU's id.
+static LAST_YIELD: AtomicU64 = AtomicU64::new(0);
+/// vCPU 1 reached its entry; vCPU 0 lets it start, and stops it; vCPU 1 is done (its
+/// samples and count final).
+static ENTERED1: AtomicBool = AtomicBool::new(false);
+static GO: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+static DONE1: AtomicBool = AtomicBool::new(false);
+/// vCPU 1's samples (TSC ticks) and how many it took.
+static SAMPLES1: [AtomicU64; SWITCHES_PER_VCPU] = [const { AtomicU64::new(0) }; SWITCHES_PER_VCPU];
+static COUNT1: AtomicUsize = AtomicUsize::new(0);
+
+/// Stamps `LAST_YIELD` for vCPU `me`, yields, and returns the sample when the yield
+/// switched: the TSC now minus the other vCPU's stamp, if the other vCPU stamped last
+/// (and before now: with both on one physical CPU it always is).
+#[inline(always)]
+fn yield_once(me: u64) -> Option<u64> {
+    LAST_YIELD.store((rdtsc() & !1) | me, Ordering::SeqCst);
+    let _ = pvrt::sched_yield();
+    let now = rdtsc();
+    let last = LAST_YIELD.load(Ordering::SeqCst);
+    let stamp = last & !1;
+    (last & 1 != me && stamp <= now).then(|| now - stamp)
+}
+
+/// The context switch figure, or `n/a` and why: starts vCPU 1, runs the ping-pong until
+/// each vCPU has [`SWITCHES_PER_VCPU`] samples (after [`WARMUP`] switches each), and
+/// prints the median of both vCPUs' samples.
+fn context_switch(si: &StartInfo, scale: &TscScale, samples: &mut [u64]) {
+    if let Err(reason) = start_vcpu1(si) {
+        pvrt::println!("bench: context_switch n/a ({reason})");
+        return;
+    }
+    let deadline = time::now() + START_WAIT_MS * NS_PER_MS;
+    while !ENTERED1.load(Ordering::SeqCst) {
+        if time::now() > deadline {
+            pvrt::println!(
+                "bench: context_switch n/a (vCPU 1 is up but did not run within \
+                 {START_WAIT_MS} ms of vCPU 0's yields)"
+            );
+            return;
         }
-        0 => pvrt::println!(
-            "bench: context_switch n/a (vCPU 1 exists but is down; the bench kernel does not \
-             bring up secondary vCPUs yet)"
-        ),
-        _ => pvrt::println!(
-            "bench: context_switch n/a (vCPU 1 is up but runs no code of this kernel; the \
-             two-vCPU ping-pong is not written yet)"
-        ),
+        let _ = pvrt::sched_yield();
+    }
+
+    let mine = &mut samples[..SWITCHES_PER_VCPU];
+    let mut switches = 0usize;
+    let mut taken = 0usize;
+    let deadline = time::now() + PING_PONG_MS * NS_PER_MS;
+    let mut timed_out = false;
+    GO.store(true, Ordering::SeqCst);
+    while taken < SWITCHES_PER_VCPU || COUNT1.load(Ordering::SeqCst) < SWITCHES_PER_VCPU {
+        if time::now() > deadline {
+            timed_out = true;
+            break;
+        }
+        if let Some(ticks) = yield_once(0) {
+            switches += 1;
+            if switches > WARMUP && taken < SWITCHES_PER_VCPU {
+                mine[taken] = ticks;
+                taken += 1;
+            }
+        }
+    }
+    STOP.store(true, Ordering::SeqCst);
+    let deadline = time::now() + START_WAIT_MS * NS_PER_MS;
+    while !DONE1.load(Ordering::SeqCst) {
+        if time::now() > deadline {
+            pvrt::println!(
+                "bench: context_switch n/a (vCPU 1 did not stop within {START_WAIT_MS} ms)"
+            );
+            return;
+        }
+        let _ = pvrt::sched_yield();
+    }
+
+    let theirs = COUNT1.load(Ordering::SeqCst);
+    for (slot, sample) in samples[taken..].iter_mut().zip(&SAMPLES1[..theirs]) {
+        *slot = sample.load(Ordering::SeqCst);
+    }
+    let n = taken + theirs;
+    pvrt::println!(
+        "bench: context_switch_samples vCPU 0 {taken}, vCPU 1 {theirs}{}",
+        if timed_out {
+            " (stopped after the time limit)"
+        } else {
+            ""
+        }
+    );
+    if taken == 0 || theirs == 0 {
+        pvrt::println!(
+            "bench: context_switch n/a (no switch from vCPU {} to vCPU {} within {} ms of \
+             yields)",
+            if taken == 0 { 1 } else { 0 },
+            if taken == 0 { 0 } else { 1 },
+            PING_PONG_MS
+        );
+        return;
+    }
+    report(scale, "context_switch", median(&mut samples[..n]), n, 1);
+}
+
+/// Brings vCPU 1 up at [`bench_vcpu1_entry`] on a stack of scratch pages, as the `smp`
+/// kernel does; the reason when the domain has no vCPU 1 or it cannot be started.
+fn start_vcpu1(si: &StartInfo) -> Result<(), &'static str> {
+    match smp::is_up(VCPU1) {
+        0 => {}
+        r if r < 0 => {
+            return Err(
+                "one vCPU: VCPUOP_is_up(1) failed (is dom0_max_vcpus=2 on the \
+                        hypervisor command line?)",
+            )
+        }
+        _ => return Err("vCPU 1 is already up, running no code of this kernel"),
+    }
+    let mut lo = 0;
+    let mut next = 0;
+    for i in 0..STACK1_PAGES {
+        let page = region::alloc_scratch(si).ok_or("no scratch page left for vCPU 1's stack")?;
+        if i == 0 {
+            lo = page.va;
+        } else if page.va != next {
+            return Err("the scratch pages for vCPU 1's stack are not contiguous");
+        }
+        next = page.va + region::PAGE_SIZE;
+    }
+    let top = next;
+    let (own_lo, own_hi) = layout::stack();
+    if !(top <= own_lo || lo >= own_hi) {
+        return Err("vCPU 1's stack would overlap the kernel's");
+    }
+    let ctx = smp::kernel_context(&Start {
+        rip: vcpu1_entry_address(),
+        rsp: top,
+        args: [u64::from(VCPU1), 0],
+        l4_mfn: region::mfn_of(si, si.pt_base),
+        fs_base: 0,
+        gs_base_kernel: 0,
+    });
+    // SAFETY: the entry is `bench_vcpu1_entry`, which runs `bench_vcpu1_main` on the
+    // scratch stack reserved above for vCPU 1 alone; the L4 is the kernel's own, and the
+    // trap table and callbacks are the runtime's stubs.
+    if unsafe { smp::initialise(VCPU1, &ctx) } != 0 {
+        return Err("VCPUOP_initialise(1) failed");
+    }
+    if smp::up(VCPU1) != 0 {
+        return Err("VCPUOP_up(1) failed after VCPUOP_initialise(1)");
+    }
+    Ok(())
+}
+
+// vCPU 1's first instruction: align the context's stack for the call.
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.bench_vcpu1_entry, "ax", @progbits
+    .global bench_vcpu1_entry
+    .type bench_vcpu1_entry, @function
+bench_vcpu1_entry:
+    and rsp, -16
+    xor ebp, ebp
+    call bench_vcpu1_main
+    ud2
+    .size bench_vcpu1_entry, . - bench_vcpu1_entry
+    .popsection
+    "#
+);
+
+fn vcpu1_entry_address() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        extern "C" {
+            fn bench_vcpu1_entry();
+        }
+        bench_vcpu1_entry as unsafe extern "C" fn() as usize as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
+/// vCPU 1: waits for the go, yields in turn with vCPU 0 until told to stop, recording
+/// its samples, then takes itself down (events stay masked all along: only yields switch).
+#[no_mangle]
+extern "C" fn bench_vcpu1_main() -> ! {
+    ENTERED1.store(true, Ordering::SeqCst);
+    while !GO.load(Ordering::SeqCst) {
+        let _ = pvrt::sched_yield();
+    }
+    let mut switches = 0usize;
+    let mut taken = 0usize;
+    while !STOP.load(Ordering::SeqCst) {
+        if let Some(ticks) = yield_once(1) {
+            switches += 1;
+            if switches > WARMUP && taken < SWITCHES_PER_VCPU {
+                SAMPLES1[taken].store(ticks, Ordering::SeqCst);
+                taken += 1;
+                COUNT1.store(taken, Ordering::SeqCst);
+            }
+        }
+    }
+    DONE1.store(true, Ordering::SeqCst);
+    loop {
+        let _ = smp::down(VCPU1);
     }
 }
 
@@ -377,8 +582,8 @@ fn median(samples: &mut [u64]) -> u64 {
 /// once.
 struct SampleBuffer(UnsafeCell<[u64; SAMPLES]>);
 
-// SAFETY: the kernel runs on one vCPU, and `sample_buffer` hands the buffer out at most
-// once, so no two references to it exist.
+// SAFETY: only vCPU 0 uses the buffer (vCPU 1 records into `SAMPLES1`), and
+// `sample_buffer` hands it out at most once, so no two references to it exist.
 unsafe impl Sync for SampleBuffer {}
 
 static BUFFER: SampleBuffer = SampleBuffer(UnsafeCell::new([0; SAMPLES]));
