@@ -241,3 +241,18 @@ fn large_memory_is_mapped_and_allocated() {
     );
     no_panic_or_fatal(&mut b);
 }
+
+/// Scenario H: a dom0 module that is not a kernel (the placeholder file) is refused with
+/// a message saying what is wrong, and the hypervisor stops instead of running it.
+#[test]
+fn refuses_a_module_that_is_not_a_kernel() {
+    let mut b = boot(
+        "bad-kernel",
+        "dom0_mem=64M console=com1 debug_exit=0xf4",
+        Modules::Default,
+    );
+    b.expect(r"the dom0 kernel \(module 0\) is unusable: .*not a Linux bzImage or ELF kernel");
+    b.expect(r"cannot start dom0; halting");
+    b.expect_exit(ExitOutcome::RefusedToBoot);
+    no_panic_or_fatal(&mut b);
+}

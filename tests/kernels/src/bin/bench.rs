@@ -395,9 +395,16 @@ fn yield_once(me: u64) -> Option<u64> {
 /// each vCPU has [`SWITCHES_PER_VCPU`] samples (after [`WARMUP`] switches each), and
 /// prints the median of both vCPUs' samples.
 fn context_switch(si: &StartInfo, scale: &TscScale, samples: &mut [u64]) {
-    if let Err(reason) = start_vcpu1(si) {
-        pvrt::println!("bench: context_switch n/a ({reason})");
-        return;
+    match start_vcpu1(si) {
+        Ok(()) => {}
+        Err((reason, None)) => {
+            pvrt::println!("bench: context_switch n/a ({reason})");
+            return;
+        }
+        Err((reason, Some(ret))) => {
+            pvrt::println!("bench: context_switch n/a ({reason}: returned {ret})");
+            return;
+        }
     }
     let deadline = time::now() + START_WAIT_MS * NS_PER_MS;
     while !ENTERED1.load(Ordering::SeqCst) {
@@ -469,33 +476,38 @@ fn context_switch(si: &StartInfo, scale: &TscScale, samples: &mut [u64]) {
 }
 
 /// Brings vCPU 1 up at [`bench_vcpu1_entry`] on a stack of scratch pages, as the `smp`
-/// kernel does; the reason when the domain has no vCPU 1 or it cannot be started.
-fn start_vcpu1(si: &StartInfo) -> Result<(), &'static str> {
+/// kernel does; when the domain has no vCPU 1 or it cannot be started, the reason and the
+/// hypercall's result if one failed.
+fn start_vcpu1(si: &StartInfo) -> Result<(), (&'static str, Option<i64>)> {
     match smp::is_up(VCPU1) {
         0 => {}
-        r if r < 0 => {
-            return Err(
-                "one vCPU: VCPUOP_is_up(1) failed (is dom0_max_vcpus=2 on the \
-                        hypervisor command line?)",
-            )
+        r if r < 0 => return Err(("one vCPU: VCPUOP_is_up(1)", Some(r))),
+        r => {
+            return Err((
+                "vCPU 1 is up already, running no code of this kernel",
+                Some(r),
+            ))
         }
-        _ => return Err("vCPU 1 is already up, running no code of this kernel"),
     }
+    let no_page = ("no scratch page left for vCPU 1's stack", None);
     let mut lo = 0;
     let mut next = 0;
     for i in 0..STACK1_PAGES {
-        let page = region::alloc_scratch(si).ok_or("no scratch page left for vCPU 1's stack")?;
+        let page = region::alloc_scratch(si).ok_or(no_page)?;
         if i == 0 {
             lo = page.va;
         } else if page.va != next {
-            return Err("the scratch pages for vCPU 1's stack are not contiguous");
+            return Err((
+                "the scratch pages for vCPU 1's stack are not contiguous",
+                None,
+            ));
         }
         next = page.va + region::PAGE_SIZE;
     }
     let top = next;
     let (own_lo, own_hi) = layout::stack();
     if !(top <= own_lo || lo >= own_hi) {
-        return Err("vCPU 1's stack would overlap the kernel's");
+        return Err(("vCPU 1's stack would overlap the kernel's", None));
     }
     let ctx = smp::kernel_context(&Start {
         rip: vcpu1_entry_address(),
@@ -508,11 +520,13 @@ fn start_vcpu1(si: &StartInfo) -> Result<(), &'static str> {
     // SAFETY: the entry is `bench_vcpu1_entry`, which runs `bench_vcpu1_main` on the
     // scratch stack reserved above for vCPU 1 alone; the L4 is the kernel's own, and the
     // trap table and callbacks are the runtime's stubs.
-    if unsafe { smp::initialise(VCPU1, &ctx) } != 0 {
-        return Err("VCPUOP_initialise(1) failed");
+    let ret = unsafe { smp::initialise(VCPU1, &ctx) };
+    if ret != 0 {
+        return Err(("VCPUOP_initialise(1)", Some(ret)));
     }
-    if smp::up(VCPU1) != 0 {
-        return Err("VCPUOP_up(1) failed after VCPUOP_initialise(1)");
+    let ret = smp::up(VCPU1);
+    if ret != 0 {
+        return Err(("VCPUOP_up(1) after VCPUOP_initialise(1)", Some(ret)));
     }
     Ok(())
 }
