@@ -136,6 +136,8 @@ pub struct Domain {
     pub evtchn: EventChannels,
     /// `vm_assist` types enabled (a bit per `VMASST_TYPE_*`).
     pub vm_assist: u32,
+    /// Most frames the domain may own (its size at build; `mem-set` will change it).
+    pub max_pages: u64,
 }
 
 /// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,
@@ -423,6 +425,7 @@ pub fn build_dom0(
     let shared = unsafe { SharedFrame::new(shared_info) };
     // vCPU 0 starts with event delivery masked, as in Xen.
     shared.write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
+    let p2m_len = p2m.len() as u64;
     *DOMAIN0.lock() = Some(Domain {
         id: DOM0,
         p2m,
@@ -440,6 +443,7 @@ pub fn build_dom0(
         evtchn: EventChannels::new(DOM0.0, nr_vcpus, MAX_PORTS),
         // Writable page tables are on from the start, as Xen gives every PV domain.
         vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
+        max_pages: p2m_len,
     });
     Ok(())
 }

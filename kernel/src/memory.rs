@@ -475,6 +475,11 @@ pub fn init_heap(size: u64) -> Result<u64, MemoryError> {
     Ok(va)
 }
 
+/// Gives a frame back to the allocator (it must be nobody's any more).
+pub fn free_frame(mfn: Mfn) -> bool {
+    FRAMES.lock().as_mut().is_some_and(|f| f.free(mfn).is_ok())
+}
+
 /// A zeroed frame, exclusively the caller's.
 pub fn alloc_frame() -> Option<OwnedFrame> {
     let mfn = FRAMES.lock().as_mut()?.alloc()?;

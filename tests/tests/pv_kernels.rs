@@ -216,3 +216,12 @@ fn privops() {
     b.find(r"\(d0\) pv-test privops: copy and clear page work; clearing its L4 refused");
     b.find(r"\(d0\) pv-test privops: empty LDT set");
 }
+
+#[test]
+fn balloon() {
+    let mut b = run_kernel("balloon", "");
+    b.find(r"\(d0\) pv-test balloon: a mapped page and a foreign frame are not taken back");
+    b.find(r"\(d0\) pv-test balloon: returned frame 0x[0-9a-f]+; reservation (\d+) -> (\d+)");
+    b.find(r"\(d0\) pv-test balloon: got frame 0x[0-9a-f]+ back, zeroed");
+    b.find(r"\(d0\) pv-test balloon: growing beyond its size refused");
+}

@@ -5,13 +5,15 @@ use ferrovisor_abi::{
     errno::XenErrno,
     layout::MACH2PHYS_VIRT_START,
     xen::{
-        memory::{E820Entry, MemoryOp, XenMachphysMapping, XenMemoryMap},
+        memory::{E820Entry, MemoryOp, XenMachphysMapping, XenMemoryMap, XenMemoryReservation},
         xen::DOMID_SELF,
     },
 };
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::Result;
+use ferrovisor::mm::{frame_table::Owner, Mfn};
+
 use crate::{domain, domain::Domain, memory};
 
 const E820_RAM: u32 = 1;
@@ -20,6 +22,103 @@ pub fn memory_op([cmd, arg, ..]: [u64; 5]) -> Result {
     // Bits 6 and up carry a continuation (preemption) start extent; none is used yet.
     let op = MemoryOp::try_from((cmd & 0x3f) as u32).map_err(|_| XenErrno::Enosys)?;
     domain::with_current(|d| one(d, op, arg)).ok_or(XenErrno::Esrch)?
+}
+
+/// Extents one call handles (the guest repeats the call for the rest, as with Xen's
+/// preemption).
+const MAX_EXTENTS: u64 = 512;
+
+fn read_reservation(d: &Domain, arg: u64) -> core::result::Result<XenMemoryReservation, XenErrno> {
+    let mut raw = [0u8; core::mem::size_of::<XenMemoryReservation>()];
+    d.read_guest(arg, &mut raw).map_err(|_| XenErrno::Efault)?;
+    let r = XenMemoryReservation::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+    if r.domid != DOMID_SELF && r.domid != d.id.0 {
+        return Err(XenErrno::Esrch); // other domains' memory comes with domain control
+    }
+    if r.extent_order != 0 {
+        return Err(XenErrno::Einval); // PV guests have no superpages
+    }
+    Ok(r)
+}
+
+fn read_u64(d: &Domain, va: u64) -> core::result::Result<u64, XenErrno> {
+    let mut b = [0u8; 8];
+    d.read_guest(va, &mut b).map_err(|_| XenErrno::Efault)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// `XENMEM_decrease_reservation`: the guest gives frames back (a PV guest names machine
+/// frames). Each must be the domain's and no longer mapped or typed. Returns the number
+/// of extents released.
+fn decrease_reservation(d: &mut Domain, arg: u64) -> Result {
+    let r = read_reservation(d, arg)?;
+    let mut done = 0;
+    for i in 0..r.nr_extents.min(MAX_EXTENTS) {
+        let mfn = Mfn(read_u64(d, r.extent_start.0.wrapping_add(i * 8))?);
+        let released = {
+            let mut guard = domain::FRAME_TABLE.lock();
+            let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
+            match ft.info(mfn) {
+                Some(info) if info.owner == Owner::Domain(d.id) && info.is_unreferenced() => {
+                    ft.assign(mfn, Owner::Free).is_ok()
+                }
+                _ => false,
+            }
+        };
+        if !released {
+            break; // Xen stops at the first frame it cannot take and reports progress
+        }
+        memory::m2p_set(mfn, memory::M2P_INVALID);
+        d.p2m.retain(|&m| m != mfn);
+        let _ = memory::free_frame(mfn);
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// `XENMEM_increase_reservation` / `XENMEM_populate_physmap`: fresh zeroed frames, up to
+/// the domain's limit. For `populate_physmap` the list holds the guest's pfns on the way
+/// in; either way the machine frame numbers are written back (a PV guest maps them
+/// itself). Returns the number of extents done.
+fn increase_reservation(d: &mut Domain, arg: u64, populate: bool) -> Result {
+    let r = read_reservation(d, arg)?;
+    let mut done = 0;
+    for i in 0..r.nr_extents.min(MAX_EXTENTS) {
+        if d.p2m.len() as u64 >= d.max_pages {
+            break;
+        }
+        let slot = r.extent_start.0.wrapping_add(i * 8);
+        let pfn = if populate {
+            Some(read_u64(d, slot)?)
+        } else {
+            None
+        };
+        let Some(frame) = memory::alloc_frame() else {
+            break;
+        };
+        let mfn = frame.into_mfn();
+        let given = domain::FRAME_TABLE
+            .lock()
+            .as_mut()
+            .is_some_and(|ft| ft.assign(mfn, Owner::Domain(d.id)).is_ok());
+        if !given || d.write_guest(slot, &mfn.0.to_le_bytes()).is_err() {
+            if given {
+                let _ = domain::FRAME_TABLE
+                    .lock()
+                    .as_mut()
+                    .map(|ft| ft.assign(mfn, Owner::Free));
+            }
+            let _ = memory::free_frame(mfn);
+            if done == 0 && given {
+                return Err(XenErrno::Efault);
+            }
+            break;
+        }
+        memory::m2p_set(mfn, pfn.unwrap_or(memory::M2P_INVALID));
+        d.p2m.push(mfn);
+        done += 1;
+    }
+    Ok(done)
 }
 
 fn read_domid(d: &Domain, arg: u64) -> core::result::Result<u16, XenErrno> {
@@ -68,7 +167,10 @@ fn one(d: &mut Domain, op: MemoryOp, arg: u64) -> Result {
                 .map_err(|_| XenErrno::Efault)?;
             Ok(0)
         }
-        // Ballooning (increase/decrease/populate) and the rest come with memory control.
+        MemoryOp::DecreaseReservation => decrease_reservation(d, arg),
+        MemoryOp::IncreaseReservation | MemoryOp::PopulatePhysmap => {
+            increase_reservation(d, arg, op == MemoryOp::PopulatePhysmap)
+        }
         _ => Err(XenErrno::Enosys),
     }
 }

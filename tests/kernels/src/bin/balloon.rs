@@ -1,0 +1,129 @@
+//! `balloon`: giving memory back and taking it again (`XENMEM_decrease_reservation`,
+//! `XENMEM_increase_reservation`, `XENMEM_current_reservation`), as Linux's balloon driver
+//! does. A page is unmapped and returned: the reservation shrinks by one and its M2P entry
+//! becomes invalid; a new page comes back zeroed and mappable, and the reservation grows
+//! again. Refused: returning a page that is still mapped, returning a frame the domain
+//! does not own, growing beyond the domain's size.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+use core::ffi::c_void;
+
+use ferrovisor_abi::xen::{
+    memory::{MemoryOp, XenMemoryReservation},
+    xen::{StartInfo, DOMID_SELF, UVMF_INVLPG},
+    GuestHandle,
+};
+use pvrt::region::{self, PTE_RW};
+
+pvrt::test_kernel!(name: "balloon", main: test_main);
+
+/// The read-only machine-to-phys table.
+const M2P: u64 = 0xffff_8000_0000_0000;
+
+fn reservation(op: MemoryOp, frames: &mut [u64]) -> i64 {
+    let mut r = XenMemoryReservation {
+        extent_start: GuestHandle(frames.as_mut_ptr() as u64),
+        nr_extents: frames.len() as u64,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _cpad0: [0; 6],
+    };
+    // SAFETY: the hypervisor reads `r` and reads/writes `frames`, both ours.
+    unsafe { pvrt::memory_op(op, (&raw mut r).cast::<c_void>()) }
+}
+
+fn current() -> i64 {
+    let mut dom = DOMID_SELF;
+    // SAFETY: the hypervisor reads the domain id.
+    unsafe {
+        pvrt::memory_op(
+            MemoryOp::CurrentReservation,
+            (&raw mut dom).cast::<c_void>(),
+        )
+    }
+}
+
+fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    let start = current();
+    pvrt::ensure!(
+        start == si.nr_pages as i64,
+        "current reservation {} != nr_pages {}",
+        start,
+        si.nr_pages
+    );
+
+    // A page still mapped cannot be returned.
+    let page = region::alloc_scratch(si).ok_or("no scratch page")?;
+    let rc = reservation(MemoryOp::DecreaseReservation, &mut [page.mfn]);
+    pvrt::ensure!(
+        rc == 0,
+        "decrease_reservation of a mapped page returned {} (expected 0 done)",
+        rc
+    );
+    // Nor a frame the domain does not own (the hypervisor image).
+    let rc = reservation(MemoryOp::DecreaseReservation, &mut [0x200]);
+    pvrt::ensure!(
+        rc == 0,
+        "decrease_reservation of a foreign frame returned {}",
+        rc
+    );
+    pvrt::println!("pv-test balloon: a mapped page and a foreign frame are not taken back");
+
+    // Unmap it, then return it.
+    // SAFETY: the scratch page is used by nothing else.
+    let rc = unsafe { pvrt::update_va_mapping(page.va, 0, UVMF_INVLPG) };
+    pvrt::ensure!(rc == 0, "unmapping the page returned {}", rc);
+    let rc = reservation(MemoryOp::DecreaseReservation, &mut [page.mfn]);
+    pvrt::ensure!(rc == 1, "decrease_reservation returned {}", rc);
+    pvrt::ensure!(
+        current() == start - 1,
+        "the reservation did not shrink: {}",
+        current()
+    );
+    // SAFETY: the M2P is mapped read-only for guests.
+    let m2p = unsafe { core::ptr::read_volatile((M2P + page.mfn * 8) as *const u64) };
+    pvrt::ensure!(
+        m2p == u64::MAX,
+        "the returned frame's M2P entry is {:#x}, not invalid",
+        m2p
+    );
+    pvrt::println!(
+        "pv-test balloon: returned frame {:#x}; reservation {} -> {}",
+        page.mfn,
+        start,
+        current()
+    );
+
+    // Take one back: it arrives zeroed and can be mapped.
+    let mut got = [0u64];
+    let rc = reservation(MemoryOp::IncreaseReservation, &mut got);
+    pvrt::ensure!(rc == 1, "increase_reservation returned {}", rc);
+    pvrt::ensure!(
+        current() == start,
+        "the reservation did not grow back: {}",
+        current()
+    );
+    // SAFETY: mapping the new frame at the scratch address.
+    let rc = unsafe { pvrt::update_va_mapping(page.va, (got[0] << 12) | PTE_RW, UVMF_INVLPG) };
+    pvrt::ensure!(rc == 0, "mapping the new frame returned {}", rc);
+    // SAFETY: just mapped writable.
+    let zero = (0..512).all(|i| unsafe { core::ptr::read_volatile(page.words().add(i)) } == 0);
+    pvrt::ensure!(zero, "the new frame is not zeroed");
+    pvrt::println!(
+        "pv-test balloon: got frame {:#x} back, zeroed; reservation {}",
+        got[0],
+        current()
+    );
+
+    // The domain cannot grow beyond its size.
+    let mut more = [0u64];
+    let rc = reservation(MemoryOp::IncreaseReservation, &mut more);
+    pvrt::ensure!(
+        rc == 0,
+        "increase_reservation beyond the domain's size returned {}",
+        rc
+    );
+    pvrt::println!("pv-test balloon: growing beyond its size refused");
+    Ok(())
+}
