@@ -116,6 +116,9 @@ pub struct Vcpu {
     pub vcpu_info_registered: bool,
     /// Its GDT (`set_gdt`): the frames mapped into the CPU's GDT window while it runs.
     pub gdt: GuestGdt,
+    /// Its LDT (`MMUEXT_SET_LDT`): the frames (typed `SegDesc`) and the entry count.
+    pub ldt_frames: heapless::Vec<Mfn, 16>,
+    pub ldt_entries: u32,
 }
 
 pub struct Domain {
@@ -236,6 +239,8 @@ impl Vcpu {
             },
             vcpu_info_registered: false,
             gdt: GuestGdt::EMPTY,
+            ldt_frames: heapless::Vec::new(),
+            ldt_entries: 0,
         }
     }
 

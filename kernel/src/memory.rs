@@ -12,7 +12,8 @@ use ferrovisor::{
         frame_alloc::{self, FrameAllocator, MAX_FREE_RANGES},
         layout::{
             image_virt_to_phys, DIRECT_MAP_BASE, DIRECT_MAP_SIZE, EARLY_DIRECT_MAP_SIZE,
-            GDT_WINDOWS_BASE, GDT_WINDOW_SIZE, IST_STACK_SIZE, MMIO_BASE, STACKS_BASE, STACK_SIZE,
+            GDT_WINDOWS_BASE, GDT_WINDOW_SIZE, IST_STACK_SIZE, LDT_WINDOWS_BASE, LDT_WINDOW_SIZE,
+            MMIO_BASE, STACKS_BASE, STACK_SIZE,
         },
         paging::{AddressSpace, Attrs, MapError, SIZE_1G, SIZE_2M, SIZE_4K},
         Mfn, PhysRange, PAGE_SIZE,
@@ -197,6 +198,35 @@ pub fn map_guest_gdt(frames: &[Mfn]) -> Result<(), MemoryError> {
         }
         hw_paging::invlpg(va);
     }
+    Ok(())
+}
+
+/// Maps a vCPU's LDT frames into this CPU's LDT window (writable for the hypervisor only,
+/// like the GDT window) and loads the LDT, or unloads it when there are none.
+pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
+    let Some((root, zero)) = *GDT_STATE.lock() else {
+        return Err(MemoryError::NoUsableRam);
+    };
+    if !frames.is_empty() {
+        let mut guard = FRAMES.lock();
+        let alloc = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+        // SAFETY: the hypervisor's own L4; only the LDT window's leaves (slot 261, shared
+        // by every address space) are written.
+        let tables = unsafe { DirectMapTables::new(alloc, u64::MAX) };
+        let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
+        for i in 0..LDT_WINDOW_SIZE / PAGE_SIZE {
+            let va = LDT_WINDOWS_BASE + i * PAGE_SIZE;
+            match frames.get(i as usize) {
+                Some(f) => aspace.remap_page(va, f.addr(), Attrs::DATA)?,
+                None => aspace.remap_page(va, zero.addr(), Attrs::RODATA)?,
+            }
+            hw_paging::invlpg(va);
+        }
+    }
+    let entries = if frames.is_empty() { 0 } else { entries };
+    // SAFETY: the window maps exactly the vCPU's checked LDT frames (the zero page after
+    // them), and stays so until the next LDT load.
+    unsafe { crate::arch::x86_64::gdt::load_ldt(LDT_WINDOWS_BASE, entries) };
     Ok(())
 }
 

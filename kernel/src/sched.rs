@@ -66,6 +66,7 @@ pub fn switch_to(d: &mut Domain, frame: &mut TrapFrame, next: usize) {
     cpu::restore_fpu(&d.vcpu.fpu);
     cpu::set_task_switched(d.vcpu.fpu_ts);
     let _ = memory::map_guest_gdt(d.vcpu.gdt.frames());
+    let _ = memory::load_guest_ldt(&d.vcpu.ldt_frames, d.vcpu.ldt_entries);
     d.set_runstate(domain::RUNSTATE_RUNNING);
     d.publish_time();
     d.slice_ticks = 0;

@@ -172,6 +172,7 @@ fn gdt() {
     b.find(r"\(d0\) pv-test gdt: set_gdt loaded 3 entries");
     b.find(r"\(d0\) pv-test gdt: loaded selector 0x13 from the guest GDT");
     b.find(r"\(d0\) pv-test gdt: update_descriptor accepted a segment and refused a TSS");
+    b.find(r"\(d0\) pv-test gdt: LDT loaded, selector 0x7 from it, then dropped");
 }
 
 #[test]

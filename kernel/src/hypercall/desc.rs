@@ -21,7 +21,7 @@ use crate::{
     memory,
 };
 
-fn tables() -> GuestTables {
+pub(super) fn tables() -> GuestTables {
     // SAFETY: the frame table's page memory, and writes of checked descriptors into frames
     // typed `SegDesc` (or `Writable`) for the domain just before.
     unsafe { GuestTables::new() }
@@ -83,7 +83,7 @@ fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno>
 }
 
 /// Checks (and fixes up) the 512 descriptors of a frame already typed `SegDesc`.
-fn check_frame(mem: &mut GuestTables, mfn: Mfn) -> core::result::Result<(), XenErrno> {
+pub(super) fn check_frame(mem: &mut GuestTables, mfn: Mfn) -> core::result::Result<(), XenErrno> {
     let mut page = [0u64; 512];
     for (i, e) in page.iter_mut().enumerate() {
         *e = mem.read(mfn, i);
@@ -104,7 +104,7 @@ fn check_frame(mem: &mut GuestTables, mfn: Mfn) -> core::result::Result<(), XenE
     }
 }
 
-fn release(ft: &mut FrameTable, mem: &mut GuestTables, frames: &[Mfn]) {
+pub(super) fn release(ft: &mut FrameTable, mem: &mut GuestTables, frames: &[Mfn]) {
     for &mfn in frames {
         let _ = ft.put_page_and_type(mfn, mem);
     }

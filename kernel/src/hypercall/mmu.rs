@@ -233,19 +233,54 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
             Ok(())
         }),
         // An empty LDT (what Linux sets) is accepted; loading a real LDT is not offered yet.
-        MmuextCmd::SetLdt => {
-            let ldt =
-                descriptor::validate_set_ldt(op.arg1, op.arg2 as u32).map_err(|e| e.errno())?;
-            if ldt.entries() == 0 {
-                Ok(())
-            } else {
-                Err(XenErrno::Enosys)
-            }
-        }
-        // LDTs, user base pointers, page clear/copy and superpage marks come with the rest
-        // of the PV MMU.
+        MmuextCmd::SetLdt => set_ldt(d, op.arg1, op.arg2),
+        // Superpage marks (PV guests get no superpages) and anything newer.
         _ => Err(XenErrno::Enosys),
     }
+}
+
+/// `MMUEXT_SET_LDT(linear_addr, nr_ents)`: the LDT lives in the guest's memory at a
+/// page-aligned address; each of its pages is typed `SegDesc` (so the guest cannot write
+/// it any more), its descriptors are checked like a GDT's, and it is mapped into the CPU's
+/// LDT window and loaded.
+fn set_ldt(d: &mut Domain, base: u64, entries: u64) -> core::result::Result<(), XenErrno> {
+    let entries = u32::try_from(entries).map_err(|_| XenErrno::Einval)?;
+    let ldt = descriptor::validate_set_ldt(base, entries).map_err(|e| e.errno())?;
+    let mut frames: heapless::Vec<Mfn, 16> = heapless::Vec::new();
+    for i in 0..ldt.pages() as u64 {
+        let va = ldt.base() + i * PAGE_SIZE;
+        let (l1, index) = d.l1_slot(va).ok_or(XenErrno::Einval)?;
+        let entry = {
+            use ferrovisor::mm::frame_table::PageTableMemory;
+            tables().read(l1, index)
+        };
+        if entry & 1 == 0 {
+            return Err(XenErrno::Einval);
+        }
+        let _ = frames.push(Mfn::containing(entry & 0x000f_ffff_ffff_f000));
+    }
+    with_ft(|ft| {
+        let mut mem = super::desc::tables();
+        let mut taken = 0;
+        for &mfn in &frames {
+            let step = ft
+                .get_page_and_type(mfn, d.id, PageType::SegDesc, &mut mem)
+                .map_err(mm_errno)
+                .and_then(|()| {
+                    taken += 1;
+                    super::desc::check_frame(&mut mem, mfn)
+                });
+            if let Err(e) = step {
+                super::desc::release(ft, &mut mem, &frames[..taken]);
+                return Err(e);
+            }
+        }
+        let old = core::mem::replace(&mut d.vcpu.ldt_frames, frames.clone());
+        super::desc::release(ft, &mut mem, &old);
+        Ok(())
+    })?;
+    d.vcpu.ldt_entries = ldt.entries();
+    memory::load_guest_ldt(&d.vcpu.ldt_frames, ldt.entries()).map_err(|_| XenErrno::Enomem)
 }
 
 /// Makes `mfn` the running vCPU's kernel page-table root (`MMUEXT_NEW_BASEPTR`, or a

@@ -36,6 +36,9 @@ pub const MMIO_SIZE: u64 = 64 << 30;
 /// first 14 pages and the hypervisor's descriptors the last 2 (`FIRST_RESERVED_GDT_PAGE`).
 pub const GDT_WINDOWS_BASE: u64 = MMIO_BASE + MMIO_SIZE;
 pub const GDT_WINDOW_SIZE: u64 = 16 * 4096;
+/// Per-CPU LDT windows: the running vCPU's LDT pages (up to 8192 entries, 16 pages).
+pub const LDT_WINDOWS_BASE: u64 = GDT_WINDOWS_BASE + (1 << 30);
+pub const LDT_WINDOW_SIZE: u64 = 16 * 4096;
 
 /// Size of each hypervisor stack and of the IST stacks (#DF, NMI, #MC).
 pub const STACK_SIZE: u64 = 64 * 1024;
@@ -63,6 +66,7 @@ pub const fn image_virt_to_phys(vaddr: u64) -> u64 {
 const _: () = assert!(pml4_slot(IMAGE_VIRT_OFFSET) == 260);
 const _: () = assert!(pml4_slot(STACKS_BASE) == 261);
 const _: () = assert!(pml4_slot(GDT_WINDOWS_BASE) == 261);
+const _: () = assert!(pml4_slot(LDT_WINDOWS_BASE + LDT_WINDOW_SIZE) == 261);
 const _: () = assert!(pml4_slot(DIRECT_MAP_BASE) == 262);
 const _: () = assert!(DIRECT_MAP_BASE + DIRECT_MAP_SIZE == HYPERVISOR_VIRT_END);
 const _: () = assert!(IMAGE_VIRT_OFFSET > HYPERVISOR_VIRT_START);

@@ -20,6 +20,40 @@ pub mod selector {
     pub const HYPERVISOR_CS: u16 = 0xe008;
     pub const HYPERVISOR_DS: u16 = 0xe010;
     pub const TSS: u16 = 0xe040;
+    pub const LDT: u16 = 0xe050;
+}
+
+/// This CPU's reserved GDT page (set by `load`), where the LDT descriptor is written.
+static RESERVED_PAGE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Loads an LDT of `entries` descriptors at hypervisor address `base` (the CPU's LDT
+/// window), or none when `entries` is 0.
+///
+/// # Safety
+/// `base..base + entries * 8` must be mapped (the LDT window holding checked descriptor
+/// pages) for as long as this LDT is loaded.
+pub unsafe fn load_ldt(base: u64, entries: u32) {
+    let page = RESERVED_PAGE.load(core::sync::atomic::Ordering::Relaxed);
+    if entries == 0 || page == 0 {
+        // SAFETY: a null LDT selector only makes LDT selectors fault.
+        unsafe { core::arch::asm!("lldt {0:x}", in(reg) 0u64, options(nostack)) };
+        return;
+    }
+    let limit = (entries as u64 * 8 - 1) & 0xf_ffff;
+    let low = (limit & 0xffff)
+        | ((base & 0xff_ffff) << 16)
+        | (0x82 << 40) // present, type 2: LDT
+        | (((limit >> 16) & 0xf) << 48)
+        | (((base >> 24) & 0xff) << 56);
+    let slot = (selector::LDT as usize >> 3) - FIRST_RESERVED_GDT_ENTRY;
+    let p = (page as *mut u64).wrapping_add(slot);
+    // SAFETY: the reserved GDT page is mapped writable (`load`); the descriptor describes
+    // the caller's mapped LDT window; loading it only changes where LDT selectors point.
+    unsafe {
+        p.write_volatile(low);
+        p.wrapping_add(1).write_volatile(base >> 32);
+        core::arch::asm!("lldt {0:x}", in(reg) selector::LDT as u64, options(nostack));
+    }
 }
 
 /// The hardware TSS (Intel SDM vol. 3, 8.7).
@@ -92,6 +126,7 @@ pub unsafe fn load(window: u64, reserved_page: u64, tss: &'static Tss) {
         let index = (sel as usize >> 3) - FIRST_RESERVED_GDT_ENTRY;
         (reserved_page as *mut u64).wrapping_add(index)
     };
+    RESERVED_PAGE.store(reserved_page, core::sync::atomic::Ordering::Relaxed);
     let (tss_low, tss_high) = tss_descriptor(tss as *const Tss as u64);
     // SAFETY: every selector below lies in the reserved page the caller mapped for us.
     unsafe {

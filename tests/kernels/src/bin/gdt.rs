@@ -7,7 +7,7 @@
 
 use ferrovisor_abi::xen::{
     hypercall::Hypercall,
-    xen::{StartInfo, UVMF_INVLPG},
+    xen::{MmuextCmd, MmuextOp, StartInfo, DOMID_SELF, UVMF_INVLPG},
 };
 use pvrt::region::{self, PTE_RO, PTE_RW};
 
@@ -24,6 +24,17 @@ const DATA_SEL: u16 = (2 << 3) | 3;
 fn set_gdt(frames: &[u64], entries: u64) -> i64 {
     // SAFETY: the hypervisor reads `frames` (a local array) and checks every frame.
     unsafe { pvrt::hypercall2(Hypercall::SetGdt as u64, frames.as_ptr() as u64, entries) }
+}
+
+fn mmuext(cmd: MmuextCmd, arg1: u64, arg2: u64) -> i64 {
+    let op = [MmuextOp {
+        cmd: cmd.raw(),
+        _cpad0: 0,
+        arg1,
+        arg2,
+    }];
+    // SAFETY: the hypervisor checks everything named.
+    unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) }
 }
 
 fn update_descriptor(maddr: u64, desc: u64) -> i64 {
@@ -108,6 +119,46 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
         rc
     );
     pvrt::println!("pv-test gdt: update_descriptor accepted a segment and refused a TSS (-22)");
+
+    // An LDT: a page with one data segment, read-only, loaded with MMUEXT_SET_LDT; its
+    // selector (index 0, table bit, RPL 3) loads.
+    let ldt = region::alloc_scratch(si).ok_or("no scratch page")?;
+    // SAFETY: the scratch page is mapped writable and used by nothing else.
+    unsafe { core::ptr::write_volatile(ldt.words(), DATA_DPL0) };
+    // SAFETY: remapping the page read-only; nothing else uses it.
+    let rc = unsafe { pvrt::update_va_mapping(ldt.va, ldt.maddr() | PTE_RO, UVMF_INVLPG) };
+    pvrt::ensure!(rc == 0, "remapping the LDT page read-only returned {}", rc);
+    let rc = mmuext(MmuextCmd::SetLdt, ldt.va, 1);
+    pvrt::ensure!(rc == 0, "MMUEXT_SET_LDT(1 entry) returned {}", rc);
+    let ldt_sel: u16 = 0b111;
+    let loaded: u16;
+    // SAFETY: as for the GDT selector above.
+    unsafe {
+        core::arch::asm!(
+            "mov ds, {sel:x}",
+            "mov {out:x}, ds",
+            "xor {tmp:e}, {tmp:e}",
+            "mov ds, {tmp:x}",
+            sel = in(reg) ldt_sel as u64,
+            out = out(reg) loaded,
+            tmp = out(reg) _,
+            options(nostack)
+        );
+    }
+    pvrt::ensure!(loaded == ldt_sel, "ds read back {:#x} from the LDT", loaded);
+    let rc = mmuext(MmuextCmd::SetLdt, 0, 0);
+    pvrt::ensure!(rc == 0, "MMUEXT_SET_LDT(0) returned {}", rc);
+    // SAFETY: the page is no longer a descriptor page, so it may be writable again.
+    let rc = unsafe { pvrt::update_va_mapping(ldt.va, ldt.maddr() | PTE_RW, UVMF_INVLPG) };
+    pvrt::ensure!(
+        rc == 0,
+        "remapping the old LDT page writable returned {}",
+        rc
+    );
+    pvrt::println!(
+        "pv-test gdt: LDT loaded, selector {:#x} from it, then dropped",
+        loaded
+    );
 
     // Back to an empty GDT and a writable page.
     let rc = set_gdt(&[], 0);
