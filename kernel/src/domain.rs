@@ -409,6 +409,14 @@ pub fn build_dom0(
         let mut tables = unsafe { GuestTables::new() };
         ft.pin(l4, DOM0, Level::L4, &mut tables)
             .map_err(|e| alloc::format!("dom0's bootstrap page tables are invalid: {e}"))?;
+        // vCPU 0's base pointer holds its own reference, so unpinning the boot root (as a
+        // guest may) can never devalidate the tables CR3 points at.
+        ft.get_page_and_type(l4, DOM0, Level::L4.page_type(), &mut tables)
+            .map_err(|e| alloc::format!("dom0's bootstrap page tables are invalid: {e}"))?;
+        // The hypervisor writes the shared-info page for as long as the domain lives: a
+        // permanent reference keeps the guest from giving it back (decrease_reservation).
+        ft.get_page(shared_info, DOM0)
+            .map_err(|e| alloc::format!("dom0's shared info page: {e}"))?;
     }
     log::info!(
         "dom0: built: {} pages, start info at {:#x}, {} page-table frames, stack top {:#x}",

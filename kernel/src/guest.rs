@@ -66,6 +66,16 @@ pub fn interrupted(frame: &mut TrapFrame) {
     selftest::ring3_interrupted(frame);
 }
 
+/// The return to the guest faulted (`frame` is the fault in the exit path): the guest
+/// gave a state the CPU will not resume (a selector it may not load, a non-canonical
+/// address). Xen would bounce to its failsafe callback; the domain is crashed instead.
+pub fn failed_return(frame: &TrapFrame) -> ! {
+    domain::crash(format_args!(
+        "the CPU refused to resume it (exception {} with error code {:#x} on the return)",
+        frame.vector, frame.error_code
+    ))
+}
+
 /// The tick: the running domain's vCPU timers.
 pub fn on_tick() {
     let now = clock::now_ns();

@@ -5,7 +5,11 @@
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
-    arch::x86_64::{apic, syscall::SYSCALL_VECTOR, trap::TrapFrame},
+    arch::x86_64::{
+        apic, percpu,
+        syscall::SYSCALL_VECTOR,
+        trap::{self, TrapFrame},
+    },
     clock, fatal, guest,
 };
 
@@ -16,6 +20,13 @@ pub static NMIS: AtomicU64 = AtomicU64::new(0);
 
 pub fn dispatch(frame: &mut TrapFrame) {
     let from_guest = frame.cs & 3 == 3;
+    if !from_guest && frame.vector < 32 && frame.vector != NMI && frame.rip == trap::iretq_address()
+    {
+        // The CPU refused to resume the guest with the state it was given.
+        // SAFETY: exactly the case `recover_gs_after_failed_return` is for.
+        unsafe { percpu::recover_gs_after_failed_return() };
+        guest::failed_return(frame);
+    }
     match frame.vector {
         SYSCALL_VECTOR => guest::syscall(frame),
         // Never log here: an NMI can arrive while this CPU holds the console lock.

@@ -88,6 +88,11 @@ fn attack() {
     b.find(r"\(d0\) pv-test attack: refused: mmu_update of L4 slot 260 to 0x0: -22");
     b.find(r"\(d0\) pv-test attack: refused: call of 0xffff820000200000: #PF bounced");
     b.find(r"\(d0\) pv-test attack: \d+ random hypercalls returned");
+    b.find(r"\(d0\) pv-test attack: unpinned its live L4 \(-?\d+\); still running");
+    b.find(r"\(d0\) pv-test attack: (refused: giving back the shared-info page|Xen's rule: shared-info)");
+    b.find(
+        r"\(d0\) pv-test attack: refused: writing a freshly pinned L1 through a stale translation",
+    );
     b.find(r"\(d0\) pv-test attack: still running");
 }
 
@@ -225,4 +230,20 @@ fn balloon() {
     b.find(r"\(d0\) pv-test balloon: returned frame 0x[0-9a-f]+; reservation (\d+) -> (\d+)");
     b.find(r"\(d0\) pv-test balloon: got frame 0x[0-9a-f]+ back, zeroed");
     b.find(r"\(d0\) pv-test balloon: growing beyond its size refused");
+}
+
+/// A guest `iret` to a state the CPU refuses (a code selector its GDT lacks): the domain is
+/// crashed with a clear message; the hypervisor survives it (no fatal exception). Xen
+/// bounces this to the failsafe callback instead, so this runs on Ferrovisor only.
+#[test]
+fn badiret() {
+    if ferrovisor_tests::on_xen() {
+        return;
+    }
+    let mut b = boot_test_kernel("badiret", HYPERVISOR_CMDLINE, "");
+    b.expect(r"\(d0\) pv-test badiret: returning with cs 0x8 through iret");
+    b.expect(r"dom0 crashed: the CPU refused to resume it \(exception 13");
+    b.expect_exit(ferrovisor_tests::ExitOutcome::GuestCrashed);
+    b.assert_absent("FATAL");
+    b.assert_absent("PANIC");
 }

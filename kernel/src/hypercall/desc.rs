@@ -76,10 +76,17 @@ fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno>
     let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
     take_gdt(ft, d.id, &gdt)?;
     let mut mem = tables();
+    // No stale writable translation of the new descriptor pages may survive.
+    crate::arch::x86_64::paging::flush_tlb_local();
+    // Map the new table before dropping the old one: the window must never show frames
+    // the guest could already write again.
+    if memory::map_guest_gdt(gdt.frames()).is_err() {
+        release(ft, &mut mem, gdt.frames());
+        return Err(XenErrno::Enomem);
+    }
     let old = core::mem::replace(&mut d.vcpu.gdt, gdt);
     release(ft, &mut mem, old.frames());
-    drop(guard);
-    memory::map_guest_gdt(d.vcpu.gdt.frames()).map_err(|_| XenErrno::Enomem)
+    Ok(())
 }
 
 /// Checks (and fixes up) the 512 descriptors of a frame already typed `SegDesc`.

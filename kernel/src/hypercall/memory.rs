@@ -70,6 +70,8 @@ fn decrease_reservation(d: &mut Domain, arg: u64) -> Result {
         }
         memory::m2p_set(mfn, memory::M2P_INVALID);
         d.p2m.retain(|&m| m != mfn);
+        // No translation of the frame may survive its reuse.
+        crate::arch::x86_64::paging::flush_tlb_local();
         let _ = memory::free_frame(mfn);
         done += 1;
     }

@@ -160,6 +160,10 @@ pub fn mmuext_op([ops, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
         }
         done += 1;
     }
+    // A frame that just became a page table or descriptor page may still have a writable
+    // translation cached from before (its mapping dropped with UVMF_NONE): flush before
+    // the guest runs again.
+    hw_paging::flush_tlb_local();
     write_done(done_ptr, done)?;
     result
 }

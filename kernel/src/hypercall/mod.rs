@@ -106,7 +106,7 @@ fn multicall([list, nr, ..]: [u64; 5]) -> Result {
             _ => call(entry.op, [a[0], a[1], a[2], a[3], a[4]]),
         };
         let value = result.unwrap_or_else(|e| e.to_hypercall_ret() as u64);
-        let result_at = at + core::mem::offset_of!(MulticallEntry, result) as u64;
+        let result_at = at.wrapping_add(core::mem::offset_of!(MulticallEntry, result) as u64);
         domain::with_current(|d| d.write_guest(result_at, &value.to_le_bytes()))
             .ok_or(XenErrno::Esrch)?
             .map_err(|_| XenErrno::Efault)?;
@@ -116,12 +116,16 @@ fn multicall([list, nr, ..]: [u64; 5]) -> Result {
 
 /// The most console output one call copies (Xen loops in chunks too).
 const CONSOLE_CHUNK: usize = 1024;
+/// The most one `console_io` write prints; the rest is dropped.
+const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
 
 fn console_io([cmd, count, buffer, ..]: [u64; 5]) -> Result {
     match ConsoleIoCmd::try_from(cmd as u32) {
         Ok(ConsoleIoCmd::Write) => {
             let mut buf = [0u8; CONSOLE_CHUNK];
             let mut done = 0u64;
+            // Hypercalls run with interrupts off: bound the work one call can ask for.
+            let count = count.min(MAX_CONSOLE_WRITE);
             while done < count {
                 let n = (count - done).min(CONSOLE_CHUNK as u64) as usize;
                 domain::with_current(|d| {

@@ -184,6 +184,9 @@ fn initialise(vcpu: u32, arg: u64) -> Result {
                 .set(core::slice::from_ref(t))
                 .map_err(|_| XenErrno::Einval)?;
         }
+        if !cpu::is_guest_base(ctx.user_regs.rip) || !cpu::is_guest_base(ctx.user_regs.rsp) {
+            return Err(XenErrno::Einval);
+        }
         for a in [
             ctx.event_callback_eip,
             ctx.failsafe_callback_eip,
@@ -255,6 +258,8 @@ fn initialise(vcpu: u32, arg: u64) -> Result {
         };
         v.gdt = gdt;
         v.initialised = true;
+        // The new GDT frames may have had writable translations cached.
+        crate::arch::x86_64::paging::flush_tlb_local();
         if ctx.flags & VGCF_ONLINE != 0 {
             v.online = true;
         }

@@ -207,10 +207,13 @@ pub fn validate_entry(level: Level, entry: u64) -> Result<EntryKind, MmError> {
 }
 
 /// The value the hypervisor stores for a guest entry it accepted: present entries get
-/// `_PAGE_USER` since the guest kernel runs in ring 3 (Xen's `adjust_guest_l[1-4]e`).
+/// `_PAGE_USER` since the guest kernel runs in ring 3 (Xen's `adjust_guest_l[1-4]e`), and
+/// lose `_PAGE_GLOBAL`: guest translations must not survive a page-table switch (between
+/// guest kernel and user mode, vCPUs or domains), which a plain CR3 write guarantees only
+/// for non-global entries.
 pub const fn guest_entry(entry: u64) -> u64 {
     if entry & pte::PRESENT != 0 {
-        entry | pte::USER
+        (entry | pte::USER) & !pte::GLOBAL
     } else {
         entry
     }

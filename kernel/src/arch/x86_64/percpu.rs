@@ -51,6 +51,17 @@ pub fn cpu() -> u32 {
     unsafe { (*(base as *const PerCpu)).cpu }
 }
 
+/// After a fault on the `iretq` back to a guest: the exit path had already swapped the
+/// guest's GS base in; swap the hypervisor's back before any code relies on it.
+///
+/// # Safety
+/// Only on that path (the faulting frame's RIP is `trap::iretq_address()` and its CS is the
+/// hypervisor's, so the entry did not swap).
+pub unsafe fn recover_gs_after_failed_return() {
+    // SAFETY: as the caller guarantees, the guest's base is active; this restores ours.
+    unsafe { core::arch::asm!("swapgs", options(nostack, preserves_flags)) }
+}
+
 /// The guest's active GS base. While the hypervisor runs it sits in IA32_KERNEL_GS_BASE
 /// (the trap exit's `swapgs` makes it active again).
 pub fn guest_gs_base() -> u64 {

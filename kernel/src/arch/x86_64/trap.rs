@@ -72,13 +72,24 @@ trap_exit:
     testb $3, 8(%rsp)
     jz 1f
     swapgs
-1:  iretq
+1:
+    .globl trap_iretq
+trap_iretq:
+    iretq
 "#,
     options(att_syntax)
 );
 
 extern "C" {
     static trap_stubs: u8;
+    static trap_iretq: u8;
+}
+
+/// The address of the exit path's `iretq`: a fault there means the CPU refused the state a
+/// guest is being resumed with (a bad selector or a non-canonical address).
+pub fn iretq_address() -> u64 {
+    // SAFETY: only the address of the assembly label is taken.
+    unsafe { &trap_iretq as *const u8 as u64 }
 }
 
 /// Resumes the context in `frame` (typically a guest in ring 3) through the trap exit

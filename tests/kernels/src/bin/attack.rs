@@ -124,8 +124,89 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     bad_pins(si)?;
     hypervisor_addresses(si);
     bad_gdt(si)?;
+    review_regressions(si, &tables)?;
     random_hypercalls(si);
     still_alive(&victim)
+}
+
+/// Attacks a review found: unpinning the page-table root that is loaded, giving back the
+/// shared-info page the hypervisor keeps writing, and pinning as a page table a frame
+/// whose writable mapping was just dropped without a TLB flush (then writing through the
+/// stale translation).
+fn review_regressions(si: &StartInfo, tables: &Tables) -> Result<(), &'static str> {
+    let mmuext = |cmd: MmuextCmd, arg1: u64| {
+        let op = [MmuextOp {
+            cmd: cmd.raw(),
+            _cpad0: 0,
+            arg1,
+            arg2: 0,
+        }];
+        // SAFETY: the hypervisor checks the frame named.
+        unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) }
+    };
+    // Unpinning the live root: allowed (Xen allows it too), but the root stays a
+    // validated table while it is loaded; the kernel must keep running.
+    let rc = mmuext(MmuextCmd::UnpinTable, tables.l4_mfn);
+    let version = pvrt::xen_version(XenVersionOp::Version);
+    pvrt::ensure!(
+        version > 0,
+        "after unpinning the live L4, xen_version returned {}",
+        version
+    );
+    pvrt::println!("pv-test attack: unpinned its live L4 ({rc}); still running");
+    let rc = mmuext(MmuextCmd::PinL4Table, tables.l4_mfn);
+    pvrt::ensure!(rc == 0, "re-pinning the L4 returned {}", rc);
+
+    // The shared-info page cannot be given back.
+    let mut frames = [si.shared_info >> 12];
+    let mut r = ferrovisor_abi::xen::memory::XenMemoryReservation {
+        extent_start: ferrovisor_abi::xen::GuestHandle(frames.as_mut_ptr() as u64),
+        nr_extents: 1,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _cpad0: [0; 6],
+    };
+    // SAFETY: the hypervisor reads `r` and `frames`.
+    let rc = unsafe {
+        pvrt::memory_op(
+            ferrovisor_abi::xen::memory::MemoryOp::DecreaseReservation,
+            (&raw mut r).cast(),
+        )
+    };
+    if pvrt::on_ferrovisor() {
+        pvrt::ensure!(
+            rc == 0,
+            "giving back the shared-info page returned {} (expected 0 done)",
+            rc
+        );
+        pvrt::println!("pv-test attack: refused: giving back the shared-info page (0 done)");
+    } else {
+        pvrt::println!("pv-test attack: Xen's rule: shared-info give-back returned {rc}");
+    }
+
+    // Stale translation: write through V to X, drop V's mapping without a flush, pin X as
+    // an L1, then write through V again: that write must fault.
+    let x = region::alloc_scratch(si).ok_or("out of scratch pages")?;
+    // SAFETY: the scratch page is mapped writable and used by nothing else.
+    unsafe { core::ptr::write_volatile(x.words(), 0) };
+    // SAFETY: unmapping our own scratch page, without a flush (UVMF_NONE).
+    let rc = unsafe { pvrt::update_va_mapping(x.va, 0, 0) };
+    pvrt::ensure!(rc == 0, "unmapping the scratch page returned {}", rc);
+    let rc = mmuext(MmuextCmd::PinL1Table, x.mfn);
+    pvrt::ensure!(rc == 0, "pinning the zeroed page as an L1 returned {}", rc);
+    // SAFETY: must fault: the page is unmapped and now a page table.
+    let r = unsafe { traps::probe_write(x.va, 0x200 << 12 | 0x7) };
+    pvrt::ensure!(
+        r.is_err(),
+        "a write through the stale translation of a pinned L1 went through"
+    );
+    let rc = mmuext(MmuextCmd::UnpinTable, x.mfn);
+    pvrt::ensure!(rc == 0, "unpinning it returned {}", rc);
+    pvrt::println!(
+        "pv-test attack: refused: writing a freshly pinned L1 through a stale translation (#PF)"
+    );
+    Ok(())
 }
 
 /// The bootstrap page tables: L4 at `pt_base`, the L1 entry mapping a scratch page.
