@@ -77,8 +77,10 @@ pub struct Vcpu {
     pub online: bool,
     /// Has a starting state (vCPU 0 from the builder, others from `VCPUOP_initialise`).
     pub initialised: bool,
-    /// Waiting in `SCHEDOP_block` for an event.
+    /// Waiting in `SCHEDOP_block` for an event, or in `SCHEDOP_poll` (then `poll` says
+    /// for which ports and until when).
     pub blocked: bool,
+    pub poll: Option<Poll>,
     /// Its x87/SSE registers while it is not on the CPU.
     pub fpu: FpuState,
     /// Its FS base while it is not on the CPU.
@@ -206,6 +208,17 @@ impl EventWords for SharedWords {
     }
 }
 
+/// What a vCPU in `SCHEDOP_poll` waits for: one of `ports` becoming pending, or the
+/// system time `deadline`.
+#[derive(Clone, Debug)]
+pub struct Poll {
+    pub ports: heapless::Vec<u32, MAX_POLL_PORTS>,
+    pub deadline: Option<u64>,
+}
+
+/// Ports one `SCHEDOP_poll` may name (Linux polls one).
+pub const MAX_POLL_PORTS: usize = 128;
+
 impl Vcpu {
     /// A vCPU that is not running yet, with vCPU `id`'s default `vcpu_info` slot in the
     /// shared-info page.
@@ -215,6 +228,7 @@ impl Vcpu {
             online: false,
             initialised: false,
             blocked: false,
+            poll: None,
             fpu: FpuState::initial(),
             fs_base: 0,
             saved_gs_base_active: 0,
@@ -273,17 +287,25 @@ impl Domain {
         self.others.iter_mut().find(|v| v.id == id)
     }
 
-    /// Marks `port` pending for vCPU `vcpu`: a blocked vCPU becomes runnable.
+    /// Marks `port` pending for vCPU `vcpu`: a blocked vCPU becomes runnable, and so does
+    /// any vCPU polling that port.
     pub fn notify(&mut self, port: u32, vcpu: u32) {
         let _ = evtchn::set_pending(&self.event_words(), port, vcpu);
         self.wake_if_pending(vcpu);
+        for v in core::iter::once(&mut self.vcpu).chain(self.others.iter_mut()) {
+            if v.poll.as_ref().is_some_and(|p| p.ports.contains(&port)) {
+                v.poll = None;
+                v.blocked = false;
+            }
+        }
     }
 
-    /// A blocked vCPU with an event pending becomes runnable.
+    /// A vCPU blocked in `SCHEDOP_block` with an event pending becomes runnable (a
+    /// polling vCPU waits for its ports instead).
     pub fn wake_if_pending(&mut self, vcpu: u32) {
         let pending = self.event_words().upcall_pending_swap_peek(vcpu);
         if let Some(v) = self.vcpu_by_id_mut(vcpu) {
-            if v.blocked && pending {
+            if v.blocked && v.poll.is_none() && pending {
                 v.blocked = false;
             }
         }
@@ -639,6 +661,14 @@ impl Domain {
         for v in core::iter::once(&mut self.vcpu).chain(self.others.iter_mut()) {
             if !v.online {
                 continue;
+            }
+            // A poll whose timeout passed ends (`SCHEDOP_poll` returns 0 either way).
+            if v.poll
+                .as_ref()
+                .is_some_and(|p| p.deadline.is_some_and(|d| d <= now))
+            {
+                v.poll = None;
+                v.blocked = false;
             }
             let mut fire = false;
             if v.timer_deadline.is_some_and(|d| d <= now) {

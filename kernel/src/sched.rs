@@ -148,6 +148,65 @@ pub fn block(frame: &mut TrapFrame) {
     }
 }
 
+/// `SCHEDOP_poll`: wait until one of the given ports is pending or the timeout passes,
+/// events staying masked. Like `block`, other vCPUs run meanwhile; `Domain::notify` and
+/// the timer wake the poller.
+pub fn poll(frame: &mut TrapFrame) {
+    let p = match crate::hypercall::vcpu::read_poll(frame.rsi) {
+        Ok(p) => p,
+        Err(e) => {
+            frame.rax = e.to_hypercall_ret() as u64;
+            return;
+        }
+    };
+    frame.rax = 0;
+    let ready = |d: &Domain, ports: &[u32]| ferrovisor::evtchn::poll_ready(&d.event_words(), ports);
+    let switched = domain::with_current(|d| {
+        if ready(d, &p.ports) || p.deadline.is_some_and(|t| t <= crate::clock::now_ns()) {
+            return true;
+        }
+        d.vcpu.blocked = true;
+        d.vcpu.poll = Some(p.clone());
+        d.set_runstate(domain::RUNSTATE_BLOCKED);
+        match pick_next(d) {
+            Some(next) => {
+                switch_to(d, frame, next);
+                true
+            }
+            None => false,
+        }
+    });
+    if switched != Some(false) {
+        return;
+    }
+    loop {
+        irq::enable_and_wait();
+        irq::disable();
+        let done = domain::with_current(|d| {
+            let still_waiting = match &d.vcpu.poll {
+                Some(p) => !ready(d, &p.ports),
+                None => false, // woken by `notify` or the timeout
+            };
+            if !still_waiting {
+                d.vcpu.poll = None;
+                d.vcpu.blocked = false;
+                d.set_runstate(domain::RUNSTATE_RUNNING);
+                return true;
+            }
+            match pick_next(d) {
+                Some(next) => {
+                    switch_to(d, frame, next);
+                    true
+                }
+                None => false,
+            }
+        });
+        if done != Some(false) {
+            return;
+        }
+    }
+}
+
 /// `VCPUOP_down` of the running vCPU: it stops and another runs (or the CPU idles until
 /// one can).
 pub fn down_self(frame: &mut TrapFrame) {

@@ -207,6 +207,9 @@ fn smp() {
     b.find(r"\(d0\) pv-test smp: vCPU 0: 200 yields, vCPU 1 progressed across [1-9]\d* of them; xmm, MXCSR 0x7f80 and gs/fs bases intact");
     b.find(r"\(d0\) pv-test smp: vCPU 1: 200 yields, .*xmm, MXCSR 0x5f80 and gs/fs bases intact");
     b.find(r"\(d0\) pv-test smp: IPI port \d+ bound to vCPU 1: 1 upcall hit\(s\) on vCPU 1, 0 on vCPU 0; vCPU 1's SCHEDOP_block returned 0");
+    b.find(
+        r"\(d0\) pv-test smp: vCPU 1 polled the masked IPI port while vCPU 0 ran; the send woke it",
+    );
     b.find(r"\(d0\) pv-test smp: vCPU 1 spun 50 ms without hypercalls: vCPU 0 ran [1-9]\d* time\(s\) meanwhile");
     b.find(r"\(d0\) pv-test smp: vCPU 1 is down: is_up 0");
     b.find(

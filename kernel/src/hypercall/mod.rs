@@ -23,7 +23,7 @@ mod evtchn;
 mod memory;
 pub mod mmu;
 mod traps;
-mod vcpu;
+pub mod vcpu;
 
 type Result = core::result::Result<u64, XenErrno>;
 
@@ -37,6 +37,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
         match SchedOp::try_from(frame.rdi as u32) {
             Ok(SchedOp::Block) => return sched::block(frame),
             Ok(SchedOp::Yield) => return sched::yield_now(frame),
+            Ok(SchedOp::Poll) => return sched::poll(frame),
             _ => {}
         }
     }
@@ -201,7 +202,6 @@ fn vm_assist([cmd, kind, ..]: [u64; 5]) -> Result {
 fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
     match SchedOp::try_from(cmd as u32) {
         Ok(SchedOp::Yield | SchedOp::Block) => Ok(0), // handled in `dispatch`
-        Ok(SchedOp::Poll) => vcpu::poll(arg),
         Ok(SchedOp::Shutdown) => {
             let mut raw = [0u8; core::mem::size_of::<SchedShutdown>()];
             domain::with_current(|d| d.read_guest(arg, &mut raw))

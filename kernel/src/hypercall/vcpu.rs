@@ -1,7 +1,6 @@
 //! Per-vCPU hypercalls: `vcpu_op` (vcpu_info and runstate placement, timers, up/down)
 //! and `set_timer_op`; plus `sched_op`'s blocking.
 
-use ferrovisor::evtchn;
 use ferrovisor::mm::{Mfn, PAGE_SIZE};
 use ferrovisor::{
     mm::page_type::PageType,
@@ -28,11 +27,7 @@ use ferrovisor_abi::{
 use zerocopy::FromBytes;
 
 use super::Result;
-use crate::{
-    arch::x86_64::{cpu, irq},
-    clock, domain,
-    domain::FRAME_TABLE,
-};
+use crate::{arch::x86_64::cpu, clock, domain, domain::FRAME_TABLE};
 
 fn read<T: FromBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
     let mut buf = [0u8; 32];
@@ -295,38 +290,29 @@ pub fn set_timer_op([timeout, ..]: [u64; 5]) -> Result {
     set_deadline((timeout != 0).then_some(timeout))
 }
 
-/// Ports one `SCHEDOP_poll` may name (Xen's limit is the domain's port count; 128 covers
-/// what guests use: Linux polls one port).
-const MAX_POLL_PORTS: usize = 128;
-
-/// `SCHEDOP_poll`: wait until one of the given ports is pending or the timeout (absolute
-/// system time, 0 = none) passes. Events stay masked; nothing is delivered.
-pub fn poll(arg: u64) -> Result {
+/// Reads and checks a `SCHEDOP_poll` argument: the ports (each valid in the domain) and
+/// the absolute timeout (0 = none).
+pub fn read_poll(arg: u64) -> core::result::Result<domain::Poll, XenErrno> {
     let p: SchedPoll = read(arg)?;
     let n = p.nr_ports as usize;
-    if n > MAX_POLL_PORTS {
+    if n > domain::MAX_POLL_PORTS {
         return Err(XenErrno::Einval);
     }
-    let mut raw = [0u8; MAX_POLL_PORTS * 4];
+    let mut raw = [0u8; domain::MAX_POLL_PORTS * 4];
     domain::with_current(|d| d.read_guest(p.ports.0, &mut raw[..n * 4]))
         .ok_or(XenErrno::Esrch)?
         .map_err(|_| XenErrno::Efault)?;
-    let mut ports = [0u32; MAX_POLL_PORTS];
-    for (i, port) in ports[..n].iter_mut().enumerate() {
-        *port = u32::from_le_bytes([raw[i * 4], raw[i * 4 + 1], raw[i * 4 + 2], raw[i * 4 + 3]]);
+    let mut ports = heapless::Vec::new();
+    for c in raw[..n * 4].chunks_exact(4) {
+        let _ = ports.push(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
     }
-    let ok = domain::with_current(|d| ports[..n].iter().all(|&p| d.evtchn.is_valid_port(p)))
+    let valid = domain::with_current(|d| ports.iter().all(|&p| d.evtchn.is_valid_port(p)))
         .ok_or(XenErrno::Esrch)?;
-    if !ok {
+    if !valid {
         return Err(XenErrno::Einval);
     }
-    loop {
-        let ready = domain::with_current(|d| evtchn::poll_ready(&d.event_words(), &ports[..n]))
-            .unwrap_or(true);
-        if ready || (p.timeout != 0 && clock::now_ns() >= p.timeout) {
-            return Ok(0);
-        }
-        irq::enable_and_wait();
-        irq::disable();
-    }
+    Ok(domain::Poll {
+        ports,
+        deadline: (p.timeout != 0).then_some(p.timeout),
+    })
 }

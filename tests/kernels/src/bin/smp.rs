@@ -26,6 +26,12 @@
 //! Every step prints a `pv-test smp:` line, so a log that stops shows where.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
+use ferrovisor_abi::xen::{
+    hypercall::Hypercall,
+    sched::{SchedOp, SchedPoll},
+    GuestHandle,
+};
+
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use ferrovisor_abi::{
@@ -74,8 +80,13 @@ static FS_MARK: [u64; 2] = [0xf5f5_0000_0000_0000, 0xf5f5_0000_0000_0001];
 static PHASE: AtomicU32 = AtomicU32::new(0);
 const PHASE_YIELD: u32 = 1;
 const PHASE_IPI: u32 = 2;
-const PHASE_SPIN: u32 = 3;
-const PHASE_DOWN: u32 = 4;
+const PHASE_POLL: u32 = 3;
+const PHASE_SPIN: u32 = 4;
+const PHASE_DOWN: u32 = 5;
+/// vCPU 1 is in SCHEDOP_poll on the (masked) IPI port / came back from it with this.
+static POLLING: AtomicBool = AtomicBool::new(false);
+static POLL_WOKE: AtomicBool = AtomicBool::new(false);
+static POLL_RET: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// vCPU 1's stack, `[lo, hi)` (0 before it is allocated).
 static STACK1_LO: AtomicU64 = AtomicU64::new(0);
@@ -525,6 +536,14 @@ extern "C" fn smp_vcpu1_main(rdi: u64, rsi: u64, rsp: u64) -> ! {
     set_events_masked(VCPU1, true);
     IPI_WOKE.store(true, Ordering::SeqCst);
 
+    // SCHEDOP_poll on the IPI port, masked (as Linux's PV spinlocks poll): vCPU 0 must
+    // get the CPU meanwhile and its send must end the poll.
+    wait_phase(PHASE_POLL);
+    POLLING.store(true, Ordering::SeqCst);
+    let ret = sched_poll(port as u32);
+    POLL_RET.store(ret as u64, Ordering::SeqCst);
+    POLL_WOKE.store(true, Ordering::SeqCst);
+
     wait_phase(PHASE_SPIN);
     // No hypercall from here to the end of the spin: only the hypervisor's timer can give
     // vCPU 0 the CPU.
@@ -648,6 +667,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
 
     yield_rounds()?;
     ipi()?;
+    poll()?;
     preemption()?;
     take_down()?;
 
@@ -854,6 +874,54 @@ fn ipi() -> Result<(), &'static str> {
     pvrt::ensure!(
         unmasked == 0,
         "an upcall arrived with that vCPU's evtchn_upcall_mask clear (vCPUs {unmasked:#b})"
+    );
+    Ok(())
+}
+
+/// `SCHEDOP_poll(ports, nr_ports, timeout 0)` on one port.
+fn sched_poll(port: u32) -> i64 {
+    let ports = [port];
+    let mut arg = SchedPoll {
+        ports: GuestHandle(ports.as_ptr() as u64),
+        nr_ports: 1,
+        _cpad0: 0,
+        timeout: 0,
+    };
+    // SAFETY: the hypervisor reads `arg` and the port array, both live across the call.
+    unsafe {
+        pvrt::hypercall2(
+            Hypercall::SchedOp as u64,
+            u64::from(SchedOp::Poll.raw()),
+            (&raw mut arg) as u64,
+        )
+    }
+}
+
+/// Step 5b: vCPU 1 polls the masked IPI port; vCPU 0 keeps running and its send wakes it.
+fn poll() -> Result<(), &'static str> {
+    let port = IPI_PORT.load(Ordering::SeqCst);
+    events::clear_pending(port);
+    events::set_masked(port, true);
+    PHASE.store(PHASE_POLL, Ordering::SeqCst);
+    wait_for("vCPU 1 to poll", || POLLING.load(Ordering::SeqCst));
+    for _ in 0..5 {
+        let _ = pvrt::sched_yield();
+    }
+    pvrt::ensure!(
+        !POLL_WOKE.load(Ordering::SeqCst),
+        "vCPU 1's SCHEDOP_poll returned before anything was sent"
+    );
+    let ret = events::send(port);
+    pvrt::ensure!(ret == 0, "EVTCHNOP_send({port}) returned {ret}");
+    wait_for("vCPU 1 to return from SCHEDOP_poll", || {
+        POLL_WOKE.load(Ordering::SeqCst)
+    });
+    let poll_ret = POLL_RET.load(Ordering::SeqCst) as i64;
+    pvrt::ensure!(poll_ret == 0, "vCPU 1's SCHEDOP_poll returned {poll_ret}");
+    events::clear_pending(port);
+    events::set_masked(port, false);
+    pvrt::println!(
+        "pv-test smp: vCPU 1 polled the masked IPI port while vCPU 0 ran; the send woke it"
     );
     Ok(())
 }
