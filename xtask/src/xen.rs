@@ -27,7 +27,7 @@ const IMAGE_NAME: &str = "xen-4.17-amd64.gz";
 /// speed GRUB uses, every log level on, and a reboot (which `-no-reboot` turns into QEMU's
 /// exit) when dom0 crashes. Xen writes the hardware domain's `console_io` output to the
 /// serial line as is, without the `(d0) ` prefix Ferrovisor adds.
-pub const CMDLINE: &str = "dom0_mem=32M,max:32M dom0_max_vcpus=2 console=com1 \
+pub const CMDLINE: &str = "dom0_mem=32M,max:32M dom0_max_vcpus=2 maxcpus=1 console=com1 \
                            com1=115200,8n1 loglvl=all guest_loglvl=all noreboot=false";
 
 /// QEMU arguments appended after the standard ones (a later `-cpu` wins): Xen 4.17 does not
