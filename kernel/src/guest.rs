@@ -25,7 +25,7 @@ use crate::{
         guest_memory::GuestSpace,
         paging::{self as hw_paging, GuestTables},
         percpu,
-        trap::TrapFrame,
+        trap::{self, TrapFrame},
     },
     clock,
     domain::{self, Domain, OwnsFrame},
@@ -68,12 +68,37 @@ pub fn interrupted(frame: &mut TrapFrame) {
 
 /// The return to the guest faulted (`frame` is the fault in the exit path): the guest
 /// gave a state the CPU will not resume (a selector it may not load, a non-canonical
-/// address). Xen would bounce to its failsafe callback; the domain is crashed instead.
-pub fn failed_return(frame: &TrapFrame) -> ! {
-    domain::crash(format_args!(
-        "the CPU refused to resume it (exception {} with error code {:#x} on the return)",
-        frame.vector, frame.error_code
-    ))
+/// address). As Xen does, the fault is bounced to the guest kernel's trap table as if the
+/// guest had raised it at the refused state (for a bad `cs`: a #GP with the selector as
+/// error code, at the `rip` it asked for); `frame` is rewritten into that entry. A domain
+/// whose trap table has no handler for it is crashed.
+pub fn failed_return(frame: &mut TrapFrame) {
+    let [rip, cs, rflags, rsp, ss] = trap::refused_return(frame);
+    let vector = frame.vector;
+    let error_code = has_error_code(vector).then_some(frame.error_code as u32);
+    let mut refused = TrapFrame {
+        rip,
+        cs,
+        rflags,
+        rsp,
+        ss,
+        ..*frame
+    };
+    log::debug!(
+        "the CPU refused to resume the guest at rip={rip:#x} cs={cs:#x} rsp={rsp:#x} \
+         (exception {vector}, error code {:#x}): bouncing it to the guest",
+        frame.error_code
+    );
+    let what = "the exception the CPU raised on the return to it";
+    let entered = domain::with_current(|d| {
+        deliver(d, &mut refused, what, |regs, state, stack| {
+            bounce::bounce_exception(regs, vector as u8, error_code, None, state, stack)
+        })
+    });
+    if entered.is_none() {
+        fatal::exception(frame);
+    }
+    *frame = refused;
 }
 
 /// The tick: the running domain's vCPU timers.

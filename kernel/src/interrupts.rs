@@ -25,7 +25,9 @@ pub fn dispatch(frame: &mut TrapFrame) {
         // The CPU refused to resume the guest with the state it was given.
         // SAFETY: exactly the case `recover_gs_after_failed_return` is for.
         unsafe { percpu::recover_gs_after_failed_return() };
+        // `frame` becomes the guest's entry into its trap-table handler for the fault.
         guest::failed_return(frame);
+        return;
     }
     match frame.vector {
         SYSCALL_VECTOR => guest::syscall(frame),

@@ -671,7 +671,7 @@ pub struct IretOutcome {
 ///   guest's IF becomes the upcall mask (mask = !IF). RF is kept (the guest needs it to
 ///   resume past an instruction breakpoint).
 /// * `rip` and `rsp` must be canonical and outside the hypervisor's range (stricter than
-///   Xen, which lets the return fault and enters the failsafe callback).
+///   Xen, which lets the return fault and bounces the #GP to the guest).
 /// * `VGCF_in_syscall` in `flags`: return as `sysret` would: `rcx` and `r11` take `rip`
 ///   and `rflags`, `cs`/`ss` the flat 64-bit user selectors (the header: "Restore RAX,
 ///   RIP, RFLAGS, RSP. Discard R11, RCX, CS, SS"). Otherwise `r11` and `rcx` come from

@@ -92,6 +92,19 @@ pub fn iretq_address() -> u64 {
     unsafe { &trap_iretq as *const u8 as u64 }
 }
 
+/// After a fault on the exit path's `iretq` (`frame` is that fault, taken in ring 0 on
+/// the same stack): the hardware frame the CPU refused, `[rip, cs, rflags, rsp, ss]`.
+/// The general-purpose registers in `frame` are already the guest's (the exit path had
+/// popped them).
+pub fn refused_return(frame: &TrapFrame) -> [u64; 5] {
+    assert!(frame.rip == iretq_address() && frame.cs & 3 == 0);
+    let at = frame.rsp as *const [u64; 5];
+    // SAFETY: a fault in ring 0 does not switch stacks (no IST for these vectors), so the
+    // interrupted `rsp` is the address of the `iretq` frame the exit path left on this
+    // CPU's stack, above the current frame and still mapped; it is read, not moved.
+    unsafe { at.read() }
+}
+
 /// Resumes the context in `frame` (typically a guest in ring 3) through the trap exit
 /// path. Nothing on the current stack is needed afterwards.
 ///
