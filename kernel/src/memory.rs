@@ -11,7 +11,7 @@ use ferrovisor::{
     mm::{
         frame_alloc::{self, FrameAllocator, MAX_FREE_RANGES},
         layout::{
-            image_virt_to_phys, DIRECT_MAP_BASE, DIRECT_MAP_SIZE, EARLY_DIRECT_MAP_SIZE,
+            self, image_virt_to_phys, DIRECT_MAP_BASE, DIRECT_MAP_SIZE, EARLY_DIRECT_MAP_SIZE,
             GDT_WINDOWS_BASE, GDT_WINDOW_SIZE, IST_STACK_SIZE, LDT_WINDOWS_BASE, LDT_WINDOW_SIZE,
             MMIO_BASE, STACKS_BASE, STACK_SIZE,
         },
@@ -232,6 +232,8 @@ pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
 
 /// Where the machine-to-phys table is (first frame, entries) until `init_m2p` takes it.
 static M2P_PLACE: spin::Mutex<Option<(Mfn, u64)>> = spin::Mutex::new(None);
+/// The table's first machine frame (its frames are contiguous).
+static M2P_FIRST: spin::Mutex<Mfn> = spin::Mutex::new(Mfn(0));
 /// The machine-to-phys table: `M2P[mfn] = pfn`, or [`M2P_INVALID`].
 static M2P: spin::Mutex<Option<&'static mut [u64]>> = spin::Mutex::new(None);
 /// What a frame no domain uses maps to (Xen's `INVALID_M2P_ENTRY`).
@@ -245,14 +247,22 @@ pub fn init_m2p() {
     };
     // SAFETY: the frames were allocated for the table alone in `build_kernel_space`; the
     // guests' mapping of them is read-only, so this is the only writer; direct-mapped.
-    let table = unsafe { phys::words_mut(first.addr(), entries as usize) };
+    let table = unsafe { phys::words_mut(first.addr(), (layout::m2p_bytes(entries) / 8) as usize) };
+    // The tail past the last frame is mapped for guests too: invalid as well.
     table.fill(M2P_INVALID);
-    *M2P.lock() = Some(table);
+    *M2P_FIRST.lock() = first;
+    *M2P.lock() = Some(&mut table[..entries as usize]);
 }
 
 /// Frames the machine-to-phys table covers (one past the highest RAM frame).
 pub fn m2p_entries() -> u64 {
     M2P.lock().as_ref().map_or(0, |t| t.len() as u64)
+}
+
+/// The frames `XENMEM_machphys_mfn_list` reports: the first of each 2 MiB extent of the
+/// table.
+pub fn m2p_extents() -> impl Iterator<Item = u64> {
+    layout::m2p_extents(M2P_FIRST.lock().0, m2p_entries())
 }
 
 /// Records that machine frame `mfn` is pseudo-physical frame `pfn` of its domain.
@@ -371,7 +381,7 @@ pub fn build_kernel_space(
     // direct map.
     let max_ram = merged.last().map_or(0, |r| r.end);
     let m2p_entries = max_ram / PAGE_SIZE;
-    let m2p_bytes = (m2p_entries * 8).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+    let m2p_bytes = layout::m2p_bytes(m2p_entries);
     if m2p_bytes > MACH2PHYS_VIRT_END - MACH2PHYS_VIRT_START {
         return Err(MemoryError::OutOfFrames(
             "the machine-to-phys table (too much RAM)",
@@ -380,7 +390,7 @@ pub fn build_kernel_space(
     let m2p = aspace
         .memory_mut()
         .frames()
-        .alloc_contiguous(m2p_bytes / PAGE_SIZE, 1)
+        .alloc_contiguous(m2p_bytes / PAGE_SIZE, layout::M2P_EXTENT_BYTES / PAGE_SIZE)
         .ok_or(MemoryError::OutOfFrames("the machine-to-phys table"))?;
     let guest_ro = Attrs {
         writable: false,

@@ -229,6 +229,7 @@ fn privops() {
 #[test]
 fn balloon() {
     let mut b = run_kernel("balloon", "");
+    b.find(r"\(d0\) pv-test balloon: M2P at 0xffff800000000000-0x[0-9a-f]+ \(max_mfn 0x[0-9a-f]+\), [1-9]\d* extent\(s\) from frame 0x[0-9a-f]+");
     b.find(r"\(d0\) pv-test balloon: a mapped page and a foreign frame are not taken back");
     b.find(r"\(d0\) pv-test balloon: returned frame 0x[0-9a-f]+; reservation (\d+) -> (\d+)");
     b.find(r"\(d0\) pv-test balloon: got frame 0x[0-9a-f]+ back, zeroed");

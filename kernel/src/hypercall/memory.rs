@@ -5,7 +5,10 @@ use ferrovisor_abi::{
     errno::XenErrno,
     layout::MACH2PHYS_VIRT_START,
     xen::{
-        memory::{E820Entry, MemoryOp, XenMachphysMapping, XenMemoryMap, XenMemoryReservation},
+        memory::{
+            E820Entry, MemoryOp, XenMachphysMapping, XenMachphysMfnList, XenMemoryMap,
+            XenMemoryReservation,
+        },
         xen::DOMID_SELF,
     },
 };
@@ -45,6 +48,26 @@ fn read_u64(d: &Domain, va: u64) -> core::result::Result<u64, XenErrno> {
     let mut b = [0u8; 8];
     d.read_guest(va, &mut b).map_err(|_| XenErrno::Efault)?;
     Ok(u64::from_le_bytes(b))
+}
+
+/// `XENMEM_machphys_mfn_list`: the machine frames backing the read-only machine-to-phys
+/// table, the first of each 2 MiB extent (each extent is 512 contiguous frames), up to
+/// `max_extents` of them; `nr_extents` says how many were written.
+fn machphys_mfn_list(d: &Domain, arg: u64) -> Result {
+    let mut raw = [0u8; core::mem::size_of::<XenMachphysMfnList>()];
+    d.read_guest(arg, &mut raw).map_err(|_| XenErrno::Efault)?;
+    let mut list = XenMachphysMfnList::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+    let mut written = 0u32;
+    for mfn in memory::m2p_extents().take(list.max_extents as usize) {
+        let at = list.extent_start.0.wrapping_add(u64::from(written) * 8);
+        d.write_guest(at, &mfn.to_le_bytes())
+            .map_err(|_| XenErrno::Efault)?;
+        written += 1;
+    }
+    list.nr_extents = written;
+    d.write_guest(arg, list.as_bytes())
+        .map_err(|_| XenErrno::Efault)?;
+    Ok(0)
 }
 
 /// `XENMEM_decrease_reservation`: the guest gives frames back (a PV guest names machine
@@ -169,6 +192,7 @@ fn one(d: &mut Domain, op: MemoryOp, arg: u64) -> Result {
                 .map_err(|_| XenErrno::Efault)?;
             Ok(0)
         }
+        MemoryOp::MachphysMfnList => machphys_mfn_list(d, arg),
         MemoryOp::DecreaseReservation => decrease_reservation(d, arg),
         MemoryOp::IncreaseReservation | MemoryOp::PopulatePhysmap => {
             increase_reservation(d, arg, op == MemoryOp::PopulatePhysmap)

@@ -71,9 +71,41 @@ const _: () = assert!(pml4_slot(DIRECT_MAP_BASE) == 262);
 const _: () = assert!(DIRECT_MAP_BASE + DIRECT_MAP_SIZE == HYPERVISOR_VIRT_END);
 const _: () = assert!(IMAGE_VIRT_OFFSET > HYPERVISOR_VIRT_START);
 
+/// The machine-to-phys table is handed out in extents of this size
+/// (`XENMEM_machphys_mfn_list` reports one frame per extent, as Xen does).
+pub const M2P_EXTENT_BYTES: u64 = 2 << 20;
+
+/// Bytes the machine-to-phys table takes for `entries` frames of RAM: one `u64` each,
+/// rounded up to whole extents (so every extent it reports is backed).
+pub const fn m2p_bytes(entries: u64) -> u64 {
+    (entries * 8).div_ceil(M2P_EXTENT_BYTES) * M2P_EXTENT_BYTES
+}
+
+/// The frames `XENMEM_machphys_mfn_list` reports for a table of `entries` entries stored
+/// contiguously from machine frame `first_mfn`: the first frame of each extent.
+pub fn m2p_extents(first_mfn: u64, entries: u64) -> impl Iterator<Item = u64> {
+    let frames_per_extent = M2P_EXTENT_BYTES / 4096;
+    (0..m2p_bytes(entries) / M2P_EXTENT_BYTES).map(move |i| first_mfn + i * frames_per_extent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn m2p_extents_cover_the_table() {
+        assert_eq!(m2p_bytes(0), 0);
+        assert_eq!(m2p_bytes(1), 2 << 20);
+        // 256 MiB of RAM: 65536 entries, 512 KiB of table, one extent.
+        assert_eq!(m2p_extents(0x400, 65536).collect::<Vec<_>>(), [0x400]);
+        // Exactly one extent's worth, then one entry more.
+        assert_eq!(m2p_extents(0x400, 262_144).count(), 1);
+        assert_eq!(
+            m2p_extents(0x400, 262_145).collect::<Vec<_>>(),
+            [0x400, 0x400 + 512]
+        );
+        assert_eq!(m2p_extents(7, 0).count(), 0);
+    }
 
     #[test]
     fn direct_map_round_trip() {

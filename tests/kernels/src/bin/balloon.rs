@@ -3,13 +3,15 @@
 //! does. A page is unmapped and returned: the reservation shrinks by one and its M2P entry
 //! becomes invalid; a new page comes back zeroed and mappable, and the reservation grows
 //! again. Refused: returning a page that is still mapped, returning a frame the domain
-//! does not own, growing beyond the domain's size.
+//! does not own, growing beyond the domain's size. Before that, where the machine-to-phys
+//! table is (`XENMEM_machphys_mapping`) and which frames back it
+//! (`XENMEM_machphys_mfn_list`: one per 2 MiB of the table, as save/restore tools use it).
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 use core::ffi::c_void;
 
 use ferrovisor_abi::xen::{
-    memory::{MemoryOp, XenMemoryReservation},
+    memory::{MemoryOp, XenMachphysMapping, XenMachphysMfnList, XenMemoryReservation},
     xen::{StartInfo, DOMID_SELF, UVMF_INVLPG},
     GuestHandle,
 };
@@ -44,7 +46,75 @@ fn current() -> i64 {
     }
 }
 
+/// `XENMEM_machphys_mfn_list` into `out`, asking for at most `max` extents: the return
+/// code and `nr_extents`.
+fn mfn_list(out: &mut [u64], max: u32) -> (i64, u32) {
+    let mut l = XenMachphysMfnList {
+        max_extents: max,
+        _cpad0: 0,
+        extent_start: GuestHandle(out.as_mut_ptr() as u64),
+        nr_extents: u32::MAX,
+        _cpad1: 0,
+    };
+    // SAFETY: the hypervisor reads `l`, writes at most `max` <= `out.len()` entries of `out`.
+    let rc = unsafe { pvrt::memory_op(MemoryOp::MachphysMfnList, (&raw mut l).cast::<c_void>()) };
+    (rc, l.nr_extents)
+}
+
+/// The machine-to-phys table's place and its backing frames.
+fn m2p_layout() -> Result<(), &'static str> {
+    let mut m = XenMachphysMapping {
+        v_start: 0,
+        v_end: 0,
+        max_mfn: 0,
+    };
+    // SAFETY: the hypervisor writes `m`, ours.
+    let rc = unsafe { pvrt::memory_op(MemoryOp::MachphysMapping, (&raw mut m).cast::<c_void>()) };
+    pvrt::ensure!(rc == 0, "XENMEM_machphys_mapping returned {rc}");
+    pvrt::ensure!(
+        m.v_start == M2P && m.v_end >= M2P + (m.max_mfn + 1) * 8,
+        "XENMEM_machphys_mapping: {:#x}-{:#x} for max_mfn {:#x}: not at {M2P:#x} or too small",
+        m.v_start,
+        m.v_end,
+        m.max_mfn
+    );
+    const EXTENT: u64 = 2 << 20;
+    let expected = ((m.max_mfn + 1) * 8).div_ceil(EXTENT);
+    let mut extents = [0u64; 16];
+    let (rc, n) = mfn_list(&mut extents, 16);
+    pvrt::ensure!(rc == 0, "XENMEM_machphys_mfn_list returned {rc}");
+    pvrt::ensure!(
+        u64::from(n) == expected.min(16),
+        "XENMEM_machphys_mfn_list gave {n} extents for a table of {} entries, expected {}",
+        m.max_mfn + 1,
+        expected.min(16)
+    );
+    let listed = &extents[..n as usize];
+    for (i, &mfn) in listed.iter().enumerate() {
+        pvrt::ensure!(
+            mfn != 0 && mfn <= m.max_mfn && !listed[..i].contains(&mfn),
+            "XENMEM_machphys_mfn_list extent {i} is frame {mfn:#x}: zero, beyond max_mfn or \
+             repeated"
+        );
+    }
+    let first = listed.first().copied().unwrap_or(0);
+    let (rc, none) = mfn_list(&mut [0u64; 1], 0);
+    pvrt::ensure!(
+        rc == 0 && none == 0,
+        "XENMEM_machphys_mfn_list with max_extents 0: returned {rc}, nr_extents {none}"
+    );
+    pvrt::println!(
+        "pv-test balloon: M2P at {:#x}-{:#x} (max_mfn {:#x}), {n} extent(s) from frame {:#x}",
+        m.v_start,
+        m.v_end,
+        m.max_mfn,
+        first
+    );
+    Ok(())
+}
+
 fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    m2p_layout()?;
     let start = current();
     pvrt::ensure!(
         start == si.nr_pages as i64,
