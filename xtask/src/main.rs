@@ -78,8 +78,16 @@ struct EntryArgs {
     #[arg(long, default_value = DEFAULT_DOM0_CMDLINE)]
     module_cmdline: String,
     /// Leave out both module2 lines (no dom0 kernel, no initrd).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["dom0", "dom0_test"])]
     no_modules: bool,
+    /// dom0's kernel: a Xen-PV kernel file (ELF, or a bzImage such as Debian's vmlinuz)
+    /// [default: a placeholder that Ferrovisor refuses with a message].
+    #[arg(long, value_name = "PATH", conflicts_with = "dom0_test")]
+    dom0: Option<PathBuf>,
+    /// dom0's kernel: one of the project's PV test kernels (tests/kernels/src/bin/NAME.rs),
+    /// built first; e.g. `events`, `smp` (give `--smp`-style options in --cmdline).
+    #[arg(long, value_name = "NAME")]
+    dom0_test: Option<String>,
     #[command(flatten)]
     build: BuildArgs,
 }
@@ -169,6 +177,27 @@ fn iso_step(args: &EntryArgs, timeout_secs: u32, out: &std::path::Path) -> anyho
         entry.modules.clear();
     } else {
         entry.modules[0].cmdline = args.module_cmdline.clone();
+    }
+    if let Some(name) = &args.dom0_test {
+        let mut kernels = build::test_kernels(Profile::Release)?;
+        let Some(kernel) = kernels.remove(name) else {
+            bail!(
+                "--dom0-test {name}: there is no tests/kernels/src/bin/{name}.rs; the test \
+                 kernels are: {}",
+                kernels.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        entry.modules[0].source = kernel;
+        entry.modules[0].iso_name = format!("pv-test-{name}");
+    } else if let Some(path) = &args.dom0 {
+        anyhow::ensure!(
+            path.is_file(),
+            "--dom0 {}: no such file (give the path of a Xen-PV kernel, e.g. \
+             /boot/vmlinuz-6.1.0-*-amd64)",
+            path.display()
+        );
+        entry.modules[0].source = path.clone();
+        entry.modules[0].iso_name = "vmlinuz".to_owned();
     }
     eprintln!("iso: grub.cfg:\n{}", entry.grub_cfg()?);
     let iso = iso::make_iso(&entry, out)?;
