@@ -37,10 +37,11 @@ pub static FRAMES: IrqMutex<Option<FrameAllocator<'static>>> = IrqMutex::new(Non
 #[global_allocator]
 static HEAP: LockedHeap = LockedHeap::empty();
 
-/// The kernel heap: an eighth of RAM, between 16 and 512 MiB (the frame table, and the
-/// decompressed dom0 kernel while it is built, live there).
+/// The kernel heap: a quarter of RAM, between 16 and 512 MiB (the frame table, and the
+/// decompressed dom0 kernel while it is built, live there: Debian's XZ vmlinuz needs
+/// about 63 MiB of output and a 32 MiB dictionary).
 pub fn heap_size(ram_bytes: u64) -> u64 {
-    (ram_bytes / 8).clamp(16 << 20, 512 << 20) & !(PAGE_SIZE - 1)
+    (ram_bytes / 4).clamp(16 << 20, 512 << 20) & !(PAGE_SIZE - 1)
 }
 /// Firmware owns the first MiB (real-mode IVT, BIOS data, EBDA, option ROMs); the AP
 /// start-up trampoline will be placed there explicitly, not by the allocator.

@@ -121,6 +121,8 @@ pub enum DecompressError {
     Truncated { format: Compression },
     /// The stream is malformed or fails its checksum.
     Corrupt { format: Compression, detail: String },
+    /// The hypervisor's heap cannot hold the output buffer.
+    OutOfMemory { format: Compression, bytes: usize },
 }
 
 impl fmt::Display for DecompressError {
@@ -151,6 +153,11 @@ impl fmt::Display for DecompressError {
             DecompressError::Corrupt { format, detail } => {
                 write!(f, "the {format} stream is corrupt: {detail}")
             }
+            DecompressError::OutOfMemory { format, bytes } => write!(
+                f,
+                "the hypervisor's heap cannot hold {bytes} bytes of decompressed {format} output \
+                 (give the machine more RAM, or boot the uncompressed vmlinux)"
+            ),
         }
     }
 }
@@ -165,7 +172,7 @@ pub fn decompress(
     size_hint: Option<usize>,
 ) -> Result<(Compression, Vec<u8>), DecompressError> {
     let format = detect(data).ok_or(DecompressError::UnknownFormat)?;
-    let mut out = Output::new(format, max_output, size_hint);
+    let mut out = Output::new(format, max_output, size_hint)?;
     match format {
         Compression::Gzip => gunzip(data, &mut out)?,
         Compression::Xz => unxz(data, &mut out)?,
@@ -186,23 +193,42 @@ struct Output {
 impl Output {
     const MIN_CHUNK: usize = 64 * 1024;
 
-    fn new(format: Compression, limit: usize, size_hint: Option<usize>) -> Output {
+    fn new(
+        format: Compression,
+        limit: usize,
+        size_hint: Option<usize>,
+    ) -> Result<Output, DecompressError> {
         // One extra page over the hint, so an exact hint needs no second allocation for
         // the decoder's last call.
         let initial = size_hint
             .map_or(Self::MIN_CHUNK, |h| h.saturating_add(4096))
             .min(limit);
-        Output {
+        let mut out = Output {
             format,
-            buf: alloc::vec![0; initial],
+            buf: Vec::new(),
             len: 0,
             limit,
-        }
+        };
+        out.grow_to(initial)?;
+        Ok(out)
+    }
+
+    /// Grows the buffer to `bytes`, failing (not aborting) when the heap cannot.
+    fn grow_to(&mut self, bytes: usize) -> Result<(), DecompressError> {
+        let more = bytes.saturating_sub(self.buf.len());
+        self.buf
+            .try_reserve_exact(more)
+            .map_err(|_| DecompressError::OutOfMemory {
+                format: self.format,
+                bytes,
+            })?;
+        self.buf.resize(bytes, 0);
+        Ok(())
     }
 
     /// Space for the decoder to write into, growing the buffer (doubling, capped at the
     /// limit) when it is full. Empty only when the limit has been reached.
-    fn spare(&mut self) -> &mut [u8] {
+    fn spare(&mut self) -> Result<&mut [u8], DecompressError> {
         if self.len == self.buf.len() && self.buf.len() < self.limit {
             let grown = self
                 .buf
@@ -210,9 +236,9 @@ impl Output {
                 .saturating_mul(2)
                 .max(Self::MIN_CHUNK)
                 .min(self.limit);
-            self.buf.resize(grown, 0);
+            self.grow_to(grown)?;
         }
-        &mut self.buf[self.len..]
+        Ok(&mut self.buf[self.len..])
     }
 
     fn advance(&mut self, n: usize) {
@@ -286,7 +312,7 @@ fn gunzip(data: &[u8], out: &mut Output) -> Result<(), DecompressError> {
     let mut input = &data[gzip_header_len(data)?..];
     let mut state: Box<InflateState> = InflateState::new_boxed(DataFormat::Raw);
     loop {
-        let spare = out.spare();
+        let spare = out.spare()?;
         if spare.is_empty() {
             // At the limit: the stream must end without producing another byte.
             let mut probe = [0u8; 1];
@@ -385,7 +411,7 @@ fn unxz(data: &[u8], out: &mut Output) -> Result<(), DecompressError> {
     let mut input = data;
     let mut idle = 0u32;
     loop {
-        let spare = out.spare();
+        let spare = out.spare()?;
         let at_limit = spare.is_empty();
         let mut probe = [0u8; 1];
         let target: &mut [u8] = if at_limit { &mut probe } else { spare };

@@ -41,7 +41,7 @@ pub const LDT_WINDOWS_BASE: u64 = GDT_WINDOWS_BASE + (1 << 30);
 pub const LDT_WINDOW_SIZE: u64 = 16 * 4096;
 
 /// Size of each hypervisor stack and of the IST stacks (#DF, NMI, #MC).
-pub const STACK_SIZE: u64 = 64 * 1024;
+pub const STACK_SIZE: u64 = 256 * 1024;
 pub const IST_STACK_SIZE: u64 = 16 * 1024;
 
 /// The direct-map address of a physical address.
