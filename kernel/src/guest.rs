@@ -232,8 +232,30 @@ fn has_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
+/// #PF error-code bits: present, write, user, reserved bit, instruction fetch.
+const PFEC_CHECKED: u64 = 0b1_1111;
+const PFEC_PRESENT_READ_SUPERVISOR: u64 = 0b0_0001;
+
 fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     let vector = frame.vector;
+    // A read of a present page, as a supervisor access, from ring 3: only an implicit
+    // supervisor access to a user page under SMAP does that. QEMU's TCG performs IRET's
+    // stack reads as supervisor accesses, so a guest kernel's native `iretq` (Linux's
+    // `sync_core`) faults on its own stack; real CPUs read it at CPL 3. SMAP goes off and
+    // the instruction is retried.
+    if vector == PF
+        && frame.error_code & PFEC_CHECKED == PFEC_PRESENT_READ_SUPERVISOR
+        && cpu::smap_enabled()
+    {
+        log::warn!(
+            "the guest's instruction at rip {:#x} read {:#x} as a supervisor access under \
+             SMAP (QEMU TCG's IRET does so): SMAP turned off",
+            frame.rip,
+            cpu::read_cr2()
+        );
+        cpu::disable_smap();
+        return;
+    }
     if vector == PF
         && frame.error_code & 0b11 == 0b11
         && d.vcpu.pv.in_kernel
@@ -265,7 +287,14 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     }
     let error_code = has_error_code(vector).then_some(frame.error_code as u32);
     let cr2 = (vector == PF).then(cpu::read_cr2);
-    deliver(d, frame, "an exception", |regs, state, stack| {
+    let what = match cr2 {
+        Some(cr2) => alloc::format!(
+            "exception {vector} (error code {:#x}, cr2 {cr2:#x})",
+            frame.error_code
+        ),
+        None => alloc::format!("exception {vector} (error code {:#x})", frame.error_code),
+    };
+    deliver(d, frame, &what, |regs, state, stack| {
         bounce::bounce_exception(regs, vector as u8, error_code, cr2, state, stack)
     });
 }

@@ -65,6 +65,7 @@ fn hypercall_page() {
 fn traps() {
     let mut b = run_kernel("traps", "");
     b.find(r"\(d0\) pv-test traps: trap table installed");
+    b.find(r"\(d0\) pv-test traps: native iretq to itself in kernel mode returned");
     b.find(r"\(d0\) pv-test traps: #BP handled");
     b.find(r"\(d0\) pv-test traps: #PF handled at rip 0x[0-9a-f]+: error code 0x0, vcpu_info\.arch\.cr2 0x12345000");
     b.find(

@@ -154,6 +154,18 @@ pub fn enable_protections(features: &Features) -> (bool, bool, bool) {
     (features.smep, features.smap, features.umip)
 }
 
+/// Whether SMAP is on (CR4.SMAP).
+pub fn smap_enabled() -> bool {
+    read_cr4().contains(Cr4::CR4_ENABLE_SMAP)
+}
+
+/// Turns SMAP off on this CPU.
+pub fn disable_smap() {
+    let cr4 = read_cr4() - Cr4::CR4_ENABLE_SMAP;
+    // SAFETY: clearing SMAP only removes a check on supervisor accesses to user pages.
+    unsafe { controlregs::cr4_write(cr4) };
+}
+
 /// Lets guests use the x87 FPU and SSE: CR0.MP and NE on, EM off, CR4.OSFXSR and
 /// OSXMMEXCPT on, and a clean FPU state. The hypervisor itself is built soft-float and
 /// never touches these registers, so a guest's FPU state survives every trap.

@@ -108,6 +108,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
         Ok(via) => pvrt::println!("pv-test traps: trap table installed, callbacks via {via:?}"),
         Err(e) => pvrt::fail!("installing the trap table: {e}"),
     }
+    iret_to_self();
     breakpoint()?;
     divide_error()?;
     page_fault()?;
@@ -119,6 +120,32 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
         HANDLED.load(Ordering::SeqCst)
     );
     Ok(())
+}
+
+/// A native `iretq` to the next instruction, in guest kernel mode (ring 3), the way
+/// Linux's `sync_core()` serialises without `serialize`: it must simply return, with no
+/// exception for the kernel.
+fn iret_to_self() {
+    #[cfg(target_os = "none")]
+    // SAFETY: the frame pushed is this very context (ss, rsp as before the pushes, rflags,
+    // cs, the label after `iretq`); `iretq` pops it and continues at the label.
+    unsafe {
+        core::arch::asm!(
+            "mov eax, ss",
+            "push rax",
+            "push rsp",
+            "add qword ptr [rsp], 8",
+            "pushfq",
+            "mov eax, cs",
+            "push rax",
+            "lea rax, [rip + 2f]",
+            "push rax",
+            "iretq",
+            "2:",
+            out("rax") _,
+        );
+    }
+    pvrt::println!("pv-test traps: native iretq to itself in kernel mode returned");
 }
 
 fn breakpoint() -> Result<(), &'static str> {
