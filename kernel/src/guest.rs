@@ -43,7 +43,7 @@ pub fn syscall(frame: &mut TrapFrame) {
         Some(true) => hypercall::dispatch(frame),
         Some(false) => {
             domain::with_current(|d| {
-                deliver(d, frame, "a system call", |regs, state, stack| {
+                deliver(d, frame, &"a system call", |regs, state, stack| {
                     bounce::deliver_syscall_from_user(regs, state, stack)
                 })
             });
@@ -91,7 +91,7 @@ pub fn failed_return(frame: &mut TrapFrame) {
     );
     let what = "the exception the CPU raised on the return to it";
     let entered = domain::with_current(|d| {
-        deliver(d, &mut refused, what, |regs, state, stack| {
+        deliver(d, &mut refused, &what, |regs, state, stack| {
             bounce::bounce_exception(regs, vector as u8, error_code, None, state, stack)
         })
     });
@@ -114,7 +114,7 @@ pub fn before_return(frame: &mut TrapFrame) {
     }
     domain::with_current(|d| {
         if d.upcall_due() {
-            deliver(d, frame, "an event upcall", |regs, state, stack| {
+            deliver(d, frame, &"an event upcall", |regs, state, stack| {
                 bounce::deliver_event_upcall(regs, state, stack)
             });
         }
@@ -193,7 +193,7 @@ impl GuestStack for KernelStack {
 pub fn deliver(
     d: &mut Domain,
     frame: &mut TrapFrame,
-    what: &str,
+    what: &dyn core::fmt::Display,
     step: impl FnOnce(
         &mut CpuUserRegs,
         &mut BounceState,
@@ -230,6 +230,27 @@ const PF: u64 = 14;
 
 fn has_error_code(vector: u64) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// An exception as a crash message names it (formatted only if delivery fails).
+struct ExceptionName {
+    vector: u64,
+    error_code: u64,
+    cr2: Option<u64>,
+}
+
+impl core::fmt::Display for ExceptionName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "exception {} (error code {:#x}",
+            self.vector, self.error_code
+        )?;
+        if let Some(cr2) = self.cr2 {
+            write!(f, ", cr2 {cr2:#x}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// #PF error-code bits: present, write, user, reserved bit, instruction fetch.
@@ -279,7 +300,7 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
             .permits_software_int(n, d.vcpu.pv.in_kernel)
         {
             frame.rip = frame.rip.wrapping_add(2);
-            deliver(d, frame, "a software interrupt", |regs, state, stack| {
+            deliver(d, frame, &"a software interrupt", |regs, state, stack| {
                 bounce::bounce_exception(regs, n, None, None, state, stack)
             });
             return;
@@ -287,12 +308,10 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     }
     let error_code = has_error_code(vector).then_some(frame.error_code as u32);
     let cr2 = (vector == PF).then(cpu::read_cr2);
-    let what = match cr2 {
-        Some(cr2) => alloc::format!(
-            "exception {vector} (error code {:#x}, cr2 {cr2:#x})",
-            frame.error_code
-        ),
-        None => alloc::format!("exception {vector} (error code {:#x})", frame.error_code),
+    let what = ExceptionName {
+        vector,
+        error_code: frame.error_code,
+        cr2,
     };
     deliver(d, frame, &what, |regs, state, stack| {
         bounce::bounce_exception(regs, vector as u8, error_code, cr2, state, stack)

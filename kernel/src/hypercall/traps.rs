@@ -130,7 +130,7 @@ pub fn stack_switch([_ss, rsp, ..]: [u64; 5]) -> Result {
 pub fn iret(frame: &mut TrapFrame) {
     let done = domain::with_current(|d| {
         let mut outcome = None;
-        guest::deliver(d, frame, "an iret", |regs, state, stack| {
+        guest::deliver(d, frame, &"an iret", |regs, state, stack| {
             let o = bounce::do_iret(regs, state, stack)?;
             outcome = Some(o);
             Ok(bounce::Bounce {
