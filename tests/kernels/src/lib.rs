@@ -36,6 +36,7 @@ pub mod layout;
 pub mod region;
 pub mod shared_info;
 pub mod smp;
+pub mod sse;
 #[cfg(target_os = "none")]
 mod start;
 pub mod time;
