@@ -32,6 +32,8 @@
 
 use ferrovisor_abi::xen::arch_x86::{CpuUserRegs, XEN_EMULATE_PREFIX};
 
+use super::insn::{self, Cursor, InsnEnd, REX_B, REX_R};
+
 /// The architectural limit on an x86 instruction's length.
 pub const MAX_INSN_LEN: usize = 15;
 
@@ -221,11 +223,6 @@ pub fn gpr_mut(regs: &mut CpuUserRegs, reg: u8) -> Option<&mut u64> {
     })
 }
 
-/// REX bits.
-const REX_B: u8 = 1 << 0;
-const REX_X: u8 = 1 << 1;
-const REX_R: u8 = 1 << 2;
-
 /// The prefixes seen before the opcode.
 #[derive(Clone, Copy, Default)]
 struct Prefixes {
@@ -254,40 +251,17 @@ impl Prefixes {
         Ok(())
     }
 
-    fn rex_bit(&self, bit: u8, shift: u8) -> u8 {
-        u8::from(self.rex.unwrap_or(0) & bit != 0) << shift
+    fn rex_bit(&self, bit: u8) -> u8 {
+        insn::rex_bit(self.rex.unwrap_or(0), bit)
     }
 }
 
-/// A cursor over the instruction bytes that never reads past 15 bytes or the slice.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Result<u8, DecodeError> {
-        if self.pos >= MAX_INSN_LEN {
-            return Err(DecodeError::TooLong);
+impl From<InsnEnd> for DecodeError {
+    fn from(end: InsnEnd) -> Self {
+        match end {
+            InsnEnd::Truncated => DecodeError::Truncated,
+            InsnEnd::TooLong => DecodeError::TooLong,
         }
-        self.bytes
-            .get(self.pos)
-            .copied()
-            .ok_or(DecodeError::Truncated)
-    }
-
-    fn next(&mut self) -> Result<u8, DecodeError> {
-        let b = self.peek()?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn disp32(&mut self) -> Result<i32, DecodeError> {
-        let mut le = [0u8; 4];
-        for b in &mut le {
-            *b = self.next()?;
-        }
-        Ok(i32::from_le_bytes(le))
     }
 }
 
@@ -338,50 +312,17 @@ fn read_prefixes(c: &mut Cursor<'_>) -> Result<Prefixes, DecodeError> {
 
 /// The memory operand after a ModRM byte whose mod field is not 11 (64-bit addressing).
 fn mem_operand(c: &mut Cursor<'_>, modrm: u8, p: &Prefixes) -> Result<MemOperand, DecodeError> {
-    let mode = modrm >> 6;
-    let rm = modrm & 7;
-    let mut op = MemOperand {
-        segment: p.segment.map(|(_, s)| s),
-        base: None,
-        index: None,
-        scale: 1,
-        disp: 0,
-        rip_relative: false,
-    };
-    let mut disp32 = mode == 2;
-    if rm == 4 {
-        let sib = c.next()?;
-        op.scale = 1 << (sib >> 6);
-        let index = ((sib >> 3) & 7) | p.rex_bit(REX_X, 3);
-        // Index 100 without REX.X means "no index"; with REX.X it is r12.
-        op.index = (index != 4).then_some(index);
-        let base = sib & 7;
-        if base == 5 && mode == 0 {
-            disp32 = true;
-        } else {
-            op.base = Some(base | p.rex_bit(REX_B, 3));
-        }
-    } else if rm == 5 && mode == 0 {
-        op.rip_relative = true;
-        disp32 = true;
-    } else {
-        op.base = Some(rm | p.rex_bit(REX_B, 3));
-    }
-    if mode == 1 {
-        op.disp = i32::from(c.next()? as i8);
-    } else if disp32 {
-        op.disp = c.disp32()?;
-    }
-    Ok(op)
+    let segment = p.segment.map(|(_, s)| s);
+    Ok(insn::mem_operand(c, modrm, segment, p.rex.unwrap_or(0))?)
 }
 
 /// `mov` to or from a control or debug register: `0f 20..23 /r`. The mod field is
 /// ignored (the operand is always a register).
 fn mov_special(c: &mut Cursor<'_>, opcode: u8, p: &Prefixes) -> Result<InsnKind, DecodeError> {
     p.only(false, false, true)?;
-    let modrm = c.next()?;
-    let special = ((modrm >> 3) & 7) | p.rex_bit(REX_R, 3);
-    let reg = (modrm & 7) | p.rex_bit(REX_B, 3);
+    let modrm = c.next_byte()?;
+    let special = ((modrm >> 3) & 7) | p.rex_bit(REX_R);
+    let reg = (modrm & 7) | p.rex_bit(REX_B);
     match opcode {
         0x20 | 0x22 => {
             if !matches!(special, 0 | 2 | 3 | 4 | 8) {
@@ -408,14 +349,12 @@ fn mov_special(c: &mut Cursor<'_>, opcode: u8, p: &Prefixes) -> Result<InsnKind,
 
 /// Group 7: `0f 01 /r`.
 fn group7(c: &mut Cursor<'_>, p: &Prefixes) -> Result<InsnKind, DecodeError> {
-    let modrm = c.next()?;
+    let modrm = c.next_byte()?;
     let op = (modrm >> 3) & 7;
     if modrm >> 6 == 3 {
         if op == 6 {
             p.only(false, false, true)?;
-            return Ok(InsnKind::Lmsw(Operand::Reg(
-                (modrm & 7) | p.rex_bit(REX_B, 3),
-            )));
+            return Ok(InsnKind::Lmsw(Operand::Reg((modrm & 7) | p.rex_bit(REX_B))));
         }
         p.only(false, false, false)?;
         return match modrm {
@@ -443,7 +382,7 @@ fn group7(c: &mut Cursor<'_>, p: &Prefixes) -> Result<InsnKind, DecodeError> {
 fn io(c: &mut Cursor<'_>, opcode: u8, p: &Prefixes) -> Result<InsnKind, DecodeError> {
     p.only(true, false, false)?;
     let port = if opcode & 0x08 == 0 {
-        IoPort::Imm(c.next()?)
+        IoPort::Imm(c.next_byte()?)
     } else {
         IoPort::Dx
     };
@@ -481,9 +420,9 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
         });
     }
 
-    let mut c = Cursor { bytes, pos: 0 };
+    let mut c = Cursor::new(bytes);
     let p = read_prefixes(&mut c)?;
-    let opcode = c.next()?;
+    let opcode = c.next_byte()?;
     let kind = match opcode {
         0xe4..=0xe7 | 0xec..=0xef => io(&mut c, opcode, &p)?,
         // ins/outs.
@@ -497,7 +436,7 @@ pub fn decode(bytes: &[u8]) -> Result<Insn, DecodeError> {
             }
         }
         0x0f => {
-            let op2 = c.next()?;
+            let op2 = c.next_byte()?;
             match op2 {
                 0x20..=0x23 => mov_special(&mut c, op2, &p)?,
                 0x01 => group7(&mut c, &p)?,

@@ -4,6 +4,7 @@ pub mod bounce;
 pub mod cpuid;
 pub mod descriptor;
 pub mod emulate;
+pub mod insn;
 pub mod msr;
 pub mod ptwr;
 pub mod time;

@@ -4,7 +4,7 @@
 //! Linux requires through its `FEATURES` note (`!writable_page_tables`), lets a PV kernel
 //! update page-table entries with ordinary instructions. Its page-table frames are mapped
 //! read-only for it, so such a write raises #PF (present, write); the hypervisor copies
-//! up to [`MAX_INSN_LEN`] bytes from the guest's `rip`, decodes them here
+//! up to [`MAX_INSN_LEN`](super::emulate::MAX_INSN_LEN) bytes from the guest's `rip`, decodes them here
 //! ([`decode_pte_write`]), computes the new 8-byte entry ([`apply`]), validates it through
 //! the PV MMU, writes it and advances `rip` by [`PteWrite::len`] (Xen: `ptwr_do_page_fault`
 //! in `arch/x86/pv/ro-page-fault.c`, which runs `x86_emulate` with a write hook). Anything
@@ -43,12 +43,15 @@
 
 use ferrovisor_abi::xen::arch_x86::CpuUserRegs;
 
-use super::emulate::{gpr, MemOperand, Segment, MAX_INSN_LEN};
+use super::{
+    emulate::{gpr, MemOperand, Segment},
+    insn::{self, Cursor, InsnEnd, REX_R, REX_W},
+};
 
 /// A decoded write to a page-table entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PteWrite {
-    /// The instruction's length in bytes (at most [`MAX_INSN_LEN`]).
+    /// The instruction's length in bytes (at most [`MAX_INSN_LEN`](super::emulate::MAX_INSN_LEN)).
     pub len: usize,
     pub op: PteOp,
     /// The memory operand; its `segment` is `None` or one with a zero base (`es`, `cs`,
@@ -179,41 +182,12 @@ const SF: u64 = 1 << 7;
 const OF: u64 = 1 << 11;
 const ARITH: u64 = CF | PF | AF | ZF | SF | OF;
 
-/// REX bits.
-const REX_B: u8 = 1 << 0;
-const REX_X: u8 = 1 << 1;
-const REX_R: u8 = 1 << 2;
-const REX_W: u8 = 1 << 3;
-
-/// A cursor over the instruction bytes that never reads past 15 bytes or the slice.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Result<u8, PtwrError> {
-        if self.pos >= MAX_INSN_LEN {
-            return Err(PtwrError::TooLong);
+impl From<InsnEnd> for PtwrError {
+    fn from(end: InsnEnd) -> Self {
+        match end {
+            InsnEnd::Truncated => PtwrError::Truncated,
+            InsnEnd::TooLong => PtwrError::TooLong,
         }
-        self.bytes
-            .get(self.pos)
-            .copied()
-            .ok_or(PtwrError::Truncated)
-    }
-
-    fn next(&mut self) -> Result<u8, PtwrError> {
-        let b = self.peek()?;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn imm32(&mut self) -> Result<i32, PtwrError> {
-        let mut le = [0u8; 4];
-        for b in &mut le {
-            *b = self.next()?;
-        }
-        Ok(i32::from_le_bytes(le))
     }
 }
 
@@ -227,7 +201,7 @@ struct Prefixes {
 
 impl Prefixes {
     fn rex_bit(&self, bit: u8) -> u8 {
-        u8::from(self.rex & bit != 0) << 3
+        insn::rex_bit(self.rex, bit)
     }
 }
 
@@ -271,56 +245,24 @@ fn read_prefixes(c: &mut Cursor<'_>) -> Result<Prefixes, PtwrError> {
 /// The ModRM byte's reg field (REX.R-extended) and the memory operand it introduces
 /// (64-bit addressing); a register operand is an error.
 fn modrm_mem(c: &mut Cursor<'_>, p: &Prefixes) -> Result<(u8, MemOperand), PtwrError> {
-    let modrm = c.next()?;
+    let modrm = c.next_byte()?;
     let mode = modrm >> 6;
     if mode == 3 {
         return Err(PtwrError::RegisterOperand);
     }
     let reg = ((modrm >> 3) & 7) | p.rex_bit(REX_R);
-    let rm = modrm & 7;
-    let mut op = MemOperand {
-        segment: p.segment,
-        base: None,
-        index: None,
-        scale: 1,
-        disp: 0,
-        rip_relative: false,
-    };
-    let mut disp32 = mode == 2;
-    if rm == 4 {
-        let sib = c.next()?;
-        op.scale = 1 << (sib >> 6);
-        let index = ((sib >> 3) & 7) | p.rex_bit(REX_X);
-        // Index 100 without REX.X means "no index"; with REX.X it is r12.
-        op.index = (index != 4).then_some(index);
-        let base = sib & 7;
-        if base == 5 && mode == 0 {
-            disp32 = true;
-        } else {
-            op.base = Some(base | p.rex_bit(REX_B));
-        }
-    } else if rm == 5 && mode == 0 {
-        op.rip_relative = true;
-        disp32 = true;
-    } else {
-        op.base = Some(rm | p.rex_bit(REX_B));
-    }
-    if mode == 1 {
-        op.disp = i32::from(c.next()? as i8);
-    } else if disp32 {
-        op.disp = c.imm32()?;
-    }
+    let op = insn::mem_operand(c, modrm, p.segment, p.rex)?;
     Ok((reg, op))
 }
 
-/// Decode the instruction at the start of `bytes` (up to [`MAX_INSN_LEN`] bytes copied
+/// Decode the instruction at the start of `bytes` (up to [`MAX_INSN_LEN`](super::emulate::MAX_INSN_LEN) bytes copied
 /// from the faulting `rip`; fewer if the code ends at an unreadable page). Never panics,
 /// whatever the input.
 pub fn decode_pte_write(bytes: &[u8]) -> Result<PteWrite, PtwrError> {
-    let mut c = Cursor { bytes, pos: 0 };
+    let mut c = Cursor::new(bytes);
     let p = read_prefixes(&mut c)?;
     let wide = if p.rex & REX_W != 0 { 8 } else { 4 };
-    let opcode = c.next()?;
+    let opcode = c.next_byte()?;
     let (op, mem, size) = match opcode {
         // mov r/m, r
         0x89 => {
@@ -355,13 +297,13 @@ pub fn decode_pte_write(bytes: &[u8]) -> Result<PteWrite, PtwrError> {
                 _ => return Err(PtwrError::Unsupported),
             };
             let (src, size) = match opcode {
-                0x80 => (Src::Imm(u64::from(c.next()?)), 1),
+                0x80 => (Src::Imm(u64::from(c.next_byte()?)), 1),
                 0x81 => (imm(c.imm32()?, wide), wide),
-                _ => (imm(i32::from(c.next()? as i8), wide), wide),
+                _ => (imm(i32::from(c.next_byte()? as i8), wide), wide),
             };
             (logic(is_and, src), mem, size)
         }
-        0x0f => match c.next()? {
+        0x0f => match c.next_byte()? {
             // cmpxchg r/m, r
             0xb1 => {
                 let (reg, mem) = modrm_mem(&mut c, &p)?;
@@ -380,7 +322,7 @@ pub fn decode_pte_write(bytes: &[u8]) -> Result<PteWrite, PtwrError> {
             // Group 8: bts/btr r/m, imm8.
             0xba => {
                 let (ext, mem) = modrm_mem(&mut c, &p)?;
-                let bit = BitSrc::Imm(c.next()?);
+                let bit = BitSrc::Imm(c.next_byte()?);
                 let op = match ext & 7 {
                     5 => PteOp::Bts(bit),
                     6 => PteOp::Btr(bit),
@@ -587,6 +529,7 @@ mod tests {
     use zerocopy::FromZeros;
 
     use super::*;
+    use crate::pv::emulate::MAX_INSN_LEN;
 
     fn ok(bytes: &[u8]) -> PteWrite {
         let w = decode_pte_write(bytes).unwrap_or_else(|e| panic!("{bytes:02x?}: {e:?}"));
