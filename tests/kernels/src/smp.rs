@@ -27,7 +27,7 @@ use ferrovisor_abi::xen::{
     xen::VcpuInfo,
 };
 
-use crate::{hypercall, shared_info, time};
+use crate::{hypercall, shared_info, time, traps::stubs};
 
 /// The vectors `traps::install` puts in the trap table (every architectural exception but
 /// NMI, the reserved 9 and 15, and those with no use in a PV guest), with the DPL each has.
@@ -179,70 +179,6 @@ pub unsafe fn set_segment_base(which: SegBase, base: u64) -> i64 {
             u64::from(which.raw()),
             base,
         )
-    }
-}
-
-/// The runtime's entry stubs (`traps.rs`'s global assembly), by symbol.
-#[cfg(target_os = "none")]
-mod stubs {
-    macro_rules! addr_of_stub {
-        ($sym:ident) => {{
-            extern "C" {
-                fn $sym();
-            }
-            $sym as unsafe extern "C" fn() as usize as u64
-        }};
-    }
-
-    pub fn trap(vector: u8) -> u64 {
-        match vector {
-            0 => addr_of_stub!(pvrt_trap_0),
-            1 => addr_of_stub!(pvrt_trap_1),
-            3 => addr_of_stub!(pvrt_trap_3),
-            4 => addr_of_stub!(pvrt_trap_4),
-            5 => addr_of_stub!(pvrt_trap_5),
-            6 => addr_of_stub!(pvrt_trap_6),
-            7 => addr_of_stub!(pvrt_trap_7),
-            8 => addr_of_stub!(pvrt_trap_8),
-            10 => addr_of_stub!(pvrt_trap_10),
-            11 => addr_of_stub!(pvrt_trap_11),
-            12 => addr_of_stub!(pvrt_trap_12),
-            13 => addr_of_stub!(pvrt_trap_13),
-            14 => addr_of_stub!(pvrt_trap_14),
-            16 => addr_of_stub!(pvrt_trap_16),
-            17 => addr_of_stub!(pvrt_trap_17),
-            18 => addr_of_stub!(pvrt_trap_18),
-            19 => addr_of_stub!(pvrt_trap_19),
-            _ => 0,
-        }
-    }
-
-    pub fn event() -> u64 {
-        addr_of_stub!(pvrt_event_callback)
-    }
-
-    pub fn failsafe() -> u64 {
-        addr_of_stub!(pvrt_failsafe_callback)
-    }
-
-    pub fn syscall() -> u64 {
-        addr_of_stub!(pvrt_syscall_callback)
-    }
-}
-
-#[cfg(not(target_os = "none"))]
-mod stubs {
-    pub fn trap(_: u8) -> u64 {
-        0
-    }
-    pub fn event() -> u64 {
-        0
-    }
-    pub fn failsafe() -> u64 {
-        0
-    }
-    pub fn syscall() -> u64 {
-        0
     }
 }
 

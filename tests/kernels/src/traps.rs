@@ -664,8 +664,9 @@ pub fn return_from_user(frame: &mut ExceptionFrame) -> bool {
     true
 }
 
+/// The runtime's entry stubs (the global assembly below), by symbol.
 #[cfg(target_os = "none")]
-mod stubs {
+pub(crate) mod stubs {
     use core::arch::global_asm;
 
     macro_rules! addr_of_stub {
@@ -866,7 +867,7 @@ mod stubs {
 }
 
 #[cfg(not(target_os = "none"))]
-mod stubs {
+pub(crate) mod stubs {
     pub fn trap(_: u8) -> u64 {
         0
     }
