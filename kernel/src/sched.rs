@@ -113,39 +113,13 @@ pub fn block(frame: &mut TrapFrame) {
         }
         d.vcpu.blocked = true;
         d.set_runstate(domain::RUNSTATE_BLOCKED);
-        match pick_next(d) {
-            Some(next) => {
-                switch_to(d, frame, next);
-                true
-            }
-            None => false,
-        }
+        switch_away(d, frame)
     });
     if switched != Some(false) {
         return;
     }
     // Nobody else to run: idle until some vCPU has an event.
-    loop {
-        irq::enable_and_wait();
-        irq::disable();
-        let done = domain::with_current(|d| {
-            if d.upcall_pending() {
-                d.vcpu.blocked = false;
-                d.set_runstate(domain::RUNSTATE_RUNNING);
-                return true;
-            }
-            match pick_next(d) {
-                Some(next) => {
-                    switch_to(d, frame, next);
-                    true
-                }
-                None => false,
-            }
-        });
-        if done != Some(false) {
-            return;
-        }
-    }
+    idle_until(frame, |d| d.upcall_pending());
 }
 
 /// `SCHEDOP_poll`: wait until one of the given ports is pending or the timeout passes,
@@ -168,38 +142,47 @@ pub fn poll(frame: &mut TrapFrame) {
         d.vcpu.blocked = true;
         d.vcpu.poll = Some(p.clone());
         d.set_runstate(domain::RUNSTATE_BLOCKED);
-        match pick_next(d) {
-            Some(next) => {
-                switch_to(d, frame, next);
-                true
-            }
-            None => false,
-        }
+        switch_away(d, frame)
     });
     if switched != Some(false) {
         return;
     }
+    idle_until(frame, |d| {
+        let still_waiting = match &d.vcpu.poll {
+            Some(p) => !ready(d, &p.ports),
+            None => false, // woken by `notify` or the timeout
+        };
+        if !still_waiting {
+            d.vcpu.poll = None;
+        }
+        !still_waiting
+    });
+}
+
+/// Switches from the running vCPU to the next runnable one; false when there is none.
+fn switch_away(d: &mut Domain, frame: &mut TrapFrame) -> bool {
+    match pick_next(d) {
+        Some(next) => {
+            switch_to(d, frame, next);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The running vCPU waits with nothing else runnable: idle until `woken` says it may go
+/// on (it is then running again) or another vCPU became runnable (it is switched to).
+fn idle_until(frame: &mut TrapFrame, mut woken: impl FnMut(&mut Domain) -> bool) {
     loop {
         irq::enable_and_wait();
         irq::disable();
         let done = domain::with_current(|d| {
-            let still_waiting = match &d.vcpu.poll {
-                Some(p) => !ready(d, &p.ports),
-                None => false, // woken by `notify` or the timeout
-            };
-            if !still_waiting {
-                d.vcpu.poll = None;
+            if woken(d) {
                 d.vcpu.blocked = false;
                 d.set_runstate(domain::RUNSTATE_RUNNING);
                 return true;
             }
-            match pick_next(d) {
-                Some(next) => {
-                    switch_to(d, frame, next);
-                    true
-                }
-                None => false,
-            }
+            switch_away(d, frame)
         });
         if done != Some(false) {
             return;
@@ -213,13 +196,7 @@ pub fn down_self(frame: &mut TrapFrame) {
     frame.rax = 0;
     domain::with_current(|d| d.vcpu.online = false);
     loop {
-        let done = domain::with_current(|d| match pick_next(d) {
-            Some(next) => {
-                switch_to(d, frame, next);
-                true
-            }
-            None => false,
-        });
+        let done = domain::with_current(|d| switch_away(d, frame));
         if done != Some(false) {
             return;
         }
