@@ -16,7 +16,10 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+// `xen` first: its layout and number macros serve the modules after it.
+#[macro_use]
+pub mod xen;
+pub mod domctl;
 pub mod errno;
 pub mod layout;
 pub mod version;
-pub mod xen;

@@ -74,6 +74,16 @@ pub fn init(set: ConsoleSet, baud: u32) {
     READY.store(true, Ordering::SeqCst);
 }
 
+/// Reads the hypervisor's log ring from byte `from` (a running offset): copies what fits
+/// into `out` and returns (bytes copied, offset after them, bytes lost before them
+/// because the ring overwrote them).
+pub fn read_log(from: u64, out: &mut [u8]) -> (usize, u64, u64) {
+    let c = CONSOLE.lock();
+    let missed = c.ring.oldest().saturating_sub(from);
+    let (n, next) = c.ring.read(from, out);
+    (n, next, missed)
+}
+
 /// Writes one line as it is (guest console output: its own prefix, no time stamp).
 pub fn write_line(line: &str) {
     if TAKEN_OVER.load(Ordering::Relaxed) {

@@ -24,7 +24,7 @@ use ferrovisor_abi::{
             EvtchnStatus, EVTCHNSTAT_CLOSED, EVTCHNSTAT_INTERDOMAIN, EVTCHNSTAT_IPI,
             EVTCHNSTAT_PIRQ, EVTCHNSTAT_UNBOUND, EVTCHNSTAT_VIRQ, EVTCHN_2L_NR_CHANNELS,
         },
-        xen::{Virq, NR_VIRQS},
+        xen::{Virq, DOMID_XEN, NR_VIRQS},
         DomId,
     },
 };
@@ -232,6 +232,23 @@ impl EventChannels {
             remote: dom,
             remote_port: port,
         };
+        Ok(port)
+    }
+
+    /// A port whose other end is one of the hypervisor's own backends (the xenstore or
+    /// console service, numbered by the hypervisor): an interdomain channel to
+    /// `DOMID_XEN`. The guest's `send` on it comes back as a [`SendTarget::Remote`] to
+    /// `DOMID_XEN`; the guest may close it like any channel. Notifies vCPU 0.
+    pub fn bind_backend(&mut self, service: u32) -> Result<u32, XenErrno> {
+        let port = self.find_free_port()?;
+        self.install(
+            port,
+            PortState::Interdomain {
+                remote: DOMID_XEN,
+                remote_port: service,
+            },
+            0,
+        );
         Ok(port)
     }
 
@@ -1673,5 +1690,30 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn backend_ports_send_to_the_hypervisor() {
+        let mut t = EventChannels::new(1, 1, 64);
+        let store = t.bind_backend(1).unwrap();
+        let console = t.bind_backend(2).unwrap();
+        assert_ne!(store, console);
+        assert_eq!(
+            t.send(store),
+            Ok(SendTarget::Remote {
+                dom: DOMID_XEN,
+                port: 1
+            })
+        );
+        let st = t.status(console).unwrap();
+        assert_eq!(st.status, EVTCHNSTAT_INTERDOMAIN);
+        let closed = t.close(store).unwrap();
+        assert_eq!(
+            closed.peer,
+            Some(RemoteEnd {
+                dom: DOMID_XEN,
+                port: 1
+            })
+        );
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     },
     clock,
     domain::{self, Domain, OwnsFrame},
-    fatal, hypercall, selftest,
+    fatal, hypercall, sched, selftest,
 };
 
 /// A SYSCALL from ring 3: from the guest kernel a hypercall, from guest user space a
@@ -101,16 +101,24 @@ pub fn failed_return(frame: &mut TrapFrame) {
     *frame = refused;
 }
 
-/// The tick: the running domain's vCPU timers.
+/// The tick: every domain's vCPU timers.
 pub fn on_tick() {
     let now = clock::now_ns();
-    domain::with_current(|d| d.check_timers(now));
+    domain::with_domains(|doms| {
+        for d in doms.iter_mut() {
+            d.check_timers(now);
+        }
+    });
 }
 
 /// The last step before returning to a guest: an event upcall, if one is due.
 pub fn before_return(frame: &mut TrapFrame) {
     if selftest::ring3_running() {
         return;
+    }
+    // The running vCPU may have blocked, gone down, or its domain stopped.
+    if !sched::running_can_continue() {
+        sched::reschedule(frame);
     }
     domain::with_current(|d| {
         if d.upcall_due() {
@@ -217,7 +225,7 @@ pub fn deliver(
             }
             d.set_upcall_mask(b.upcall_mask);
         }
-        Err(e) => domain::crash(format_args!(
+        Err(e) => d.crash(format_args!(
             "cannot deliver {what} at rip={:#x} (rsp={:#x}): {e:?}",
             frame.rip, frame.rsp
         )),

@@ -14,6 +14,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod arch;
 #[cfg(target_os = "none")]
+mod backend;
+#[cfg(target_os = "none")]
 mod clock;
 #[cfg(target_os = "none")]
 mod console;

@@ -546,6 +546,14 @@ pub fn map_user_page(va: u64, frame: OwnedFrame, attrs: Attrs) -> Result<(), Mem
     Ok(())
 }
 
+/// Frames the allocator manages, and how many of them are free now.
+pub fn frame_counts() -> (u64, u64) {
+    FRAMES
+        .lock()
+        .as_ref()
+        .map_or((0, 0), |f| (f.managed_frames(), f.free_frames()))
+}
+
 /// Free RAM, for the boot log and the checks that nothing leaked.
 pub fn free_bytes() -> u64 {
     FRAMES

@@ -158,7 +158,7 @@ impl From<UnknownNumber> for XenErrno {
 }
 
 /// Reads a `T` from the start of `bytes`, which the caller sized statically for it.
-fn read_prefix<T: FromBytes>(bytes: &[u8]) -> T {
+pub(crate) fn read_prefix<T: FromBytes>(bytes: &[u8]) -> T {
     match T::read_from_prefix(bytes) {
         Ok((value, _)) => value,
         // Unreachable: every caller passes a union at least as large as `T` (checked by the
@@ -168,7 +168,7 @@ fn read_prefix<T: FromBytes>(bytes: &[u8]) -> T {
 }
 
 /// Writes `value` to the start of `bytes`, which the caller sized statically for it.
-fn write_prefix<T: IntoBytes + Immutable>(bytes: &mut [u8], value: &T) {
+pub(crate) fn write_prefix<T: IntoBytes + Immutable>(bytes: &mut [u8], value: &T) {
     let src = value.as_bytes();
     if let Some(dst) = bytes.get_mut(..src.len()) {
         dst.copy_from_slice(src);

@@ -15,28 +15,74 @@ use ferrovisor_abi::{
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::Result;
-use ferrovisor::mm::{frame_table::Owner, Mfn};
+use alloc::vec::Vec;
 
-use crate::{domain, domain::Domain, memory};
+use ferrovisor::mm::{
+    frame_table::{DomId, Owner},
+    Mfn,
+};
+
+use crate::{
+    domain::{self, Domain, Domains},
+    memory,
+};
 
 const E820_RAM: u32 = 1;
 
 pub fn memory_op([cmd, arg, ..]: [u64; 5]) -> Result {
     // Bits 6 and up carry a continuation (preemption) start extent; none is used yet.
     let op = MemoryOp::try_from((cmd & 0x3f) as u32).map_err(|_| XenErrno::Enosys)?;
-    domain::with_current(|d| one(d, op, arg)).ok_or(XenErrno::Esrch)?
+    domain::with_domains(|doms| match op {
+        MemoryOp::IncreaseReservation | MemoryOp::PopulatePhysmap => {
+            increase_reservation(doms, arg, op == MemoryOp::PopulatePhysmap)
+        }
+        MemoryOp::CurrentReservation | MemoryOp::MaximumReservation => reservation(doms, op, arg),
+        _ => one(doms.current().ok_or(XenErrno::Esrch)?, op, arg),
+    })
+}
+
+/// `XENMEM_current_reservation` / `maximum_reservation` of the caller or (for the
+/// privileged domain) any domain.
+fn reservation(doms: &mut Domains, op: MemoryOp, arg: u64) -> Result {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let (caller_id, id) = (caller.id, read_domid(caller, arg)?);
+    let target = if id == DOMID_SELF {
+        caller_id
+    } else {
+        DomId(id)
+    };
+    if target != caller_id && caller_id != domain::DOM0 {
+        return Err(XenErrno::Eperm);
+    }
+    let d = doms.get(target).ok_or(XenErrno::Esrch)?;
+    Ok(if op == MemoryOp::CurrentReservation {
+        d.p2m.len() as u64
+    } else {
+        d.max_pages
+    })
 }
 
 /// Extents one call handles (the guest repeats the call for the rest, as with Xen's
 /// preemption).
 const MAX_EXTENTS: u64 = 512;
 
-fn read_reservation(d: &Domain, arg: u64) -> core::result::Result<XenMemoryReservation, XenErrno> {
+/// The reservation argument. Only the privileged domain may name another domain, and
+/// only where `foreign_ok` (populating a domain it builds).
+fn read_reservation(
+    d: &Domain,
+    arg: u64,
+    foreign_ok: bool,
+) -> core::result::Result<XenMemoryReservation, XenErrno> {
     let mut raw = [0u8; core::mem::size_of::<XenMemoryReservation>()];
     d.read_guest(arg, &mut raw).map_err(|_| XenErrno::Efault)?;
     let r = XenMemoryReservation::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
     if r.domid != DOMID_SELF && r.domid != d.id.0 {
-        return Err(XenErrno::Esrch); // other domains' memory comes with domain control
+        if d.id != domain::DOM0 {
+            return Err(XenErrno::Eperm);
+        }
+        if !foreign_ok {
+            return Err(XenErrno::Esrch);
+        }
     }
     if r.extent_order != 0 {
         return Err(XenErrno::Einval); // PV guests have no superpages
@@ -74,7 +120,7 @@ fn machphys_mfn_list(d: &Domain, arg: u64) -> Result {
 /// frames). Each must be the domain's and no longer mapped or typed. Returns the number
 /// of extents released.
 fn decrease_reservation(d: &mut Domain, arg: u64) -> Result {
-    let r = read_reservation(d, arg)?;
+    let r = read_reservation(d, arg, false)?;
     let mut done = 0;
     for i in 0..r.nr_extents.min(MAX_EXTENTS) {
         let mfn = Mfn(read_u64(d, r.extent_start.0.wrapping_add(i * 8))?);
@@ -102,22 +148,43 @@ fn decrease_reservation(d: &mut Domain, arg: u64) -> Result {
 }
 
 /// `XENMEM_increase_reservation` / `XENMEM_populate_physmap`: fresh zeroed frames, up to
-/// the domain's limit. For `populate_physmap` the list holds the guest's pfns on the way
-/// in; either way the machine frame numbers are written back (a PV guest maps them
-/// itself). Returns the number of extents done.
-fn increase_reservation(d: &mut Domain, arg: u64, populate: bool) -> Result {
-    let r = read_reservation(d, arg)?;
-    let mut done = 0;
-    for i in 0..r.nr_extents.min(MAX_EXTENTS) {
-        if d.p2m.len() as u64 >= d.max_pages {
+/// the target domain's limit. For `populate_physmap` the list holds the guest's pfns on
+/// the way in; either way the machine frame numbers are written back (a PV guest maps
+/// them itself). The privileged domain may populate another domain (to build it): that
+/// domain's frames must then come in pfn order, from its first missing one. Returns the
+/// number of extents done.
+fn increase_reservation(doms: &mut Domains, arg: u64, populate: bool) -> Result {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let r = read_reservation(caller, arg, true)?;
+    let caller_id = caller.id;
+    let target = if r.domid == DOMID_SELF {
+        caller_id
+    } else {
+        DomId(r.domid)
+    };
+    let n = r.nr_extents.min(MAX_EXTENTS);
+    let slot = |i: u64| r.extent_start.0.wrapping_add(i * 8);
+    // The pfns asked for, read from the caller before anything is allocated.
+    let mut pfns = Vec::new();
+    if populate {
+        for i in 0..n {
+            pfns.push(read_u64(caller, slot(i))?);
+        }
+    }
+    let t = doms.get_mut(target).ok_or(XenErrno::Esrch)?;
+    let foreign = target != caller_id;
+    let mut mfns = Vec::new();
+    for i in 0..n {
+        if t.p2m.len() as u64 >= t.max_pages {
             break;
         }
-        let slot = r.extent_start.0.wrapping_add(i * 8);
-        let pfn = if populate {
-            Some(read_u64(d, slot)?)
-        } else {
-            None
-        };
+        let pfn = pfns.get(i as usize).copied();
+        if foreign && pfn.is_some_and(|p| p != t.p2m.len() as u64) {
+            if i == 0 {
+                return Err(XenErrno::Einval);
+            }
+            break;
+        }
         let Some(frame) = memory::alloc_frame() else {
             break;
         };
@@ -125,25 +192,31 @@ fn increase_reservation(d: &mut Domain, arg: u64, populate: bool) -> Result {
         let given = domain::FRAME_TABLE
             .lock()
             .as_mut()
-            .is_some_and(|ft| ft.assign(mfn, Owner::Domain(d.id)).is_ok());
-        if !given || d.write_guest(slot, &mfn.0.to_le_bytes()).is_err() {
-            if given {
-                let _ = domain::FRAME_TABLE
-                    .lock()
-                    .as_mut()
-                    .map(|ft| ft.assign(mfn, Owner::Free));
-            }
+            .is_some_and(|ft| ft.assign(mfn, Owner::Domain(target)).is_ok());
+        if !given {
             let _ = memory::free_frame(mfn);
-            if done == 0 && given {
-                return Err(XenErrno::Efault);
-            }
             break;
         }
         memory::m2p_set(mfn, pfn.unwrap_or(memory::M2P_INVALID));
-        d.p2m.push(mfn);
-        done += 1;
+        t.p2m.push(mfn);
+        mfns.push(mfn);
     }
-    Ok(done)
+    // Report the frames; a list the caller cannot be written ends the report (the
+    // frames stay the target's, as Xen leaves them).
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    for (i, mfn) in mfns.iter().enumerate() {
+        if caller
+            .write_guest(slot(i as u64), &mfn.0.to_le_bytes())
+            .is_err()
+        {
+            return if i == 0 {
+                Err(XenErrno::Efault)
+            } else {
+                Ok(i as u64)
+            };
+        }
+    }
+    Ok(mfns.len() as u64)
 }
 
 fn read_domid(d: &Domain, arg: u64) -> core::result::Result<u16, XenErrno> {
@@ -175,10 +248,6 @@ fn one(d: &mut Domain, op: MemoryOp, arg: u64) -> Result {
                 .map_err(|_| XenErrno::Efault)?;
             Ok(0)
         }
-        MemoryOp::CurrentReservation | MemoryOp::MaximumReservation => match read_domid(d, arg)? {
-            id if id == DOMID_SELF || id == d.id.0 => Ok(pages),
-            _ => Err(XenErrno::Esrch),
-        },
         // The highest machine frame number (what sizes the guest's view of the M2P).
         MemoryOp::MaximumRamPage => Ok(memory::m2p_entries().saturating_sub(1)),
         MemoryOp::MachphysMapping => {
@@ -194,9 +263,6 @@ fn one(d: &mut Domain, op: MemoryOp, arg: u64) -> Result {
         }
         MemoryOp::MachphysMfnList => machphys_mfn_list(d, arg),
         MemoryOp::DecreaseReservation => decrease_reservation(d, arg),
-        MemoryOp::IncreaseReservation | MemoryOp::PopulatePhysmap => {
-            increase_reservation(d, arg, op == MemoryOp::PopulatePhysmap)
-        }
         _ => Err(XenErrno::Enosys),
     }
 }

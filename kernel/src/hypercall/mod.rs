@@ -19,6 +19,7 @@ use zerocopy::FromBytes;
 use crate::{arch::x86_64::trap::TrapFrame, domain, sched};
 
 mod desc;
+pub mod domctl;
 mod evtchn;
 mod memory;
 pub mod mmu;
@@ -81,6 +82,8 @@ fn call(nr: u64, args: [u64; 5]) -> Result {
         // dom0 gets no hardware: the hypervisor keeps the machine.
         Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
         Ok(Hypercall::MemoryOp) => memory::memory_op(args),
+        Ok(Hypercall::Domctl) => domctl::domctl(args),
+        Ok(Hypercall::Sysctl) => domctl::sysctl(args),
         Ok(Hypercall::SetGdt) => desc::set_gdt(args),
         Ok(Hypercall::UpdateDescriptor) => desc::update_descriptor(args),
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
@@ -210,7 +213,8 @@ fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
             let reason = SchedShutdown::read_from_bytes(&raw)
                 .map_err(|_| XenErrno::Efault)?
                 .reason;
-            domain::shutdown(reason)
+            domain::with_current(|d| d.shutdown(reason)).ok_or(XenErrno::Esrch)?;
+            Ok(0)
         }
         Ok(_) | Err(_) => Err(XenErrno::Enosys),
     }

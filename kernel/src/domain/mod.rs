@@ -1,37 +1,33 @@
 //! Domains and their vCPUs: building dom0 from the boot modules, running it in ring 3,
-//! and what happens when it stops. One domain with one vCPU for now; the structures are
-//! the ones more domains and vCPUs will use.
+//! and what happens when a domain stops. `registry` holds every live domain; domains
+//! other than dom0 are made through domain control (`hypercall::domctl`).
+
+pub mod build;
+pub mod lifecycle;
+mod registry;
+
+pub use build::build_dom0;
+pub use registry::{with_current, with_domain, with_domains, Domains};
 
 use alloc::{boxed::Box, string::String, vec::Vec};
-use core::fmt::Write;
+use core::{fmt::Write, mem::offset_of};
 
-use core::mem::offset_of;
 use ferrovisor::{
-    domain_builder::{self, BuildSpec, DomainMemory, KernelImage, Segment},
-    guest_image::{self, GuestImage},
+    evtchn::{self, EventChannels, EventWords},
     mm::{
         frame_table::{DomId, FrameTable, Owner},
-        page_type::Level,
-        Mfn, PhysRange, PAGE_SIZE,
+        Mfn, PAGE_SIZE,
     },
-    multiboot2::Module,
-};
-
-use ferrovisor::evtchn::{self, EventChannels, EventWords};
-use ferrovisor::pv::{
-    bounce::BounceState,
-    descriptor::GuestGdt,
-    time::{self as pv_time, TimeFields},
-};
-use ferrovisor_abi::{
-    layout::{FLAT_RING3_CS64, FLAT_RING3_SS64},
-    xen::{
-        arch_x86::ArchVcpuInfo,
-        vcpu::VcpuRunstateInfo,
-        xen::{
-            SharedInfo, VcpuInfo, VcpuTimeInfo, SIF_PRIVILEGED, VMASST_TYPE_WRITABLE_PAGETABLES,
-        },
+    pv::{
+        bounce::BounceState,
+        descriptor::GuestGdt,
+        time::{self as pv_time, TimeFields},
     },
+};
+use ferrovisor_abi::xen::{
+    arch_x86::ArchVcpuInfo,
+    vcpu::VcpuRunstateInfo,
+    xen::{SharedInfo, VcpuInfo, VcpuTimeInfo},
 };
 use zerocopy::{FromZeros, IntoBytes};
 
@@ -41,12 +37,11 @@ use crate::{
         debug_exit::Verdict,
         guest_memory::{GuestFault, GuestSpace},
         irq::IrqMutex,
-        paging::{self as hw_paging, GuestTables},
-        percpu,
-        phys::{self, SharedFrame},
+        paging as hw_paging, percpu,
+        phys::SharedFrame,
         trap::{self, TrapFrame},
     },
-    clock, fatal, memory,
+    clock, fatal,
 };
 
 pub const DOM0: DomId = DomId(0);
@@ -65,9 +60,6 @@ const VIRQ_TIMER: u32 = 0;
 
 /// The test guest-memory copies apply to each frame: is it the domain's?
 pub type OwnsFrame = Box<dyn Fn(Mfn) -> bool>;
-
-/// Largest kernel image (decompressed) the builder accepts.
-const MAX_KERNEL_IMAGE: usize = 128 << 20;
 
 /// A virtual CPU: its saved registers and PV state.
 pub struct Vcpu {
@@ -133,8 +125,6 @@ pub struct Domain {
     pub vcpu: Vcpu,
     /// The domain's other vCPUs, in id order, with their state saved.
     pub others: Vec<Vcpu>,
-    /// Ticks the running vCPU has had since it was put on the CPU.
-    pub slice_ticks: u32,
     /// Console output not yet ended by a newline.
     console_line: Vec<u8>,
     /// The domain's event-channel ports.
@@ -143,6 +133,31 @@ pub struct Domain {
     pub vm_assist: u32,
     /// Most frames the domain may own (its size at build; `mem-set` will change it).
     pub max_pages: u64,
+    /// Its name (`xl list`'s first column) and UUID.
+    pub name: String,
+    pub uuid: [u8; 16],
+    /// Nested pauses by the privileged domain; its vCPUs run only at 0.
+    pub pause_count: u32,
+    /// Running, or stopped and why.
+    pub life: Life,
+    /// Has a kernel loaded (dom0 from the start, others after `BuildPv`).
+    pub built: bool,
+    /// CPU time its vCPUs have had (ns), accounted on every switch away.
+    pub cpu_time_ns: u64,
+    /// The balloon target the toolstack set (frames).
+    pub target_pages: u64,
+    /// Its xenstore and console rings (frame, the guest's port), once built.
+    pub store_ring: Option<(Mfn, u32)>,
+    pub console_ring: Option<(Mfn, u32)>,
+}
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Life {
+    Running,
+    /// Shut itself down with this `SHUTDOWN_*` reason (not `crash`).
+    Shutdown(u32),
+    Crashed,
 }
 
 /// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,
@@ -314,7 +329,6 @@ impl Domain {
 
 /// Every frame's owner and type (the PV MMU's state).
 pub static FRAME_TABLE: IrqMutex<Option<FrameTable>> = IrqMutex::new(None);
-static DOMAIN0: IrqMutex<Option<Domain>> = IrqMutex::new(None);
 
 /// Creates the frame table for frames below `max_addr`, with the hypervisor's L4 slots
 /// that every validated guest L4 receives.
@@ -324,174 +338,15 @@ pub fn init_frame_table(max_addr: u64) {
     *FRAME_TABLE.lock() = Some(table);
 }
 
-/// dom0's memory while it is being built: its frames in pseudo-physical order.
-struct BuildMemory<'a> {
-    p2m: &'a [Mfn],
-}
-
-impl DomainMemory for BuildMemory<'_> {
-    fn nr_pages(&self) -> u64 {
-        self.p2m.len() as u64
-    }
-    fn mfn(&self, pfn: u64) -> Mfn {
-        self.p2m[pfn as usize]
-    }
-    fn write(&mut self, pfn: u64, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= PAGE_SIZE as usize);
-        // SAFETY: dom0's reserved frames belong to the builder alone until dom0 runs; all
-        // are direct-mapped RAM.
-        unsafe { phys::write_bytes(self.p2m[pfn as usize].addr() + offset as u64, bytes) };
-    }
-}
-
-/// The kernel image's segments as the builder wants them.
-fn segments(image: &GuestImage) -> Vec<Segment<'_>> {
-    image
-        .segments
-        .iter()
-        .map(|s| Segment {
-            virt: s.guest_virt,
-            data: &image.elf[s.file_offset as usize..(s.file_offset + s.file_size) as usize],
-            mem_size: s.mem_size,
-        })
-        .collect()
-}
-
-/// Builds dom0 from the kernel (and initrd) modules in its reserved memory.
-pub fn build_dom0(
-    kernel: &Module,
-    initrd: Option<&Module>,
-    extents: &[PhysRange],
-    nr_vcpus: u32,
-) -> Result<(), String> {
-    let nr_vcpus = nr_vcpus.clamp(1, MAX_VCPUS as u32);
-    // SAFETY: boot modules are RAM the frame allocator never hands out and nothing writes.
-    let module = unsafe { phys::slice(kernel.start, (kernel.end - kernel.start) as usize) };
-    let image = guest_image::inspect(module, MAX_KERNEL_IMAGE)
-        .map_err(|e| alloc::format!("the dom0 kernel (module 0) is unusable: {e}"))?;
-    log::info!(
-        "dom0: {:?} kernel, entry {:#x}, image {:#x}-{:#x}, hypercall page {}",
-        image.format,
-        image.entry,
-        image.virt_start,
-        image.virt_end,
-        if image.info.hypercall_page.is_some() {
-            "requested"
-        } else {
-            "not used"
-        }
-    );
-    // SAFETY: as for the kernel module.
-    let initrd_bytes = initrd.map(|m| unsafe { phys::slice(m.start, (m.end - m.start) as usize) });
-
-    let p2m: Vec<Mfn> = extents
-        .iter()
-        .flat_map(|r| (r.start / PAGE_SIZE..r.end / PAGE_SIZE).map(Mfn))
-        .collect();
-    for r in extents {
-        // SAFETY: dom0's reserved frames, owned by the builder until dom0 runs. Scrubbing
-        // them keeps whatever was there before from reaching the guest.
-        unsafe { phys::zero(r.start, r.len()) };
-    }
-    let shared_info = memory::alloc_frame().ok_or("out of memory for dom0's shared info")?;
-    let shared_info = shared_info.into_mfn();
-
-    let segs = segments(&image);
-    let kimage = KernelImage {
-        segments: &segs,
-        virt_base: image.info.virt_base,
-        entry: image.entry,
-        hypercall_page: image.info.hypercall_page,
-    };
-    let spec = BuildSpec {
-        initrd: initrd_bytes,
-        cmdline: kernel.cmdline,
-        flags: SIF_PRIVILEGED,
-        shared_info_maddr: shared_info.addr(),
-        store_evtchn: 0,
-        console_evtchn: 0,
-    };
-    let built = domain_builder::build(&kimage, &spec, &mut BuildMemory { p2m: &p2m })
-        .map_err(|e| alloc::format!("building dom0: {e}"))?;
-    drop(image);
-
-    // Hand the frames to dom0 and validate its bootstrap page tables by pinning the L4.
-    let l4 = p2m[built.l4_pfn as usize];
-    {
-        let mut ft = FRAME_TABLE.lock();
-        let ft = ft.as_mut().ok_or("no frame table")?;
-        for &mfn in p2m.iter().chain(core::iter::once(&shared_info)) {
-            ft.assign(mfn, Owner::Domain(DOM0))
-                .map_err(|e| alloc::format!("giving {mfn} to dom0: {e}"))?;
-        }
-        for (pfn, &mfn) in p2m.iter().enumerate() {
-            memory::m2p_set(mfn, pfn as u64);
-        }
-        // SAFETY: the frame table only writes validated page tables of dom0.
-        let mut tables = unsafe { GuestTables::new() };
-        ft.pin(l4, DOM0, Level::L4, &mut tables)
-            .map_err(|e| alloc::format!("dom0's bootstrap page tables are invalid: {e}"))?;
-        // vCPU 0's base pointer holds its own reference, so unpinning the boot root (as a
-        // guest may) can never devalidate the tables CR3 points at.
-        ft.get_page_and_type(l4, DOM0, Level::L4.page_type(), &mut tables)
-            .map_err(|e| alloc::format!("dom0's bootstrap page tables are invalid: {e}"))?;
-        // The hypervisor writes the shared-info page for as long as the domain lives: a
-        // permanent reference keeps the guest from giving it back (decrease_reservation).
-        ft.get_page(shared_info, DOM0)
-            .map_err(|e| alloc::format!("dom0's shared info page: {e}"))?;
-    }
-    log::info!(
-        "dom0: built: {} pages, start info at {:#x}, {} page-table frames, stack top {:#x}",
-        p2m.len(),
-        built.start_info_va,
-        built.pt_count,
-        built.stack_top
-    );
-    let regs = TrapFrame {
-        rip: built.entry,
-        cs: FLAT_RING3_CS64 as u64,
-        rflags: 0x202,
-        rsp: built.stack_top,
-        ss: FLAT_RING3_SS64 as u64,
-        rsi: built.start_info_va,
-        ..TrapFrame::default()
-    };
-    // SAFETY: the frame was just allocated for dom0's shared info.
-    let shared = unsafe { SharedFrame::new(shared_info) };
-    // vCPU 0 starts with event delivery masked, as in Xen.
-    shared.write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
-    let p2m_len = p2m.len() as u64;
-    *DOMAIN0.lock() = Some(Domain {
-        id: DOM0,
-        p2m,
-        shared_info,
-        vcpu: Vcpu {
-            online: true,
-            initialised: true,
-            ..Vcpu::new(0, regs, l4, built.stack_top, shared_info)
-        },
-        others: (1..nr_vcpus)
-            .map(|id| Vcpu::new(id, TrapFrame::default(), l4, 0, shared_info))
-            .collect(),
-        slice_ticks: 0,
-        console_line: Vec::new(),
-        evtchn: EventChannels::new(DOM0.0, nr_vcpus, MAX_PORTS),
-        // Writable page tables are on from the start, as Xen gives every PV domain.
-        vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
-        max_pages: p2m_len,
-    });
-    Ok(())
-}
-
 /// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
 pub fn run_dom0() -> ! {
-    let (l4, regs) = match DOMAIN0.lock().as_mut() {
-        Some(d) => {
-            d.publish_time();
-            d.publish_wallclock();
-            log::info!("dom0: shared info page at {}", d.shared_info);
-            (d.vcpu.kernel_l4, d.vcpu.regs)
-        }
+    let (l4, regs) = match with_current(|d| {
+        d.publish_time();
+        d.publish_wallclock();
+        log::info!("dom0: shared info page at {}", d.shared_info);
+        (d.vcpu.kernel_l4, d.vcpu.regs)
+    }) {
+        Some(started) => started,
         None => {
             log::error!("dom0 was not built");
             fatal::halt(Verdict::Refused);
@@ -504,11 +359,6 @@ pub fn run_dom0() -> ! {
     // SAFETY: a ring-3 frame with the guest's flat selectors, IF set, IOPL 0, entering
     // the kernel's entry point in the address space just loaded.
     unsafe { trap::return_to(&regs) }
-}
-
-/// Runs `f` with the current domain.
-pub fn with_current<R>(f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
-    DOMAIN0.lock().as_mut().map(f)
 }
 
 impl Domain {
@@ -752,25 +602,54 @@ impl Domain {
     }
 }
 
-/// The domain stopped itself (`SCHEDOP_shutdown`): dom0 stopping stops the machine.
-pub fn shutdown(reason: u32) -> ! {
-    match reason {
-        0 => {
-            log::info!("dom0 shut down (poweroff)");
-            fatal::halt(Verdict::Halted)
-        }
-        1 => {
-            log::info!(
-                "dom0 asked for a reboot; rebooting the machine is not supported yet, halting"
-            );
-            fatal::halt(Verdict::Halted)
-        }
-        _ => crash(format_args!("shut down with reason {reason}")),
+impl Domain {
+    /// Whether its vCPUs may run: alive, built and not paused.
+    pub fn can_run(&self) -> bool {
+        self.life == Life::Running && self.built && self.pause_count == 0
     }
-}
 
-/// dom0 crashed (asked to, or did something the hypervisor cannot let it continue from).
-pub fn crash(why: core::fmt::Arguments) -> ! {
-    log::error!("dom0 crashed: {why}");
-    fatal::halt(Verdict::GuestCrashed)
+    /// The domain stopped itself (`SCHEDOP_shutdown`). dom0 stopping stops the machine;
+    /// another domain stays, stopped, until domain control destroys it (the scheduler
+    /// moves off it on the way out of the hypercall).
+    pub fn shutdown(&mut self, reason: u32) {
+        const CRASH: u32 = 3;
+        if self.id == DOM0 {
+            match reason {
+                0 => {
+                    log::info!("dom0 shut down (poweroff)");
+                    fatal::halt(Verdict::Halted)
+                }
+                1 => {
+                    log::info!(
+                        "dom0 asked for a reboot; rebooting the machine is not supported yet, \
+                         halting"
+                    );
+                    fatal::halt(Verdict::Halted)
+                }
+                _ => self.crash(format_args!("shut down with reason {reason}")),
+            }
+        }
+        if reason == CRASH {
+            return self.crash(format_args!("shut down with reason crash"));
+        }
+        log::info!("d{}: shut down (reason {reason})", self.id.0);
+        self.life = Life::Shutdown(reason);
+    }
+
+    /// The domain crashed (asked to, or did something the hypervisor cannot let it go on
+    /// from). dom0 crashing stops the machine; another domain stays, crashed, until it is
+    /// destroyed.
+    pub fn crash(&mut self, why: core::fmt::Arguments) {
+        if self.id == DOM0 {
+            log::error!("dom0 crashed: {why}");
+            fatal::halt(Verdict::GuestCrashed)
+        }
+        log::error!("d{} crashed: {why}", self.id.0);
+        self.life = Life::Crashed;
+    }
+
+    /// Its vCPUs, the one in front first.
+    pub fn vcpus(&self) -> impl Iterator<Item = &Vcpu> + '_ {
+        core::iter::once(&self.vcpu).chain(self.others.iter())
+    }
 }

@@ -1,0 +1,499 @@
+//! Ferrovisor's own control interface between the privileged domain (`fv`, or a test
+//! kernel) and the hypervisor: `domctl` (one domain) and `sysctl` (the host).
+//!
+//! The hypercall numbers are Xen's (`__HYPERVISOR_domctl` 36, `__HYPERVISOR_sysctl` 35),
+//! so Linux's `privcmd` passes the calls through unchanged; the argument is the project's
+//! own, versioned, and defined only here. Both calls take one guest pointer to a
+//! fixed-size request ([`Domctl`] or [`Sysctl`]): a header (interface version, command,
+//! target domain) and a payload whose layout the command selects. The hypervisor copies
+//! the whole request in, validates it, and copies it back with the outputs filled in.
+//!
+//! Errors are Xen errnos: `-EACCES` for an interface-version mismatch (as Xen answers a
+//! stale toolstack), `-EPERM` when the caller is not the privileged domain, `-ESRCH` for
+//! a domain that does not exist, `-EINVAL` for a malformed payload, `-ENOSYS` for an
+//! unknown command.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::xen::{read_prefix, write_prefix, DomId, GuestHandle, XenDomainHandle};
+
+pub use crate::version::FV_CONTROL_INTERFACE_VERSION;
+
+/// Bytes of command payload in a [`Domctl`] request.
+pub const DOMCTL_PAYLOAD: usize = 240;
+/// Bytes of command payload in a [`Sysctl`] request.
+pub const SYSCTL_PAYLOAD: usize = 240;
+/// Longest domain name, in bytes (NUL-padded when shorter).
+pub const DOMAIN_NAME_MAX: usize = 64;
+
+xen_enum! {
+    /// `domctl` commands.
+    pub enum DomctlCmd: u32 {
+        /// Payload [`CreateDomain`]; the new id comes back in the header's `domain`.
+        CreateDomain = 1,
+        /// No payload. Frees every frame, port, grant and xenstore entry of the domain.
+        DestroyDomain = 2,
+        /// No payload. Stops the domain's vCPUs (nested: each pause needs an unpause).
+        PauseDomain = 3,
+        /// No payload.
+        UnpauseDomain = 4,
+        /// Payload [`DomainInfo`] (out).
+        GetDomainInfo = 5,
+        /// Payload [`SetMaxMem`].
+        SetMaxMem = 6,
+        /// Payload [`SetMemTarget`]: the balloon target the guest reads from xenstore.
+        SetMemTarget = 7,
+        /// Payload [`BuildPv`]: loads a PV kernel into the domain's populated memory and
+        /// prepares vCPU 0; the domain stays paused until `UnpauseDomain`.
+        BuildPv = 8,
+        /// Payload [`VcpuContext`]: reads a paused domain's vCPU state
+        /// (`vcpu_guest_context`).
+        GetVcpuContext = 9,
+        /// Payload [`VcpuContext`]: replaces a paused domain's vCPU state.
+        SetVcpuContext = 10,
+        /// Payload [`ShutdownRequest`]: asks the guest to shut down, reboot or suspend
+        /// (through xenstore's `control/shutdown`, as Xen's toolstack does).
+        RequestShutdown = 11,
+        /// Payload [`ConsoleIo`]: reads the domain's console history from an offset.
+        ConsoleRead = 12,
+        /// Payload [`ConsoleIo`]: writes input to the domain's console.
+        ConsoleWrite = 13,
+    }
+}
+
+xen_enum! {
+    /// `sysctl` commands.
+    pub enum SysctlCmd: u32 {
+        /// Payload [`PhysInfo`] (out).
+        PhysInfo = 1,
+        /// Payload [`ListDomains`]: fills a guest array of [`DomainInfo`].
+        ListDomains = 2,
+        /// Payload [`ReadLog`]: the hypervisor's log ring (`dmesg`).
+        ReadLog = 3,
+    }
+}
+
+/// A `domctl` request.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Domctl {
+    /// Must be [`FV_CONTROL_INTERFACE_VERSION`].
+    pub interface_version: u32,
+    /// A [`DomctlCmd`].
+    pub cmd: u32,
+    /// The target domain (in), or the created one (out, `CreateDomain`).
+    pub domain: DomId,
+    pub _pad: [u8; 6],
+    pub payload: [u8; DOMCTL_PAYLOAD],
+}
+
+assert_layout!(
+    Domctl,
+    size = 256,
+    align = 4,
+    interface_version = 0,
+    cmd = 4,
+    domain = 8,
+    payload = 16
+);
+
+impl Domctl {
+    /// A request for `cmd` on `domain` with `payload` (zero-extended).
+    pub fn new<T: IntoBytes + Immutable>(cmd: DomctlCmd, domain: DomId, payload: &T) -> Self {
+        let mut d = Self {
+            interface_version: FV_CONTROL_INTERFACE_VERSION,
+            cmd: cmd.raw(),
+            domain,
+            _pad: [0; 6],
+            payload: [0; DOMCTL_PAYLOAD],
+        };
+        d.set_payload(payload);
+        d
+    }
+
+    /// The payload as a `T` (every payload type fits; checked at compile time below).
+    pub fn payload<T: FromBytes>(&self) -> T {
+        read_prefix(&self.payload)
+    }
+
+    pub fn set_payload<T: IntoBytes + Immutable>(&mut self, value: &T) {
+        write_prefix(&mut self.payload, value);
+    }
+}
+
+/// A `sysctl` request.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct Sysctl {
+    /// Must be [`FV_CONTROL_INTERFACE_VERSION`].
+    pub interface_version: u32,
+    /// A [`SysctlCmd`].
+    pub cmd: u32,
+    pub _pad: [u8; 8],
+    pub payload: [u8; SYSCTL_PAYLOAD],
+}
+
+assert_layout!(
+    Sysctl,
+    size = 256,
+    align = 4,
+    interface_version = 0,
+    cmd = 4,
+    payload = 16
+);
+
+impl Sysctl {
+    pub fn new<T: IntoBytes + Immutable>(cmd: SysctlCmd, payload: &T) -> Self {
+        let mut s = Self {
+            interface_version: FV_CONTROL_INTERFACE_VERSION,
+            cmd: cmd.raw(),
+            _pad: [0; 8],
+            payload: [0; SYSCTL_PAYLOAD],
+        };
+        s.set_payload(payload);
+        s
+    }
+
+    pub fn payload<T: FromBytes>(&self) -> T {
+        read_prefix(&self.payload)
+    }
+
+    pub fn set_payload<T: IntoBytes + Immutable>(&mut self, value: &T) {
+        write_prefix(&mut self.payload, value);
+    }
+}
+
+/// `CreateDomain` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct CreateDomain {
+    pub uuid: XenDomainHandle,
+    /// NUL-padded; unique among live domains; letters, digits and `-_.` only.
+    pub name: [u8; DOMAIN_NAME_MAX],
+    /// Most frames the domain may own.
+    pub max_pages: u64,
+    /// vCPUs (1 up to the hypervisor's limit).
+    pub max_vcpus: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+assert_layout!(
+    CreateDomain,
+    size = 96,
+    align = 8,
+    uuid = 0,
+    name = 16,
+    max_pages = 80,
+    max_vcpus = 88,
+    flags = 92
+);
+
+/// [`DomainInfo::flags`]: the domain's vCPUs run, or one is on a CPU.
+pub const DOMINFO_RUNNING: u32 = 1 << 0;
+/// Every online vCPU waits for an event.
+pub const DOMINFO_BLOCKED: u32 = 1 << 1;
+/// Paused by the privileged domain.
+pub const DOMINFO_PAUSED: u32 = 1 << 2;
+/// Shut itself down; `shutdown_reason` says why.
+pub const DOMINFO_SHUTDOWN: u32 = 1 << 3;
+/// Crashed (shut down with `SHUTDOWN_crash`, or killed by the hypervisor).
+pub const DOMINFO_CRASHED: u32 = 1 << 4;
+/// Being destroyed; its last frames are still referenced elsewhere.
+pub const DOMINFO_DYING: u32 = 1 << 5;
+/// Built (`BuildPv` done): it has a kernel to run.
+pub const DOMINFO_BUILT: u32 = 1 << 6;
+/// The privileged (control) domain.
+pub const DOMINFO_PRIVILEGED: u32 = 1 << 7;
+
+/// `GetDomainInfo` payload (out), and one entry of `ListDomains`.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DomainInfo {
+    pub domid: DomId,
+    pub _pad: u16,
+    /// `DOMINFO_*`.
+    pub flags: u32,
+    /// `SHUTDOWN_*` (`sched.h`) when `DOMINFO_SHUTDOWN` is set.
+    pub shutdown_reason: u32,
+    /// vCPUs the domain has, and how many are up.
+    pub nr_vcpus: u32,
+    pub online_vcpus: u32,
+    pub _pad2: u32,
+    /// Frames the domain owns now, and at most.
+    pub tot_pages: u64,
+    pub max_pages: u64,
+    /// CPU time its vCPUs have had, in nanoseconds.
+    pub cpu_time_ns: u64,
+    pub uuid: XenDomainHandle,
+    pub name: [u8; DOMAIN_NAME_MAX],
+}
+
+assert_layout!(
+    DomainInfo,
+    size = 128,
+    align = 8,
+    domid = 0,
+    flags = 4,
+    shutdown_reason = 8,
+    nr_vcpus = 12,
+    online_vcpus = 16,
+    tot_pages = 24,
+    max_pages = 32,
+    cpu_time_ns = 40,
+    uuid = 48,
+    name = 64
+);
+
+impl DomainInfo {
+    /// The name up to its first NUL.
+    pub fn name_bytes(&self) -> &[u8] {
+        name_bytes(&self.name)
+    }
+}
+
+/// A NUL-padded name's bytes.
+pub fn name_bytes(name: &[u8; DOMAIN_NAME_MAX]) -> &[u8] {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    &name[..end]
+}
+
+/// `SetMaxMem` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SetMaxMem {
+    pub max_pages: u64,
+}
+
+assert_layout!(SetMaxMem, size = 8, align = 8, max_pages = 0);
+
+/// `SetMemTarget` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SetMemTarget {
+    pub target_pages: u64,
+}
+
+assert_layout!(SetMemTarget, size = 8, align = 8, target_pages = 0);
+
+/// `BuildPv` payload: buffers in the caller's address space.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct BuildPv {
+    /// The kernel image (ELF or bzImage, compressed or not).
+    pub kernel: GuestHandle,
+    pub kernel_len: u64,
+    /// The initial ramdisk, or null.
+    pub ramdisk: GuestHandle,
+    pub ramdisk_len: u64,
+    /// The kernel command line (no NUL needed), or null.
+    pub cmdline: GuestHandle,
+    pub cmdline_len: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+    /// Out: the machine frames of the xenstore and console rings, and their ports in
+    /// the guest.
+    pub store_mfn: u64,
+    pub console_mfn: u64,
+    pub store_port: u32,
+    pub console_port: u32,
+    /// Out: the guest's entry point and `start_info` address.
+    pub entry: u64,
+    pub start_info: u64,
+}
+
+assert_layout!(
+    BuildPv,
+    size = 88,
+    align = 8,
+    kernel = 0,
+    kernel_len = 8,
+    ramdisk = 16,
+    ramdisk_len = 24,
+    cmdline = 32,
+    cmdline_len = 40,
+    flags = 44,
+    store_mfn = 48,
+    console_mfn = 56,
+    store_port = 64,
+    console_port = 68,
+    entry = 72,
+    start_info = 80
+);
+
+/// `GetVcpuContext` / `SetVcpuContext` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VcpuContext {
+    pub vcpu: u32,
+    pub _pad: u32,
+    /// A `vcpu_guest_context` (`arch-x86/xen.h`) in the caller's memory.
+    pub ctx: GuestHandle,
+}
+
+assert_layout!(VcpuContext, size = 16, align = 8, vcpu = 0, ctx = 8);
+
+/// `RequestShutdown` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ShutdownRequest {
+    /// `SHUTDOWN_poweroff`, `SHUTDOWN_reboot` or `SHUTDOWN_suspend` (`sched.h`).
+    pub reason: u32,
+}
+
+assert_layout!(ShutdownRequest, size = 4, align = 4, reason = 0);
+
+/// `ConsoleRead` / `ConsoleWrite` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ConsoleIo {
+    /// Read: the history offset to read from (in), the offset after the last byte
+    /// returned (out). Unused for writes.
+    pub offset: u64,
+    pub buffer: GuestHandle,
+    /// Buffer size (in).
+    pub len: u32,
+    /// Bytes read or written (out).
+    pub done: u32,
+    /// Read: bytes between the asked offset and the oldest one kept, which are lost.
+    pub missed: u64,
+}
+
+assert_layout!(
+    ConsoleIo,
+    size = 32,
+    align = 8,
+    offset = 0,
+    buffer = 8,
+    len = 16,
+    done = 20,
+    missed = 24
+);
+
+/// `PhysInfo` payload (out).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct PhysInfo {
+    pub nr_cpus: u32,
+    pub cpu_khz: u32,
+    /// RAM frames the hypervisor manages, and how many are free.
+    pub total_pages: u64,
+    pub free_pages: u64,
+    /// Nanoseconds since the hypervisor started.
+    pub uptime_ns: u64,
+    /// Xen version it presents (major << 16 | minor).
+    pub xen_version: u32,
+    pub nr_domains: u32,
+}
+
+assert_layout!(
+    PhysInfo,
+    size = 40,
+    align = 8,
+    nr_cpus = 0,
+    cpu_khz = 4,
+    total_pages = 8,
+    free_pages = 16,
+    uptime_ns = 24,
+    xen_version = 32,
+    nr_domains = 36
+);
+
+/// `ListDomains` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ListDomains {
+    /// Lowest domain id to report.
+    pub first_domain: DomId,
+    pub _pad: u16,
+    /// Room in `buffer`, in entries (in); entries written (out).
+    pub max_entries: u32,
+    pub buffer: GuestHandle,
+    pub nr_entries: u32,
+    pub _pad2: u32,
+}
+
+assert_layout!(
+    ListDomains,
+    size = 24,
+    align = 8,
+    first_domain = 0,
+    max_entries = 4,
+    buffer = 8,
+    nr_entries = 16
+);
+
+/// `ReadLog` payload: like [`ConsoleIo`] for the hypervisor's log ring.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReadLog {
+    pub offset: u64,
+    pub buffer: GuestHandle,
+    pub len: u32,
+    pub done: u32,
+    pub missed: u64,
+}
+
+assert_layout!(
+    ReadLog,
+    size = 32,
+    align = 8,
+    offset = 0,
+    buffer = 8,
+    len = 16,
+    done = 20,
+    missed = 24
+);
+
+// Every payload fits its request.
+const _: () = {
+    assert!(core::mem::size_of::<CreateDomain>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<DomainInfo>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<BuildPv>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<ConsoleIo>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<PhysInfo>() <= SYSCTL_PAYLOAD);
+    assert!(core::mem::size_of::<ListDomains>() <= SYSCTL_PAYLOAD);
+    assert!(core::mem::size_of::<ReadLog>() <= SYSCTL_PAYLOAD);
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trip() {
+        let c = CreateDomain {
+            uuid: [7; 16],
+            name: [0; DOMAIN_NAME_MAX],
+            max_pages: 4096,
+            max_vcpus: 2,
+            flags: 0,
+        };
+        let d = Domctl::new(DomctlCmd::CreateDomain, 0, &c);
+        assert_eq!(d.interface_version, FV_CONTROL_INTERFACE_VERSION);
+        assert_eq!(d.cmd, 1);
+        let back: CreateDomain = d.payload();
+        assert_eq!(
+            (back.uuid, back.max_pages, back.max_vcpus),
+            ([7; 16], 4096, 2)
+        );
+        assert!(d.payload[core::mem::size_of::<CreateDomain>()..]
+            .iter()
+            .all(|&b| b == 0));
+    }
+
+    #[test]
+    fn names_stop_at_nul() {
+        let mut n = [0u8; DOMAIN_NAME_MAX];
+        n[..5].copy_from_slice(b"guest");
+        assert_eq!(name_bytes(&n), b"guest");
+        assert_eq!(name_bytes(&[b'x'; DOMAIN_NAME_MAX]).len(), DOMAIN_NAME_MAX);
+    }
+
+    #[test]
+    fn unknown_commands_do_not_decode() {
+        assert!(DomctlCmd::try_from(0u32).is_err());
+        assert!(SysctlCmd::try_from(99u32).is_err());
+        assert_eq!(DomctlCmd::try_from(8u32), Ok(DomctlCmd::BuildPv));
+    }
+}

@@ -1,0 +1,230 @@
+//! Domain control's heavier steps: building a created domain (`BuildPv`) and destroying
+//! one (every frame, port and reference it held comes back).
+
+use alloc::{format, string::String, vec::Vec};
+
+use ferrovisor::mm::{
+    frame_table::{DomId, Owner},
+    Mfn,
+};
+use ferrovisor_abi::{domctl::BuildPv, errno::XenErrno, xen::xen::DOMID_XEN};
+
+use super::{
+    build::{self, BuildInput},
+    Domain, DOM0, FRAME_TABLE,
+};
+use crate::{arch::x86_64::paging::GuestTables, hypercall::domctl::Privileged, memory};
+
+/// The hypervisor's backends, as the service numbers their ports carry (the remote port
+/// of a channel to `DOMID_XEN`).
+pub const SERVICE_XENSTORE: u32 = 1;
+pub const SERVICE_CONSOLE: u32 = 2;
+
+/// Largest kernel file and ramdisk `BuildPv` copies in.
+const MAX_KERNEL_FILE: u64 = 64 << 20;
+const MAX_RAMDISK: u64 = 256 << 20;
+/// Longest command line (`MAX_GUEST_CMDLINE`, `xen.h`).
+const MAX_CMDLINE: u32 = 1024;
+
+/// Copies `len` bytes from the caller's buffer at `va` into a new heap buffer.
+fn copy_in(va: u64, len: u64, max: u64) -> Result<Vec<u8>, XenErrno> {
+    if len > max {
+        return Err(XenErrno::E2big);
+    }
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize)
+        .map_err(|_| XenErrno::Enomem)?;
+    buf.resize(len as usize, 0);
+    const CHUNK: usize = 64 * 1024;
+    for (i, chunk) in buf.chunks_mut(CHUNK).enumerate() {
+        let at = va.wrapping_add((i * CHUNK) as u64);
+        super::with_current(|d| d.read_guest(at, chunk))
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)?;
+    }
+    Ok(buf)
+}
+
+/// `BuildPv`: loads the kernel (and ramdisk) the caller passes into `target`'s populated
+/// memory, binds its xenstore and console ports to the hypervisor's backends, and
+/// prepares vCPU 0. The domain must be created, not yet built, and paused.
+pub fn build_pv(_: &Privileged, target: DomId, b: &mut BuildPv) -> Result<(), XenErrno> {
+    if target == DOM0 || b.flags != 0 || b.cmdline_len > MAX_CMDLINE {
+        return Err(XenErrno::Einval);
+    }
+    let kernel = copy_in(b.kernel.0, b.kernel_len, MAX_KERNEL_FILE)?;
+    let ramdisk = if b.ramdisk.is_null() || b.ramdisk_len == 0 {
+        None
+    } else {
+        Some(copy_in(b.ramdisk.0, b.ramdisk_len, MAX_RAMDISK)?)
+    };
+    let cmdline = if b.cmdline.is_null() {
+        String::new()
+    } else {
+        let raw = copy_in(
+            b.cmdline.0,
+            u64::from(b.cmdline_len),
+            u64::from(MAX_CMDLINE),
+        )?;
+        let text = raw.split(|&c| c == 0).next().unwrap_or(&[]);
+        core::str::from_utf8(text)
+            .map_err(|_| XenErrno::Einval)?
+            .into()
+    };
+    // Building may decompress a large kernel: it runs with the domain out of the set, so
+    // nothing else can see it half-built.
+    let mut d = super::with_domains(|doms| {
+        let d = doms.get(target).ok_or(XenErrno::Esrch)?;
+        if d.built || d.pause_count == 0 {
+            return Err(XenErrno::Einval);
+        }
+        if d.p2m.is_empty() {
+            return Err(XenErrno::Enomem); // populate its memory first
+        }
+        doms.remove(target).ok_or(XenErrno::Esrch)
+    })?;
+    let result = build_into_domain(&mut d, &kernel, ramdisk.as_deref(), &cmdline, b);
+    super::with_domains(|doms| doms.insert(d));
+    result
+}
+
+fn build_into_domain(
+    d: &mut Domain,
+    kernel: &[u8],
+    ramdisk: Option<&[u8]>,
+    cmdline: &str,
+    b: &mut BuildPv,
+) -> Result<(), XenErrno> {
+    check_unused(d)?;
+    let store_port = d.evtchn.bind_backend(SERVICE_XENSTORE)?;
+    let console_port = match d.evtchn.bind_backend(SERVICE_CONSOLE) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = d.evtchn.close(store_port);
+            return Err(e);
+        }
+    };
+    let what = format!("d{}", d.id.0);
+    let input = BuildInput {
+        kernel,
+        initrd: ramdisk,
+        cmdline,
+        flags: 0,
+        store_evtchn: store_port,
+        console_evtchn: console_port,
+        what: &what,
+        source: "passed to BuildPv",
+    };
+    let built = match build::build_into(d.id, &d.p2m, d.shared_info, &input) {
+        Ok(built) => built,
+        Err(e) => {
+            log::warn!("{e}");
+            let _ = d.evtchn.close(store_port);
+            let _ = d.evtchn.close(console_port);
+            return Err(XenErrno::Einval);
+        }
+    };
+    build::mask_vcpu0_events(d.shared_info);
+    d.start_vcpu0(&built);
+    d.store_ring = Some((built.store_mfn, store_port));
+    d.console_ring = Some((built.console_mfn, console_port));
+    b.store_mfn = built.store_mfn.0;
+    b.console_mfn = built.console_mfn.0;
+    b.store_port = store_port;
+    b.console_port = console_port;
+    b.entry = built.regs.rip;
+    b.start_info = built.regs.rsi;
+    Ok(())
+}
+
+/// Every frame of a domain about to be built must be its own and untouched: no mapping,
+/// type or reference (the privileged domain may have mapped them, which would let it
+/// write the page tables the builder is about to validate).
+fn check_unused(d: &Domain) -> Result<(), XenErrno> {
+    let guard = FRAME_TABLE.lock();
+    let ft = guard.as_ref().ok_or(XenErrno::Esrch)?;
+    let clean = d.p2m.iter().all(|&m| {
+        ft.info(m)
+            .is_some_and(|i| i.owner == Owner::Domain(d.id) && i.is_unreferenced())
+    });
+    if clean {
+        Ok(())
+    } else {
+        Err(XenErrno::Ebusy)
+    }
+}
+
+/// `DestroyDomain`: takes the domain out of the set, closes its ports (peers in other
+/// domains see their end closed), drops every reference its vCPUs held, and frees its
+/// frames. A frame something else still references stays allocated to it until then.
+pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
+    if target == DOM0 {
+        return Err(XenErrno::Einval);
+    }
+    let mut d = super::with_domains(|doms| {
+        let mut d = doms.remove(target).ok_or(XenErrno::Esrch)?;
+        d.evtchn.reset_each(|closed| {
+            let Some(peer) = closed.peer else {
+                return;
+            };
+            if peer.dom == DOMID_XEN {
+                return;
+            }
+            if let Some(p) = doms.get_mut(DomId(peer.dom)) {
+                p.evtchn.peer_closed(peer.port, target.0, closed.port);
+            }
+        });
+        Ok::<_, XenErrno>(d)
+    })?;
+    let (freed, kept) = release_memory(&mut d);
+    log::info!(
+        "d{}: destroyed \"{}\": {} frames freed{}",
+        target.0,
+        d.name,
+        freed,
+        if kept > 0 {
+            format!(", {kept} still referenced elsewhere")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+/// Drops the vCPUs' references (page-table roots, descriptor tables, registered
+/// `vcpu_info` frames) and the shared-info page's, then releases every frame the domain
+/// owns. Returns (frames freed, frames still referenced).
+fn release_memory(d: &mut Domain) -> (usize, usize) {
+    let mut guard = FRAME_TABLE.lock();
+    let Some(ft) = guard.as_mut() else {
+        return (0, 0);
+    };
+    // SAFETY: used only as the frame table's page-table memory, for frames of this
+    // domain, which no CPU runs any more.
+    let mut mem = unsafe { GuestTables::new() };
+    for v in core::iter::once(&d.vcpu).chain(d.others.iter()) {
+        if v.initialised {
+            let _ = ft.put_page_and_type(v.kernel_l4, &mut mem);
+        }
+        if let Some(u) = v.user_l4 {
+            let _ = ft.put_page_and_type(u, &mut mem);
+        }
+        for &f in v.gdt.frames().iter().chain(v.ldt_frames.iter()) {
+            let _ = ft.put_page_and_type(f, &mut mem);
+        }
+        if v.vcpu_info_registered {
+            let _ = ft.put_page(v.vcpu_info.0);
+        }
+    }
+    let _ = ft.put_page(d.shared_info);
+    let released = ft.release_domain(d.id, &mut mem);
+    for &mfn in &released.freed {
+        memory::m2p_set(mfn, memory::M2P_INVALID);
+        let _ = memory::free_frame(mfn);
+    }
+    // No translation of a freed frame may survive its reuse.
+    crate::arch::x86_64::paging::flush_tlb_local();
+    d.p2m.clear();
+    let kept: Vec<Mfn> = released.still_referenced;
+    (released.freed.len(), kept.len())
+}

@@ -1,0 +1,117 @@
+//! Every live domain, and which one is on the CPU.
+//!
+//! One lock guards the whole set: a hypercall that touches two domains (an interdomain
+//! event, a foreign mapping, domain control) holds both consistently, and the scheduler
+//! sees every vCPU at once. Lock order: `DOMAINS`, then `FRAME_TABLE`.
+
+use alloc::{boxed::Box, collections::BTreeMap};
+
+use ferrovisor::mm::frame_table::DomId;
+
+use super::{Domain, DOM0};
+use crate::arch::x86_64::irq::IrqMutex;
+
+/// The domains, by id.
+pub struct Domains {
+    map: BTreeMap<u16, Box<Domain>>,
+    /// The domain whose front vCPU (`Domain::vcpu`) is live on the CPU.
+    current: DomId,
+    /// Ticks the running vCPU has had since it was put on the CPU.
+    pub slice_ticks: u32,
+}
+
+static DOMAINS: IrqMutex<Domains> = IrqMutex::new(Domains {
+    map: BTreeMap::new(),
+    current: DOM0,
+    slice_ticks: 0,
+});
+
+/// Lowest and highest id a created domain gets (Xen's `DOMID_FIRST_RESERVED` is 0x7ff0).
+const FIRST_DOMU: u16 = 1;
+const LAST_DOMU: u16 = 0x7fef;
+
+impl Domains {
+    pub fn current_id(&self) -> DomId {
+        self.current
+    }
+
+    pub fn current(&mut self) -> Option<&mut Domain> {
+        let id = self.current;
+        self.get_mut(id)
+    }
+
+    pub fn get(&self, id: DomId) -> Option<&Domain> {
+        self.map.get(&id.0).map(|d| &**d)
+    }
+
+    pub fn get_mut(&mut self, id: DomId) -> Option<&mut Domain> {
+        self.map.get_mut(&id.0).map(|d| &mut **d)
+    }
+
+    /// Two different domains at once (`None` if either is missing or they are the same).
+    pub fn pair_mut(&mut self, a: DomId, b: DomId) -> Option<(&mut Domain, &mut Domain)> {
+        if a == b {
+            return None;
+        }
+        let (mut first, mut second) = (None, None);
+        for (&id, d) in self.map.iter_mut() {
+            if id == a.0 {
+                first = Some(&mut **d);
+            } else if id == b.0 {
+                second = Some(&mut **d);
+            }
+        }
+        Some((first?, second?))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Domain> + '_ {
+        self.map.values().map(|d| &**d)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain> + '_ {
+        self.map.values_mut().map(|d| &mut **d)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The lowest free id for a new domain.
+    pub fn free_id(&self) -> Option<DomId> {
+        (FIRST_DOMU..=LAST_DOMU)
+            .find(|id| !self.map.contains_key(id))
+            .map(DomId)
+    }
+
+    pub fn insert(&mut self, d: Box<Domain>) {
+        self.map.insert(d.id.0, d);
+    }
+
+    /// Takes a domain out of the set (never the one on the CPU).
+    pub fn remove(&mut self, id: DomId) -> Option<Box<Domain>> {
+        if id == self.current {
+            return None;
+        }
+        self.map.remove(&id.0)
+    }
+
+    /// Makes `id` the domain on the CPU (the scheduler's switch does the rest).
+    pub(crate) fn set_current(&mut self, id: DomId) {
+        self.current = id;
+    }
+}
+
+/// Runs `f` with the domain on the CPU.
+pub fn with_current<R>(f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
+    DOMAINS.lock().current().map(f)
+}
+
+/// Runs `f` with domain `id`.
+pub fn with_domain<R>(id: DomId, f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
+    DOMAINS.lock().get_mut(id).map(f)
+}
+
+/// Runs `f` with every domain.
+pub fn with_domains<R>(f: impl FnOnce(&mut Domains) -> R) -> R {
+    f(&mut DOMAINS.lock())
+}

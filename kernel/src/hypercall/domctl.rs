@@ -1,0 +1,252 @@
+//! `domctl` and `sysctl`: Ferrovisor's own control interface (`ferrovisor_abi::domctl`),
+//! for the privileged domain only. Everything another domain asks gets `-EPERM`.
+//!
+//! Each call copies the fixed-size request in from the caller, checks the interface
+//! version (`-EACCES` on a mismatch, as Xen answers a stale toolstack), runs the command
+//! and copies the request back with its outputs.
+
+use alloc::{string::String, vec::Vec};
+
+use ferrovisor::mm::frame_table::DomId;
+use ferrovisor_abi::{
+    domctl::{
+        self, BuildPv, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo, ReadLog,
+        SetMaxMem, SetMemTarget, Sysctl, SysctlCmd, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+    },
+    errno::XenErrno,
+    version::XEN_VERSION,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use super::Result;
+use crate::{
+    clock,
+    domain::{self, lifecycle, Domain, Life, DOM0},
+    memory,
+};
+
+/// Proof that the caller is the privileged domain: only [`privileged`] makes one, and
+/// every control operation takes it.
+pub struct Privileged(());
+
+/// The caller's privilege, or `-EPERM`.
+pub fn privileged() -> core::result::Result<Privileged, XenErrno> {
+    match domain::with_current(|d| d.id) {
+        Some(id) if id == DOM0 => Ok(Privileged(())),
+        _ => Err(XenErrno::Eperm),
+    }
+}
+
+/// Copies a `T` in from the caller's memory.
+pub(super) fn read_in<T: FromBytes>(va: u64) -> core::result::Result<T, XenErrno> {
+    let mut raw = alloc::vec![0u8; core::mem::size_of::<T>()];
+    domain::with_current(|d| d.read_guest(va, &mut raw))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)?;
+    T::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)
+}
+
+/// Copies bytes out to the caller's memory.
+pub(super) fn write_out(va: u64, bytes: &[u8]) -> core::result::Result<(), XenErrno> {
+    domain::with_current(|d| d.write_guest(va, bytes))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)
+}
+
+pub fn domctl([arg, ..]: [u64; 5]) -> Result {
+    let p = privileged()?;
+    let mut req: Domctl = read_in(arg)?;
+    if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
+        return Err(XenErrno::Eacces);
+    }
+    let cmd = DomctlCmd::try_from(req.cmd).map_err(|_| XenErrno::Enosys)?;
+    let target = DomId(req.domain);
+    match cmd {
+        DomctlCmd::CreateDomain => {
+            let id = create(&p, &req.payload())?;
+            req.domain = id.0;
+        }
+        DomctlCmd::DestroyDomain => lifecycle::destroy(&p, target)?,
+        DomctlCmd::PauseDomain => on_domu(target, |d| {
+            d.pause_count = d.pause_count.checked_add(1).ok_or(XenErrno::Eoverflow)?;
+            Ok(())
+        })?,
+        DomctlCmd::UnpauseDomain => on_domu(target, |d| {
+            d.pause_count = d.pause_count.checked_sub(1).ok_or(XenErrno::Einval)?;
+            Ok(())
+        })?,
+        DomctlCmd::GetDomainInfo => {
+            let info = domain::with_domain(target, |d| info(d)).ok_or(XenErrno::Esrch)?;
+            req.set_payload(&info);
+        }
+        DomctlCmd::SetMaxMem => {
+            let m: SetMaxMem = req.payload();
+            domain::with_domain(target, |d| d.max_pages = m.max_pages).ok_or(XenErrno::Esrch)?;
+        }
+        DomctlCmd::SetMemTarget => {
+            let t: SetMemTarget = req.payload();
+            domain::with_domain(target, |d| d.target_pages = t.target_pages)
+                .ok_or(XenErrno::Esrch)?;
+        }
+        DomctlCmd::BuildPv => {
+            let mut b: BuildPv = req.payload();
+            lifecycle::build_pv(&p, target, &mut b)?;
+            req.set_payload(&b);
+        }
+        DomctlCmd::GetVcpuContext
+        | DomctlCmd::SetVcpuContext
+        | DomctlCmd::RequestShutdown
+        | DomctlCmd::ConsoleRead
+        | DomctlCmd::ConsoleWrite => return Err(XenErrno::Enosys),
+    }
+    write_out(arg, req.as_bytes())?;
+    Ok(0)
+}
+
+/// Runs `f` on a domain other than dom0 (which cannot pause or stop itself this way).
+fn on_domu(
+    target: DomId,
+    f: impl FnOnce(&mut Domain) -> core::result::Result<(), XenErrno>,
+) -> core::result::Result<(), XenErrno> {
+    if target == DOM0 {
+        return Err(XenErrno::Einval);
+    }
+    domain::with_domain(target, f).ok_or(XenErrno::Esrch)?
+}
+
+/// A valid domain name: 1 to 64 bytes of letters, digits and `-_.`; not already taken.
+fn check_name(name: &[u8]) -> core::result::Result<String, XenErrno> {
+    let ok = !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !ok {
+        return Err(XenErrno::Einval);
+    }
+    // Only ASCII got here.
+    Ok(String::from_utf8_lossy(name).into_owned())
+}
+
+fn create(_: &Privileged, c: &CreateDomain) -> core::result::Result<DomId, XenErrno> {
+    let name = check_name(domctl::name_bytes(&c.name))?;
+    if c.flags != 0 || c.max_vcpus == 0 || c.max_vcpus as usize > domain::MAX_VCPUS {
+        return Err(XenErrno::Einval);
+    }
+    let (total, _) = memory::frame_counts();
+    if c.max_pages == 0 || c.max_pages > total {
+        return Err(XenErrno::Einval);
+    }
+    domain::with_domains(|doms| {
+        if doms.iter().any(|d| d.name == name) {
+            return Err(XenErrno::Eexist);
+        }
+        let id = doms.free_id().ok_or(XenErrno::Enospc)?;
+        let shared_info = domain::build::new_shared_info(id).map_err(|e| {
+            log::warn!("creating d{}: {e}", id.0);
+            XenErrno::Enomem
+        })?;
+        let d = domain::build::new_domain(id, name, c.uuid, c.max_pages, c.max_vcpus, shared_info);
+        log::info!(
+            "d{}: created \"{}\" ({} vCPUs, at most {} MiB)",
+            id.0,
+            d.name,
+            c.max_vcpus,
+            c.max_pages / 256
+        );
+        doms.insert(alloc::boxed::Box::new(d));
+        Ok(id)
+    })
+}
+
+/// What `GetDomainInfo` and `ListDomains` report about a domain.
+pub fn info(d: &Domain) -> DomainInfo {
+    let mut i = DomainInfo::new_zeroed();
+    i.domid = d.id.0;
+    let online = d.vcpus().filter(|v| v.online).count() as u32;
+    let blocked = d.vcpus().filter(|v| v.online && v.blocked).count() as u32;
+    let mut flags = 0;
+    if d.built {
+        flags |= domctl::DOMINFO_BUILT;
+    }
+    if d.id == DOM0 {
+        flags |= domctl::DOMINFO_PRIVILEGED;
+    }
+    if d.pause_count > 0 {
+        flags |= domctl::DOMINFO_PAUSED;
+    }
+    match d.life {
+        Life::Running if online > 0 && blocked == online => flags |= domctl::DOMINFO_BLOCKED,
+        Life::Running if online > 0 && d.can_run() => flags |= domctl::DOMINFO_RUNNING,
+        Life::Running => {}
+        Life::Shutdown(reason) => {
+            flags |= domctl::DOMINFO_SHUTDOWN;
+            i.shutdown_reason = reason;
+        }
+        Life::Crashed => flags |= domctl::DOMINFO_SHUTDOWN | domctl::DOMINFO_CRASHED,
+    }
+    i.flags = flags;
+    i.nr_vcpus = d.vcpus().count() as u32;
+    i.online_vcpus = online;
+    i.tot_pages = d.p2m.len() as u64;
+    i.max_pages = d.max_pages;
+    i.cpu_time_ns = d.cpu_time_ns;
+    i.uuid = d.uuid;
+    let n = d.name.len().min(DOMAIN_NAME_MAX);
+    i.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+    i
+}
+
+pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
+    let _p = privileged()?;
+    let mut req: Sysctl = read_in(arg)?;
+    if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
+        return Err(XenErrno::Eacces);
+    }
+    match SysctlCmd::try_from(req.cmd).map_err(|_| XenErrno::Enosys)? {
+        SysctlCmd::PhysInfo => {
+            let (total, free) = memory::frame_counts();
+            let p = PhysInfo {
+                nr_cpus: 1,
+                cpu_khz: (clock::tsc_hz() / 1000) as u32,
+                total_pages: total,
+                free_pages: free,
+                uptime_ns: clock::now_ns(),
+                xen_version: XEN_VERSION,
+                nr_domains: domain::with_domains(|doms| doms.len()) as u32,
+            };
+            req.set_payload(&p);
+        }
+        SysctlCmd::ListDomains => {
+            let mut l: ListDomains = req.payload();
+            let infos: Vec<DomainInfo> = domain::with_domains(|doms| {
+                doms.iter()
+                    .filter(|d| d.id.0 >= l.first_domain)
+                    .take(l.max_entries as usize)
+                    .map(info)
+                    .collect()
+            });
+            for (n, i) in infos.iter().enumerate() {
+                let at = l
+                    .buffer
+                    .0
+                    .wrapping_add((n * core::mem::size_of::<DomainInfo>()) as u64);
+                write_out(at, i.as_bytes())?;
+            }
+            l.nr_entries = infos.len() as u32;
+            req.set_payload(&l);
+        }
+        SysctlCmd::ReadLog => {
+            let mut r: ReadLog = req.payload();
+            // A bounded chunk per call; the caller loops from the returned offset.
+            let mut buf = alloc::vec![0u8; (r.len as usize).min(16 * 1024)];
+            let (n, next, missed) = crate::console::read_log(r.offset, &mut buf);
+            write_out(r.buffer.0, &buf[..n])?;
+            r.done = n as u32;
+            r.offset = next;
+            r.missed = missed;
+            req.set_payload(&r);
+        }
+    }
+    write_out(arg, req.as_bytes())?;
+    Ok(0)
+}
