@@ -13,7 +13,9 @@
 pub mod history;
 pub mod line;
 pub mod ring;
+pub mod switch;
 
 pub use history::{History, HistoryRead};
 pub use line::LineMirror;
 pub use ring::{drain_output, fill_input, ConsoleRing, RingError};
+pub use switch::{InputSwitch, InputTarget, Routed};
