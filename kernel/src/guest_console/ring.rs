@@ -69,8 +69,9 @@ fn before_wrap(start: usize, len: usize, size: usize) -> usize {
 }
 
 /// Consumes everything the guest has produced in its `out` ring (from `out_cons` to
-/// `out_prod`, wrapping), passing it to `sink` as one slice, then advances
-/// `out_cons`. Returns the number of bytes consumed; when it is non-zero the guest must
+/// `out_prod`, wrapping): copies it out of the shared page (into a ring-sized stack
+/// buffer, so the guest cannot change it under `sink`), advances `out_cons`, then passes
+/// it to `sink` as one slice. Returns the number of bytes consumed; when it is non-zero the guest must
 /// be notified through the console event channel (it may be waiting for space).
 ///
 /// `out_prod` is read once, so a guest that keeps producing cannot keep the backend here:
