@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod cmdline;
 pub mod domain_builder;
 pub mod evtchn;
+pub mod guest_console;
 pub mod guest_image;
 pub mod logring;
 pub mod mm;

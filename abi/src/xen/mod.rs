@@ -92,6 +92,7 @@ macro_rules! xen_enum {
 
 pub mod arch_x86;
 pub mod callback;
+pub mod console;
 pub mod cpuid;
 pub mod elfnote;
 pub mod event_channel;
