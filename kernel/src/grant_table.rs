@@ -829,3 +829,919 @@ fn release_side<D: GrantDomains>(domains: &mut D, side: &CopySide, readonly: boo
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use core::cell::{Cell, RefCell};
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+    use ferrovisor_abi::xen::grant_table::{
+        header_word, GTF_ACCEPT_TRANSFER, GTF_INVALID, GTF_TRANSITIVE,
+    };
+
+    use super::*;
+
+    const BACK: DomId = DomId(1);
+    const FRONT: DomId = DomId(2);
+    const OTHER: DomId = DomId(3);
+    /// FRONT's frames are 0x100.., OTHER's 0x200.., BACK's 0x300...
+    const FRONT_PAGE: u64 = 0x100;
+    const OTHER_PAGE: u64 = 0x200;
+    const BACK_PAGE: u64 = 0x300;
+    const VA: u64 = 0xffff_c900_0000_0000;
+
+    /// A domain's shared entries in plain cells, with scripted guest interference: each
+    /// queued header is written just before the next compare-exchange looks.
+    struct FakeFrames {
+        entries: RefCell<Vec<GrantEntryV1>>,
+        owned: BTreeSet<u64>,
+        races: RefCell<VecDeque<u32>>,
+        /// The guest rewrites the entry before every compare-exchange.
+        always_race: Cell<bool>,
+        cmpxchgs: Cell<usize>,
+    }
+
+    impl FakeFrames {
+        fn new(first_page: u64) -> Self {
+            FakeFrames {
+                entries: RefCell::new(vec![GrantEntryV1::default(); 4096]),
+                owned: (first_page..first_page + 16).collect(),
+                races: RefCell::new(VecDeque::new()),
+                always_race: Cell::new(false),
+                cmpxchgs: Cell::new(0),
+            }
+        }
+
+        fn grant(&self, gref: GrantRef, to: DomId, frame: u64, flags: u16) {
+            self.entries.borrow_mut()[gref as usize] = GrantEntryV1 {
+                flags,
+                domid: to.0,
+                frame: frame as u32,
+            };
+        }
+
+        fn flags(&self, gref: GrantRef) -> u16 {
+            self.entries.borrow()[gref as usize].flags
+        }
+
+        fn write_header(&self, gref: GrantRef, word: u32) {
+            let e = &mut self.entries.borrow_mut()[gref as usize];
+            e.flags = header_flags(word);
+            e.domid = header_domid(word);
+        }
+    }
+
+    impl GrantFrames for FakeFrames {
+        fn read_entry(&self, gref: GrantRef) -> GrantEntryV1 {
+            self.entries.borrow()[gref as usize]
+        }
+
+        fn cmpxchg_header(&self, gref: GrantRef, old: u32, new: u32) -> u32 {
+            self.cmpxchgs.set(self.cmpxchgs.get() + 1);
+            if let Some(word) = self.races.borrow_mut().pop_front() {
+                self.write_header(gref, word);
+            }
+            if self.always_race.get() {
+                let cur = self.read_entry(gref).header();
+                self.write_header(gref, cur ^ u32::from(GTF_PWT));
+            }
+            let cur = self.read_entry(gref).header();
+            if cur == old {
+                self.write_header(gref, new);
+            }
+            cur
+        }
+
+        fn clear_flags(&self, gref: GrantRef, bits: u16) {
+            self.entries.borrow_mut()[gref as usize].flags &= !bits;
+        }
+
+        fn owns_frame(&self, mfn: Mfn) -> bool {
+            self.owned.contains(&mfn.0)
+        }
+    }
+
+    struct Alloc {
+        next: u64,
+        budget: usize,
+        freed: Vec<Mfn>,
+    }
+
+    impl Alloc {
+        fn new(budget: usize) -> Self {
+            Alloc {
+                next: 0x9000,
+                budget,
+                freed: Vec::new(),
+            }
+        }
+    }
+
+    impl GrantFrameAlloc for Alloc {
+        fn alloc_grant_frame(&mut self, _dom: DomId) -> Option<Mfn> {
+            if self.budget == 0 {
+                return None;
+            }
+            self.budget -= 1;
+            self.next += 1;
+            Some(Mfn(self.next))
+        }
+
+        fn free_grant_frame(&mut self, mfn: Mfn) {
+            self.freed.push(mfn);
+        }
+    }
+
+    struct World {
+        doms: BTreeMap<DomId, (GrantTable, FakeFrames)>,
+    }
+
+    impl GrantDomains for World {
+        type Frames = FakeFrames;
+
+        fn with_granter<R>(
+            &mut self,
+            dom: DomId,
+            f: impl FnOnce(&mut GrantTable, &FakeFrames) -> R,
+        ) -> Option<R> {
+            let (table, frames) = self.doms.get_mut(&dom)?;
+            Some(f(table, frames))
+        }
+    }
+
+    impl World {
+        fn frames(&self, dom: DomId) -> &FakeFrames {
+            &self.doms[&dom].1
+        }
+
+        fn table(&mut self, dom: DomId) -> &mut GrantTable {
+            &mut self.doms.get_mut(&dom).unwrap().0
+        }
+
+        fn pins(&self, dom: DomId, gref: GrantRef) -> Option<Pins> {
+            self.doms[&dom].0.active(gref).map(|a| a.pins)
+        }
+    }
+
+    /// FRONT and OTHER grant, each with one grant frame (512 references); BACK maps.
+    fn world() -> World {
+        let mut doms = BTreeMap::new();
+        for (dom, page) in [(FRONT, FRONT_PAGE), (OTHER, OTHER_PAGE), (BACK, BACK_PAGE)] {
+            let mut t = GrantTable::new(dom, 4);
+            t.setup_table(1, &mut Alloc::new(1)).unwrap();
+            doms.insert(dom, (t, FakeFrames::new(page)));
+        }
+        World { doms }
+    }
+
+    fn map_op(dom: DomId, gref: GrantRef, flags: u32, host_addr: u64) -> GnttabMapGrantRef {
+        GnttabMapGrantRef {
+            host_addr,
+            flags,
+            r#ref: gref,
+            dom: dom.0,
+            ..Default::default()
+        }
+    }
+
+    fn unmap_op(handle: GrantHandle, host_addr: u64) -> GnttabUnmapGrantRef {
+        GnttabUnmapGrantRef {
+            host_addr,
+            handle,
+            ..Default::default()
+        }
+    }
+
+    const RO: u32 = GNTMAP_HOST_MAP | GNTMAP_READONLY;
+    const RW: u32 = GNTMAP_HOST_MAP;
+    const ACCESS: u16 = GTF_PERMIT_ACCESS;
+
+    fn backend() -> Maptrack {
+        Maptrack::new(BACK, 64)
+    }
+
+    // ------------------------------------------------------------------------------
+    // Table size and version.
+
+    #[test]
+    fn setup_table_grows_and_never_shrinks() {
+        let mut t = GrantTable::new(FRONT, 8);
+        let mut a = Alloc::new(10);
+        assert_eq!(t.nr_entries(), 0);
+        assert_eq!(t.setup_table(1, &mut a), Ok(&[Mfn(0x9001)][..]));
+        assert_eq!(t.nr_entries(), 512);
+        let four = t.setup_table(4, &mut a).unwrap().to_vec();
+        assert_eq!(four.len(), 4);
+        assert_eq!(four[0], Mfn(0x9001));
+        // Asking for fewer returns the first ones; the table keeps its size.
+        assert_eq!(t.setup_table(2, &mut a), Ok(&four[..2]));
+        assert_eq!(t.setup_table(0, &mut a), Ok(&[][..]));
+        assert_eq!(t.query_size().nr_frames, 4);
+        assert_eq!(t.nr_entries(), 2048);
+        assert_eq!(a.budget, 6);
+    }
+
+    #[test]
+    fn setup_table_limit() {
+        let mut t = GrantTable::new(FRONT, 4);
+        let mut a = Alloc::new(10);
+        assert_eq!(t.setup_table(5, &mut a), Err(GrantStatus::GeneralError));
+        assert_eq!(
+            t.setup_table(u32::MAX, &mut a),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(t.query_size().nr_frames, 0);
+        assert_eq!(a.budget, 10);
+        assert_eq!(t.setup_table(4, &mut a).map(<[Mfn]>::len), Ok(4));
+        assert_eq!(t.setup_table(5, &mut a), Err(GrantStatus::GeneralError));
+    }
+
+    #[test]
+    fn setup_table_out_of_frames_keeps_nothing() {
+        let mut t = GrantTable::new(FRONT, 8);
+        let mut a = Alloc::new(3);
+        t.setup_table(1, &mut a).unwrap();
+        assert_eq!(t.setup_table(4, &mut a), Err(GrantStatus::GeneralError));
+        assert_eq!(t.query_size().nr_frames, 1);
+        assert_eq!(a.freed, vec![Mfn(0x9002), Mfn(0x9003)]);
+    }
+
+    #[test]
+    fn query_size() {
+        let mut t = GrantTable::new(FRONT, DEFAULT_MAX_FRAMES);
+        assert_eq!(
+            t.query_size(),
+            TableSize {
+                nr_frames: 0,
+                max_nr_frames: 32
+            }
+        );
+        t.setup_table(3, &mut Alloc::new(3)).unwrap();
+        assert_eq!(t.query_size().nr_frames, 3);
+    }
+
+    #[test]
+    fn versions() {
+        let mut t = GrantTable::new(FRONT, 4);
+        assert_eq!(t.version(), 1);
+        assert_eq!(t.set_version(1), Ok(()));
+        assert_eq!(t.set_version(2), Err(XenErrno::Enosys));
+        assert_eq!(t.set_version(0), Err(XenErrno::Einval));
+        assert_eq!(t.set_version(3), Err(XenErrno::Einval));
+        assert_eq!(t.version(), 1);
+        assert_eq!(t.get_status_frames(0), Ok(()));
+        assert_eq!(t.get_status_frames(1), Err(GrantStatus::GeneralError));
+    }
+
+    // ------------------------------------------------------------------------------
+    // Map and unmap.
+
+    #[test]
+    fn map_readonly_sets_reading_and_unmap_clears_it() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT)
+            .grant(5, BACK, FRONT_PAGE + 1, ACCESS | GTF_READONLY);
+        let m = mt.map(&mut w, &map_op(FRONT, 5, RO, VA)).unwrap();
+        assert_eq!(m.handle, 0);
+        assert_eq!(m.mapping.mfn, Mfn(FRONT_PAGE + 1));
+        assert_eq!(m.dev_bus_addr(), (FRONT_PAGE + 1) << 12);
+        assert_eq!(
+            m.mapping.refs(),
+            FrameRefs {
+                mfn: Mfn(FRONT_PAGE + 1),
+                owner: FRONT,
+                writable: false
+            }
+        );
+        assert_eq!(
+            w.frames(FRONT).flags(5),
+            ACCESS | GTF_READONLY | GTF_READING
+        );
+        assert_eq!(w.pins(FRONT, 5).map(|p| p.host_ro), Some(1));
+
+        let u = mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(u.mapping, m.mapping);
+        assert_eq!(w.frames(FRONT).flags(5), ACCESS | GTF_READONLY);
+        assert_eq!(w.pins(FRONT, 5), None);
+        assert_eq!(mt.in_use(), 0);
+    }
+
+    #[test]
+    fn map_writable_sets_reading_and_writing() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(7, BACK, FRONT_PAGE, ACCESS | GTF_PCD);
+        let m = mt.map(&mut w, &map_op(FRONT, 7, RW, VA)).unwrap();
+        assert!(m.mapping.refs().writable);
+        assert_eq!(m.cache_flags, GTF_PCD);
+        assert_eq!(
+            w.frames(FRONT).flags(7),
+            ACCESS | GTF_PCD | GTF_READING | GTF_WRITING
+        );
+        mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(7), ACCESS | GTF_PCD);
+    }
+
+    #[test]
+    fn pins_counted_across_two_maps_of_one_ref() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(3, BACK, FRONT_PAGE, ACCESS);
+        let a = mt.map(&mut w, &map_op(FRONT, 3, RO, VA)).unwrap();
+        let b = mt.map(&mut w, &map_op(FRONT, 3, RW, VA + 0x1000)).unwrap();
+        let c = mt.map(&mut w, &map_op(FRONT, 3, RW, VA + 0x2000)).unwrap();
+        assert_eq!((a.handle, b.handle, c.handle), (0, 1, 2));
+        let pins = w.pins(FRONT, 3).unwrap();
+        assert_eq!((pins.host_ro, pins.host_rw), (1, 2));
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS | GTF_READING | GTF_WRITING);
+
+        mt.unmap(&mut w, &unmap_op(b.handle, VA + 0x1000)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS | GTF_READING | GTF_WRITING);
+        // The last writable pin goes: reading stays for the read-only one.
+        mt.unmap(&mut w, &unmap_op(c.handle, VA + 0x2000)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS | GTF_READING);
+        mt.unmap(&mut w, &unmap_op(a.handle, VA)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS);
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn wrong_domid_is_refused_and_leaves_the_entry() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, OTHER, FRONT_PAGE, ACCESS);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RO, VA)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+        assert_eq!(mt.in_use(), 0);
+        // The handle that was set aside is the one the next map gets.
+        w.frames(FRONT).grant(2, BACK, FRONT_PAGE, ACCESS);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 2, RO, VA)).map(|m| m.handle),
+            Ok(0)
+        );
+    }
+
+    #[test]
+    fn reference_outside_the_table() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(600, BACK, FRONT_PAGE, ACCESS);
+        for gref in [512, 600, u32::MAX] {
+            assert_eq!(
+                mt.map(&mut w, &map_op(FRONT, gref, RO, VA)),
+                Err(GrantStatus::BadGntref)
+            );
+        }
+        assert_eq!(w.frames(FRONT).cmpxchgs.get(), 0);
+        // Growing the table makes it valid.
+        w.table(FRONT).setup_table(2, &mut Alloc::new(1)).unwrap();
+        assert!(mt.map(&mut w, &map_op(FRONT, 600, RO, VA)).is_ok());
+    }
+
+    #[test]
+    fn entries_that_permit_no_access() {
+        let mut w = world();
+        let mut mt = backend();
+        let f = w.frames(FRONT);
+        f.grant(1, BACK, FRONT_PAGE, GTF_INVALID);
+        f.grant(2, BACK, FRONT_PAGE, GTF_ACCEPT_TRANSFER);
+        f.grant(3, BACK, FRONT_PAGE, GTF_TRANSITIVE);
+        f.grant(4, BACK, FRONT_PAGE, ACCESS | GTF_SUB_PAGE);
+        for gref in 1..=4 {
+            assert_eq!(
+                mt.map(&mut w, &map_op(FRONT, gref, RO, VA)),
+                Err(GrantStatus::GeneralError),
+                "ref {gref}"
+            );
+        }
+        assert_eq!(w.frames(FRONT).flags(2), GTF_ACCEPT_TRANSFER);
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn writable_map_of_a_readonly_grant() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT)
+            .grant(9, BACK, FRONT_PAGE, ACCESS | GTF_READONLY);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 9, RW, VA)),
+            Err(GrantStatus::PermissionDenied)
+        );
+        assert_eq!(w.frames(FRONT).flags(9), ACCESS | GTF_READONLY);
+        // A read-only pin exists: upgrading it is refused too, and the pin stays.
+        let m = mt.map(&mut w, &map_op(FRONT, 9, RO, VA)).unwrap();
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 9, RW, VA + 0x1000)),
+            Err(GrantStatus::PermissionDenied)
+        );
+        assert_eq!(
+            w.pins(FRONT, 9).map(|p| (p.host_ro, p.host_rw)),
+            Some((1, 0))
+        );
+        mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(9), ACCESS | GTF_READONLY);
+    }
+
+    #[test]
+    fn another_domain_cannot_share_an_active_grant() {
+        let mut w = world();
+        let mut back = backend();
+        let mut other = Maptrack::new(OTHER, 8);
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        back.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        assert_eq!(
+            other.map(&mut w, &map_op(FRONT, 1, RO, VA)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(w.pins(FRONT, 1).map(|p| p.host_ro), Some(1));
+    }
+
+    #[test]
+    fn unknown_domain_and_foreign_frame() {
+        let mut w = world();
+        let mut mt = backend();
+        assert_eq!(
+            mt.map(&mut w, &map_op(DomId(77), 1, RO, VA)),
+            Err(GrantStatus::BadDomain)
+        );
+        // The entry names a frame FRONT does not own (OTHER's).
+        w.frames(FRONT).grant(1, BACK, OTHER_PAGE, ACCESS);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RW, VA)),
+            Err(GrantStatus::BadPage)
+        );
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn map_flags() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let bad = |flags| map_op(FRONT, 1, flags, VA);
+        assert_eq!(mt.map(&mut w, &bad(0)), Err(GrantStatus::BadGntref));
+        assert_eq!(
+            mt.map(&mut w, &bad(GNTMAP_READONLY)),
+            Err(GrantStatus::BadGntref)
+        );
+        assert_eq!(
+            mt.map(&mut w, &bad(GNTMAP_DEVICE_MAP)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(
+            mt.map(&mut w, &bad(RW | 1 << 5)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert!(w.table(FRONT).is_quiescent());
+        // gntdev's user mappings: PTE address, user bit, a tag in the guest's bits.
+        let pte = 0x1234_5678;
+        let flags = RO | GNTMAP_CONTAINS_PTE | GNTMAP_APPLICATION_MAP | 1 << 16;
+        let m = mt.map(&mut w, &map_op(FRONT, 1, flags, pte)).unwrap();
+        assert!(m.mapping.contains_pte() && m.mapping.application() && m.mapping.readonly());
+        assert_eq!(m.mapping.flags, flags & !GNTMAP_GUEST_AVAIL_MASK);
+        assert_eq!(m.mapping.host_addr, pte);
+    }
+
+    #[test]
+    fn device_and_host_map() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let m = mt
+            .map(&mut w, &map_op(FRONT, 1, RW | GNTMAP_DEVICE_MAP, VA))
+            .unwrap();
+        let pins = w.pins(FRONT, 1).unwrap();
+        assert_eq!((pins.host_rw, pins.dev_rw), (1, 1));
+        let mut op = unmap_op(m.handle, VA);
+        op.dev_bus_addr = 0x5000;
+        assert_eq!(mt.unmap(&mut w, &op), Err(GrantStatus::BadDevAddr));
+        op.dev_bus_addr = m.dev_bus_addr();
+        assert!(mt.unmap(&mut w, &op).is_ok());
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn handles_are_reused_and_capped() {
+        let mut w = world();
+        let mut mt = Maptrack::new(BACK, 3);
+        for gref in 0..4 {
+            w.frames(FRONT).grant(gref, BACK, FRONT_PAGE, ACCESS);
+        }
+        let h: Vec<_> = (0..3)
+            .map(|g| {
+                mt.map(&mut w, &map_op(FRONT, g, RO, VA + u64::from(g)))
+                    .unwrap()
+                    .handle
+            })
+            .collect();
+        assert_eq!(h, [0, 1, 2]);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 3, RO, VA)),
+            Err(GrantStatus::NoSpace)
+        );
+        assert_eq!(w.pins(FRONT, 3), None);
+        mt.unmap(&mut w, &unmap_op(1, VA + 1)).unwrap();
+        let again = mt.map(&mut w, &map_op(FRONT, 3, RO, VA + 3)).unwrap();
+        assert_eq!(again.handle, 1);
+        assert_eq!(mt.get(1).map(|m| m.gref), Some(3));
+        assert_eq!(mt.in_use(), 3);
+    }
+
+    #[test]
+    fn unmap_with_a_wrong_address_or_handle() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RW, VA)).unwrap();
+        assert_eq!(
+            mt.unmap(&mut w, &unmap_op(m.handle, VA + 0x1000)),
+            Err(GrantStatus::BadVirtAddr)
+        );
+        assert_eq!(
+            mt.unmap(&mut w, &unmap_op(m.handle, 0)),
+            Err(GrantStatus::BadVirtAddr)
+        );
+        assert_eq!(
+            mt.unmap(&mut w, &unmap_op(5, VA)),
+            Err(GrantStatus::BadHandle)
+        );
+        assert_eq!(
+            mt.unmap(&mut w, &unmap_op(u32::MAX, VA)),
+            Err(GrantStatus::BadHandle)
+        );
+        // Nothing changed.
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS | GTF_READING | GTF_WRITING);
+        assert_eq!(mt.check_unmap(&unmap_op(m.handle, VA)), Ok(m.mapping));
+        mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(
+            mt.unmap(&mut w, &unmap_op(m.handle, VA)),
+            Err(GrantStatus::BadHandle)
+        );
+    }
+
+    #[test]
+    fn cancel_map_undoes_everything() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RW, VA)).unwrap();
+        mt.cancel_map(&mut w, m.handle);
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+        assert_eq!(mt.in_use(), 0);
+        assert_eq!(mt.get(m.handle), None);
+    }
+
+    #[test]
+    fn a_domain_maps_its_own_grant() {
+        let mut w = world();
+        let mut mt = Maptrack::new(FRONT, 8);
+        w.frames(FRONT).grant(1, FRONT, FRONT_PAGE, ACCESS);
+        let m = mt
+            .map(&mut w, &map_op(DomId(DOMID_SELF), 1, RW, VA))
+            .unwrap();
+        assert_eq!(m.mapping.granter, FRONT);
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS | GTF_READING | GTF_WRITING);
+    }
+
+    // ------------------------------------------------------------------------------
+    // The guest changing its entry concurrently.
+
+    #[test]
+    fn compare_exchange_retries_after_a_guest_change() {
+        let mut w = world();
+        let mut mt = backend();
+        let f = w.frames(FRONT);
+        f.grant(1, BACK, FRONT_PAGE, ACCESS);
+        // The guest sets a cache bit between our read and our exchange.
+        f.races
+            .borrow_mut()
+            .push_back(header_word(ACCESS | GTF_PWT, BACK.0));
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        assert_eq!(w.frames(FRONT).cmpxchgs.get(), 2);
+        assert_eq!(m.cache_flags, GTF_PWT);
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS | GTF_PWT | GTF_READING);
+    }
+
+    #[test]
+    fn guest_revoking_during_the_map_wins() {
+        let mut w = world();
+        let mut mt = backend();
+        let f = w.frames(FRONT);
+        f.grant(1, BACK, FRONT_PAGE, ACCESS);
+        f.races.borrow_mut().push_back(header_word(0, BACK.0));
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RO, VA)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(w.frames(FRONT).flags(1), 0);
+        assert!(w.table(FRONT).is_quiescent());
+        // Making it read-only during a writable map.
+        w.frames(FRONT).grant(2, BACK, FRONT_PAGE, ACCESS);
+        w.frames(FRONT)
+            .races
+            .borrow_mut()
+            .push_back(header_word(ACCESS | GTF_READONLY, BACK.0));
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 2, RW, VA)),
+            Err(GrantStatus::PermissionDenied)
+        );
+        assert_eq!(w.frames(FRONT).flags(2), ACCESS | GTF_READONLY);
+    }
+
+    #[test]
+    fn an_unstable_entry_is_given_up_on() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        w.frames(FRONT).always_race.set(true);
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RO, VA)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(w.frames(FRONT).cmpxchgs.get(), CMPXCHG_ATTEMPTS);
+        assert_eq!(w.frames(FRONT).flags(1) & (GTF_READING | GTF_WRITING), 0);
+        assert_eq!(mt.in_use(), 0);
+    }
+
+    #[test]
+    fn pinned_entry_keeps_its_frame() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        mt.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        // The guest rewrites the frame while the grant is in use: later maps of the
+        // same reference still get the frame first pinned.
+        w.frames(FRONT).entries.borrow_mut()[1].frame = (FRONT_PAGE + 2) as u32;
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RO, VA + 0x1000)).unwrap();
+        assert_eq!(m.mapping.mfn, Mfn(FRONT_PAGE));
+    }
+
+    // ------------------------------------------------------------------------------
+    // Copy.
+
+    fn copy_op(source: GnttabCopyPtr, dest: GnttabCopyPtr, len: u16, flags: u16) -> GnttabCopy {
+        GnttabCopy {
+            source,
+            dest,
+            len,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn copy_from_a_grant_to_own_frame() {
+        let mut w = world();
+        w.frames(FRONT)
+            .grant(4, BACK, FRONT_PAGE + 3, ACCESS | GTF_READONLY);
+        let op = copy_op(
+            GnttabCopyPtr::with_gref(4, FRONT.0, 100),
+            GnttabCopyPtr::with_gmfn(BACK_PAGE + 1, DOMID_SELF, 200),
+            1000,
+            GNTCOPY_SOURCE_GREF,
+        );
+        let plan = acquire_copy(&mut w, BACK, &op).unwrap();
+        assert_eq!(
+            (
+                plan.source.mfn,
+                plan.source.offset,
+                plan.dest.mfn,
+                plan.dest.offset,
+                plan.len
+            ),
+            (Mfn(FRONT_PAGE + 3), 100, Mfn(BACK_PAGE + 1), 200, 1000)
+        );
+        assert_eq!(
+            w.frames(FRONT).flags(4),
+            ACCESS | GTF_READONLY | GTF_READING
+        );
+        release_copy(&mut w, &plan);
+        assert_eq!(w.frames(FRONT).flags(4), ACCESS | GTF_READONLY);
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn copy_from_own_frame_to_a_grant() {
+        let mut w = world();
+        w.frames(FRONT).grant(6, BACK, FRONT_PAGE, ACCESS);
+        let op = copy_op(
+            GnttabCopyPtr::with_gmfn(BACK_PAGE, BACK.0, 0),
+            GnttabCopyPtr::with_gref(6, FRONT.0, 0),
+            4096,
+            GNTCOPY_DEST_GREF,
+        );
+        let plan = acquire_copy(&mut w, BACK, &op).unwrap();
+        assert_eq!(plan.dest.pinned, Some((FRONT, 6)));
+        assert_eq!(w.pins(FRONT, 6).map(|p| p.host_rw), Some(1));
+        assert_eq!(w.frames(FRONT).flags(6), ACCESS | GTF_READING | GTF_WRITING);
+        release_copy(&mut w, &plan);
+        assert_eq!(w.frames(FRONT).flags(6), ACCESS);
+    }
+
+    #[test]
+    fn copy_between_two_grants() {
+        let mut w = world();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        w.frames(OTHER).grant(2, BACK, OTHER_PAGE, ACCESS);
+        let op = copy_op(
+            GnttabCopyPtr::with_gref(1, FRONT.0, 0),
+            GnttabCopyPtr::with_gref(2, OTHER.0, 0),
+            64,
+            GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF,
+        );
+        let plan = acquire_copy(&mut w, BACK, &op).unwrap();
+        assert_eq!(
+            (plan.source.mfn, plan.dest.mfn),
+            (Mfn(FRONT_PAGE), Mfn(OTHER_PAGE))
+        );
+        release_copy(&mut w, &plan);
+        assert!(w.table(FRONT).is_quiescent() && w.table(OTHER).is_quiescent());
+    }
+
+    #[test]
+    fn copy_bad_arguments() {
+        let mut w = world();
+        w.frames(FRONT)
+            .grant(1, BACK, FRONT_PAGE, ACCESS | GTF_READONLY);
+        let own = GnttabCopyPtr::with_gmfn(BACK_PAGE, DOMID_SELF, 0);
+        let gref = GnttabCopyPtr::with_gref(1, FRONT.0, 0);
+        let check = |w: &mut World, op: GnttabCopy| acquire_copy(w, BACK, &op);
+
+        // Crossing the end of a page, on either side.
+        let mut far = gref;
+        far.offset = 4000;
+        assert_eq!(
+            check(&mut w, copy_op(far, own, 97, GNTCOPY_SOURCE_GREF)),
+            Err(GrantStatus::BadCopyArg)
+        );
+        let mut far_own = own;
+        far_own.offset = u16::MAX;
+        assert_eq!(
+            check(&mut w, copy_op(gref, far_own, 1, GNTCOPY_SOURCE_GREF)),
+            Err(GrantStatus::BadCopyArg)
+        );
+        assert!(check(&mut w, copy_op(far, own, 96, GNTCOPY_SOURCE_GREF)).is_ok());
+        w.table(FRONT).active.clear();
+        w.frames(FRONT)
+            .grant(1, BACK, FRONT_PAGE, ACCESS | GTF_READONLY);
+
+        // A frame of another domain without the gref flag.
+        let foreign = GnttabCopyPtr::with_gmfn(FRONT_PAGE, FRONT.0, 0);
+        assert_eq!(
+            check(&mut w, copy_op(foreign, own, 8, 0)),
+            Err(GrantStatus::PermissionDenied)
+        );
+        // Our "own" frame that is not ours.
+        let not_ours = GnttabCopyPtr::with_gmfn(FRONT_PAGE, DOMID_SELF, 0);
+        assert_eq!(
+            check(&mut w, copy_op(gref, not_ours, 8, GNTCOPY_SOURCE_GREF)),
+            Err(GrantStatus::BadPage)
+        );
+        // A read-only grant as destination: the source pin taken first is released.
+        w.frames(OTHER).grant(3, BACK, OTHER_PAGE, ACCESS);
+        let src = GnttabCopyPtr::with_gref(3, OTHER.0, 0);
+        assert_eq!(
+            check(
+                &mut w,
+                copy_op(src, gref, 8, GNTCOPY_SOURCE_GREF | GNTCOPY_DEST_GREF)
+            ),
+            Err(GrantStatus::PermissionDenied)
+        );
+        assert!(w.table(OTHER).is_quiescent());
+        assert_eq!(w.frames(OTHER).flags(3), ACCESS);
+        // Unknown domain, bad reference.
+        let nobody = GnttabCopyPtr::with_gref(1, 77, 0);
+        assert_eq!(
+            check(&mut w, copy_op(nobody, own, 8, GNTCOPY_SOURCE_GREF)),
+            Err(GrantStatus::BadDomain)
+        );
+        let big = GnttabCopyPtr::with_gref(9999, FRONT.0, 0);
+        assert_eq!(
+            check(&mut w, copy_op(big, own, 8, GNTCOPY_SOURCE_GREF)),
+            Err(GrantStatus::BadGntref)
+        );
+        assert!(w.table(FRONT).is_quiescent());
+    }
+
+    #[test]
+    fn copy_pins_add_to_map_pins() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        let op = copy_op(
+            GnttabCopyPtr::with_gmfn(BACK_PAGE, DOMID_SELF, 0),
+            GnttabCopyPtr::with_gref(1, FRONT.0, 0),
+            8,
+            GNTCOPY_DEST_GREF,
+        );
+        let plan = acquire_copy(&mut w, BACK, &op).unwrap();
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS | GTF_READING | GTF_WRITING);
+        release_copy(&mut w, &plan);
+        // The map's read pin remains.
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS | GTF_READING);
+        mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+    }
+
+    // ------------------------------------------------------------------------------
+    // Teardown.
+
+    #[test]
+    fn teardown_of_a_mapping_domain_releases_its_pins() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        w.frames(FRONT)
+            .grant(2, BACK, FRONT_PAGE + 1, ACCESS | GTF_READONLY);
+        w.frames(OTHER).grant(1, BACK, OTHER_PAGE, ACCESS);
+        mt.map(&mut w, &map_op(FRONT, 1, RW, VA)).unwrap();
+        mt.map(&mut w, &map_op(FRONT, 2, RO, VA + 0x1000)).unwrap();
+        mt.map(
+            &mut w,
+            &map_op(OTHER, 1, RW | GNTMAP_DEVICE_MAP, VA + 0x2000),
+        )
+        .unwrap();
+        let released = mt.release_all(&mut w);
+        let refs: Vec<_> = released.iter().map(|u| u.mapping.refs()).collect();
+        assert_eq!(
+            refs,
+            [
+                FrameRefs {
+                    mfn: Mfn(FRONT_PAGE),
+                    owner: FRONT,
+                    writable: true
+                },
+                FrameRefs {
+                    mfn: Mfn(FRONT_PAGE + 1),
+                    owner: FRONT,
+                    writable: false
+                },
+                FrameRefs {
+                    mfn: Mfn(OTHER_PAGE),
+                    owner: OTHER,
+                    writable: true
+                },
+            ]
+        );
+        assert_eq!(mt.in_use(), 0);
+        assert!(w.table(FRONT).is_quiescent() && w.table(OTHER).is_quiescent());
+        assert_eq!(w.frames(FRONT).flags(1), ACCESS);
+        assert_eq!(w.frames(FRONT).flags(2), ACCESS | GTF_READONLY);
+        assert_eq!(w.frames(OTHER).flags(1), ACCESS);
+    }
+
+    #[test]
+    fn teardown_of_a_granting_domain_with_live_mappings() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        w.frames(FRONT).grant(2, BACK, FRONT_PAGE + 1, ACCESS);
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RW, VA)).unwrap();
+        let live = w.table(FRONT).begin_teardown();
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            (live[0].gref, live[0].user, live[0].mfn),
+            (1, BACK, Mfn(FRONT_PAGE))
+        );
+        assert!(w.table(FRONT).is_dying());
+        // No new pins: maps and copies are refused, existing ones are kept.
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 2, RO, VA + 0x1000)),
+            Err(GrantStatus::BadDomain)
+        );
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RO, VA + 0x1000)),
+            Err(GrantStatus::BadDomain)
+        );
+        assert_eq!(
+            w.table(FRONT).setup_table(2, &mut Alloc::new(1)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(w.table(FRONT).take_frames(), None);
+        // The backend unmaps later: the table becomes quiescent and gives its frames back.
+        mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert!(w.table(FRONT).is_quiescent());
+        assert_eq!(w.table(FRONT).take_frames(), Some(vec![Mfn(0x9001)]));
+        assert!(w.table(FRONT).frames().is_empty());
+    }
+
+    #[test]
+    fn unmap_after_the_granter_is_gone() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        let m = mt.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        w.doms.remove(&FRONT);
+        let u = mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
+        assert_eq!(u.mapping.refs().owner, FRONT);
+        assert_eq!(mt.in_use(), 0);
+    }
+}
