@@ -312,7 +312,8 @@ impl GrantTable {
             return Err(GrantStatus::BadGntref);
         }
         if let Some(act) = self.active.get_mut(&gref) {
-            if act.user != user {
+            // Xen refuses a pin count about to overflow the same way.
+            if act.user != user || *act.pins.counter(readonly, device) == u32::MAX {
                 return Err(GrantStatus::GeneralError);
             }
             // The first writable pin of an entry already pinned read-only must still
@@ -322,8 +323,7 @@ impl GrantTable {
             } else {
                 frames.read_entry(gref).flags
             };
-            let count = act.pins.counter(readonly, device);
-            *count = count.checked_add(1).ok_or(GrantStatus::GeneralError)?;
+            *act.pins.counter(readonly, device) += 1;
             return Ok((act.mfn, flags & CACHE_FLAGS));
         }
         let flags = set_status(frames, gref, user, readonly, true)?;
@@ -417,7 +417,8 @@ fn set_status(
 
 /// The frame references a grant mapping holds on the granted frame (Xen's `get_page` and
 /// `get_page_type(PGT_writable_page)` in `map_grant_ref`): take them after a map, drop
-/// them after an unmap.
+/// them after an unmap. One set per mapping, whether it is a host mapping, a device
+/// mapping or both. Copies take none: their pins last only while the hypervisor copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameRefs {
     pub mfn: Mfn,
@@ -1245,6 +1246,21 @@ mod tests {
         );
         mt.unmap(&mut w, &unmap_op(m.handle, VA)).unwrap();
         assert_eq!(w.frames(FRONT).flags(9), ACCESS | GTF_READONLY);
+    }
+
+    #[test]
+    fn pin_count_overflow_is_refused() {
+        let mut w = world();
+        let mut mt = backend();
+        w.frames(FRONT).grant(1, BACK, FRONT_PAGE, ACCESS);
+        mt.map(&mut w, &map_op(FRONT, 1, RO, VA)).unwrap();
+        w.table(FRONT).active.get_mut(&1).unwrap().pins.host_ro = u32::MAX;
+        assert_eq!(
+            mt.map(&mut w, &map_op(FRONT, 1, RO, VA + 0x1000)),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(mt.in_use(), 1);
+        assert_eq!(w.pins(FRONT, 1).map(|p| p.host_ro), Some(u32::MAX));
     }
 
     #[test]
