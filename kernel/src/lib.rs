@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod cmdline;
 pub mod domain_builder;
 pub mod evtchn;
+pub mod grant_table;
 pub mod guest_console;
 pub mod guest_image;
 pub mod logring;

@@ -97,6 +97,7 @@ pub mod cpuid;
 pub mod elfnote;
 pub mod event_channel;
 pub mod features;
+pub mod grant_table;
 pub mod hypercall;
 pub mod memory;
 pub mod physdev;
