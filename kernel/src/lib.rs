@@ -15,3 +15,4 @@ pub mod mm;
 pub mod multiboot2;
 pub mod pv;
 pub mod time;
+pub mod xenstore;
