@@ -17,3 +17,4 @@ pub mod mm;
 pub mod multiboot2;
 pub mod pv;
 pub mod time;
+pub mod xenstore;

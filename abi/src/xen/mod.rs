@@ -110,6 +110,7 @@ pub mod version;
     reason = "the module is named after xen.h, like its siblings"
 )]
 pub mod xen;
+pub mod xs_wire;
 
 /// A domain id (`domid_t`, `xen.h`).
 pub type DomId = u16;
