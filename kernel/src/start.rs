@@ -258,6 +258,7 @@ extern "C" fn boot_on_main_stack() -> ! {
         selftest::run(test);
     }
     domain::init_frame_table(boot.ram_end);
+    crate::backend::xenstore::init();
     let kernel = &boot.info.modules[0]; // present: checked by `report_modules`
     let vcpus = boot.cmdline.dom0_max_vcpus.unwrap_or(1);
     match domain::build_dom0(
@@ -266,7 +267,10 @@ extern "C" fn boot_on_main_stack() -> ! {
         &dom0::reserved_extents(),
         vcpus,
     ) {
-        Ok(()) => domain::run_dom0(),
+        Ok(()) => {
+            domain::with_domains(|doms| crate::backend::xenstore::introduce(doms, domain::DOM0));
+            domain::run_dom0()
+        }
         Err(e) => {
             log::error!("{e}");
             log::error!("cannot start dom0; halting");

@@ -10,11 +10,17 @@ use crate::domain::{
     Domains,
 };
 
+pub mod console;
+pub mod xenstore;
+
 /// Domain `dom` signalled the backend `service`.
 pub fn notify(doms: &mut Domains, dom: DomId, service: u32) {
     match service {
-        SERVICE_XENSTORE | SERVICE_CONSOLE => {
-            let _ = (doms, dom);
+        SERVICE_XENSTORE => xenstore::service(doms, dom),
+        SERVICE_CONSOLE => {
+            if let Some(d) = doms.get_mut(dom) {
+                console::service(d);
+            }
         }
         _ => {}
     }

@@ -9,6 +9,7 @@ use core::mem::offset_of;
 use ferrovisor::{
     domain_builder::{self, BuildSpec, DomainMemory, KernelImage, Segment},
     evtchn::EventChannels,
+    guest_console::GuestConsole,
     guest_image::{self, GuestImage},
     mm::{
         frame_table::{DomId, Owner},
@@ -22,7 +23,9 @@ use ferrovisor_abi::{
     xen::xen::{VcpuInfo, SIF_PRIVILEGED, VMASST_TYPE_WRITABLE_PAGETABLES},
 };
 
-use super::{Domain, Life, Vcpu, DOM0, FRAME_TABLE, MAX_PORTS, MAX_VCPUS};
+use super::{
+    lifecycle::SERVICE_XENSTORE, Domain, Life, Vcpu, DOM0, FRAME_TABLE, MAX_PORTS, MAX_VCPUS,
+};
 use crate::{
     arch::x86_64::{
         paging::GuestTables,
@@ -198,6 +201,17 @@ pub fn new_shared_info(dom: DomId) -> Result<Mfn, String> {
     Ok(mfn)
 }
 
+/// Takes the general reference that keeps a ring frame (xenstore, console) the domain's
+/// while the hypervisor's backend uses it; `lifecycle::destroy` drops it.
+pub fn hold_ring(dom: DomId, mfn: Mfn) -> Result<(), String> {
+    FRAME_TABLE
+        .lock()
+        .as_mut()
+        .ok_or("no frame table")?
+        .get_page(mfn, dom)
+        .map_err(|e| format!("the ring frame {mfn}: {e}"))
+}
+
 /// vCPU 0 starts with event delivery masked, as in Xen.
 pub fn mask_vcpu0_events(shared_info: Mfn) {
     // SAFETY: the domain's shared-info frame, allocated for it and never freed while it
@@ -225,7 +239,7 @@ pub fn new_domain(
         others: (1..nr_vcpus)
             .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0, shared_info))
             .collect(),
-        console_line: Vec::new(),
+        console: GuestConsole::new(id.0),
         evtchn: EventChannels::new(id.0, nr_vcpus, MAX_PORTS),
         // Writable page tables are on from the start, as Xen gives every PV domain.
         vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
@@ -284,18 +298,6 @@ pub fn build_dom0(
         }
     }
     let shared_info = new_shared_info(DOM0)?;
-    let input = BuildInput {
-        kernel: module,
-        initrd: initrd_bytes,
-        cmdline: kernel.cmdline,
-        flags: SIF_PRIVILEGED,
-        store_evtchn: 0,
-        console_evtchn: 0,
-        what: "dom0",
-        source: "module 0",
-    };
-    let built = build_into(DOM0, &p2m, shared_info, &input)?;
-    mask_vcpu0_events(shared_info);
     let max_pages = p2m.len() as u64;
     let mut d = new_domain(
         DOM0,
@@ -305,8 +307,28 @@ pub fn build_dom0(
         nr_vcpus,
         shared_info,
     );
+    // dom0 reaches the xenstore service through a ring like any domain; its console is
+    // the `console_io` hypercall (Xen's dom0 convention).
+    let store_port = d
+        .evtchn
+        .bind_backend(SERVICE_XENSTORE)
+        .map_err(|e| format!("dom0's xenstore port: {e:?}"))?;
+    let input = BuildInput {
+        kernel: module,
+        initrd: initrd_bytes,
+        cmdline: kernel.cmdline,
+        flags: SIF_PRIVILEGED,
+        store_evtchn: store_port,
+        console_evtchn: 0,
+        what: "dom0",
+        source: "module 0",
+    };
+    let built = build_into(DOM0, &p2m, shared_info, &input)?;
+    mask_vcpu0_events(shared_info);
+    hold_ring(DOM0, built.store_mfn)?;
     d.p2m = p2m;
     d.start_vcpu0(&built);
+    d.store_ring = Some((built.store_mfn, store_port));
     d.pause_count = 0;
     super::with_domains(|doms| doms.insert(Box::new(d)));
     Ok(())

@@ -84,7 +84,12 @@ pub fn build_pv(_: &Privileged, target: DomId, b: &mut BuildPv) -> Result<(), Xe
         doms.remove(target).ok_or(XenErrno::Esrch)
     })?;
     let result = build_into_domain(&mut d, &kernel, ramdisk.as_deref(), &cmdline, b);
-    super::with_domains(|doms| doms.insert(d));
+    super::with_domains(|doms| {
+        doms.insert(d);
+        if result.is_ok() {
+            crate::backend::xenstore::introduce(doms, target);
+        }
+    });
     result
 }
 
@@ -125,6 +130,12 @@ fn build_into_domain(
         }
     };
     build::mask_vcpu0_events(d.shared_info);
+    for mfn in [built.store_mfn, built.console_mfn] {
+        build::hold_ring(d.id, mfn).map_err(|e| {
+            log::warn!("{e}");
+            XenErrno::Einval
+        })?;
+    }
     d.start_vcpu0(&built);
     d.store_ring = Some((built.store_mfn, store_port));
     d.console_ring = Some((built.console_mfn, console_port));
@@ -174,6 +185,7 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
                 p.evtchn.peer_closed(peer.port, target.0, closed.port);
             }
         });
+        crate::backend::xenstore::release(doms, target);
         Ok::<_, XenErrno>(d)
     })?;
     let (freed, kept) = release_memory(&mut d);
@@ -217,6 +229,9 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
         }
     }
     let _ = ft.put_page(d.shared_info);
+    for (mfn, _) in d.store_ring.iter().chain(d.console_ring.iter()) {
+        let _ = ft.put_page(*mfn);
+    }
     let released = ft.release_domain(d.id, &mut mem);
     for &mfn in &released.freed {
         memory::m2p_set(mfn, memory::M2P_INVALID);

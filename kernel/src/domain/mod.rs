@@ -10,10 +10,11 @@ pub use build::build_dom0;
 pub use registry::{with_current, with_domain, with_domains, Domains};
 
 use alloc::{boxed::Box, string::String, vec::Vec};
-use core::{fmt::Write, mem::offset_of};
+use core::mem::offset_of;
 
 use ferrovisor::{
     evtchn::{self, EventChannels, EventWords},
+    guest_console::GuestConsole,
     mm::{
         frame_table::{DomId, FrameTable, Owner},
         Mfn, PAGE_SIZE,
@@ -125,8 +126,8 @@ pub struct Domain {
     pub vcpu: Vcpu,
     /// The domain's other vCPUs, in id order, with their state saved.
     pub others: Vec<Vcpu>,
-    /// Console output not yet ended by a newline.
-    console_line: Vec<u8>,
+    /// Its console: output history, serial mirror, pending input.
+    pub console: GuestConsole,
     /// The domain's event-channel ports.
     pub evtchn: EventChannels,
     /// `vm_assist` types enabled (a bit per `VMASST_TYPE_*`).
@@ -584,21 +585,11 @@ impl Domain {
         self.space().l1_slot(va).ok()
     }
 
-    /// Console output from the guest: whole lines go to the log, prefixed `(d<id>)`.
+    /// Console output written through `console_io` (dom0): kept in its history and
+    /// mirrored to the log, whole lines prefixed `(d<id>)`.
     pub fn console_write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if b == b'\n' || self.console_line.len() >= 256 {
-                let line = String::from_utf8_lossy(&self.console_line);
-                let mut s = String::new();
-                let _ = write!(s, "(d{}) {}", self.id.0, line.trim_end_matches('\r'));
-                crate::console::write_line(&s);
-                self.console_line.clear();
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            self.console_line.push(b);
-        }
+        self.console
+            .record_output(bytes, &mut |line| crate::console::write_line(line));
     }
 }
 

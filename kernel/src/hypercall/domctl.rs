@@ -10,17 +10,19 @@ use alloc::{string::String, vec::Vec};
 use ferrovisor::mm::frame_table::DomId;
 use ferrovisor_abi::{
     domctl::{
-        self, BuildPv, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo, ReadLog,
-        SetMaxMem, SetMemTarget, Sysctl, SysctlCmd, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+        self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
+        PhysInfo, ReadLog, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
+        DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
     },
     errno::XenErrno,
     version::XEN_VERSION,
+    xen::xs_wire::XsType,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::Result;
 use crate::{
-    clock,
+    backend, clock,
     domain::{self, lifecycle, Domain, Life, DOM0},
     memory,
 };
@@ -85,19 +87,28 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
         }
         DomctlCmd::SetMemTarget => {
             let t: SetMemTarget = req.payload();
-            domain::with_domain(target, |d| d.target_pages = t.target_pages)
-                .ok_or(XenErrno::Esrch)?;
+            set_mem_target(&p, target, t.target_pages)?;
+        }
+        DomctlCmd::RequestShutdown => {
+            let r: ShutdownRequest = req.payload();
+            request_shutdown(&p, target, r.reason)?;
+        }
+        DomctlCmd::ConsoleRead => {
+            let mut c: ConsoleIo = req.payload();
+            console_read(&p, target, &mut c)?;
+            req.set_payload(&c);
+        }
+        DomctlCmd::ConsoleWrite => {
+            let mut c: ConsoleIo = req.payload();
+            console_write(&p, target, &mut c)?;
+            req.set_payload(&c);
         }
         DomctlCmd::BuildPv => {
             let mut b: BuildPv = req.payload();
             lifecycle::build_pv(&p, target, &mut b)?;
             req.set_payload(&b);
         }
-        DomctlCmd::GetVcpuContext
-        | DomctlCmd::SetVcpuContext
-        | DomctlCmd::RequestShutdown
-        | DomctlCmd::ConsoleRead
-        | DomctlCmd::ConsoleWrite => return Err(XenErrno::Enosys),
+        DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => return Err(XenErrno::Enosys),
     }
     write_out(arg, req.as_bytes())?;
     Ok(0)
@@ -112,6 +123,91 @@ fn on_domu(
         return Err(XenErrno::Einval);
     }
     domain::with_domain(target, f).ok_or(XenErrno::Esrch)?
+}
+
+/// Most console bytes one `ConsoleRead`/`ConsoleWrite` moves (the caller loops).
+const CONSOLE_CHUNK: usize = 16 * 1024;
+
+/// `SetMemTarget`: the balloon target, published where a PV guest's balloon driver
+/// watches for it (`memory/target`, in KiB).
+fn set_mem_target(_: &Privileged, target: DomId, pages: u64) -> core::result::Result<(), XenErrno> {
+    domain::with_domains(|doms| {
+        let d = doms.get_mut(target).ok_or(XenErrno::Esrch)?;
+        if pages > d.max_pages {
+            return Err(XenErrno::Einval);
+        }
+        d.target_pages = pages;
+        let write = alloc::format!("/local/domain/{}/memory/target\0{}", target.0, pages * 4);
+        backend::xenstore::request(doms, XsType::Write, write.as_bytes())
+            .map(|_| ())
+            .map_err(|_| XenErrno::Eio)
+    })
+}
+
+/// `RequestShutdown`: writes `control/shutdown` as Xen's toolstack does; the guest
+/// watches it and shuts itself down (a guest that ignores it is destroyed instead).
+fn request_shutdown(
+    _: &Privileged,
+    target: DomId,
+    reason: u32,
+) -> core::result::Result<(), XenErrno> {
+    let word = match reason {
+        0 => "poweroff",
+        1 => "reboot",
+        2 => "suspend",
+        _ => return Err(XenErrno::Einval),
+    };
+    if target == DOM0 {
+        return Err(XenErrno::Einval);
+    }
+    domain::with_domains(|doms| {
+        if doms.get(target).is_none() {
+            return Err(XenErrno::Esrch);
+        }
+        let write = alloc::format!("/local/domain/{}/control/shutdown\0{word}", target.0);
+        backend::xenstore::request(doms, XsType::Write, write.as_bytes())
+            .map(|_| ())
+            .map_err(|_| XenErrno::Eio)
+    })
+}
+
+/// `ConsoleRead`: the domain's console history from `offset` (what `fv console` polls).
+fn console_read(
+    _: &Privileged,
+    target: DomId,
+    c: &mut ConsoleIo,
+) -> core::result::Result<(), XenErrno> {
+    let mut buf = alloc::vec![0u8; (c.len as usize).min(CONSOLE_CHUNK)];
+    let read = domain::with_domain(target, |d| {
+        backend::console::service(d);
+        d.console.read_history(c.offset, &mut buf)
+    })
+    .ok_or(XenErrno::Esrch)?;
+    write_out(c.buffer.0, &buf[..read.copied])?;
+    c.done = read.copied as u32;
+    c.offset = read.next;
+    c.missed = read.missed;
+    Ok(())
+}
+
+/// `ConsoleWrite`: input for the domain's console, queued and moved into its ring.
+fn console_write(
+    _: &Privileged,
+    target: DomId,
+    c: &mut ConsoleIo,
+) -> core::result::Result<(), XenErrno> {
+    let mut buf = alloc::vec![0u8; (c.len as usize).min(CONSOLE_CHUNK)];
+    domain::with_current(|d| d.read_guest(c.buffer.0, &mut buf))
+        .ok_or(XenErrno::Esrch)?
+        .map_err(|_| XenErrno::Efault)?;
+    let n = domain::with_domain(target, |d| {
+        let n = d.console.queue_input(&buf);
+        backend::console::service(d);
+        n
+    })
+    .ok_or(XenErrno::Esrch)?;
+    c.done = n as u32;
+    Ok(())
 }
 
 /// A valid domain name: 1 to 64 bytes of letters, digits and `-_.`; not already taken.

@@ -303,6 +303,33 @@ impl Xenstore {
         }
     }
 
+    /// Runs one request (type and payload) on behalf of the hypervisor itself, with the
+    /// privileged domain's rights, outside any transaction: the writes the hypervisor
+    /// makes as the toolstack (`control/shutdown`, `memory/target`). The reply comes back
+    /// here (`Ok(payload)`, or the error) instead of being queued; watch events are queued
+    /// as usual.
+    pub fn request(
+        &mut self,
+        kind: XsType,
+        payload: &[u8],
+    ) -> (Result<Vec<u8>, XsErrorCode>, Outcome) {
+        let mut out = Outcome::default();
+        let mut events = Vec::new();
+        let hdr = XsdSockmsg {
+            r#type: kind.raw(),
+            req_id: 0,
+            tx_id: 0,
+            len: payload.len() as u32,
+        };
+        let result = if payload.len() > XENSTORE_PAYLOAD_MAX as usize {
+            Err(XsErrorCode::E2big)
+        } else {
+            self.dispatch(PRIVILEGED_DOMID, &hdr, payload, &mut events, &mut out)
+        };
+        self.deliver(events, &mut out);
+        (result, out)
+    }
+
     /// Handles one complete message (header and payload) from `from`, queueing the reply
     /// for `from` and any watch events for whoever they concern. A domain without a
     /// connection is ignored.

@@ -129,6 +129,36 @@ impl SharedFrame {
         }
     }
 
+    /// Byte-wise volatile copy out of the frame.
+    pub fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset + out.len() <= 4096);
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = self.read_u8(offset + i);
+        }
+    }
+
+    fn atomic_u32(&self, offset: usize) -> &core::sync::atomic::AtomicU32 {
+        let p = self.ptr(offset, 4) as *mut u32;
+        // SAFETY: 4-byte aligned memory inside the frame (checked), valid for as long as
+        // `self` (the contract of `new`); the guest shares the word by design of the ring
+        // protocols, which atomic accesses tolerate.
+        unsafe { core::sync::atomic::AtomicU32::from_ptr(p) }
+    }
+
+    /// A ring index the other side publishes: the bytes it wrote before are visible to
+    /// the reads that follow.
+    pub fn load_acquire_u32(&self, offset: usize) -> u32 {
+        self.atomic_u32(offset)
+            .load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Publishes a ring index: the bytes written before it are visible to the other side
+    /// once it sees the index.
+    pub fn store_release_u32(&self, offset: usize, value: u32) {
+        self.atomic_u32(offset)
+            .store(value, core::sync::atomic::Ordering::Release)
+    }
+
     fn atomic_u64(&self, offset: usize) -> &core::sync::atomic::AtomicU64 {
         let p = self.ptr(offset, 8) as *mut u64;
         // SAFETY: 8-byte aligned memory inside the frame (checked), valid for as long as

@@ -1,0 +1,63 @@
+//! The console backend: each domain's console ring (`io/console.h`, the page and port
+//! `start_info.console.domU` names) is drained into the domain's console history
+//! (`ferrovisor::guest_console`), mirrored to the hypervisor's log with a `(d<id>)`
+//! prefix, and fed with input the privileged domain writes (`domctl ConsoleWrite`).
+
+use ferrovisor::guest_console::ConsoleRing;
+use ferrovisor_abi::xen::console::{
+    XenconsRingIdx, XENCONS_IN_CONS_OFFSET, XENCONS_IN_OFFSET, XENCONS_IN_PROD_OFFSET,
+    XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET,
+};
+
+use crate::{arch::x86_64::phys::SharedFrame, domain::Domain};
+
+/// A domain's console page.
+struct ConsolePage(SharedFrame);
+
+impl ConsoleRing for ConsolePage {
+    fn out_prod(&self) -> XenconsRingIdx {
+        self.0.load_acquire_u32(XENCONS_OUT_PROD_OFFSET)
+    }
+    fn out_cons(&self) -> XenconsRingIdx {
+        self.0.read_u32(XENCONS_OUT_CONS_OFFSET)
+    }
+    fn read_out(&self, offset: usize, dst: &mut [u8]) {
+        self.0.read_bytes(XENCONS_OUT_OFFSET + offset, dst);
+    }
+    fn set_out_cons(&self, cons: XenconsRingIdx) {
+        self.0.store_release_u32(XENCONS_OUT_CONS_OFFSET, cons);
+    }
+    fn in_cons(&self) -> XenconsRingIdx {
+        self.0.load_acquire_u32(XENCONS_IN_CONS_OFFSET)
+    }
+    fn in_prod(&self) -> XenconsRingIdx {
+        self.0.read_u32(XENCONS_IN_PROD_OFFSET)
+    }
+    fn write_in(&self, offset: usize, src: &[u8]) {
+        self.0.write_bytes(XENCONS_IN_OFFSET + offset, src);
+    }
+    fn set_in_prod(&self, prod: XenconsRingIdx) {
+        self.0.store_release_u32(XENCONS_IN_PROD_OFFSET, prod);
+    }
+}
+
+/// Moves output out of and queued input into the domain's console ring, and signals its
+/// port if anything moved.
+pub fn service(d: &mut Domain) {
+    let Some((mfn, port)) = d.console_ring else {
+        return;
+    };
+    // SAFETY: the console ring frame is the domain's, held by a general reference taken
+    // when it was built and dropped only when the domain is destroyed.
+    let page = ConsolePage(unsafe { SharedFrame::new(mfn) });
+    let done = d
+        .console
+        .service(&page, &mut |line| crate::console::write_line(line));
+    if let Some(e) = done.error {
+        log::warn!("d{}: console ring is broken ({e:?}); ignoring it", d.id.0);
+    }
+    if done.notify() {
+        let vcpu = d.evtchn.notify_vcpu(port).unwrap_or(0);
+        d.notify(port, vcpu);
+    }
+}

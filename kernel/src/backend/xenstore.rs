@@ -1,0 +1,173 @@
+//! The xenstore service (`ferrovisor::xenstore`) on each domain's store ring
+//! (`start_info.store_mfn` / `store_evtchn`, the `xs_wire.h` page). Requests are handled
+//! when the domain signals its store port; replies and watch events go back into its
+//! ring, and into the rings of other domains whose watches fired.
+
+use alloc::vec::Vec;
+
+use ferrovisor::{
+    mm::frame_table::DomId,
+    xenstore::{Outcome, RingAccess, Xenstore},
+};
+use ferrovisor_abi::xen::xs_wire::{
+    XenstoreDomainInterface, XsErrorCode, XsType, XENSTORE_ERROR_OFFSET, XENSTORE_REQ_CONS_OFFSET,
+    XENSTORE_REQ_PROD_OFFSET, XENSTORE_RSP_CONS_OFFSET, XENSTORE_RSP_PROD_OFFSET,
+    XENSTORE_SERVER_FEATURES_OFFSET, XENSTORE_SERVER_FEATURE_ERROR,
+};
+
+const REQ: usize = core::mem::offset_of!(XenstoreDomainInterface, req);
+const RSP: usize = core::mem::offset_of!(XenstoreDomainInterface, rsp);
+
+use crate::{
+    arch::x86_64::{irq::IrqMutex, phys::SharedFrame},
+    domain::{Domain, Domains},
+};
+
+/// The service. Lock order: `DOMAINS`, then this.
+static XENSTORE: IrqMutex<Option<Xenstore>> = IrqMutex::new(None);
+
+/// Starts the service (dom0 is connected from the start).
+pub fn init() {
+    *XENSTORE.lock() = Some(Xenstore::new());
+}
+
+/// A domain's store page.
+struct StorePage(SharedFrame);
+
+impl RingAccess for StorePage {
+    fn req_cons(&self) -> u32 {
+        self.0.read_u32(XENSTORE_REQ_CONS_OFFSET)
+    }
+    fn req_prod(&self) -> u32 {
+        self.0.load_acquire_u32(XENSTORE_REQ_PROD_OFFSET)
+    }
+    fn set_req_cons(&mut self, idx: u32) {
+        self.0.store_release_u32(XENSTORE_REQ_CONS_OFFSET, idx);
+    }
+    fn rsp_cons(&self) -> u32 {
+        self.0.load_acquire_u32(XENSTORE_RSP_CONS_OFFSET)
+    }
+    fn rsp_prod(&self) -> u32 {
+        self.0.read_u32(XENSTORE_RSP_PROD_OFFSET)
+    }
+    fn set_rsp_prod(&mut self, idx: u32) {
+        self.0.store_release_u32(XENSTORE_RSP_PROD_OFFSET, idx);
+    }
+    fn read_req(&self, offset: usize, buf: &mut [u8]) {
+        self.0.read_bytes(REQ + offset, buf);
+    }
+    fn write_rsp(&mut self, offset: usize, data: &[u8]) {
+        self.0.write_bytes(RSP + offset, data);
+    }
+    fn set_error(&mut self, error: u32) {
+        self.0.write_u32(XENSTORE_ERROR_OFFSET, error);
+    }
+}
+
+fn page(d: &Domain) -> Option<(StorePage, u32)> {
+    let (mfn, port) = d.store_ring?;
+    // SAFETY: the store ring frame is the domain's, held by a general reference taken
+    // when it was built and dropped only when the domain is destroyed.
+    Some((StorePage(unsafe { SharedFrame::new(mfn) }), port))
+}
+
+/// Prepares a new domain's store page (the service offers the `error` field) and connects
+/// the domain to the service (`/local/domain/<id>`, `@introduceDomain`).
+pub fn introduce(doms: &mut Domains, dom: DomId) {
+    if let Some((p, _)) = doms.get(dom).and_then(page) {
+        p.0.write_u32(
+            XENSTORE_SERVER_FEATURES_OFFSET,
+            XENSTORE_SERVER_FEATURE_ERROR,
+        );
+    }
+    if dom == crate::domain::DOM0 {
+        return; // connected from the start
+    }
+    let outcome = match XENSTORE.lock().as_mut().map(|xs| xs.introduce(dom.0)) {
+        Some(Ok(o)) => o,
+        Some(Err(e)) => {
+            log::warn!("xenstore: introducing d{}: {e:?}", dom.0);
+            return;
+        }
+        None => return,
+    };
+    deliver(doms, &outcome);
+}
+
+/// Disconnects a dying domain and removes its `/local/domain/<id>` tree
+/// (`@releaseDomain` fires).
+pub fn release(doms: &mut Domains, dom: DomId) {
+    let outcomes: Vec<Outcome> = {
+        let mut xs = XENSTORE.lock();
+        let Some(xs) = xs.as_mut() else {
+            return;
+        };
+        let mut v = Vec::new();
+        if let Ok(o) = xs.release(dom.0) {
+            v.push(o);
+        }
+        v.push(xs.remove_domain_tree(dom.0));
+        v
+    };
+    for o in &outcomes {
+        deliver(doms, o);
+    }
+}
+
+/// Domain `dom` signalled its store port: handle its requests.
+pub fn service(doms: &mut Domains, dom: DomId) {
+    let Some((mut p, port)) = doms.get(dom).and_then(page) else {
+        return;
+    };
+    let result = XENSTORE
+        .lock()
+        .as_mut()
+        .map(|xs| xs.service_ring(dom.0, &mut p));
+    match result {
+        Some(Ok((notify, outcome))) => {
+            if notify {
+                signal(doms, dom, port);
+            }
+            deliver(doms, &outcome);
+        }
+        Some(Err(fault)) => {
+            log::warn!("d{}: xenstore ring fault ({fault:?}); ring closed", dom.0);
+            p.set_error(fault.error_code());
+        }
+        None => {}
+    }
+}
+
+/// Runs a request with the privileged domain's rights on behalf of the hypervisor (its
+/// toolstack duties: `control/shutdown`, `memory/target`), delivering the watch events it
+/// fires.
+pub fn request(doms: &mut Domains, kind: XsType, payload: &[u8]) -> Result<Vec<u8>, XsErrorCode> {
+    let (result, outcome) = XENSTORE
+        .lock()
+        .as_mut()
+        .map(|xs| xs.request(kind, payload))
+        .ok_or(XsErrorCode::Eio)?;
+    deliver(doms, &outcome);
+    result
+}
+
+/// Writes queued output (watch events) into the rings of the domains `outcome` names.
+fn deliver(doms: &mut Domains, outcome: &Outcome) {
+    for &w in &outcome.wake {
+        let dom = DomId(w);
+        let Some((mut p, port)) = doms.get(dom).and_then(page) else {
+            continue;
+        };
+        let moved = XENSTORE.lock().as_mut().map(|xs| xs.flush_ring(w, &mut p));
+        if let Some(Ok(true)) = moved {
+            signal(doms, dom, port);
+        }
+    }
+}
+
+fn signal(doms: &mut Domains, dom: DomId, port: u32) {
+    if let Some(d) = doms.get_mut(dom) {
+        let vcpu = d.evtchn.notify_vcpu(port).unwrap_or(0);
+        d.notify(port, vcpu);
+    }
+}
