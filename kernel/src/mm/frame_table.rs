@@ -34,9 +34,10 @@ use ferrovisor_abi::errno::XenErrno;
 
 use super::{
     page_type::{
-        guest_entry, is_guest_slot, validate_entry, EntryKind, Level, PageType, ENTRIES,
-        HYPERVISOR_L4_SLOTS, HYPERVISOR_L4_SLOT_COUNT,
+        bits, entry_mfn, guest_entry, is_guest_slot, validate_entry, EntryKind, Level, PageType,
+        ENTRIES, HYPERVISOR_L4_SLOTS, HYPERVISOR_L4_SLOT_COUNT,
     },
+    paging::pte,
     Mfn,
 };
 
@@ -155,6 +156,10 @@ pub enum MmError {
     /// A reference was dropped that was not held. Only a hypervisor bug can cause this
     /// (-EINVAL).
     NotReferenced,
+    /// An ordinary update of an entry that holds a grant mapping: only
+    /// `GNTTABOP_unmap_grant_ref` may remove it (-EINVAL; Xen crashes the domain for an
+    /// "implicit unmap of a granted PTE").
+    GrantMapping,
 }
 
 impl MmError {
@@ -175,7 +180,8 @@ impl MmError {
             | MmError::BadIndex
             | MmError::AlreadyPinned
             | MmError::NotPinned
-            | MmError::NotReferenced => XenErrno::Einval,
+            | MmError::NotReferenced
+            | MmError::GrantMapping => XenErrno::Einval,
         }
     }
 }
@@ -199,6 +205,7 @@ impl fmt::Display for MmError {
             MmError::Busy => "frame still referenced",
             MmError::RefOverflow => "reference count overflow",
             MmError::NotReferenced => "reference not held",
+            MmError::GrantMapping => "ordinary update of a grant mapping",
         })
     }
 }
@@ -500,6 +507,9 @@ impl FrameTable {
                     return Err(MmError::HypervisorSlot);
                 }
                 let old = mem.read(table, index);
+                if level == Level::L1 && old & bits::GNTTAB != 0 {
+                    return Err(MmError::GrantMapping);
+                }
                 self.get_entry_refs(table, level, new, dom, mem)?;
                 mem.write(table, index, guest_entry(new));
                 self.put_entry_refs(level, old, mem);
@@ -508,6 +518,103 @@ impl FrameTable {
             None if t.ty == PageType::Writable => Ok(UpdateOutcome::PlainWrite),
             None => Err(MmError::TypeConflict),
         }
+    }
+
+    /// Installs a grant mapping (`GNTTABOP_map_grant_ref` with `GNTMAP_host_map`): entry
+    /// `index` of `table`, a validated L1 of `dom` whose entry is not present, comes to
+    /// map `mfn`, a frame of `owner` that `owner` granted. Takes a general reference on
+    /// the frame and, for a writable mapping, a `Writable` type reference (refused while
+    /// the frame is a page or descriptor table). `flags` are the PTE bits below the frame
+    /// address besides present and writable (user, accessed, dirty, cache bits); the entry
+    /// is marked as a grant mapping, so that ordinary updates cannot drop it.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one entry, one frame, its owner and how"
+    )]
+    pub fn map_grant<M: PageTableMemory + ?Sized>(
+        &mut self,
+        table: Mfn,
+        index: usize,
+        dom: DomId,
+        mfn: Mfn,
+        owner: DomId,
+        writable: bool,
+        flags: u64,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.check_grant_slot(table, index, dom)?;
+        if mem.read(table, index) & pte::PRESENT != 0 {
+            return Err(MmError::Busy);
+        }
+        self.get_page(mfn, owner)?;
+        if writable {
+            if let Err(e) = self.get_page_type(mfn, owner, PageType::Writable, mem) {
+                let undone = self.put_page(mfn);
+                debug_assert!(undone.is_ok());
+                return Err(match e {
+                    MmError::TypeConflict => MmError::WritableTable,
+                    e => e,
+                });
+            }
+        }
+        let rw = if writable { pte::WRITABLE } else { 0 };
+        let keep = pte::USER | pte::ACCESSED | pte::DIRTY | pte::PWT | pte::PCD | pte::NX;
+        mem.write(
+            table,
+            index,
+            mfn.addr() | pte::PRESENT | rw | (flags & keep) | bits::GNTTAB,
+        );
+        Ok(())
+    }
+
+    /// Removes the grant mapping of `mfn` at entry `index` of `table` (an L1 of `dom`)
+    /// and drops the references [`Self::map_grant`] took. `-EINVAL`-style errors if the
+    /// entry is not that grant mapping; nothing changes then.
+    pub fn unmap_grant<M: PageTableMemory + ?Sized>(
+        &mut self,
+        table: Mfn,
+        index: usize,
+        dom: DomId,
+        mfn: Mfn,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.check_grant_slot(table, index, dom)?;
+        let entry = mem.read(table, index);
+        if entry & pte::PRESENT == 0 || entry & bits::GNTTAB == 0 || entry_mfn(entry) != mfn {
+            return Err(MmError::NotReferenced);
+        }
+        mem.write(table, index, 0);
+        self.put_grant_refs(mfn, entry & pte::WRITABLE != 0, mem)
+    }
+
+    /// Drops a grant mapping's references whose entry is already gone (its table was
+    /// freed with a dying domain, or the caller cleared it).
+    pub fn put_grant_refs<M: PageTableMemory + ?Sized>(
+        &mut self,
+        mfn: Mfn,
+        writable: bool,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if writable {
+            self.put_page_and_type(mfn, mem)
+        } else {
+            self.put_page(mfn)
+        }
+    }
+
+    fn check_grant_slot(&self, table: Mfn, index: usize, dom: DomId) -> Result<(), MmError> {
+        let frame = self.frame(table)?;
+        if frame.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner);
+        }
+        if index >= ENTRIES {
+            return Err(MmError::BadIndex);
+        }
+        let t = frame.type_info;
+        if t.ty != PageType::L1 || !t.validated || t.type_count == 0 {
+            return Err(MmError::TypeConflict);
+        }
+        Ok(())
     }
 
     /// Drops everything a dying domain holds (Xen's `domain_relinquish_resources`): its pins
@@ -631,6 +738,11 @@ impl FrameTable {
         entry: u64,
         mem: &mut M,
     ) {
+        if level == Level::L1 && entry & bits::GNTTAB != 0 && entry & pte::PRESENT != 0 {
+            // A grant mapping's references belong to the maptrack, which drops them when
+            // the grant is unmapped (or its holder dies).
+            return;
+        }
         let dropped = match validate_entry(level, entry) {
             Ok(EntryKind::NotPresent) => Ok(()),
             Ok(EntryKind::Frame { mfn, writable }) => {
@@ -712,7 +824,6 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::mm::{page_type::bits, paging::pte};
 
     const P: u64 = pte::PRESENT;
     const RW: u64 = pte::WRITABLE;
@@ -1599,5 +1710,77 @@ mod tests {
         }
         assert!(outcomes["live L4s at the end"] > 5, "{outcomes:?}");
         assert!(outcomes["released with bases"] > 5, "{outcomes:?}");
+    }
+
+    #[test]
+    fn grant_mappings_take_the_granters_references_and_only_unmap_drops_them() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        build_tree(&mut mem);
+        ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
+        // d1 maps d2's frame 40 writable at L1 4, slot 7.
+        ft.map_grant(Mfn(4), 7, D1, Mfn(40), D2, true, US, &mut mem)
+            .unwrap();
+        let entry = mem.read(Mfn(4), 7);
+        assert_eq!(entry & !0xfff & !(1 << 63) & !bits::GNTTAB, 40 << 12);
+        assert_ne!(entry & bits::GNTTAB, 0);
+        assert_eq!(info(&ft, 40).count, 1);
+        assert_eq!(info(&ft, 40).type_info.ty, PageType::Writable);
+        // The slot is taken; an ordinary update of it is refused and changes nothing.
+        assert_eq!(
+            ft.map_grant(Mfn(4), 7, D1, Mfn(41), D2, false, US, &mut mem),
+            Err(MmError::Busy)
+        );
+        assert_eq!(
+            ft.update_entry(Mfn(4), 7, 0, D1, &mut mem),
+            Err(MmError::GrantMapping)
+        );
+        assert_eq!(mem.read(Mfn(4), 7), entry);
+        // A guest cannot forge the marker.
+        assert!(ft
+            .update_entry(Mfn(4), 8, e(12, P | RW) | bits::GNTTAB, D1, &mut mem)
+            .is_err());
+        // Unmapping another frame there is refused; the right one drops the references.
+        assert!(ft.unmap_grant(Mfn(4), 7, D1, Mfn(41), &mut mem).is_err());
+        ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), &mut mem).unwrap();
+        assert_eq!(mem.read(Mfn(4), 7), 0);
+        assert_eq!(info(&ft, 40).count, 0);
+        assert_eq!(info(&ft, 40).type_info, TypeInfo::UNTYPED);
+        ft.unpin(Mfn(1), D1, &mut mem).unwrap();
+        assert_all_clear(&ft);
+    }
+
+    #[test]
+    fn grant_mappings_need_a_validated_l1_and_a_frame_of_the_granter() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        build_tree(&mut mem);
+        // Not a page table yet.
+        assert_eq!(
+            ft.map_grant(Mfn(4), 7, D1, Mfn(40), D2, false, US, &mut mem),
+            Err(MmError::TypeConflict)
+        );
+        ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
+        // The frame is not the named granter's.
+        assert_eq!(
+            ft.map_grant(Mfn(4), 7, D1, Mfn(20), D2, false, US, &mut mem),
+            Err(MmError::NotOwner)
+        );
+        // Writable grant of a frame in use as a page table of its owner.
+        mem.write(Mfn(33), 0, 0);
+        ft.pin(Mfn(33), D2, Level::L1, &mut mem).unwrap();
+        assert_eq!(
+            ft.map_grant(Mfn(4), 7, D1, Mfn(33), D2, true, US, &mut mem),
+            Err(MmError::WritableTable)
+        );
+        assert_eq!(info(&ft, 33).count, 1, "only the pin's reference");
+        // Releasing the mapping domain leaves the grant's references to the maptrack.
+        ft.map_grant(Mfn(4), 7, D1, Mfn(40), D2, false, US, &mut mem)
+            .unwrap();
+        let released = ft.release_domain(D1, &mut mem);
+        assert!(released.still_referenced.is_empty());
+        assert_eq!(info(&ft, 40).count, 1);
+        ft.put_grant_refs(Mfn(40), false, &mut mem).unwrap();
+        assert_eq!(info(&ft, 40).count, 0);
     }
 }
