@@ -9,6 +9,7 @@ use core::mem::offset_of;
 use ferrovisor::{
     domain_builder::{self, BuildSpec, DomainMemory, KernelImage, Segment},
     evtchn::EventChannels,
+    grant_table::{self, GrantTable, Maptrack},
     guest_console::GuestConsole,
     guest_image::{self, GuestImage},
     mm::{
@@ -34,6 +35,9 @@ use crate::{
     },
     memory,
 };
+
+/// Grant mappings one domain may hold at once.
+const MAX_GRANT_MAPS: u32 = 16 * 1024;
 
 /// Largest kernel image (decompressed) the builder accepts.
 const MAX_KERNEL_IMAGE: usize = 128 << 20;
@@ -251,6 +255,8 @@ pub fn new_domain(
         built: false,
         cpu_time_ns: 0,
         target_pages: max_pages,
+        grants: GrantTable::new(id, grant_table::DEFAULT_MAX_FRAMES),
+        maptrack: Maptrack::new(id, MAX_GRANT_MAPS),
         store_ring: None,
         console_ring: None,
     }

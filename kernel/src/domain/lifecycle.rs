@@ -186,6 +186,7 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
             }
         });
         crate::backend::xenstore::release(doms, target);
+        release_grants(doms, &mut d);
         Ok::<_, XenErrno>(d)
     })?;
     let (freed, kept) = release_memory(&mut d);
@@ -201,6 +202,38 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
         }
     );
     Ok(())
+}
+
+/// The dying domain's grant mappings of other domains' frames go (their pins and frame
+/// references), and its own grant frames are given back once nobody maps them.
+fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
+    let unmapped = d
+        .maptrack
+        .release_all(&mut crate::hypercall::grant_table::Granters(doms));
+    if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+        // SAFETY: used only as the frame table's page-table memory.
+        let mut mem = unsafe { GuestTables::new() };
+        for u in &unmapped {
+            let r = u.mapping.refs();
+            let _ = ft.put_grant_refs(r.mfn, r.writable, &mut mem);
+        }
+    }
+    let still = d.grants.begin_teardown();
+    if !still.is_empty() {
+        log::warn!(
+            "d{}: {} of its grants are still mapped by other domains; their frames stay \
+             allocated until unmapped",
+            d.id.0,
+            still.len()
+        );
+    }
+    if let Some(frames) = d.grants.take_frames() {
+        for mfn in frames {
+            if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+                let _ = ft.put_page(mfn);
+            }
+        }
+    }
 }
 
 /// Drops the vCPUs' references (page-table roots, descriptor tables, registered

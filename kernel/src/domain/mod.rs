@@ -14,6 +14,7 @@ use core::mem::offset_of;
 
 use ferrovisor::{
     evtchn::{self, EventChannels, EventWords},
+    grant_table::{GrantTable, Maptrack},
     guest_console::GuestConsole,
     mm::{
         frame_table::{DomId, FrameTable, Owner},
@@ -147,6 +148,9 @@ pub struct Domain {
     pub cpu_time_ns: u64,
     /// The balloon target the toolstack set (frames).
     pub target_pages: u64,
+    /// The grants it offers, and the grants of others it maps.
+    pub grants: GrantTable,
+    pub maptrack: Maptrack,
     /// Its xenstore and console rings (frame, the guest's port), once built.
     pub store_ring: Option<(Mfn, u32)>,
     pub console_ring: Option<(Mfn, u32)>,

@@ -21,6 +21,7 @@ use crate::{arch::x86_64::trap::TrapFrame, domain, sched};
 mod desc;
 pub mod domctl;
 mod evtchn;
+pub mod grant_table;
 mod memory;
 pub mod mmu;
 mod traps;
@@ -82,6 +83,7 @@ fn call(nr: u64, args: [u64; 5]) -> Result {
         // dom0 gets no hardware: the hypervisor keeps the machine.
         Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
         Ok(Hypercall::MemoryOp) => memory::memory_op(args),
+        Ok(Hypercall::GrantTableOp) => grant_table::grant_table_op(args),
         Ok(Hypercall::Domctl) => domctl::domctl(args),
         Ok(Hypercall::Sysctl) => domctl::sysctl(args),
         Ok(Hypercall::SetGdt) => desc::set_gdt(args),

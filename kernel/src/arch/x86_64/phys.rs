@@ -159,6 +159,19 @@ impl SharedFrame {
             .store(value, core::sync::atomic::Ordering::Release)
     }
 
+    /// Compare-exchange of a 32-bit word the guest also updates atomically (a grant
+    /// entry's flags and domain); returns the value found (`old` when it was replaced).
+    pub fn compare_exchange_u32(&self, offset: usize, old: u32, new: u32) -> u32 {
+        match self.atomic_u32(offset).compare_exchange(
+            old,
+            new,
+            core::sync::atomic::Ordering::SeqCst,
+            core::sync::atomic::Ordering::SeqCst,
+        ) {
+            Ok(v) | Err(v) => v,
+        }
+    }
+
     fn atomic_u64(&self, offset: usize) -> &core::sync::atomic::AtomicU64 {
         let p = self.ptr(offset, 8) as *mut u64;
         // SAFETY: 8-byte aligned memory inside the frame (checked), valid for as long as

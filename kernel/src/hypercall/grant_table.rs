@@ -1,0 +1,438 @@
+//! `grant_table_op`: grant tables v1 (`grant_table.h`). The rules are
+//! `ferrovisor::grant_table`; this is the guest-facing side: the shared entries in the
+//! granting domain's grant frames, the PTEs of host mappings (through the frame table,
+//! which marks them so only an unmap removes them), and the copies.
+
+use alloc::vec::Vec;
+
+use ferrovisor::{
+    grant_table::{
+        self, CopyPlan, GrantDomains, GrantFrameAlloc, GrantFrames, GrantTable, Maptrack,
+    },
+    mm::{
+        frame_table::{DomId, Owner},
+        page_type::PageType,
+        Mfn, PAGE_SIZE,
+    },
+};
+use ferrovisor_abi::{
+    errno::XenErrno,
+    xen::{
+        grant_table::{
+            header_domid, header_flags, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef, GnttabOp,
+            GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GrantEntryV1,
+            GrantRef, GrantStatus, GNTMAP_CONTAINS_PTE, GRANT_ENTRIES_V1_PER_FRAME,
+        },
+        xen::DOMID_SELF,
+    },
+};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use super::Result;
+use crate::{
+    arch::x86_64::{
+        paging::{self as hw_paging, GuestTables},
+        phys::{self, SharedFrame},
+    },
+    domain::{self, Domain, Domains, FRAME_TABLE},
+    memory,
+};
+
+/// Most operations one call runs (Xen preempts longer batches with a continuation; the
+/// guest's batches are far smaller).
+const MAX_BATCH: u64 = 1024;
+
+fn read<T: FromBytes>(d: &Domain, at: u64) -> core::result::Result<T, XenErrno> {
+    let mut raw = [0u8; 64];
+    let len = core::mem::size_of::<T>();
+    d.read_guest(at, &mut raw[..len])
+        .map_err(|_| XenErrno::Efault)?;
+    T::read_from_bytes(&raw[..len]).map_err(|_| XenErrno::Efault)
+}
+
+fn write<T: IntoBytes + Immutable>(
+    d: &Domain,
+    at: u64,
+    v: &T,
+) -> core::result::Result<(), XenErrno> {
+    d.write_guest(at, v.as_bytes())
+        .map_err(|_| XenErrno::Efault)
+}
+
+/// One granting domain's shared entries, in its grant frames.
+pub struct EntryFrames {
+    frames: Vec<Mfn>,
+    owner: DomId,
+}
+
+impl EntryFrames {
+    fn slot(&self, gref: GrantRef) -> (SharedFrame, usize) {
+        let per = GRANT_ENTRIES_V1_PER_FRAME;
+        let mfn = self.frames[(gref / per) as usize];
+        // SAFETY: a grant frame of the domain: allocated for its table, held by a
+        // permanent reference until the table is torn down, and holding only entries the
+        // guest shares with the hypervisor.
+        (unsafe { SharedFrame::new(mfn) }, (gref % per) as usize * 8)
+    }
+}
+
+impl GrantFrames for EntryFrames {
+    fn read_entry(&self, gref: GrantRef) -> GrantEntryV1 {
+        let (f, off) = self.slot(gref);
+        let header = f.load_acquire_u32(off);
+        GrantEntryV1 {
+            flags: header_flags(header),
+            domid: header_domid(header),
+            frame: f.read_u32(off + 4),
+        }
+    }
+    fn cmpxchg_header(&self, gref: GrantRef, old: u32, new: u32) -> u32 {
+        let (f, off) = self.slot(gref);
+        f.compare_exchange_u32(off, old, new)
+    }
+    fn clear_flags(&self, gref: GrantRef, bits: u16) {
+        let (f, off) = self.slot(gref);
+        let mut cur = f.load_acquire_u32(off);
+        loop {
+            let new = cur & !u32::from(bits);
+            let found = f.compare_exchange_u32(off, cur, new);
+            if found == cur {
+                return;
+            }
+            cur = found;
+        }
+    }
+    fn owns_frame(&self, mfn: Mfn) -> bool {
+        FRAME_TABLE
+            .lock()
+            .as_ref()
+            .and_then(|ft| ft.info(mfn).map(|i| i.owner))
+            == Some(Owner::Domain(self.owner))
+    }
+}
+
+/// The domain set, as the grant logic finds granting domains in it.
+pub struct Granters<'a>(pub &'a mut Domains);
+
+impl GrantDomains for Granters<'_> {
+    type Frames = EntryFrames;
+    fn with_granter<R>(
+        &mut self,
+        dom: DomId,
+        f: impl FnOnce(&mut GrantTable, &EntryFrames) -> R,
+    ) -> Option<R> {
+        let d = self.0.get_mut(dom)?;
+        let frames = EntryFrames {
+            frames: d.grants.frames().to_vec(),
+            owner: dom,
+        };
+        Some(f(&mut d.grants, &frames))
+    }
+}
+
+/// Grant frames: fresh zeroed frames of the domain, held by a permanent reference (the
+/// hypervisor reads them for as long as the table lives; the guest maps them itself).
+struct FrameAlloc;
+
+impl GrantFrameAlloc for FrameAlloc {
+    fn alloc_grant_frame(&mut self, dom: DomId) -> Option<Mfn> {
+        let mfn = memory::alloc_frame()?.into_mfn();
+        let mut ft = FRAME_TABLE.lock();
+        let ft = ft.as_mut()?;
+        if ft.assign(mfn, Owner::Domain(dom)).is_err() || ft.get_page(mfn, dom).is_err() {
+            let _ = ft.assign(mfn, Owner::Free);
+            let _ = memory::free_frame(mfn);
+            return None;
+        }
+        Some(mfn)
+    }
+    fn free_grant_frame(&mut self, mfn: Mfn) {
+        release_grant_frame(mfn);
+    }
+}
+
+/// Gives a grant frame back to the free pool (the permanent reference goes).
+pub fn release_grant_frame(mfn: Mfn) {
+    if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+        let _ = ft.put_page(mfn);
+        if ft.info(mfn).is_some_and(|i| i.is_unreferenced()) && ft.assign(mfn, Owner::Free).is_ok()
+        {
+            let _ = memory::free_frame(mfn);
+        }
+    }
+}
+
+pub fn grant_table_op([cmd, arg, count, ..]: [u64; 5]) -> Result {
+    let op = GnttabOp::try_from(cmd as u32).map_err(|_| XenErrno::Enosys)?;
+    if count > MAX_BATCH {
+        return Err(XenErrno::Einval);
+    }
+    domain::with_domains(|doms| match op {
+        GnttabOp::SetupTable => setup_table(doms, arg),
+        GnttabOp::QuerySize => query_size(doms, arg),
+        GnttabOp::SetVersion => {
+            let caller = doms.current().ok_or(XenErrno::Esrch)?;
+            let mut v: GnttabSetVersion = read(caller, arg)?;
+            let result = caller.grants.set_version(v.version);
+            v.version = caller.grants.version();
+            write(caller, arg, &v)?;
+            result.map(|()| 0)
+        }
+        GnttabOp::GetVersion => {
+            let caller = doms.current().ok_or(XenErrno::Esrch)?;
+            let mut v: GnttabGetVersion = read(caller, arg)?;
+            if v.dom != DOMID_SELF && v.dom != caller.id.0 {
+                return Err(XenErrno::Eperm);
+            }
+            v.version = caller.grants.version();
+            write(caller, arg, &v)?;
+            Ok(0)
+        }
+        GnttabOp::MapGrantRef => each(doms, arg, count, 32, map_one),
+        GnttabOp::UnmapGrantRef => each(doms, arg, count, 24, unmap_one),
+        GnttabOp::Copy => each(doms, arg, count, 40, copy_one),
+        // Version 1 has no status frames.
+        GnttabOp::GetStatusFrames => Err(XenErrno::Einval),
+        _ => Err(XenErrno::Enosys),
+    })
+}
+
+/// Runs `one` on each of `count` entries of `size` bytes from `arg`; each entry reports
+/// its own status, a fault on the array ends the call with `-EFAULT`.
+fn each(
+    doms: &mut Domains,
+    arg: u64,
+    count: u64,
+    size: u64,
+    one: fn(&mut Domains, u64) -> core::result::Result<(), XenErrno>,
+) -> Result {
+    for i in 0..count {
+        one(doms, arg.wrapping_add(i * size))?;
+    }
+    Ok(0)
+}
+
+/// The caller (the privileged domain may name another domain).
+fn target(doms: &mut Domains, dom: u16) -> core::result::Result<DomId, XenErrno> {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?.id;
+    if dom == DOMID_SELF || dom == caller.0 {
+        Ok(caller)
+    } else if caller == domain::DOM0 {
+        Ok(DomId(dom))
+    } else {
+        Err(XenErrno::Eperm)
+    }
+}
+
+fn setup_table(doms: &mut Domains, arg: u64) -> Result {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let mut s: GnttabSetupTable = read(caller, arg)?;
+    let list = s.frame_list.0;
+    let frames = match target(doms, s.dom) {
+        Err(_) => {
+            s.status = GrantStatus::BadDomain.raw();
+            Vec::new()
+        }
+        Ok(dom) => match doms.get_mut(dom) {
+            None => {
+                s.status = GrantStatus::BadDomain.raw();
+                Vec::new()
+            }
+            Some(d) => match d.grants.setup_table(s.nr_frames, &mut FrameAlloc) {
+                Ok(frames) => {
+                    s.status = GrantStatus::Okay.raw();
+                    frames.to_vec()
+                }
+                Err(e) => {
+                    s.status = e.raw();
+                    Vec::new()
+                }
+            },
+        },
+    };
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    for (i, mfn) in frames.iter().enumerate() {
+        write(caller, list.wrapping_add(i as u64 * 8), &mfn.0)?;
+    }
+    write(caller, arg, &s)?;
+    Ok(0)
+}
+
+fn query_size(doms: &mut Domains, arg: u64) -> Result {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let mut q: GnttabQuerySize = read(caller, arg)?;
+    match target(doms, q.dom).ok().and_then(|dom| doms.get(dom)) {
+        Some(d) => {
+            let size = d.grants.query_size();
+            q.nr_frames = size.nr_frames;
+            q.max_nr_frames = size.max_nr_frames;
+            q.status = GrantStatus::Okay.raw();
+        }
+        None => q.status = GrantStatus::BadDomain.raw(),
+    }
+    write(doms.current().ok_or(XenErrno::Esrch)?, arg, &q)?;
+    Ok(0)
+}
+
+/// The L1 entry a host mapping goes into: the PTE at machine address `host_addr` with
+/// `GNTMAP_contains_pte`, else the one mapping virtual address `host_addr` now.
+fn pte_slot(d: &Domain, host_addr: u64, flags: u32) -> Option<(Mfn, usize)> {
+    if flags & GNTMAP_CONTAINS_PTE != 0 {
+        if host_addr % 8 != 0 {
+            return None;
+        }
+        return Some((
+            Mfn::containing(host_addr),
+            (host_addr % PAGE_SIZE) as usize / 8,
+        ));
+    }
+    d.l1_slot(host_addr)
+}
+
+/// Runs `f` with the caller's maptrack taken out of it (the grant logic needs the other
+/// domains at the same time).
+fn with_maptrack<R>(
+    doms: &mut Domains,
+    f: impl FnOnce(&mut Maptrack, &mut Domains) -> R,
+) -> Option<R> {
+    let caller = doms.current()?;
+    let id = caller.id;
+    let mut mt = core::mem::replace(&mut caller.maptrack, Maptrack::new(id, 0));
+    let r = f(&mut mt, doms);
+    if let Some(caller) = doms.current() {
+        caller.maptrack = mt;
+    }
+    Some(r)
+}
+
+fn map_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let mut op: GnttabMapGrantRef = read(caller, at)?;
+    let id = caller.id;
+    let slot = pte_slot(caller, op.host_addr, op.flags);
+    let result = with_maptrack(doms, |mt, doms| {
+        let Some((table, index)) = slot else {
+            return Err(GrantStatus::BadVirtAddr);
+        };
+        let mapped = mt.map(&mut Granters(doms), &op)?;
+        let m = mapped.mapping;
+        let refs = m.refs();
+        let installed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
+            // SAFETY: used only as the frame table's page-table memory.
+            let mut mem = unsafe { GuestTables::new() };
+            ft.map_grant(
+                table,
+                index,
+                id,
+                refs.mfn,
+                refs.owner,
+                refs.writable,
+                ferrovisor::mm::paging::pte::USER,
+                &mut mem,
+            )
+            .is_ok()
+        });
+        if !installed {
+            mt.cancel_map(&mut Granters(doms), mapped.handle);
+            return Err(GrantStatus::GeneralError);
+        }
+        Ok(mapped)
+    })
+    .ok_or(XenErrno::Esrch)?;
+    match result {
+        Ok(mapped) => {
+            op.status = GrantStatus::Okay.raw();
+            op.handle = mapped.handle;
+            op.dev_bus_addr = mapped.dev_bus_addr();
+        }
+        Err(e) => op.status = e.raw(),
+    }
+    write(doms.current().ok_or(XenErrno::Esrch)?, at, &op)
+}
+
+fn unmap_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let mut op: GnttabUnmapGrantRef = read(caller, at)?;
+    let id = caller.id;
+    let result = with_maptrack(doms, |mt, doms| {
+        let m = mt.check_unmap(&op)?;
+        let caller = doms.current().ok_or(GrantStatus::GeneralError)?;
+        let (table, index) =
+            pte_slot(caller, m.host_addr, m.flags).ok_or(GrantStatus::BadVirtAddr)?;
+        let removed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
+            // SAFETY: used only as the frame table's page-table memory.
+            let mut mem = unsafe { GuestTables::new() };
+            ft.unmap_grant(table, index, id, m.mfn, &mut mem).is_ok()
+        });
+        if !removed {
+            return Err(GrantStatus::GeneralError);
+        }
+        if !m.contains_pte() {
+            hw_paging::invlpg(m.host_addr);
+        } else {
+            hw_paging::flush_tlb_local();
+        }
+        mt.unmap(&mut Granters(doms), &op)
+    })
+    .ok_or(XenErrno::Esrch)?;
+    op.status = match result {
+        Ok(_) => GrantStatus::Okay.raw(),
+        Err(e) => e.raw(),
+    };
+    write(doms.current().ok_or(XenErrno::Esrch)?, at, &op)
+}
+
+fn copy_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> {
+    let caller = doms.current().ok_or(XenErrno::Esrch)?;
+    let mut op: GnttabCopy = read(caller, at)?;
+    let id = caller.id;
+    op.status = match grant_table::acquire_copy(&mut Granters(doms), id, &op) {
+        Ok(plan) => {
+            let done = copy_frames(&plan, id);
+            grant_table::release_copy(&mut Granters(doms), &plan);
+            match done {
+                Ok(()) => GrantStatus::Okay.raw(),
+                Err(e) => e.raw(),
+            }
+        }
+        Err(e) => e.raw(),
+    };
+    write(doms.current().ok_or(XenErrno::Esrch)?, at, &op)
+}
+
+/// Copies the planned bytes, holding the source with a general reference and the
+/// destination with a `Writable` type reference for the duration: a page table or
+/// descriptor table is never written this way, whatever was granted.
+fn copy_frames(plan: &CopyPlan, caller: DomId) -> core::result::Result<(), GrantStatus> {
+    let owner = |pinned: Option<(DomId, GrantRef)>| pinned.map_or(caller, |(dom, _)| dom);
+    let (src, dst) = (plan.source, plan.dest);
+    let (src_owner, dst_owner) = (owner(src.pinned), owner(dst.pinned));
+    // SAFETY: used only as the frame table's page-table memory.
+    let mut mem = unsafe { GuestTables::new() };
+    {
+        let mut ft = FRAME_TABLE.lock();
+        let ft = ft.as_mut().ok_or(GrantStatus::GeneralError)?;
+        ft.get_page(src.mfn, src_owner)
+            .map_err(|_| GrantStatus::BadPage)?;
+        if let Err(e) = ft.get_page_and_type(dst.mfn, dst_owner, PageType::Writable, &mut mem) {
+            let _ = ft.put_page(src.mfn);
+            log::debug!("grant copy: destination {}: {e}", dst.mfn);
+            return Err(GrantStatus::BadPage);
+        }
+    }
+    let len = usize::from(plan.len);
+    let mut buf = [0u8; PAGE_SIZE as usize];
+    // SAFETY: the source frame is RAM referenced above (it cannot be freed meanwhile);
+    // `offset + len` stays within it (checked by `acquire_copy`).
+    let from = unsafe { phys::slice(src.mfn.addr() + u64::from(src.offset), len) };
+    buf[..len].copy_from_slice(from);
+    // SAFETY: the destination frame is RAM held with a `Writable` type reference (so it
+    // is no page or descriptor table), within one page as above.
+    unsafe { phys::write_bytes(dst.mfn.addr() + u64::from(dst.offset), &buf[..len]) };
+    let mut ft = FRAME_TABLE.lock();
+    if let Some(ft) = ft.as_mut() {
+        let _ = ft.put_page_and_type(dst.mfn, &mut mem);
+        let _ = ft.put_page(src.mfn);
+    }
+    Ok(())
+}
