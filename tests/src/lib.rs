@@ -95,6 +95,13 @@ pub enum Modules<'a> {
     None,
     /// One `module2` line: this dom0 kernel with this command line, no initrd.
     Dom0Kernel { kernel: &'a Path, cmdline: &'a str },
+    /// This dom0 kernel and a second module (dom0's initrd: here another kernel, which
+    /// dom0 builds into a domain of its own).
+    Dom0KernelAndModule {
+        kernel: &'a Path,
+        cmdline: &'a str,
+        module: &'a Path,
+    },
 }
 
 /// Makes `target/qemu-tests/<name>.iso` for this hypervisor command line and module set.
@@ -114,6 +121,28 @@ pub fn make_iso(name: &str, hypervisor_cmdline: &str, modules: Modules<'_>) -> P
                 iso_name: format!("{file_name}.elf"),
                 cmdline: cmdline.to_owned(),
             }];
+        }
+        Modules::Dom0KernelAndModule {
+            kernel,
+            cmdline,
+            module,
+        } => {
+            let name = |p: &Path| {
+                p.file_name()
+                    .map_or_else(|| "module".into(), |n| n.to_string_lossy().into_owned())
+            };
+            entry.modules = vec![
+                BootModule {
+                    source: kernel.to_path_buf(),
+                    iso_name: format!("{}.elf", name(kernel)),
+                    cmdline: cmdline.to_owned(),
+                },
+                BootModule {
+                    source: module.to_path_buf(),
+                    iso_name: format!("{}-module.elf", name(module)),
+                    cmdline: String::new(),
+                },
+            ];
         }
     }
     let out = xtask::target_dir()

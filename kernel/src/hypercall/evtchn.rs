@@ -87,7 +87,12 @@ fn bind_interdomain(doms: &mut Domains, arg: u64) -> Result {
     let caller = doms.current().ok_or(XenErrno::Esrch)?;
     let caller_id = caller.id;
     let mut b: EvtchnBindInterdomain = read(caller, arg)?;
-    let remote = resolve(caller_id, b.remote_dom)?;
+    // Any domain may be named: the remote port itself says whom it waits for.
+    let remote = if b.remote_dom == DOMID_SELF {
+        caller_id
+    } else {
+        DomId(b.remote_dom)
+    };
     let port = if remote == caller_id {
         caller.evtchn.bind_loopback(b.remote_port)?
     } else {

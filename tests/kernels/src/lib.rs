@@ -30,6 +30,7 @@
 
 pub mod console;
 pub mod contract;
+pub mod control;
 pub mod events;
 pub mod hypercall;
 pub mod layout;
@@ -41,6 +42,7 @@ pub mod sse;
 mod start;
 pub mod time;
 pub mod traps;
+pub mod xenstore;
 
 use core::{
     fmt,

@@ -1,0 +1,552 @@
+//! `control`: dom0 of the inter-domain test. Builds a second domain from its own initrd
+//! module (the `guest` test kernel) through Ferrovisor's control interface, then works
+//! with it the way a toolstack and a backend do: xenstore keys and watches, an event
+//! channel, a grant it maps and copies into, its console; pauses, watches it shut down,
+//! destroys it and checks that every frame came back.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+use ferrovisor_abi::xen::xen::StartInfo;
+
+pvrt::test_kernel!(name: "control", main: test_main);
+
+fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    checks::run(si)
+}
+
+mod checks {
+    use ferrovisor_abi::{
+        domctl::{
+            name_bytes, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd,
+            ListDomains, PhysInfo, ReadLog, SysctlCmd, DOMAIN_NAME_MAX, DOMINFO_BUILT,
+            DOMINFO_CRASHED, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
+        },
+        errno::XenErrno,
+        xen::{
+            event_channel::{EvtchnAllocUnbound, EvtchnOp},
+            grant_table::{
+                GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
+                GrantStatus, GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+            },
+            hypercall::Hypercall,
+            memory::{MemoryOp, XenMemoryReservation},
+            xen::{StartInfo, DOMID_SELF},
+            DomId, GuestHandle,
+        },
+    };
+    use pvrt::{control, events, region, xenstore::Store};
+    use zerocopy::FromZeros;
+
+    /// The guest's size: 8 MiB, room for its bootstrap region.
+    const GUEST_PAGES: u64 = 2048;
+    const GREETING: &[u8] = b"hello from the guest";
+    const REPLY: &[u8] = b"reply from dom0";
+    const REPLY_OFFSET: u16 = 2048;
+    const GREF: u32 = 8;
+    const CONSOLE_LINE: &str = "guest console: hello through the ring";
+
+    pub fn run(si: &StartInfo) -> Result<(), &'static str> {
+        pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
+        let mut store = Store::open(si).ok_or("dom0 has no xenstore ring")?;
+        interface_checks()?;
+        let free_before = phys_info()?.free_pages;
+
+        // A domain that is created and populated but never built goes away cleanly too.
+        let scratch = create("scratch", 512).map_err(|_| "CreateDomain failed")?;
+        populate(scratch, 512)?;
+        destroy(scratch)?;
+        pvrt::ensure!(
+            phys_info()?.free_pages == free_before,
+            "destroying an unbuilt domain leaked frames"
+        );
+
+        let guest = create("guest1", GUEST_PAGES * 2).map_err(|_| "CreateDomain failed")?;
+        pvrt::ensure!(
+            create("guest1", 512) == Err(XenErrno::Eexist.to_hypercall_ret()),
+            "a second domain named guest1 was not -EEXIST"
+        );
+        populate(guest, GUEST_PAGES)?;
+        let built = build(si, guest)?;
+        let info = domain_info(guest)?;
+        pvrt::ensure!(
+            info.flags & (DOMINFO_BUILT | DOMINFO_PAUSED) == DOMINFO_BUILT | DOMINFO_PAUSED
+                && info.tot_pages == GUEST_PAGES
+                && name_bytes(&info.name) == b"guest1",
+            "after BuildPv: flags {:#x}, {} pages",
+            info.flags,
+            info.tot_pages
+        );
+        pvrt::println!(
+            "pv-test control: built d{guest}: entry {:#x}, store port {}, console port {}",
+            built.entry,
+            built.store_port,
+            built.console_port
+        );
+
+        // What the guest needs before it starts: an unbound port for it, named in its
+        // xenstore home.
+        let port = alloc_unbound(guest)?;
+        let mut path = Path::new();
+        store
+            .write(
+                path.of(guest, "data/dom0-port"),
+                fmt_u32(port, &mut [0; 10]).as_bytes(),
+            )
+            .map_err(|_| "cannot write the guest's data/dom0-port")?;
+        store
+            .watch(path.of(guest, "data/ready"), "ready")
+            .map_err(|_| "cannot watch data/ready")?;
+        store
+            .watch(path.of(guest, "data/done"), "done")
+            .map_err(|_| "cannot watch data/done")?;
+
+        // Start it; pausing stops it.
+        unpause(guest)?;
+        pvrt::ensure!(
+            control::domctl0(DomctlCmd::PauseDomain, guest) == 0
+                && domain_info(guest)?.flags & DOMINFO_PAUSED != 0,
+            "pausing the guest"
+        );
+        unpause(guest)?;
+        pvrt::ensure!(
+            domain_info(guest)?.flags & DOMINFO_PAUSED == 0,
+            "the guest still paused after unpause"
+        );
+
+        wait_for_key(&mut store, guest, "data/ready")?;
+        let gref = read_u32(&mut store, path.of(guest, "data/gref"))?;
+        pvrt::ensure!(
+            gref == GREF,
+            "the guest granted ref {gref}, expected {GREF}"
+        );
+        use_grant(si, guest)?;
+        events::send(port);
+        let done = wait_for_key(&mut store, guest, "data/done")?;
+        pvrt::ensure!(
+            done == *b"ok",
+            "the guest reported a failure (its log has the reason)"
+        );
+        wait_for_shutdown(guest)?;
+        check_console(guest)?;
+        check_lists(guest)?;
+        check_dmesg()?;
+
+        destroy(guest)?;
+        pvrt::ensure!(
+            control::domctl0(DomctlCmd::GetDomainInfo, guest) == XenErrno::Esrch.to_hypercall_ret(),
+            "the destroyed guest is still there"
+        );
+        let r = store.read(path.of(guest, ""), &mut [0u8; 64]);
+        pvrt::ensure!(
+            matches!(r, Err(e) if e.name() == "ENOENT"),
+            "the guest's xenstore home outlived it: {r:?}"
+        );
+        let free_after = phys_info()?.free_pages;
+        pvrt::ensure!(
+            free_after == free_before,
+            "free frames {free_after} after destroy, {free_before} before"
+        );
+        pvrt::println!("pv-test control: guest destroyed, all {free_after} free frames back");
+        Ok(())
+    }
+
+    /// The interface refuses a stale version and unknown commands.
+    fn interface_checks() -> Result<(), &'static str> {
+        let mut req = Domctl::new(DomctlCmd::GetDomainInfo, 0, &[0u8; 0]);
+        req.interface_version = 0xdead;
+        let r = control::raw_domctl(&mut req);
+        pvrt::ensure!(
+            r == XenErrno::Eacces.to_hypercall_ret(),
+            "a stale interface version returned {r}"
+        );
+        let mut req = Domctl::new(DomctlCmd::GetDomainInfo, 0, &[0u8; 0]);
+        req.cmd = 999;
+        let r = control::raw_domctl(&mut req);
+        pvrt::ensure!(
+            r == XenErrno::Enosys.to_hypercall_ret(),
+            "an unknown domctl returned {r}"
+        );
+        pvrt::ensure!(
+            control::domctl0(DomctlCmd::DestroyDomain, 0) == XenErrno::Einval.to_hypercall_ret(),
+            "dom0 destroying itself was not refused"
+        );
+        let info = domain_info(0)?;
+        pvrt::ensure!(
+            name_bytes(&info.name) == b"Domain-0",
+            "dom0 is not named Domain-0"
+        );
+        Ok(())
+    }
+
+    fn phys_info() -> Result<PhysInfo, &'static str> {
+        control::sysctl(SysctlCmd::PhysInfo, &PhysInfo::new_zeroed())
+            .map_err(|_| "sysctl PhysInfo failed")
+    }
+
+    fn domain_info(dom: DomId) -> Result<DomainInfo, &'static str> {
+        control::domctl(DomctlCmd::GetDomainInfo, dom, &DomainInfo::new_zeroed())
+            .map(|(i, _)| i)
+            .map_err(|_| "GetDomainInfo failed")
+    }
+
+    fn create(name: &str, max_pages: u64) -> Result<DomId, i64> {
+        let mut c = CreateDomain {
+            uuid: [0x42; 16],
+            name: [0; DOMAIN_NAME_MAX],
+            max_pages,
+            max_vcpus: 1,
+            flags: 0,
+        };
+        c.name[..name.len()].copy_from_slice(name.as_bytes());
+        control::domctl(DomctlCmd::CreateDomain, 0, &c).map(|(_, id)| id)
+    }
+
+    fn destroy(dom: DomId) -> Result<(), &'static str> {
+        match control::domctl0(DomctlCmd::DestroyDomain, dom) {
+            0 => Ok(()),
+            _ => Err("DestroyDomain failed"),
+        }
+    }
+
+    fn unpause(dom: DomId) -> Result<(), &'static str> {
+        match control::domctl0(DomctlCmd::UnpauseDomain, dom) {
+            0 => Ok(()),
+            _ => Err("UnpauseDomain failed"),
+        }
+    }
+
+    /// `populate_physmap` of another domain, pfn by pfn in batches.
+    fn populate(dom: DomId, pages: u64) -> Result<(), &'static str> {
+        let mut list = [0u64; 256];
+        let mut next = 0;
+        while next < pages {
+            let n = (pages - next).min(list.len() as u64);
+            for (i, slot) in list.iter_mut().take(n as usize).enumerate() {
+                *slot = next + i as u64;
+            }
+            let mut res = XenMemoryReservation {
+                extent_start: GuestHandle(list.as_mut_ptr() as u64),
+                nr_extents: n,
+                extent_order: 0,
+                mem_flags: 0,
+                domid: dom,
+                _cpad0: [0; 6],
+            };
+            // SAFETY: the reservation and its list are on this stack.
+            let r = unsafe { pvrt::memory_op(MemoryOp::PopulatePhysmap, (&raw mut res).cast()) };
+            pvrt::ensure!(r == n as i64, "populate_physmap of d{dom} returned {r}");
+            next += n;
+        }
+        Ok(())
+    }
+
+    /// Builds the guest from this kernel's initrd module.
+    fn build(si: &StartInfo, dom: DomId) -> Result<BuildPv, &'static str> {
+        pvrt::ensure!(si.mod_start != 0 && si.mod_len != 0, "no initrd module");
+        let cmdline = b"pv-test=guest";
+        let b = BuildPv {
+            kernel: GuestHandle(si.mod_start),
+            kernel_len: si.mod_len,
+            ramdisk: GuestHandle(0),
+            ramdisk_len: 0,
+            cmdline: GuestHandle(cmdline.as_ptr() as u64),
+            cmdline_len: cmdline.len() as u32,
+            flags: 0,
+            store_mfn: 0,
+            console_mfn: 0,
+            store_port: 0,
+            console_port: 0,
+            entry: 0,
+            start_info: 0,
+        };
+        control::domctl(DomctlCmd::BuildPv, dom, &b)
+            .map(|(b, _)| b)
+            .map_err(|_| "BuildPv failed")
+    }
+
+    /// A port of dom0 that `dom` may bind.
+    fn alloc_unbound(dom: DomId) -> Result<u32, &'static str> {
+        let mut a = EvtchnAllocUnbound {
+            dom: DOMID_SELF,
+            remote_dom: dom,
+            port: 0,
+        };
+        // SAFETY: the hypervisor reads and writes the structure on this stack.
+        let r = unsafe { events::event_channel_op(EvtchnOp::AllocUnbound, (&raw mut a).cast()) };
+        pvrt::ensure!(r == 0, "alloc_unbound for d{dom} returned {r}");
+        events::set_masked(a.port, true);
+        Ok(a.port)
+    }
+
+    fn grant_op<T>(op: GnttabOp, arg: &mut T) -> i64 {
+        // SAFETY: the hypervisor reads and writes the one entry on this stack.
+        unsafe {
+            pvrt::hypercall3(
+                Hypercall::GrantTableOp.raw(),
+                u64::from(op.raw()),
+                (arg as *mut T) as u64,
+                1,
+            )
+        }
+    }
+
+    /// Maps the guest's grant read-only, reads the greeting, copies the reply into it and
+    /// unmaps it; a writable map of a reference it did not grant fails.
+    fn use_grant(si: &StartInfo, dom: DomId) -> Result<(), &'static str> {
+        let at = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // The grant goes where the scratch page was: unmap it first.
+        // SAFETY: the scratch page is the kernel's and unused.
+        let r = unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
+        pvrt::ensure!(r == 0, "unmapping a scratch page returned {r}");
+        let mut map = GnttabMapGrantRef {
+            host_addr: at.va,
+            flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
+            r#ref: GREF,
+            dom,
+            ..Default::default()
+        };
+        let r = grant_op(GnttabOp::MapGrantRef, &mut map);
+        pvrt::ensure!(
+            r == 0 && map.status == GrantStatus::Okay.raw(),
+            "mapping the guest's grant: rc {r}, status {}",
+            map.status
+        );
+        // SAFETY: the grant is mapped read-only at `at.va` until the unmap below.
+        let seen = unsafe { core::slice::from_raw_parts(at.va as *const u8, GREETING.len()) };
+        pvrt::ensure!(seen == GREETING, "the granted page holds {seen:?}");
+        let mut bad = GnttabMapGrantRef {
+            host_addr: at.va + 4096 * 2,
+            flags: GNTMAP_HOST_MAP,
+            r#ref: GREF + 1,
+            dom,
+            ..Default::default()
+        };
+        let r = grant_op(GnttabOp::MapGrantRef, &mut bad);
+        pvrt::ensure!(
+            r == 0 && bad.status != GrantStatus::Okay.raw(),
+            "an ungranted reference was mapped"
+        );
+        let mut unmap = GnttabUnmapGrantRef {
+            host_addr: at.va,
+            dev_bus_addr: 0,
+            handle: map.handle,
+            status: 0,
+            _cpad0: 0,
+        };
+        let r = grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        pvrt::ensure!(
+            r == 0 && unmap.status == 0,
+            "unmapping the grant: rc {r}, status {}",
+            unmap.status
+        );
+        // A second unmap of the same handle is refused.
+        let r = grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        pvrt::ensure!(
+            r == 0 && unmap.status == GrantStatus::BadHandle.raw(),
+            "a second unmap: status {}",
+            unmap.status
+        );
+
+        // The reply goes in with a grant copy from one of dom0's own pages.
+        let src = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // SAFETY: a scratch page of the kernel, mapped writable.
+        unsafe { core::ptr::copy_nonoverlapping(REPLY.as_ptr(), src.va as *mut u8, REPLY.len()) };
+        let mut copy = GnttabCopy {
+            source: GnttabCopyPtr::with_gmfn(src.mfn, DOMID_SELF, 0),
+            dest: GnttabCopyPtr::with_gref(GREF, dom, REPLY_OFFSET),
+            len: REPLY.len() as u16,
+            flags: GNTCOPY_DEST_GREF,
+            status: 0,
+            _cpad0: 0,
+        };
+        let r = grant_op(GnttabOp::Copy, &mut copy);
+        pvrt::ensure!(
+            r == 0 && copy.status == 0,
+            "grant copy: rc {r}, status {}",
+            copy.status
+        );
+        pvrt::println!(
+            "pv-test control: mapped the guest's grant (status {}), read its greeting, copied \
+             the reply; a wrong reference got status {}",
+            map.status,
+            bad.status
+        );
+        Ok(())
+    }
+
+    /// Waits for a watch event on `key` of `dom` and returns its (non-empty) value.
+    fn wait_for_key(store: &mut Store, dom: DomId, key: &str) -> Result<[u8; 2], &'static str> {
+        let mut path = Path::new();
+        for _ in 0..200 {
+            if let Some(ev) = store.next_event(2000) {
+                pvrt::println!(
+                    "pv-test control: watch event {} ({})",
+                    ev.path(),
+                    ev.token()
+                );
+            }
+            let mut buf = [0u8; 64];
+            if let Ok(n) = store.read(path.of(dom, key), &mut buf) {
+                if n > 0 {
+                    let mut v = [0u8; 2];
+                    let k = n.min(2);
+                    v[..k].copy_from_slice(&buf[..k]);
+                    return Ok(v);
+                }
+            }
+            let info = domain_info(dom)?;
+            pvrt::ensure!(
+                info.flags & DOMINFO_CRASHED == 0,
+                "the guest crashed (its log has the reason)"
+            );
+        }
+        Err("the guest never wrote the key dom0 watches")
+    }
+
+    fn read_u32(store: &mut Store, path: &str) -> Result<u32, &'static str> {
+        let mut buf = [0u8; 16];
+        let n = store
+            .read(path, &mut buf)
+            .map_err(|_| "xenstore read failed")?;
+        core::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("not a number")
+    }
+
+    fn wait_for_shutdown(dom: DomId) -> Result<(), &'static str> {
+        for _ in 0..100_000 {
+            let info = domain_info(dom)?;
+            if info.flags & DOMINFO_SHUTDOWN != 0 {
+                pvrt::ensure!(
+                    info.flags & DOMINFO_CRASHED == 0 && info.shutdown_reason == 0,
+                    "the guest stopped with flags {:#x}, reason {}",
+                    info.flags,
+                    info.shutdown_reason
+                );
+                pvrt::println!("pv-test control: the guest shut down (poweroff)");
+                return Ok(());
+            }
+            pvrt::sched_yield();
+        }
+        Err("the guest never shut down")
+    }
+
+    /// The guest's console ring output is in its console history.
+    fn check_console(dom: DomId) -> Result<(), &'static str> {
+        let mut buf = [0u8; 4096];
+        let c = ConsoleIo {
+            offset: 0,
+            buffer: GuestHandle(buf.as_mut_ptr() as u64),
+            len: buf.len() as u32,
+            done: 0,
+            missed: 0,
+        };
+        let (c, _) =
+            control::domctl(DomctlCmd::ConsoleRead, dom, &c).map_err(|_| "ConsoleRead failed")?;
+        let text = core::str::from_utf8(&buf[..c.done as usize]).unwrap_or("");
+        pvrt::ensure!(
+            text.contains(CONSOLE_LINE),
+            "the guest's console history lacks its ring output ({} bytes)",
+            c.done
+        );
+        pvrt::println!(
+            "pv-test control: read {} bytes of the guest's console",
+            c.done
+        );
+        Ok(())
+    }
+
+    /// `ListDomains` shows dom0 and the guest.
+    fn check_lists(guest: DomId) -> Result<(), &'static str> {
+        let mut infos = [DomainInfo::new_zeroed(); 4];
+        let l = ListDomains {
+            first_domain: 0,
+            _pad: 0,
+            max_entries: infos.len() as u32,
+            buffer: GuestHandle(infos.as_mut_ptr() as u64),
+            nr_entries: 0,
+            _pad2: 0,
+        };
+        let l = control::sysctl(SysctlCmd::ListDomains, &l).map_err(|_| "ListDomains failed")?;
+        pvrt::ensure!(
+            l.nr_entries == 2 && infos[0].domid == 0 && infos[1].domid == guest,
+            "ListDomains returned {} entries",
+            l.nr_entries
+        );
+        Ok(())
+    }
+
+    /// The hypervisor's log, read through `ReadLog`, has the guest's creation.
+    fn check_dmesg() -> Result<(), &'static str> {
+        const NEEDLE: &[u8] = b"created \"guest1\"";
+        let mut buf = [0u8; 2048];
+        let mut offset = 0;
+        let mut found = false;
+        for _ in 0..256 {
+            let r = ReadLog {
+                offset,
+                buffer: GuestHandle(buf.as_mut_ptr() as u64),
+                len: buf.len() as u32,
+                done: 0,
+                missed: 0,
+            };
+            let r = control::sysctl(SysctlCmd::ReadLog, &r).map_err(|_| "ReadLog failed")?;
+            let chunk = &buf[..r.done as usize];
+            found |= chunk.windows(NEEDLE.len()).any(|w| w == NEEDLE);
+            if found || chunk.len() < buf.len() {
+                break;
+            }
+            // Overlap the next read so that a match across chunks is not missed.
+            offset = r.offset - (NEEDLE.len() as u64 - 1);
+        }
+        pvrt::ensure!(found, "the log does not mention the guest's creation");
+        Ok(())
+    }
+
+    fn fmt_u32(mut v: u32, buf: &mut [u8; 10]) -> &str {
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 || i == 0 {
+                break;
+            }
+        }
+        core::str::from_utf8(&buf[i..]).unwrap_or("?")
+    }
+
+    /// `/local/domain/<dom>/<key>` built in place.
+    struct Path {
+        buf: [u8; 96],
+    }
+
+    impl Path {
+        fn new() -> Self {
+            Path { buf: [0; 96] }
+        }
+        fn of(&mut self, dom: DomId, key: &str) -> &str {
+            use core::fmt::Write;
+            struct W<'a>(&'a mut [u8], usize);
+            impl Write for W<'_> {
+                fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                    let end = self.1 + s.len();
+                    self.0
+                        .get_mut(self.1..end)
+                        .ok_or(core::fmt::Error)?
+                        .copy_from_slice(s.as_bytes());
+                    self.1 = end;
+                    Ok(())
+                }
+            }
+            let mut w = W(&mut self.buf, 0);
+            let _ = if key.is_empty() {
+                write!(w, "/local/domain/{dom}")
+            } else {
+                write!(w, "/local/domain/{dom}/{key}")
+            };
+            let n = w.1;
+            core::str::from_utf8(&self.buf[..n]).unwrap_or("")
+        }
+    }
+}

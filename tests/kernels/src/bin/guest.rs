@@ -1,0 +1,327 @@
+//! `guest`: the unprivileged domain of the inter-domain test. The `control` kernel (dom0)
+//! builds it from its own initrd module and talks to it through xenstore, an event
+//! channel and a grant; this kernel does the guest's half and checks what an ordinary
+//! domain must be refused. It reports to dom0 through `data/done` in its xenstore home
+//! (`ok`, or the first failure) and prints its own verdict line like every test kernel.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+use ferrovisor_abi::xen::xen::StartInfo;
+
+pvrt::test_kernel!(name: "guest", main: test_main);
+
+/// What the guest puts in the page it grants, and what dom0 copies back.
+const GREETING: &[u8] = b"hello from the guest";
+const REPLY: &[u8] = b"reply from dom0";
+/// Where in the granted page dom0 writes its reply.
+const REPLY_OFFSET: usize = 2048;
+/// The grant reference the guest uses (0..8 are reserved by convention).
+const GREF: u32 = 8;
+/// A line for the console ring, which dom0 reads back with `ConsoleRead`.
+const CONSOLE_LINE: &[u8] = b"guest console: hello through the ring\n";
+
+fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    let mut store = pvrt::xenstore::Store::open(si).ok_or("no xenstore ring in start_info")?;
+    let result = checks::run(si, &mut store);
+    let done: &[u8] = match result {
+        Ok(()) => b"ok",
+        Err(e) => e.as_bytes(),
+    };
+    store
+        .write("data/done", done)
+        .map_err(|_| "cannot write data/done")?;
+    result
+}
+
+mod checks {
+    use ferrovisor_abi::{
+        domctl::{DomctlCmd, SysctlCmd},
+        errno::XenErrno,
+        xen::{
+            event_channel::{EvtchnBindInterdomain, EvtchnOp},
+            grant_table::{
+                GnttabMapGrantRef, GnttabOp, GnttabSetupTable, GrantStatus, GNTMAP_HOST_MAP,
+                GNTMAP_READONLY, GTF_PERMIT_ACCESS,
+            },
+            hypercall::Hypercall,
+            memory::{MemoryOp, XenMemoryReservation},
+            xen::StartInfo,
+            GuestHandle,
+        },
+    };
+    use pvrt::{events, region, xenstore::Store};
+
+    use super::*;
+
+    pub fn run(si: &StartInfo, store: &mut Store) -> Result<(), &'static str> {
+        pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
+        refused_control()?;
+        refused_xenstore(store)?;
+        let port = bind_dom0_port(store)?;
+        let page = offer_grant(si)?;
+        store
+            .write("data/gref", b"8")
+            .map_err(|_| "cannot write data/gref")?;
+        store
+            .write("data/ready", b"1")
+            .map_err(|_| "cannot write data/ready")?;
+        pvrt::println!("pv-test guest: granted ref {GREF}, waiting for dom0 on port {port}");
+        wait_for(port)?;
+        // SAFETY: the scratch page is mapped writable for the kernel's lifetime.
+        let got = unsafe {
+            core::slice::from_raw_parts((page.va as *const u8).add(REPLY_OFFSET), REPLY.len())
+        };
+        pvrt::ensure!(got == REPLY, "dom0's grant copy did not arrive: {got:?}");
+        pvrt::println!("pv-test guest: dom0's reply arrived through the grant");
+        console_ring(si)?;
+        Ok(())
+    }
+
+    /// Domain control belongs to dom0.
+    fn refused_control() -> Result<(), &'static str> {
+        let eperm = XenErrno::Eperm.to_hypercall_ret();
+        let r = pvrt::control::domctl0(DomctlCmd::PauseDomain, 0);
+        pvrt::ensure!(
+            r == eperm,
+            "domctl from a domU returned {r}, expected -EPERM"
+        );
+        let r = pvrt::control::sysctl(SysctlCmd::PhysInfo, &[0u8; 40]).err();
+        pvrt::ensure!(r == Some(eperm), "sysctl from a domU returned {r:?}");
+        // Populating another domain's memory.
+        let mut pfn = 0u64;
+        let mut res = XenMemoryReservation {
+            extent_start: GuestHandle(&raw mut pfn as u64),
+            nr_extents: 1,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: 0,
+            _cpad0: [0; 6],
+        };
+        // SAFETY: the reservation and its one-entry list are on this stack.
+        let r = unsafe { pvrt::memory_op(MemoryOp::PopulatePhysmap, (&raw mut res).cast()) };
+        pvrt::ensure!(r == eperm, "populate_physmap of dom0 returned {r}");
+        // Mapping a grant nobody gave it (dom0 grants nothing).
+        let mut map = GnttabMapGrantRef {
+            host_addr: 0,
+            flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
+            r#ref: 3,
+            dom: 0,
+            ..Default::default()
+        };
+        // SAFETY: the hypervisor reads and writes the one entry on this stack.
+        let r = unsafe {
+            pvrt::hypercall3(
+                Hypercall::GrantTableOp.raw(),
+                u64::from(GnttabOp::MapGrantRef.raw()),
+                (&raw mut map) as u64,
+                1,
+            )
+        };
+        pvrt::ensure!(
+            r == 0 && map.status != GrantStatus::Okay.raw(),
+            "mapping an ungranted reference: rc {r}, status {}",
+            map.status
+        );
+        pvrt::println!(
+            "pv-test guest: domctl, sysctl, foreign populate and an ungranted map refused \
+             (map status {})",
+            map.status
+        );
+        Ok(())
+    }
+
+    /// Xenstore's permissions and quotas hold for an unprivileged domain.
+    fn refused_xenstore(store: &mut Store) -> Result<(), &'static str> {
+        let mut buf = [0u8; 64];
+        let r = store.read("/local/domain/0/name", &mut buf);
+        pvrt::ensure!(
+            matches!(r, Err(e) if e.name() == "EACCES" || e.name() == "ENOENT"),
+            "reading dom0's home: {r:?}"
+        );
+        let r = store.write("/local/domain/0/intruder", b"x");
+        pvrt::ensure!(
+            matches!(r, Err(e) if e.name() == "EACCES"),
+            "writing into dom0's home: {r:?}"
+        );
+        // A value over the node-size quota.
+        let big = [b'x'; 3000];
+        let r = store.write("data/big", &big);
+        let big_err = match r {
+            Err(e) => e,
+            Ok(()) => pvrt::fail!("a 3000-byte value was accepted"),
+        };
+        // Watches until the quota refuses one.
+        let mut n = 0;
+        let watch_err = loop {
+            let mut token = [0u8; 8];
+            let t = fmt_u32(n, &mut token);
+            match store.watch("data/w", t) {
+                Ok(()) => n += 1,
+                Err(e) => break e,
+            }
+            if n > 1000 {
+                pvrt::fail!("more than 1000 watches accepted");
+            }
+        };
+        // Drain the initial events the accepted watches fired.
+        while store.next_event(1).is_some() {}
+        pvrt::println!(
+            "pv-test guest: xenstore refused dom0's home, a 3000-byte value ({}) and watch \
+             {} ({})",
+            big_err.name(),
+            n + 1,
+            watch_err.name()
+        );
+        Ok(())
+    }
+
+    fn fmt_u32(mut v: u32, buf: &mut [u8; 8]) -> &str {
+        let mut i = buf.len();
+        loop {
+            i -= 1;
+            buf[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 || i == 0 {
+                break;
+            }
+        }
+        core::str::from_utf8(&buf[i..]).unwrap_or("?")
+    }
+
+    fn parse_u32(b: &[u8]) -> Option<u32> {
+        if b.is_empty() {
+            return None;
+        }
+        b.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit()
+                .then(|| acc.checked_mul(10)?.checked_add(u32::from(c - b'0')))
+                .flatten()
+        })
+    }
+
+    /// Binds the port dom0 left unbound for it (named in `data/dom0-port`); a second
+    /// bind of the same port, and a bind of a port that does not wait for it, fail.
+    fn bind_dom0_port(store: &mut Store) -> Result<u32, &'static str> {
+        let mut buf = [0u8; 16];
+        let n = store
+            .read("data/dom0-port", &mut buf)
+            .map_err(|_| "no data/dom0-port from dom0")?;
+        let remote = parse_u32(&buf[..n]).ok_or("data/dom0-port is not a number")?;
+        let bind = |remote_port: u32| {
+            let mut b = EvtchnBindInterdomain {
+                remote_dom: 0,
+                _cpad0: 0,
+                remote_port,
+                local_port: 0,
+            };
+            // SAFETY: the hypervisor reads and writes the structure on this stack.
+            let r =
+                unsafe { events::event_channel_op(EvtchnOp::BindInterdomain, (&raw mut b).cast()) };
+            if r == 0 {
+                Ok(b.local_port)
+            } else {
+                Err(r)
+            }
+        };
+        let local = bind(remote).map_err(|_| "binding dom0's unbound port failed")?;
+        let einval = XenErrno::Einval.to_hypercall_ret();
+        pvrt::ensure!(
+            bind(remote) == Err(einval),
+            "binding dom0's port twice was not -EINVAL"
+        );
+        // dom0's store port is bound to the hypervisor, not waiting for this domain.
+        pvrt::ensure!(
+            bind(1) == Err(einval),
+            "binding another of dom0's ports was not -EINVAL"
+        );
+        events::set_masked(local, true);
+        // As in Xen, a fresh interdomain port starts pending (the peer may have signalled
+        // before the bind).
+        pvrt::ensure!(
+            events::is_pending(local),
+            "the new interdomain port is not pending"
+        );
+        events::clear_pending(local);
+        pvrt::println!("pv-test guest: bound dom0's port {remote} as local port {local}");
+        Ok(local)
+    }
+
+    /// Sets up a one-frame grant table and grants dom0 read-write access to a scratch
+    /// page holding the greeting.
+    fn offer_grant(si: &StartInfo) -> Result<region::ScratchPage, &'static str> {
+        let mut frame = 0u64;
+        let mut setup = GnttabSetupTable {
+            dom: ferrovisor_abi::xen::xen::DOMID_SELF,
+            nr_frames: 1,
+            frame_list: GuestHandle(&raw mut frame as u64),
+            ..Default::default()
+        };
+        // SAFETY: the hypervisor reads the argument and writes one frame number.
+        let r = unsafe {
+            pvrt::hypercall3(
+                Hypercall::GrantTableOp.raw(),
+                u64::from(GnttabOp::SetupTable.raw()),
+                (&raw mut setup) as u64,
+                1,
+            )
+        };
+        pvrt::ensure!(
+            r == 0 && setup.status == 0 && frame != 0,
+            "setup_table: rc {r}, status {}",
+            setup.status
+        );
+        // Map the grant frame over a scratch page.
+        let table = region::alloc_scratch(si).ok_or("no scratch page for the grant table")?;
+        // SAFETY: remaps one of the kernel's scratch pages, which nothing else uses.
+        let r = unsafe { pvrt::update_va_mapping(table.va, (frame << 12) | region::PTE_RW, 0) };
+        pvrt::ensure!(r == 0, "mapping the grant frame returned {r}");
+        let page = region::alloc_scratch(si).ok_or("no scratch page to grant")?;
+        // SAFETY: both scratch pages are mapped writable and used by nobody else.
+        unsafe {
+            core::ptr::copy_nonoverlapping(GREETING.as_ptr(), page.va as *mut u8, GREETING.len());
+            let entry = (table.va as *mut u64).add(GREF as usize);
+            // Frame and domain first, then the flags that make the entry valid.
+            let words = entry.cast::<u32>();
+            words.add(1).write_volatile(page.mfn as u32);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+            words.write_volatile(u32::from(GTF_PERMIT_ACCESS));
+        }
+        Ok(page)
+    }
+
+    /// Waits (yielding) until `port` is pending.
+    fn wait_for(port: u32) -> Result<(), &'static str> {
+        for _ in 0..200_000 {
+            if events::is_pending(port) {
+                events::clear_pending(port);
+                return Ok(());
+            }
+            pvrt::sched_yield();
+        }
+        Err("dom0 never signalled the interdomain port")
+    }
+
+    /// Writes a line into the console ring and signals the console port.
+    fn console_ring(si: &StartInfo) -> Result<(), &'static str> {
+        use ferrovisor_abi::xen::console::{
+            XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
+        };
+        let va = pvrt::xenstore::va_of_mfn(si, si.console_domu_mfn())
+            .ok_or("the console ring is not in the bootstrap region")?;
+        // SAFETY: the console page is mapped for the kernel's lifetime; out_prod is an
+        // aligned word the backend reads.
+        unsafe {
+            let prod_ptr = (va + XENCONS_OUT_PROD_OFFSET as u64) as *mut u32;
+            let mut prod = prod_ptr.read_volatile();
+            for &b in CONSOLE_LINE {
+                let at = va + (XENCONS_OUT_OFFSET + prod as usize % XENCONS_OUT_SIZE) as u64;
+                (at as *mut u8).write_volatile(b);
+                prod = prod.wrapping_add(1);
+            }
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
+            prod_ptr.write_volatile(prod);
+        }
+        let r = events::send(si.console_domu_evtchn());
+        pvrt::ensure!(r == 0, "signalling the console port returned {r}");
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! A small synchronous xenstore client on the domain's store ring (`xs_wire.h`): one
+//! request at a time, replies read back in order, watch events kept aside until asked
+//! for. The page is `start_info.store_mfn`, found in the bootstrap region through the
+//! phys-to-machine list; requests are signalled on `start_info.store_evtchn`.
+
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use ferrovisor_abi::xen::{
+    xen::StartInfo,
+    xs_wire::{XenstoreDomainInterface, XsType, XsdSockmsg, XENSTORE_RING_SIZE},
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::{contract::VIRT_BASE, events, region::PAGE_SIZE};
+
+const RING: u32 = XENSTORE_RING_SIZE;
+const REQ: usize = core::mem::offset_of!(XenstoreDomainInterface, req);
+const RSP: usize = core::mem::offset_of!(XenstoreDomainInterface, rsp);
+const REQ_PROD: usize = core::mem::offset_of!(XenstoreDomainInterface, req_prod);
+const RSP_CONS: usize = core::mem::offset_of!(XenstoreDomainInterface, rsp_cons);
+const RSP_PROD: usize = core::mem::offset_of!(XenstoreDomainInterface, rsp_prod);
+const REQ_CONS: usize = core::mem::offset_of!(XenstoreDomainInterface, req_cons);
+
+/// Bytes of one reply or watch event kept.
+pub const MAX_MSG: usize = 4096;
+/// Watch events kept while waiting for a reply.
+const MAX_EVENTS: usize = 8;
+
+/// A failed request: the error name xenstore answered (`EACCES`, ...), or a local
+/// problem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XsError {
+    /// The service's `XS_ERROR` reply.
+    Reply([u8; 12]),
+    /// The reply did not fit the caller's buffer.
+    TooLong,
+    /// The service did not answer.
+    NoReply,
+}
+
+impl XsError {
+    /// The error name, e.g. `"EACCES"`.
+    pub fn name(&self) -> &str {
+        match self {
+            XsError::Reply(b) => {
+                let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+                core::str::from_utf8(&b[..end]).unwrap_or("?")
+            }
+            XsError::TooLong => "reply too long",
+            XsError::NoReply => "no reply",
+        }
+    }
+}
+
+/// A watch event: the path that changed and the watch's token.
+pub struct WatchEvent {
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl WatchEvent {
+    fn part(&self, i: usize) -> &str {
+        let mut parts = self.buf[..self.len].split(|&b| b == 0);
+        core::str::from_utf8(parts.nth(i).unwrap_or(&[])).unwrap_or("")
+    }
+    pub fn path(&self) -> &str {
+        self.part(0)
+    }
+    pub fn token(&self) -> &str {
+        self.part(1)
+    }
+}
+
+/// The store connection.
+pub struct Store {
+    page: u64,
+    port: u32,
+    next_id: u32,
+    events: [Option<WatchEvent>; MAX_EVENTS],
+}
+
+/// The bootstrap-region address of machine frame `mfn`, from the phys-to-machine list.
+pub fn va_of_mfn(si: &StartInfo, mfn: u64) -> Option<u64> {
+    (0..si.nr_pages).find_map(|pfn| {
+        // SAFETY: `mfn_list` holds `nr_pages` entries in the bootstrap region, mapped.
+        let m = unsafe { core::ptr::read_volatile((si.mfn_list as *const u64).add(pfn as usize)) };
+        (m == mfn).then_some(VIRT_BASE + pfn * PAGE_SIZE)
+    })
+}
+
+impl Store {
+    /// Connects to the ring `start_info` names; `None` if the domain has none.
+    pub fn open(si: &StartInfo) -> Option<Store> {
+        if si.store_evtchn == 0 {
+            return None;
+        }
+        Some(Store {
+            page: va_of_mfn(si, si.store_mfn)?,
+            port: si.store_evtchn,
+            next_id: 1,
+            events: Default::default(),
+        })
+    }
+
+    fn index(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: the store page is mapped for the kernel's lifetime; the index fields
+        // are 4-byte aligned words shared with the service.
+        unsafe { AtomicU32::from_ptr((self.page + off as u64) as *mut u32) }
+    }
+
+    fn byte(&self, off: usize) -> *mut u8 {
+        (self.page + off as u64) as *mut u8
+    }
+
+    /// Writes `bytes` into the request ring, waiting for space.
+    fn put(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            loop {
+                let prod = self.index(REQ_PROD).load(Ordering::Relaxed);
+                let cons = self.index(REQ_CONS).load(Ordering::Acquire);
+                if prod.wrapping_sub(cons) < RING {
+                    // SAFETY: inside the request ring of the mapped page.
+                    unsafe { self.byte(REQ + (prod % RING) as usize).write_volatile(b) };
+                    fence(Ordering::Release);
+                    self.index(REQ_PROD)
+                        .store(prod.wrapping_add(1), Ordering::Release);
+                    break;
+                }
+                events::send(self.port);
+                crate::sched_yield();
+            }
+        }
+    }
+
+    /// Reads `out.len()` bytes of the reply ring, waiting for them.
+    fn get(&mut self, out: &mut [u8]) -> Result<(), XsError> {
+        for b in out.iter_mut() {
+            let mut spins = 0u32;
+            loop {
+                let cons = self.index(RSP_CONS).load(Ordering::Relaxed);
+                let prod = self.index(RSP_PROD).load(Ordering::Acquire);
+                if cons != prod {
+                    // SAFETY: inside the reply ring of the mapped page.
+                    *b = unsafe { self.byte(RSP + (cons % RING) as usize).read_volatile() };
+                    fence(Ordering::Release);
+                    self.index(RSP_CONS)
+                        .store(cons.wrapping_add(1), Ordering::Release);
+                    break;
+                }
+                spins += 1;
+                if spins > 100_000 {
+                    return Err(XsError::NoReply);
+                }
+                // The service may hold more output for a full ring: tell it there is room.
+                events::send(self.port);
+                crate::sched_yield();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one whole message: its header and its payload into `out` (the payload's
+    /// length, or `TooLong`, which still consumes it).
+    fn message(&mut self, out: &mut [u8]) -> Result<(XsdSockmsg, usize), XsError> {
+        let mut raw = [0u8; 16];
+        self.get(&mut raw)?;
+        let hdr = XsdSockmsg::read_from_bytes(&raw).map_err(|_| XsError::NoReply)?;
+        let len = hdr.len as usize;
+        let mut scratch = [0u8; 1];
+        let mut too_long = false;
+        for i in 0..len {
+            match out.get_mut(i) {
+                Some(b) => self.get(core::slice::from_mut(b))?,
+                None => {
+                    too_long = true;
+                    self.get(&mut scratch)?;
+                }
+            }
+        }
+        if too_long {
+            return Err(XsError::TooLong);
+        }
+        Ok((hdr, len))
+    }
+
+    /// Sends one request (`parts` joined) and returns the reply's payload length in
+    /// `out`; watch events arriving meanwhile are kept.
+    pub fn request(
+        &mut self,
+        kind: XsType,
+        tx: u32,
+        parts: &[&[u8]],
+        out: &mut [u8],
+    ) -> Result<usize, XsError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let hdr = XsdSockmsg {
+            r#type: kind.raw(),
+            req_id: id,
+            tx_id: tx,
+            len: len as u32,
+        };
+        self.put(hdr.as_bytes());
+        for p in parts {
+            self.put(p);
+        }
+        events::send(self.port);
+        loop {
+            let mut buf = [0u8; MAX_MSG];
+            let (h, n) = self.message(&mut buf)?;
+            if h.r#type == XsType::WatchEvent.raw() {
+                self.keep_event(&buf[..n]);
+                continue;
+            }
+            if h.r#type == XsType::ErrorReply.raw() {
+                let mut name = [0u8; 12];
+                let k = n.min(12);
+                name[..k].copy_from_slice(&buf[..k]);
+                return Err(XsError::Reply(name));
+            }
+            let k = n.min(out.len());
+            out[..k].copy_from_slice(&buf[..k]);
+            return if n > out.len() {
+                Err(XsError::TooLong)
+            } else {
+                Ok(n)
+            };
+        }
+    }
+
+    fn keep_event(&mut self, payload: &[u8]) {
+        if let Some(slot) = self.events.iter_mut().find(|e| e.is_none()) {
+            let mut ev = WatchEvent {
+                buf: [0; 256],
+                len: payload.len().min(256),
+            };
+            ev.buf[..ev.len].copy_from_slice(&payload[..ev.len]);
+            *slot = Some(ev);
+        }
+    }
+
+    /// `XS_READ` of `path` into `out`.
+    pub fn read(&mut self, path: &str, out: &mut [u8]) -> Result<usize, XsError> {
+        self.request(XsType::Read, 0, &[path.as_bytes(), b"\0"], out)
+    }
+
+    /// `XS_WRITE`.
+    pub fn write(&mut self, path: &str, value: &[u8]) -> Result<(), XsError> {
+        self.request(
+            XsType::Write,
+            0,
+            &[path.as_bytes(), b"\0", value],
+            &mut [0u8; 8],
+        )
+        .map(|_| ())
+    }
+
+    /// `XS_WATCH` (the service fires it once at once).
+    pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
+        self.request(
+            XsType::Watch,
+            0,
+            &[path.as_bytes(), b"\0", token.as_bytes(), b"\0"],
+            &mut [0u8; 8],
+        )
+        .map(|_| ())
+    }
+
+    /// The next watch event: a kept one, or one read from the ring (waiting for it up to
+    /// `tries` yields).
+    pub fn next_event(&mut self, tries: u32) -> Option<WatchEvent> {
+        if let Some(e) = self.events.iter_mut().find_map(|e| e.take()) {
+            return Some(e);
+        }
+        for _ in 0..tries {
+            let cons = self.index(RSP_CONS).load(Ordering::Relaxed);
+            let prod = self.index(RSP_PROD).load(Ordering::Acquire);
+            if cons != prod {
+                let mut buf = [0u8; MAX_MSG];
+                let (h, n) = self.message(&mut buf).ok()?;
+                if h.r#type == XsType::WatchEvent.raw() {
+                    self.keep_event(&buf[..n]);
+                    return self.events.iter_mut().find_map(|e| e.take());
+                }
+                continue;
+            }
+            crate::sched_yield();
+        }
+        None
+    }
+}

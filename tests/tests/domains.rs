@@ -1,0 +1,55 @@
+//! Domains made by dom0: the `control` test kernel boots as dom0 with the `guest` test
+//! kernel as its second module, builds a domain from it through Ferrovisor's control
+//! interface, cooperates with it through xenstore, an event channel, a grant and its
+//! console, and destroys it (see `tests/kernels/src/bin/control.rs` and `guest.rs`).
+//! Ferrovisor only: the control interface is its own.
+
+use ferrovisor_tests::{boot, test_kernel, Modules};
+
+#[allow(
+    dead_code,
+    reason = "shared with the kernels; not every constant is checked here"
+)]
+#[path = "../kernels/src/contract.rs"]
+mod contract;
+
+#[test]
+fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
+    let mut b = boot(
+        "domains-control",
+        "dom0_mem=32M console=com1 loglvl=info debug_exit=0xf4",
+        Modules::Dom0KernelAndModule {
+            kernel: test_kernel("control"),
+            cmdline: "",
+            module: test_kernel("guest"),
+        },
+    );
+    let verdict = format!(
+        r"\(d0\) {} control: (PASS|FAIL: .*)",
+        contract::VERDICT_PREFIX
+    );
+    let m = b.expect(&verdict);
+    if m.group(1) != "PASS" {
+        b.fail(&format!("the control kernel failed: {}", m.text));
+    }
+    b.expect_dom0_poweroff();
+    // The guest's half, in its own words.
+    b.find(r"\(d1\) pv-test guest: domctl, sysctl, foreign populate and an ungranted map refused");
+    b.find(r"\(d1\) pv-test guest: xenstore refused dom0's home, a 3000-byte value \(E\w+\) and watch \d+ \(E\w+\)");
+    b.find(r"\(d1\) pv-test guest: dom0's reply arrived through the grant");
+    b.find(r"\(d1\) pv-test guest: PASS");
+    // Its console ring, mirrored to the log.
+    b.find(r"\(d1\) guest console: hello through the ring");
+    // dom0's half.
+    b.find(
+        r"\(d0\) pv-test control: built d1: entry 0x[0-9a-f]+, store port \d+, console port \d+",
+    );
+    b.find(r"\(d0\) pv-test control: mapped the guest's grant \(status 0\)");
+    b.find(r"\(d0\) pv-test control: the guest shut down \(poweroff\)");
+    b.find(r"\(d0\) pv-test control: guest destroyed, all \d+ free frames back");
+    b.find(r"d1: destroyed .guest1.: \d+ frames freed");
+    b.assert_absent("still referenced elsewhere");
+    b.assert_absent("FAIL");
+    b.assert_absent("PANIC");
+    b.assert_dom0_not_crashed();
+}
