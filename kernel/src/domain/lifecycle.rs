@@ -190,6 +190,18 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
         Ok::<_, XenErrno>(d)
     })?;
     let (freed, kept) = release_memory(&mut d);
+    if kept > 0 {
+        super::with_domains(|doms| {
+            doms.add_dying(
+                target,
+                super::registry::Dying {
+                    name: d.name.clone(),
+                    uuid: d.uuid,
+                    frames: kept as u64,
+                },
+            )
+        });
+    }
     log::info!(
         "d{}: destroyed \"{}\": {} frames freed{}",
         target.0,
@@ -234,6 +246,35 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
             }
         }
     }
+}
+
+/// Tries again to free the frames of destroyed domains that other domains still
+/// referenced; a domain whose last frame came back is gone for good. Called on every
+/// control operation (what lists domains, so `fv list` shows them leave).
+pub fn reap_dying() {
+    super::with_domains(|doms| {
+        let ids: Vec<DomId> = doms.dying().map(|(id, _)| id).collect();
+        for id in ids {
+            let left = {
+                let mut guard = FRAME_TABLE.lock();
+                let Some(ft) = guard.as_mut() else {
+                    return;
+                };
+                // SAFETY: used only as the frame table's page-table memory.
+                let mut mem = unsafe { GuestTables::new() };
+                let released = ft.release_domain(id, &mut mem);
+                for &mfn in &released.freed {
+                    memory::m2p_set(mfn, memory::M2P_INVALID);
+                    let _ = memory::free_frame(mfn);
+                }
+                released.still_referenced.len() as u64
+            };
+            if left == 0 {
+                log::info!("d{}: its last frames came back; gone", id.0);
+            }
+            doms.set_dying_frames(id, left);
+        }
+    });
 }
 
 /// Drops the vCPUs' references (page-table roots, descriptor tables, registered

@@ -4,10 +4,10 @@
 
 pub mod build;
 pub mod lifecycle;
-mod registry;
+pub mod registry;
 
 pub use build::build_dom0;
-pub use registry::{with_current, with_domain, with_domains, Domains};
+pub use registry::{with_current, with_domain, with_domains, Domains, Dying};
 
 use alloc::{boxed::Box, string::String, vec::Vec};
 use core::mem::offset_of;

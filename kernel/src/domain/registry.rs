@@ -4,7 +4,7 @@
 //! event, a foreign mapping, domain control) holds both consistently, and the scheduler
 //! sees every vCPU at once. Lock order: `DOMAINS`, then `FRAME_TABLE`.
 
-use alloc::{boxed::Box, collections::BTreeMap};
+use alloc::{boxed::Box, collections::BTreeMap, string::String};
 
 use ferrovisor::mm::frame_table::DomId;
 
@@ -18,12 +18,26 @@ pub struct Domains {
     current: DomId,
     /// Ticks the running vCPU has had since it was put on the CPU.
     pub slice_ticks: u32,
+    /// Destroyed domains whose last frames something else still references (another
+    /// domain's foreign or grant mapping): their ids stay taken, and `xl list`-style
+    /// listings show them as dying, until the frames are reclaimed.
+    dying: BTreeMap<u16, Dying>,
+}
+
+/// What is left of a destroyed domain until its last frames come back.
+#[derive(Clone, Debug)]
+pub struct Dying {
+    pub name: String,
+    pub uuid: [u8; 16],
+    /// Frames still owned by it.
+    pub frames: u64,
 }
 
 static DOMAINS: IrqMutex<Domains> = IrqMutex::new(Domains {
     map: BTreeMap::new(),
     current: DOM0,
     slice_ticks: 0,
+    dying: BTreeMap::new(),
 });
 
 /// Lowest and highest id a created domain gets (Xen's `DOMID_FIRST_RESERVED` is 0x7ff0).
@@ -79,7 +93,7 @@ impl Domains {
     /// The lowest free id for a new domain.
     pub fn free_id(&self) -> Option<DomId> {
         (FIRST_DOMU..=LAST_DOMU)
-            .find(|id| !self.map.contains_key(id))
+            .find(|id| !self.map.contains_key(id) && !self.dying.contains_key(id))
             .map(DomId)
     }
 
@@ -93,6 +107,25 @@ impl Domains {
             return None;
         }
         self.map.remove(&id.0)
+    }
+
+    /// Records a destroyed domain that still has frames referenced elsewhere.
+    pub fn add_dying(&mut self, id: DomId, dying: Dying) {
+        self.dying.insert(id.0, dying);
+    }
+
+    /// The dying domains, by id.
+    pub fn dying(&self) -> impl Iterator<Item = (DomId, &Dying)> + '_ {
+        self.dying.iter().map(|(&id, d)| (DomId(id), d))
+    }
+
+    /// Updates or forgets a dying domain after another reclaim attempt.
+    pub fn set_dying_frames(&mut self, id: DomId, frames: u64) {
+        if frames == 0 {
+            self.dying.remove(&id.0);
+        } else if let Some(d) = self.dying.get_mut(&id.0) {
+            d.frames = frames;
+        }
     }
 
     /// Makes `id` the domain on the CPU (the scheduler's switch does the rest).

@@ -57,6 +57,7 @@ pub(super) fn write_out(va: u64, bytes: &[u8]) -> core::result::Result<(), XenEr
 
 pub fn domctl([arg, ..]: [u64; 5]) -> Result {
     let p = privileged()?;
+    lifecycle::reap_dying();
     let mut req: Domctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);
@@ -78,7 +79,14 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
             Ok(())
         })?,
         DomctlCmd::GetDomainInfo => {
-            let info = domain::with_domain(target, |d| info(d)).ok_or(XenErrno::Esrch)?;
+            let info = domain::with_domains(|doms| {
+                doms.get(target).map(info).or_else(|| {
+                    doms.dying()
+                        .find(|(id, _)| *id == target)
+                        .map(|(id, d)| dying_info(id, d))
+                })
+            })
+            .ok_or(XenErrno::Esrch)?;
             req.set_payload(&info);
         }
         DomctlCmd::SetMaxMem => {
@@ -292,8 +300,21 @@ pub fn info(d: &Domain) -> DomainInfo {
     i
 }
 
+/// A dying domain as `GetDomainInfo` and `ListDomains` report it.
+fn dying_info(id: DomId, d: &domain::Dying) -> DomainInfo {
+    let mut i = DomainInfo::new_zeroed();
+    i.domid = id.0;
+    i.flags = domctl::DOMINFO_DYING | domctl::DOMINFO_SHUTDOWN;
+    i.tot_pages = d.frames;
+    i.uuid = d.uuid;
+    let n = d.name.len().min(DOMAIN_NAME_MAX);
+    i.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+    i
+}
+
 pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
     let _p = privileged()?;
+    lifecycle::reap_dying();
     let mut req: Sysctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);
@@ -315,11 +336,15 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
         SysctlCmd::ListDomains => {
             let mut l: ListDomains = req.payload();
             let infos: Vec<DomainInfo> = domain::with_domains(|doms| {
-                doms.iter()
-                    .filter(|d| d.id.0 >= l.first_domain)
-                    .take(l.max_entries as usize)
+                let mut all: Vec<DomainInfo> = doms
+                    .iter()
                     .map(info)
-                    .collect()
+                    .chain(doms.dying().map(|(id, d)| dying_info(id, d)))
+                    .filter(|i| i.domid >= l.first_domain)
+                    .collect();
+                all.sort_unstable_by_key(|i| i.domid);
+                all.truncate(l.max_entries as usize);
+                all
             });
             for (n, i) in infos.iter().enumerate() {
                 let at = l

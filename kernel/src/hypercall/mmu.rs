@@ -4,7 +4,7 @@
 //! slots.
 
 use ferrovisor::mm::{
-    frame_table::{FrameTable, MmError, Owner, UpdateOutcome},
+    frame_table::{DomId, FrameTable, MmError, Owner, UpdateOutcome},
     page_type::Level,
     page_type::PageType,
     Mfn, PAGE_SIZE,
@@ -57,7 +57,7 @@ fn with_ft<R>(
     f(ft)
 }
 
-/// Only the domain's own tables for now: foreign (dom0 mapping others') comes with domctl.
+/// `mmuext_op` works on the domain's own tables only.
 fn check_self(foreigndom: u64) -> core::result::Result<(), XenErrno> {
     if foreigndom_fd(foreigndom as u32) == DOMID_SELF || foreigndom as u16 == 0 {
         Ok(())
@@ -66,9 +66,24 @@ fn check_self(foreigndom: u64) -> core::result::Result<(), XenErrno> {
     }
 }
 
+/// The owner of the frames `mmu_update`'s L1 entries map: the caller, or (for the
+/// privileged domain only) the existing domain `foreigndom` names.
+fn page_owner(foreigndom: u64) -> core::result::Result<DomId, XenErrno> {
+    let caller = domain::with_current(|d| d.id).ok_or(XenErrno::Esrch)?;
+    let fd = foreigndom_fd(foreigndom as u32);
+    if fd == DOMID_SELF || fd == caller.0 {
+        return Ok(caller);
+    }
+    if caller != domain::DOM0 {
+        return Err(XenErrno::Eperm);
+    }
+    let owner = DomId(fd);
+    domain::with_domain(owner, |_| owner).ok_or(XenErrno::Esrch)
+}
+
 /// `mmu_update(reqs, count, success_count, foreigndom)`.
 pub fn mmu_update([reqs, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
-    check_self(foreigndom)?;
+    let pg_owner = page_owner(foreigndom)?;
     let n = count.min(MAX_BATCH);
     let mut done = 0u64;
     let mut result = Ok(0);
@@ -79,7 +94,7 @@ pub fn mmu_update([reqs, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
             .map_err(|_| XenErrno::Efault)
             .and_then(|()| MmuUpdate::read_from_bytes(&raw).map_err(|_| XenErrno::Efault));
         let step = req.and_then(|req| {
-            domain::with_current(|d| one_update(d, &req)).unwrap_or(Err(XenErrno::Esrch))
+            domain::with_current(|d| one_update(d, &req, pg_owner)).unwrap_or(Err(XenErrno::Esrch))
         });
         if let Err(e) = step {
             result = Err(e);
@@ -92,7 +107,11 @@ pub fn mmu_update([reqs, count, done_ptr, foreigndom, _]: [u64; 5]) -> Result {
     result
 }
 
-fn one_update(d: &mut Domain, req: &MmuUpdate) -> core::result::Result<(), XenErrno> {
+fn one_update(
+    d: &mut Domain,
+    req: &MmuUpdate,
+    pg_owner: DomId,
+) -> core::result::Result<(), XenErrno> {
     let addr = req.addr();
     let mfn = Mfn::containing(addr);
     match req.cmd() {
@@ -104,7 +123,7 @@ fn one_update(d: &mut Domain, req: &MmuUpdate) -> core::result::Result<(), XenEr
             with_ft(|ft| {
                 let mut mem = tables();
                 match ft
-                    .update_entry(mfn, index, req.val, d.id, &mut mem)
+                    .update_entry_as(mfn, index, req.val, d.id, pg_owner, &mut mem)
                     .map_err(mm_errno)?
                 {
                     UpdateOutcome::Validated(_) => Ok(()),
@@ -117,6 +136,7 @@ fn one_update(d: &mut Domain, req: &MmuUpdate) -> core::result::Result<(), XenEr
                 }
             })
         }
+        MmuUpdateCmd::MachphysUpdate if pg_owner != d.id => Err(XenErrno::Einval),
         MmuUpdateCmd::MachphysUpdate => {
             let owned =
                 with_ft(|ft| Ok(ft.info(mfn).map(|i| i.owner) == Some(Owner::Domain(d.id))))?;

@@ -487,6 +487,23 @@ impl FrameTable {
         dom: DomId,
         mem: &mut M,
     ) -> Result<UpdateOutcome, MmError> {
+        self.update_entry_as(table, index, new, dom, dom, mem)
+    }
+
+    /// [`Self::update_entry`] where an L1 entry maps frames of `pg_owner` instead of
+    /// `dom`'s own: the privileged domain's foreign mappings (`mmu_update` with a
+    /// `foreigndom`, what Linux's `privcmd` uses). The caller checks the privilege. The
+    /// foreign frame gets the same references as an own mapping, so it cannot be freed
+    /// (or become a page table, if mapped writable) while mapped.
+    pub fn update_entry_as<M: PageTableMemory + ?Sized>(
+        &mut self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        dom: DomId,
+        pg_owner: DomId,
+        mem: &mut M,
+    ) -> Result<UpdateOutcome, MmError> {
         let frame = *self.frame(table)?;
         if frame.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner);
@@ -510,7 +527,8 @@ impl FrameTable {
                 if level == Level::L1 && old & bits::GNTTAB != 0 {
                     return Err(MmError::GrantMapping);
                 }
-                self.get_entry_refs(table, level, new, dom, mem)?;
+                let owner = if level == Level::L1 { pg_owner } else { dom };
+                self.get_entry_refs(table, level, new, owner, mem)?;
                 mem.write(table, index, guest_entry(new));
                 self.put_entry_refs(level, old, mem);
                 Ok(UpdateOutcome::Validated(level))
@@ -1782,5 +1800,34 @@ mod tests {
         assert_eq!(info(&ft, 40).count, 1);
         ft.put_grant_refs(Mfn(40), false, &mut mem).unwrap();
         assert_eq!(info(&ft, 40).count, 0);
+    }
+
+    #[test]
+    fn foreign_mappings_take_references_on_the_other_domains_frame() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        build_tree(&mut mem);
+        ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
+        // An ordinary update may not map d2's frame.
+        assert_eq!(
+            ft.update_entry(Mfn(4), 9, e(40, P | RW), D1, &mut mem),
+            Err(MmError::ForeignFrame)
+        );
+        // A foreign update with d2 as the page owner may, and holds d2's frame.
+        ft.update_entry_as(Mfn(4), 9, e(40, P | RW), D1, D2, &mut mem)
+            .unwrap();
+        assert_eq!(info(&ft, 40).count, 1);
+        assert_eq!(info(&ft, 40).type_info.ty, PageType::Writable);
+        // d2 going away leaves the mapped frame to it until the mapping goes.
+        let released = ft.release_domain(D2, &mut mem);
+        assert_eq!(released.still_referenced, vec![Mfn(40)]);
+        ft.update_entry(Mfn(4), 9, 0, D1, &mut mem).unwrap();
+        assert_eq!(info(&ft, 40).count, 0);
+        let released = ft.release_domain(D2, &mut mem);
+        assert_eq!(released.freed, vec![Mfn(40)]);
+        // Upper levels still only take the domain's own tables.
+        assert!(ft
+            .update_entry_as(Mfn(3), 5, e(33, P | RW), D1, D2, &mut mem)
+            .is_err());
     }
 }

@@ -91,6 +91,64 @@ pub fn shared_info_va(si: &StartInfo) -> u64 {
     region_end(si) - PAGE_SIZE
 }
 
+/// The bootstrap page tables: L4 at `pt_base`, the L1 entry mapping a scratch page.
+pub struct Tables {
+    pub l4_mfn: u64,
+    pub l4_va: u64,
+    /// (va, mfn) of every bootstrap page-table frame.
+    frames: [(u64, u64); 64],
+    count: usize,
+}
+
+impl Tables {
+    pub fn new(si: &StartInfo) -> Self {
+        let mut frames = [(0, 0); 64];
+        let count = (si.nr_pt_frames as usize).min(frames.len());
+        for (i, f) in frames.iter_mut().take(count).enumerate() {
+            let va = si.pt_base + i as u64 * PAGE_SIZE;
+            *f = (va, mfn_of(si, va));
+        }
+        Tables {
+            l4_mfn: frames[0].1,
+            l4_va: si.pt_base,
+            frames,
+            count,
+        }
+    }
+
+    /// The machine frame of the last bootstrap page-table frame.
+    pub fn last_mfn(&self) -> u64 {
+        self.frames[self.count.saturating_sub(1)].1
+    }
+
+    pub fn va_of(&self, mfn: u64) -> Option<u64> {
+        self.frames[..self.count]
+            .iter()
+            .find(|f| f.1 == mfn)
+            .map(|f| f.0)
+    }
+
+    /// Reads entry `index` of the bootstrap table at `va` (mapped read-only).
+    pub fn entry(va: u64, index: u64) -> u64 {
+        // SAFETY: `va` is a bootstrap page-table frame, mapped read-only in the region.
+        unsafe { core::ptr::read_volatile((va as *const u64).add(index as usize)) }
+    }
+
+    /// The machine address of the L1 entry that maps `va`.
+    pub fn l1e_maddr(&self, va: u64) -> Option<u64> {
+        let mut table_va = self.l4_va;
+        for shift in [39u32, 30, 21] {
+            let e = Self::entry(table_va, (va >> shift) & 511);
+            table_va = self.va_of((e & 0x000f_ffff_ffff_f000) >> 12)?;
+        }
+        let l1_mfn = self.frames[..self.count]
+            .iter()
+            .find(|f| f.0 == table_va)
+            .map(|f| f.1)?;
+        Some(l1_mfn * PAGE_SIZE + ((va >> 12) & 511) * 8)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

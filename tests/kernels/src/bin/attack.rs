@@ -117,7 +117,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
         pvrt::fail!("installing the trap table: {e}");
     }
     let victim = region::alloc_scratch(si).ok_or("out of scratch pages")?;
-    let tables = Tables::new(si);
+    let tables = pvrt::region::Tables::new(si);
     foreign_frames(&victim, &tables);
     own_page_tables(&victim, &tables);
     hypervisor_slots(&tables);
@@ -133,7 +133,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
 /// shared-info page the hypervisor keeps writing, and pinning as a page table a frame
 /// whose writable mapping was just dropped without a TLB flush (then writing through the
 /// stale translation).
-fn review_regressions(si: &StartInfo, tables: &Tables) -> Result<(), &'static str> {
+fn review_regressions(si: &StartInfo, tables: &pvrt::region::Tables) -> Result<(), &'static str> {
     let mmuext = |cmd: MmuextCmd, arg1: u64| {
         let op = [MmuextOp {
             cmd: cmd.raw(),
@@ -209,62 +209,9 @@ fn review_regressions(si: &StartInfo, tables: &Tables) -> Result<(), &'static st
     Ok(())
 }
 
-/// The bootstrap page tables: L4 at `pt_base`, the L1 entry mapping a scratch page.
-struct Tables {
-    l4_mfn: u64,
-    l4_va: u64,
-    /// (va, mfn) of every bootstrap page-table frame.
-    frames: [(u64, u64); 64],
-    count: usize,
-}
-
-impl Tables {
-    fn new(si: &StartInfo) -> Self {
-        let mut frames = [(0, 0); 64];
-        let count = (si.nr_pt_frames as usize).min(frames.len());
-        for (i, f) in frames.iter_mut().take(count).enumerate() {
-            let va = si.pt_base + i as u64 * region::PAGE_SIZE;
-            *f = (va, region::mfn_of(si, va));
-        }
-        Tables {
-            l4_mfn: frames[0].1,
-            l4_va: si.pt_base,
-            frames,
-            count,
-        }
-    }
-
-    fn va_of(&self, mfn: u64) -> Option<u64> {
-        self.frames[..self.count]
-            .iter()
-            .find(|f| f.1 == mfn)
-            .map(|f| f.0)
-    }
-
-    /// Reads entry `index` of the bootstrap table at `va` (mapped read-only).
-    fn entry(va: u64, index: u64) -> u64 {
-        // SAFETY: `va` is a bootstrap page-table frame, mapped read-only in the region.
-        unsafe { core::ptr::read_volatile((va as *const u64).add(index as usize)) }
-    }
-
-    /// The machine address of the L1 entry that maps `va`.
-    fn l1e_maddr(&self, va: u64) -> Option<u64> {
-        let mut table_va = self.l4_va;
-        for shift in [39u32, 30, 21] {
-            let e = Self::entry(table_va, (va >> shift) & 511);
-            table_va = self.va_of((e & 0x000f_ffff_ffff_f000) >> 12)?;
-        }
-        let l1_mfn = self.frames[..self.count]
-            .iter()
-            .find(|f| f.0 == table_va)
-            .map(|f| f.1)?;
-        Some(l1_mfn * region::PAGE_SIZE + ((va >> 12) & 511) * 8)
-    }
-}
-
 /// Mapping frames the domain does not own, through both `update_va_mapping` and
 /// `mmu_update` on the L1 entry.
-fn foreign_frames(victim: &ScratchPage, tables: &Tables) {
+fn foreign_frames(victim: &ScratchPage, tables: &pvrt::region::Tables) {
     let l1e = tables.l1e_maddr(victim.va);
     // Hypervisor switch: Xen 4.17 gives dom0 I/O memory access (the low 1 MiB, and frames
     // beyond RAM), so there it maps frame 0 and the frame beyond RAM; Ferrovisor does not
@@ -342,11 +289,11 @@ fn alloc_free_fmt(args: core::fmt::Arguments<'_>) -> Line {
 }
 
 /// Its own page-table frames mapped writable.
-fn own_page_tables(victim: &ScratchPage, tables: &Tables) {
+fn own_page_tables(victim: &ScratchPage, tables: &pvrt::region::Tables) {
     let l1_of_victim = tables
         .l1e_maddr(victim.va)
         .map(|a| a / region::PAGE_SIZE)
-        .unwrap_or(tables.frames[tables.count - 1].1);
+        .unwrap_or(tables.last_mfn());
     for (what, mfn) in [("its L4", tables.l4_mfn), ("an L1", l1_of_victim)] {
         // SAFETY: as in `foreign_frames`.
         let ret = unsafe {
@@ -361,8 +308,8 @@ fn own_page_tables(victim: &ScratchPage, tables: &Tables) {
 }
 
 /// L4 entries in the hypervisor's slots 256..=271.
-fn hypervisor_slots(tables: &Tables) {
-    let own_l3 = Tables::entry(tables.l4_va, 511);
+fn hypervisor_slots(tables: &pvrt::region::Tables) {
+    let own_l3 = pvrt::region::Tables::entry(tables.l4_va, 511);
     for (slot, val) in [(256u64, own_l3), (260, own_l3), (271, own_l3), (260, 0)] {
         let req = [MmuUpdate {
             ptr: tables.l4_mfn * region::PAGE_SIZE + slot * 8,

@@ -18,7 +18,7 @@ mod checks {
         domctl::{
             name_bytes, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd,
             ListDomains, PhysInfo, ReadLog, SysctlCmd, DOMAIN_NAME_MAX, DOMINFO_BUILT,
-            DOMINFO_CRASHED, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
+            DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
         },
         errno::XenErrno,
         xen::{
@@ -29,7 +29,7 @@ mod checks {
             },
             hypercall::Hypercall,
             memory::{MemoryOp, XenMemoryReservation},
-            xen::{StartInfo, DOMID_SELF},
+            xen::{MmuUpdate, StartInfo, DOMID_SELF},
             DomId, GuestHandle,
         },
     };
@@ -52,7 +52,7 @@ mod checks {
 
         // A domain that is created and populated but never built goes away cleanly too.
         let scratch = create("scratch", 512).map_err(|_| "CreateDomain failed")?;
-        populate(scratch, 512)?;
+        populate(scratch, 512, &mut [])?;
         destroy(scratch)?;
         pvrt::ensure!(
             phys_info()?.free_pages == free_before,
@@ -64,7 +64,8 @@ mod checks {
             create("guest1", 512) == Err(XenErrno::Eexist.to_hypercall_ret()),
             "a second domain named guest1 was not -EEXIST"
         );
-        populate(guest, GUEST_PAGES)?;
+        let mut mfns = [0u64; 1024];
+        populate(guest, GUEST_PAGES, &mut mfns)?;
         let built = build(si, guest)?;
         let info = domain_info(guest)?;
         pvrt::ensure!(
@@ -129,8 +130,23 @@ mod checks {
         check_console(guest)?;
         check_lists(guest)?;
         check_dmesg()?;
+        // A foreign mapping of the guest's start_info page, as a toolstack reads a guest.
+        let si_pfn = (built.start_info - pvrt::contract::VIRT_BASE) / region::PAGE_SIZE;
+        let si_mfn = *mfns
+            .get(si_pfn as usize)
+            .ok_or("start_info beyond the kept pfns")?;
+        let mapped = map_foreign(si, guest, si_mfn)?;
 
         destroy(guest)?;
+        // Its mapped frame keeps it dying until the mapping goes.
+        let info = domain_info(guest)?;
+        pvrt::ensure!(
+            info.flags & DOMINFO_DYING != 0 && info.tot_pages == 1,
+            "the destroyed guest with a frame still mapped: flags {:#x}, {} pages",
+            info.flags,
+            info.tot_pages
+        );
+        unmap_foreign(&mapped)?;
         pvrt::ensure!(
             control::domctl0(DomctlCmd::GetDomainInfo, guest) == XenErrno::Esrch.to_hypercall_ret(),
             "the destroyed guest is still there"
@@ -214,8 +230,9 @@ mod checks {
         }
     }
 
-    /// `populate_physmap` of another domain, pfn by pfn in batches.
-    fn populate(dom: DomId, pages: u64) -> Result<(), &'static str> {
+    /// `populate_physmap` of another domain, pfn by pfn in batches; the machine frames of
+    /// the first `mfns.len()` pfns are kept in `mfns`.
+    fn populate(dom: DomId, pages: u64, mfns: &mut [u64]) -> Result<(), &'static str> {
         let mut list = [0u64; 256];
         let mut next = 0;
         while next < pages {
@@ -234,6 +251,11 @@ mod checks {
             // SAFETY: the reservation and its list are on this stack.
             let r = unsafe { pvrt::memory_op(MemoryOp::PopulatePhysmap, (&raw mut res).cast()) };
             pvrt::ensure!(r == n as i64, "populate_physmap of d{dom} returned {r}");
+            for (i, &mfn) in list.iter().take(n as usize).enumerate() {
+                if let Some(slot) = mfns.get_mut((next + i as u64) as usize) {
+                    *slot = mfn;
+                }
+            }
             next += n;
         }
         Ok(())
@@ -370,6 +392,46 @@ mod checks {
             map.status,
             bad.status
         );
+        Ok(())
+    }
+
+    /// Maps machine frame `mfn` of `dom` read-only over a scratch page with `mmu_update`
+    /// naming `dom` as the page owner, and checks it is the guest's `start_info`.
+    fn map_foreign(si: &StartInfo, dom: DomId, mfn: u64) -> Result<(u64, u64), &'static str> {
+        let at = region::alloc_scratch(si).ok_or("no scratch page")?;
+        let tables = region::Tables::new(si);
+        let l1e = tables
+            .l1e_maddr(at.va)
+            .ok_or("no L1 entry for a scratch page")?;
+        let req = [MmuUpdate {
+            ptr: l1e,
+            val: (mfn * region::PAGE_SIZE) | region::PTE_RO,
+        }];
+        // SAFETY: changes only what the scratch page shows.
+        let r = unsafe { pvrt::mmu_update(&req, None, dom) };
+        pvrt::ensure!(
+            r == 0,
+            "a foreign mmu_update of d{dom}'s frame returned {r}"
+        );
+        // A domU may not do this: the same request naming dom0 as the owner of its own
+        // frame is refused by the frame's owner check.
+        // SAFETY: the scratch page now shows the guest's start_info, read-only.
+        let magic = unsafe { core::slice::from_raw_parts(at.va as *const u8, 14) };
+        pvrt::ensure!(
+            magic == b"xen-3.0-x86_64",
+            "the foreign mapping does not show the guest's start_info"
+        );
+        pvrt::println!("pv-test control: mapped the guest's start_info through mmu_update");
+        Ok((l1e, at.va))
+    }
+
+    fn unmap_foreign(&(l1e, va): &(u64, u64)) -> Result<(), &'static str> {
+        let req = [MmuUpdate { ptr: l1e, val: 0 }];
+        // SAFETY: clears the scratch page's entry.
+        let r = unsafe { pvrt::mmu_update(&req, None, DOMID_SELF) };
+        pvrt::ensure!(r == 0, "clearing the foreign mapping returned {r}");
+        // SAFETY: a TLB flush of one of the kernel's own addresses.
+        let _ = unsafe { pvrt::update_va_mapping(va, 0, 0) };
         Ok(())
     }
 
