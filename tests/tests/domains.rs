@@ -38,8 +38,12 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     b.find(r"\(d1\) pv-test guest: xenstore refused dom0's home, a 3000-byte value \(E\w+\) and watch \d+ \(E\w+\)");
     b.find(r"\(d1\) pv-test guest: dom0's reply arrived through the grant");
     b.find(r"\(d1\) pv-test guest: PASS");
-    // Its console ring, mirrored to the log.
+    // Its console ring, mirrored to the log; dom0's input echoed back; the shutdown
+    // request seen through xenstore.
     b.find(r"\(d1\) guest console: hello through the ring");
+    b.find(r"\(d1\) guest console: got ping");
+    b.find(r"\(d1\) pv-test guest: the toolstack asked for a poweroff");
+    b.find(r"\(d0\) pv-test control: read \d+ bytes of the guest's console, with 'guest console: got ping'");
     // dom0's half.
     b.find(
         r"\(d0\) pv-test control: built d1: entry 0x[0-9a-f]+, store port \d+, console port \d+",

@@ -267,6 +267,13 @@ impl Store {
         .map(|_| ())
     }
 
+    /// `XS_RESET_WATCHES`: drops every watch of the domain.
+    pub fn reset_watches(&mut self) -> Result<(), XsError> {
+        self.events = Default::default();
+        self.request(XsType::ResetWatches, 0, &[], &mut [0u8; 8])
+            .map(|_| ())
+    }
+
     /// The next watch event: a kept one, or one read from the ring (waiting for it up to
     /// `tries` yields).
     pub fn next_event(&mut self, tries: u32) -> Option<WatchEvent> {

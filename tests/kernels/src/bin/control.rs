@@ -17,8 +17,8 @@ mod checks {
     use ferrovisor_abi::{
         domctl::{
             name_bytes, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd,
-            ListDomains, PhysInfo, ReadLog, SysctlCmd, DOMAIN_NAME_MAX, DOMINFO_BUILT,
-            DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
+            ListDomains, PhysInfo, ReadLog, ShutdownRequest, SysctlCmd, DOMAIN_NAME_MAX,
+            DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
         },
         errno::XenErrno,
         xen::{
@@ -126,8 +126,15 @@ mod checks {
             done == *b"ok",
             "the guest reported a failure (its log has the reason)"
         );
+        check_console(guest, CONSOLE_LINE)?;
+        console_input(guest)?;
+        let r = control::domctl(
+            DomctlCmd::RequestShutdown,
+            guest,
+            &ShutdownRequest { reason: 0 },
+        );
+        pvrt::ensure!(r.is_ok(), "RequestShutdown failed");
         wait_for_shutdown(guest)?;
-        check_console(guest)?;
         check_lists(guest)?;
         check_dmesg()?;
         // A foreign mapping of the guest's start_info page, as a toolstack reads a guest.
@@ -493,8 +500,34 @@ mod checks {
         Err("the guest never shut down")
     }
 
-    /// The guest's console ring output is in its console history.
-    fn check_console(dom: DomId) -> Result<(), &'static str> {
+    /// Types a line on the guest's console; it echoes it back.
+    fn console_input(dom: DomId) -> Result<(), &'static str> {
+        let line = b"ping\n";
+        let c = ConsoleIo {
+            offset: 0,
+            buffer: GuestHandle(line.as_ptr() as u64),
+            len: line.len() as u32,
+            done: 0,
+            missed: 0,
+        };
+        let (c, _) =
+            control::domctl(DomctlCmd::ConsoleWrite, dom, &c).map_err(|_| "ConsoleWrite failed")?;
+        pvrt::ensure!(
+            c.done == line.len() as u32,
+            "ConsoleWrite took {} bytes",
+            c.done
+        );
+        for _ in 0..2000 {
+            if check_console(dom, "guest console: got ping").is_ok() {
+                return Ok(());
+            }
+            pvrt::sched_yield();
+        }
+        Err("the guest never echoed the console input")
+    }
+
+    /// The guest's console ring output holds `expected`.
+    fn check_console(dom: DomId, expected: &str) -> Result<(), &'static str> {
         let mut buf = [0u8; 4096];
         let c = ConsoleIo {
             offset: 0,
@@ -506,14 +539,13 @@ mod checks {
         let (c, _) =
             control::domctl(DomctlCmd::ConsoleRead, dom, &c).map_err(|_| "ConsoleRead failed")?;
         let text = core::str::from_utf8(&buf[..c.done as usize]).unwrap_or("");
-        pvrt::ensure!(
-            text.contains(CONSOLE_LINE),
-            "the guest's console history lacks its ring output ({} bytes)",
-            c.done
-        );
+        if !text.contains(expected) {
+            return Err("the guest's console history lacks what it wrote to its ring");
+        }
         pvrt::println!(
-            "pv-test control: read {} bytes of the guest's console",
-            c.done
+            "pv-test control: read {} bytes of the guest's console, with '{}'",
+            c.done,
+            expected
         );
         Ok(())
     }

@@ -29,7 +29,10 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     store
         .write("data/done", done)
         .map_err(|_| "cannot write data/done")?;
-    result
+    result?;
+    // The toolstack's half: a line typed on its console, then a shutdown request.
+    checks::echo_console_input(si)?;
+    checks::wait_for_shutdown_request(&mut store)
 }
 
 mod checks {
@@ -162,7 +165,10 @@ mod checks {
                 pvrt::fail!("more than 1000 watches accepted");
             }
         };
-        // Drain the initial events the accepted watches fired.
+        // Drop them all again (and the initial events they fired).
+        store
+            .reset_watches()
+            .map_err(|_| "XS_RESET_WATCHES failed")?;
         while store.next_event(1).is_some() {}
         pvrt::println!(
             "pv-test guest: xenstore refused dom0's home, a 3000-byte value ({}) and watch \
@@ -302,17 +308,97 @@ mod checks {
 
     /// Writes a line into the console ring and signals the console port.
     fn console_ring(si: &StartInfo) -> Result<(), &'static str> {
+        console_out(si, CONSOLE_LINE)
+    }
+
+    /// Waits for a line of console input (from dom0's `ConsoleWrite`) and echoes it.
+    pub fn echo_console_input(si: &StartInfo) -> Result<(), &'static str> {
+        use ferrovisor_abi::xen::console::{
+            XENCONS_IN_CONS_OFFSET, XENCONS_IN_OFFSET, XENCONS_IN_PROD_OFFSET, XENCONS_IN_SIZE,
+        };
+        let va = console_page(si)?;
+        let mut line = [0u8; 64];
+        let mut len = 0;
+        for _ in 0..200_000 {
+            // SAFETY: the console page is mapped for the kernel's lifetime; the indexes
+            // are aligned words the backend writes.
+            let (cons, prod) = unsafe {
+                (
+                    ((va + XENCONS_IN_CONS_OFFSET as u64) as *const u32).read_volatile(),
+                    ((va + XENCONS_IN_PROD_OFFSET as u64) as *const u32).read_volatile(),
+                )
+            };
+            core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+            let mut c = cons;
+            let mut ended = false;
+            while c != prod && !ended {
+                let at = va + (XENCONS_IN_OFFSET + c as usize % XENCONS_IN_SIZE) as u64;
+                // SAFETY: inside the input ring of the mapped page.
+                let b = unsafe { (at as *const u8).read_volatile() };
+                c = c.wrapping_add(1);
+                if b == b'\n' {
+                    ended = true;
+                } else if len < line.len() {
+                    line[len] = b;
+                    len += 1;
+                }
+            }
+            if c != cons {
+                // SAFETY: as above; the consumer index is the guest's to write.
+                unsafe { ((va + XENCONS_IN_CONS_OFFSET as u64) as *mut u32).write_volatile(c) };
+                events::send(si.console_domu_evtchn());
+            }
+            if ended {
+                let mut out = [0u8; 96];
+                let prefix = b"guest console: got ";
+                out[..prefix.len()].copy_from_slice(prefix);
+                out[prefix.len()..prefix.len() + len].copy_from_slice(&line[..len]);
+                out[prefix.len() + len] = b'\n';
+                return console_out(si, &out[..prefix.len() + len + 1]);
+            }
+            pvrt::sched_yield();
+        }
+        Err("no console input arrived")
+    }
+
+    /// Waits for the toolstack's `control/shutdown` request.
+    pub fn wait_for_shutdown_request(store: &mut Store) -> Result<(), &'static str> {
+        store
+            .watch("control/shutdown", "shutdown")
+            .map_err(|_| "cannot watch control/shutdown")?;
+        for _ in 0..200 {
+            let _ = store.next_event(2000);
+            let mut buf = [0u8; 16];
+            if let Ok(n) = store.read("control/shutdown", &mut buf) {
+                pvrt::ensure!(
+                    &buf[..n] == b"poweroff",
+                    "control/shutdown asked for {:?}",
+                    &buf[..n]
+                );
+                pvrt::println!("pv-test guest: the toolstack asked for a poweroff");
+                return Ok(());
+            }
+        }
+        Err("no shutdown request came")
+    }
+
+    fn console_page(si: &StartInfo) -> Result<u64, &'static str> {
+        pvrt::xenstore::va_of_mfn(si, si.console_domu_mfn())
+            .ok_or("the console ring is not in the bootstrap region")
+    }
+
+    /// Puts `bytes` into the console's output ring and signals the console port.
+    fn console_out(si: &StartInfo, bytes: &[u8]) -> Result<(), &'static str> {
         use ferrovisor_abi::xen::console::{
             XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET, XENCONS_OUT_SIZE,
         };
-        let va = pvrt::xenstore::va_of_mfn(si, si.console_domu_mfn())
-            .ok_or("the console ring is not in the bootstrap region")?;
+        let va = console_page(si)?;
         // SAFETY: the console page is mapped for the kernel's lifetime; out_prod is an
         // aligned word the backend reads.
         unsafe {
             let prod_ptr = (va + XENCONS_OUT_PROD_OFFSET as u64) as *mut u32;
             let mut prod = prod_ptr.read_volatile();
-            for &b in CONSOLE_LINE {
+            for &b in bytes {
                 let at = va + (XENCONS_OUT_OFFSET + prod as usize % XENCONS_OUT_SIZE) as u64;
                 (at as *mut u8).write_volatile(b);
                 prod = prod.wrapping_add(1);
