@@ -48,6 +48,7 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     b.find(
         r"\(d0\) pv-test control: built d1: entry 0x[0-9a-f]+, store port \d+, console port \d+",
     );
+    b.find(r"\(d0\) pv-test control: vCPU 0 of the paused guest starts at 0x[0-9a-f]+, cr3 0x[0-9a-f]+");
     b.find(r"\(d0\) pv-test control: mapped the guest's grant \(status 0\)");
     b.find(r"\(d0\) pv-test control: the guest shut down \(poweroff\)");
     b.find(r"\(d0\) pv-test control: guest destroyed, all \d+ free frames back");

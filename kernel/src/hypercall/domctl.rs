@@ -12,7 +12,7 @@ use ferrovisor_abi::{
     domctl::{
         self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
         PhysInfo, ReadLog, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
-        DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+        VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
     },
     errno::XenErrno,
     version::XEN_VERSION,
@@ -116,10 +116,36 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
             lifecycle::build_pv(&p, target, &mut b)?;
             req.set_payload(&b);
         }
-        DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => return Err(XenErrno::Enosys),
+        DomctlCmd::GetVcpuContext => {
+            let c: VcpuContext = req.payload();
+            let ctx = domain::with_domain(target, |d| {
+                stopped(d)?;
+                super::vcpu::context_of(d, c.vcpu)
+            })
+            .ok_or(XenErrno::Esrch)??;
+            write_out(c.ctx.0, ctx.as_bytes())?;
+        }
+        DomctlCmd::SetVcpuContext => {
+            let c: VcpuContext = req.payload();
+            let ctx = super::vcpu::read_context(c.ctx.0)?;
+            domain::with_domain(target, |d| {
+                stopped(d)?;
+                super::vcpu::apply_context(d, c.vcpu, &ctx, true)
+            })
+            .ok_or(XenErrno::Esrch)??;
+        }
     }
     write_out(arg, req.as_bytes())?;
     Ok(0)
+}
+
+/// A domain's vCPU state is read or replaced only while none of its vCPUs can run.
+fn stopped(d: &Domain) -> core::result::Result<(), XenErrno> {
+    if d.id == DOM0 || d.can_run() {
+        Err(XenErrno::Ebusy)
+    } else {
+        Ok(())
+    }
 }
 
 /// Runs `f` on a domain other than dom0 (which cannot pause or stop itself this way).

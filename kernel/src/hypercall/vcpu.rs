@@ -147,23 +147,42 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
 /// that is not running: registers, page tables (`ctrlreg[3]`), kernel stack, trap table,
 /// callbacks, GDT and segment bases, checked like the hypercalls that set each.
 fn initialise(vcpu: u32, arg: u64) -> Result {
+    let ctx = read_context(arg)?;
+    domain::with_current(|d| apply_context(d, vcpu, &ctx, false)).ok_or(XenErrno::Esrch)?
+}
+
+/// Copies a `vcpu_guest_context` in from the caller.
+pub fn read_context(arg: u64) -> core::result::Result<VcpuGuestContext, XenErrno> {
     let size = core::mem::size_of::<VcpuGuestContext>();
     let mut raw = alloc::vec![0u8; size];
     domain::with_current(|d| d.read_guest(arg, &mut raw))
         .ok_or(XenErrno::Esrch)?
         .map_err(|_| XenErrno::Efault)?;
-    let ctx = VcpuGuestContext::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+    VcpuGuestContext::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)
+}
+
+/// Gives vCPU `vcpu` of `d` the state `ctx` describes, checked like the hypercalls that
+/// set each part. `VCPUOP_initialise` only on a vCPU that never started; with `replace`
+/// (domain control, on a paused domain) the vCPU's previous page-table root and GDT are
+/// released once the new ones are held.
+pub fn apply_context(
+    d: &mut crate::domain::Domain,
+    vcpu: u32,
+    ctx: &VcpuGuestContext,
+    replace: bool,
+) -> Result {
     if ctx.flags & VGCF_IN_KERNEL == 0 {
         return Err(XenErrno::Einval); // starting in guest user mode is not offered
     }
-    domain::with_current(|d| {
+    {
         let dom = d.id;
         let Some(v) = d.vcpu_by_id_mut(vcpu) else {
             return Err(XenErrno::Enoent);
         };
-        if v.online || v.initialised {
+        if !replace && (v.online || v.initialised) {
             return Err(XenErrno::Eexist);
         }
+        let old = v.initialised.then(|| (v.kernel_l4, v.gdt));
         let l4 = Mfn(ctx.ctrlreg[3] >> 12);
         let gdt_frames: heapless::Vec<u64, 16> = ctx
             .gdt_frames
@@ -201,6 +220,10 @@ fn initialise(vcpu: u32, arg: u64) -> Result {
             if let Err(e) = super::desc::take_gdt(ft, dom, &gdt) {
                 let _ = ft.put_page_and_type(l4, &mut mem);
                 return Err(e);
+            }
+            if let Some((old_l4, old_gdt)) = old {
+                let _ = ft.put_page_and_type(old_l4, &mut mem);
+                super::desc::release(ft, &mut mem, old_gdt.frames());
             }
         }
         let r = &ctx.user_regs;
@@ -267,8 +290,7 @@ fn initialise(vcpu: u32, arg: u64) -> Result {
             1,
         );
         Ok(0)
-    })
-    .ok_or(XenErrno::Esrch)?
+    }
 }
 
 fn tables() -> crate::arch::x86_64::paging::GuestTables {
@@ -315,4 +337,60 @@ pub fn read_poll(arg: u64) -> core::result::Result<domain::Poll, XenErrno> {
         ports,
         deadline: (p.timeout != 0).then_some(p.timeout),
     })
+}
+
+/// The state of vCPU `vcpu` of `d` (not running: its domain is paused or stopped) as a
+/// `vcpu_guest_context`: what domain control's `GetVcpuContext` returns, and what
+/// [`apply_context`] takes back.
+pub fn context_of(
+    d: &crate::domain::Domain,
+    vcpu: u32,
+) -> core::result::Result<VcpuGuestContext, XenErrno> {
+    use zerocopy::FromZeros;
+    let v = d.vcpus().find(|v| v.id == vcpu).ok_or(XenErrno::Enoent)?;
+    let mut ctx = VcpuGuestContext::new_zeroed();
+    ctx.fpu_ctxt = v.fpu.0;
+    ctx.flags = ferrovisor_abi::xen::arch_x86::VGCF_I387_VALID;
+    if v.pv.in_kernel {
+        ctx.flags |= VGCF_IN_KERNEL;
+    }
+    if v.online {
+        ctx.flags |= VGCF_ONLINE;
+    }
+    if v.pv.callbacks.failsafe_masks_events {
+        ctx.flags |= VGCF_FAILSAFE_DISABLES_EVENTS;
+    }
+    if v.pv.callbacks.syscall_masks_events {
+        ctx.flags |= VGCF_SYSCALL_DISABLES_EVENTS;
+    }
+    ctx.user_regs = crate::guest::to_regs(&v.regs);
+    for vector in 0..=255u8 {
+        if let Some(t) = v.pv.trap_table.get(vector) {
+            ctx.trap_ctxt[usize::from(vector)] = *t;
+        }
+    }
+    for (slot, mfn) in ctx.gdt_frames.iter_mut().zip(v.gdt.frames()) {
+        *slot = mfn.0;
+    }
+    ctx.gdt_ents = u64::from(v.gdt.entries());
+    ctx.kernel_ss = u64::from(FLAT_RING3_SS64);
+    ctx.kernel_sp = v.pv.kernel_sp;
+    if v.initialised {
+        ctx.ctrlreg[3] = v.kernel_l4.addr();
+    }
+    ctx.ctrlreg[1] = v.user_l4.map_or(0, |m| m.addr());
+    ctx.event_callback_eip = v.pv.callbacks.event;
+    ctx.failsafe_callback_eip = v.pv.callbacks.failsafe;
+    ctx.syscall_callback_eip = v.pv.callbacks.syscall;
+    ctx.vm_assist = u64::from(d.vm_assist);
+    ctx.fs_base = v.fs_base;
+    // The active GS base belongs to the mode the vCPU is in; the other is put away.
+    let (kernel_gs, user_gs) = if v.pv.in_kernel {
+        (v.saved_gs_base_active, v.saved_gs_base)
+    } else {
+        (v.saved_gs_base, v.saved_gs_base_active)
+    };
+    ctx.gs_base_kernel = kernel_gs;
+    ctx.gs_base_user = user_gs;
+    Ok(ctx)
 }

@@ -17,11 +17,13 @@ mod checks {
     use ferrovisor_abi::{
         domctl::{
             name_bytes, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd,
-            ListDomains, PhysInfo, ReadLog, ShutdownRequest, SysctlCmd, DOMAIN_NAME_MAX,
-            DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
+            ListDomains, PhysInfo, ReadLog, ShutdownRequest, SysctlCmd, VcpuContext,
+            DOMAIN_NAME_MAX, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED,
+            DOMINFO_SHUTDOWN,
         },
         errno::XenErrno,
         xen::{
+            arch_x86::{VcpuGuestContext, VGCF_IN_KERNEL},
             event_channel::{EvtchnAllocUnbound, EvtchnOp},
             grant_table::{
                 GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
@@ -82,6 +84,8 @@ mod checks {
             built.store_port,
             built.console_port
         );
+
+        vcpu_context(guest, &built)?;
 
         // What the guest needs before it starts: an unbound port for it, named in its
         // xenstore home.
@@ -398,6 +402,43 @@ mod checks {
              the reply; a wrong reference got status {}",
             map.status,
             bad.status
+        );
+        Ok(())
+    }
+
+    /// The paused guest's vCPU 0 starts where `BuildPv` said; its context goes back
+    /// unchanged; a running domain's context is not handed out.
+    fn vcpu_context(dom: DomId, built: &BuildPv) -> Result<(), &'static str> {
+        let mut ctx = VcpuGuestContext::new_zeroed();
+        let req = VcpuContext {
+            vcpu: 0,
+            _pad: 0,
+            ctx: GuestHandle(&raw mut ctx as u64),
+        };
+        control::domctl(DomctlCmd::GetVcpuContext, dom, &req)
+            .map_err(|_| "GetVcpuContext failed")?;
+        pvrt::ensure!(
+            ctx.user_regs.rip == built.entry
+                && ctx.user_regs.rsi == built.start_info
+                && ctx.flags & VGCF_IN_KERNEL != 0
+                && ctx.ctrlreg[3] != 0,
+            "vCPU 0's context: rip {:#x}, rsi {:#x}, flags {:#x}, cr3 {:#x}",
+            ctx.user_regs.rip,
+            ctx.user_regs.rsi,
+            ctx.flags,
+            ctx.ctrlreg[3]
+        );
+        control::domctl(DomctlCmd::SetVcpuContext, dom, &req)
+            .map_err(|_| "SetVcpuContext of its own context failed")?;
+        pvrt::ensure!(
+            control::domctl(DomctlCmd::GetVcpuContext, 0, &req).err()
+                == Some(XenErrno::Ebusy.to_hypercall_ret()),
+            "dom0's own running context was handed out"
+        );
+        pvrt::println!(
+            "pv-test control: vCPU 0 of the paused guest starts at {:#x}, cr3 {:#x}",
+            ctx.user_regs.rip,
+            ctx.ctrlreg[3]
         );
         Ok(())
     }
