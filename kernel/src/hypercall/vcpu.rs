@@ -182,7 +182,7 @@ pub fn apply_context(
         if !replace && (v.online || v.initialised) {
             return Err(XenErrno::Eexist);
         }
-        let old = v.initialised.then(|| (v.kernel_l4, v.gdt));
+        let old = v.initialised.then_some((v.kernel_l4, v.gdt));
         let l4 = Mfn(ctx.ctrlreg[3] >> 12);
         let gdt_frames: heapless::Vec<u64, 16> = ctx
             .gdt_frames
