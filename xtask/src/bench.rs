@@ -38,6 +38,8 @@ use crate::{
 
 /// The benchmark kernel's name (`tests/kernels/src/bin/bench.rs`).
 pub const KERNEL: &str = "bench";
+/// The other domain of the inter-domain figures (`tests/kernels/src/bin/peer.rs`).
+pub const PEER_KERNEL: &str = "peer";
 
 /// The hypervisor command line: the QEMU tests' (dom0 small, `debug_exit` so that dom0's
 /// poweroff ends QEMU), with dom0's second vCPU for the context switch.
@@ -129,6 +131,18 @@ pub const ROWS: &[(&str, &str)] = &[
     ("mmu_update_batch64", "mmu_update, batch of 64 L1 updates"),
     ("mmu_update_per_entry", "mmu_update, per L1 update"),
     ("context_switch", "context switch (2 vCPUs)"),
+    (
+        "evtchn_roundtrip",
+        "event channel round trip, dom0 <-> domU (2 sends, 2 wake-ups)",
+    ),
+    ("grant_map_unmap", "grant map + unmap (read-only, one page)"),
+    ("grant_copy_4k", "grant copy of 4 KiB into a domU's grant"),
+    ("xenstore_read", "xenstore read round trip (dom0's ring)"),
+    ("xenstore_write", "xenstore write round trip (dom0's ring)"),
+    (
+        "domain_create_64m",
+        "64 MiB domU: CreateDomain -> its first instruction",
+    ),
     (FIRST_OUTPUT_FIGURE, "QEMU start -> dom0's first output"),
     ("timer_overhead", "TSC read pair (included above)"),
 ];
@@ -315,9 +329,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         iso_name: format!("{KERNEL}.elf"),
         cmdline: String::new(),
     };
+    // On Ferrovisor, the peer kernel rides along as dom0's initrd: the bench kernel builds
+    // it into a second domain for the inter-domain figures.
+    let peer = BootModule {
+        source: kernels
+            .get(PEER_KERNEL)
+            .with_context(|| format!("no test kernel {PEER_KERNEL:?} was built"))?
+            .clone(),
+        iso_name: format!("{PEER_KERNEL}.elf"),
+        cmdline: String::new(),
+    };
     let mut entry = BootEntry::new(&artifacts);
     entry.hypervisor_cmdline = HYPERVISOR_CMDLINE.to_owned();
-    entry.modules = vec![module.clone()];
+    entry.modules = vec![module.clone(), peer];
     let iso = iso::make_iso(&entry, &build::output_dir().join("bench.iso"))?;
     let xen_iso = match xen_image {
         Some(image) => {

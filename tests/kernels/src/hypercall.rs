@@ -212,6 +212,26 @@ pub fn sched_block() -> i64 {
     unsafe { hypercall2(nr(Hypercall::SchedOp), u64::from(SchedOp::Block.raw()), 0) }
 }
 
+/// `sched_op(SCHEDOP_poll)` on one port: sleeps until it is pending (events stay
+/// masked), or until system time `timeout` ns (0: no timeout).
+pub fn sched_poll(port: u32, timeout: u64) -> i64 {
+    let ports = [port];
+    let poll = ferrovisor_abi::xen::sched::SchedPoll {
+        ports: ferrovisor_abi::xen::GuestHandle(ports.as_ptr() as u64),
+        nr_ports: 1,
+        _cpad0: 0,
+        timeout,
+    };
+    // SAFETY: the hypervisor reads the argument and the one-port list on this stack.
+    unsafe {
+        hypercall2(
+            nr(Hypercall::SchedOp),
+            u64::from(SchedOp::Poll.raw()),
+            (&raw const poll) as u64,
+        )
+    }
+}
+
 /// `vm_assist(cmd, type)`.
 pub fn vm_assist(cmd: VmAssistCmd, ty: VmAssistType) -> i64 {
     // SAFETY: no memory argument. Enabling writable page tables only makes the hypervisor

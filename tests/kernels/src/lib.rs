@@ -32,6 +32,7 @@ pub mod console;
 pub mod contract;
 pub mod control;
 pub mod events;
+pub mod grant;
 pub mod hypercall;
 pub mod layout;
 pub mod region;
@@ -73,6 +74,9 @@ pub struct TestKernel {
 
 /// The running kernel, for the panic handler.
 static KERNEL: AtomicPtr<TestKernel> = AtomicPtr::new(core::ptr::null_mut());
+/// The TSC when the kernel's Rust code first ran (what the domain-creation benchmark
+/// measures up to).
+static ENTRY_TSC: AtomicU64 = AtomicU64::new(0);
 /// The `rsp` the domain builder started the kernel with.
 static BOOTSTRAP_RSP: AtomicU64 = AtomicU64::new(0);
 /// The `rsi` the domain builder started the kernel with.
@@ -147,10 +151,42 @@ macro_rules! ensure {
     };
 }
 
+/// `v` in decimal, written into `buf`.
+pub fn decimal(mut v: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    core::str::from_utf8(&buf[i..]).unwrap_or("?")
+}
+
+/// A decimal number's value (digits only, no overflow).
+pub fn parse_decimal(b: &[u8]) -> Option<u64> {
+    if b.is_empty() {
+        return None;
+    }
+    b.iter().try_fold(0u64, |acc, &c| {
+        c.is_ascii_digit()
+            .then(|| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+            .flatten()
+    })
+}
+
+/// The TSC at the kernel's entry.
+pub fn entry_tsc() -> u64 {
+    ENTRY_TSC.load(Ordering::Relaxed)
+}
+
 /// Where the kernel starts, called by the `pvrt_main` that [`test_kernel!`] defines:
 /// records the start-of-day state, selects the hypercall transport, runs the kernel's
 /// main function and reports its verdict.
 pub fn entry(kernel: &'static TestKernel, start_info_va: u64, bootstrap_rsp: u64) -> ! {
+    ENTRY_TSC.store(time::rdtsc(), Ordering::Relaxed);
     KERNEL.store(core::ptr::from_ref(kernel).cast_mut(), Ordering::Relaxed);
     BOOTSTRAP_RSP.store(bootstrap_rsp, Ordering::Relaxed);
     START_INFO_VA.store(start_info_va, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use core::sync::atomic::{fence, AtomicU32, Ordering};
 use ferrovisor_abi::xen::{
     xen::StartInfo,
     xs_wire::{XenstoreDomainInterface, XsType, XsdSockmsg, XENSTORE_RING_SIZE},
+    DomId,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -295,5 +296,45 @@ impl Store {
             crate::sched_yield();
         }
         None
+    }
+}
+
+/// `/local/domain/<dom>/<key>` built in place.
+pub struct DomainPath {
+    buf: [u8; 96],
+}
+
+impl DomainPath {
+    pub fn new() -> Self {
+        DomainPath { buf: [0; 96] }
+    }
+    pub fn of(&mut self, dom: DomId, key: &str) -> &str {
+        use core::fmt::Write;
+        struct W<'a>(&'a mut [u8], usize);
+        impl Write for W<'_> {
+            fn write_str(&mut self, s: &str) -> core::fmt::Result {
+                let end = self.1 + s.len();
+                self.0
+                    .get_mut(self.1..end)
+                    .ok_or(core::fmt::Error)?
+                    .copy_from_slice(s.as_bytes());
+                self.1 = end;
+                Ok(())
+            }
+        }
+        let mut w = W(&mut self.buf, 0);
+        let _ = if key.is_empty() {
+            write!(w, "/local/domain/{dom}")
+        } else {
+            write!(w, "/local/domain/{dom}/{key}")
+        };
+        let n = w.1;
+        core::str::from_utf8(&self.buf[..n]).unwrap_or("")
+    }
+}
+
+impl Default for DomainPath {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -103,7 +103,183 @@ fn bench_main(si: &StartInfo) -> Result<(), &'static str> {
     );
 
     context_switch(si, &scale, &mut samples[..]);
+    domains::run(si, &scale, &mut samples[..DOMAIN_SAMPLES]);
     Ok(())
+}
+
+/// Samples per inter-domain figure (each costs domain switches under TCG).
+const DOMAIN_SAMPLES: usize = 500;
+
+/// The inter-domain figures, with the `peer` kernel (this kernel's initrd module) as the
+/// other domain, built through Ferrovisor's own control interface:
+///
+/// * `domain_create_64m`: from `CreateDomain` of a 64 MiB domain, through populating its
+///   memory, `BuildPv` and `UnpauseDomain`, to the peer's first instruction (its TSC at
+///   entry, which it reports through xenstore): one sample;
+/// * `evtchn_roundtrip`: dom0 sends on an interdomain port and polls its end; the peer,
+///   polling its own, wakes and sends back: two sends, two wake-ups, two domain switches;
+/// * `grant_map_unmap`: mapping the peer's grant read-only and unmapping it again;
+/// * `grant_copy_4k`: `GNTTABOP_copy` of a whole page from dom0 into the peer's grant;
+/// * `xenstore_read`, `xenstore_write`: one request and its reply on dom0's store ring.
+///
+/// On Xen, or without the module, each says `n/a` and why.
+mod domains {
+    use ferrovisor_abi::{
+        domctl::DomctlCmd,
+        xen::{
+            grant_table::{
+                GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
+                GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+            },
+            xen::{StartInfo, DOMID_SELF},
+            DomId,
+        },
+    };
+    use pvrt::{
+        control, events, region,
+        xenstore::{DomainPath, Store},
+    };
+
+    use super::{median, rdtsc, report, time_each, TscScale};
+
+    const FIGURES: [&str; 6] = [
+        "domain_create_64m",
+        "evtchn_roundtrip",
+        "grant_map_unmap",
+        "grant_copy_4k",
+        "xenstore_read",
+        "xenstore_write",
+    ];
+    /// The peer's size: 64 MiB.
+    const PEER_PAGES: u64 = 16 * 1024;
+    /// The reference the peer grants.
+    const GREF: u32 = 8;
+
+    pub fn run(si: &StartInfo, scale: &TscScale, samples: &mut [u64]) {
+        let why = if !pvrt::on_ferrovisor() {
+            Some("Ferrovisor's own control interface")
+        } else if si.mod_len == 0 {
+            Some("no peer kernel module")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            for f in FIGURES {
+                pvrt::println!("bench: {f} n/a ({why})");
+            }
+            return;
+        }
+        if let Err(e) = measure(si, scale, samples) {
+            for f in FIGURES {
+                pvrt::println!("bench: {f} n/a ({e})");
+            }
+        }
+    }
+
+    fn measure(si: &StartInfo, scale: &TscScale, samples: &mut [u64]) -> Result<(), &'static str> {
+        let mut store = Store::open(si).ok_or("dom0 has no xenstore ring")?;
+        let mut path = DomainPath::new();
+        let t0 = rdtsc();
+        let peer = control::create("peer", PEER_PAGES + 64).map_err(|_| "CreateDomain failed")?;
+        control::populate(peer, PEER_PAGES, &mut [])?;
+        control::build_from_module(si, peer, b"pv-test=peer")?;
+        let port = control::alloc_unbound(peer)?;
+        let mut num = [0u8; 20];
+        store
+            .write(
+                path.of(peer, "data/dom0-port"),
+                pvrt::decimal(port.into(), &mut num).as_bytes(),
+            )
+            .map_err(|_| "cannot write the peer's data/dom0-port")?;
+        control::expect0(DomctlCmd::UnpauseDomain, peer, "UnpauseDomain failed")?;
+        wait_ready(&mut store, peer)?;
+        let mut raw = [0u8; 20];
+        let n = store
+            .read(path.of(peer, "data/entry-tsc"), &mut raw)
+            .map_err(|_| "the peer did not report its entry TSC")?;
+        let entry = pvrt::parse_decimal(&raw[..n]).ok_or("a bad entry TSC")?;
+        report(scale, "domain_create_64m", entry.wrapping_sub(t0), 1, 1);
+
+        events::clear_pending(port);
+        let rtt = median(time_each(samples, || {
+            events::send(port);
+            while !events::is_pending(port) {
+                pvrt::sched_poll(port, 0);
+            }
+            events::clear_pending(port);
+        }));
+        report(scale, "evtchn_roundtrip", rtt, samples.len(), 1);
+
+        let at = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // SAFETY: the scratch page is unused; the grant goes where it was.
+        unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
+        let mut failed = false;
+        let map_unmap = median(time_each(samples, || {
+            let mut map = GnttabMapGrantRef {
+                host_addr: at.va,
+                flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
+                r#ref: GREF,
+                dom: peer,
+                ..Default::default()
+            };
+            let r = control::grant_op(GnttabOp::MapGrantRef, &mut map);
+            let mut unmap = GnttabUnmapGrantRef {
+                host_addr: at.va,
+                dev_bus_addr: 0,
+                handle: map.handle,
+                status: 0,
+                _cpad0: 0,
+            };
+            let u = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+            failed |= r != 0 || map.status != 0 || u != 0 || unmap.status != 0;
+        }));
+        pvrt::ensure!(!failed, "a grant map or unmap failed");
+        report(scale, "grant_map_unmap", map_unmap, samples.len(), 1);
+
+        let src = region::alloc_scratch(si).ok_or("no scratch page")?;
+        let copy = median(time_each(samples, || {
+            let mut c = GnttabCopy {
+                source: GnttabCopyPtr::with_gmfn(src.mfn, DOMID_SELF, 0),
+                dest: GnttabCopyPtr::with_gref(GREF, peer, 0),
+                len: 4096,
+                flags: GNTCOPY_DEST_GREF,
+                status: 0,
+                _cpad0: 0,
+            };
+            let r = control::grant_op(GnttabOp::Copy, &mut c);
+            failed |= r != 0 || c.status != 0;
+        }));
+        pvrt::ensure!(!failed, "a grant copy failed");
+        report(scale, "grant_copy_4k", copy, samples.len(), 1);
+
+        let mut buf = [0u8; 16];
+        let read = median(time_each(samples, || {
+            failed |= store.read(path.of(peer, "data/ready"), &mut buf).is_err();
+        }));
+        pvrt::ensure!(!failed, "a xenstore read failed");
+        report(scale, "xenstore_read", read, samples.len(), 1);
+        let write = median(time_each(samples, || {
+            failed |= store.write(path.of(peer, "data/x"), b"1").is_err();
+        }));
+        pvrt::ensure!(!failed, "a xenstore write failed");
+        report(scale, "xenstore_write", write, samples.len(), 1);
+
+        control::expect0(DomctlCmd::DestroyDomain, peer, "DestroyDomain failed")
+    }
+
+    fn wait_ready(store: &mut Store, peer: DomId) -> Result<(), &'static str> {
+        let mut path = DomainPath::new();
+        for _ in 0..100_000 {
+            if store
+                .read(path.of(peer, "data/ready"), &mut [0u8; 4])
+                .is_ok()
+            {
+                return Ok(());
+            }
+            pvrt::sched_yield();
+        }
+        Err("the peer never got ready")
+    }
 }
 
 /// The TSC-to-nanoseconds scale of vCPU 0's `vcpu_time_info`.

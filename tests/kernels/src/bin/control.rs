@@ -16,26 +16,25 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
 mod checks {
     use ferrovisor_abi::{
         domctl::{
-            name_bytes, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd,
-            ListDomains, PhysInfo, ReadLog, ShutdownRequest, SysctlCmd, VcpuContext,
-            DOMAIN_NAME_MAX, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED,
-            DOMINFO_SHUTDOWN,
+            name_bytes, BuildPv, ConsoleIo, DomainInfo, Domctl, DomctlCmd, ListDomains, ReadLog,
+            ShutdownRequest, SysctlCmd, VcpuContext, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_DYING,
+            DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
         },
         errno::XenErrno,
         xen::{
             arch_x86::{VcpuGuestContext, VGCF_IN_KERNEL},
-            event_channel::{EvtchnAllocUnbound, EvtchnOp},
             grant_table::{
                 GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
                 GrantStatus, GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
             },
-            hypercall::Hypercall,
-            memory::{MemoryOp, XenMemoryReservation},
             xen::{MmuUpdate, StartInfo, DOMID_SELF},
             DomId, GuestHandle,
         },
     };
-    use pvrt::{control, events, region, xenstore::Store};
+    use pvrt::{
+        control, events, region,
+        xenstore::{DomainPath, Store},
+    };
     use zerocopy::FromZeros;
 
     /// The guest's size: 8 MiB, room for its bootstrap region.
@@ -50,26 +49,27 @@ mod checks {
         pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
         let mut store = Store::open(si).ok_or("dom0 has no xenstore ring")?;
         interface_checks()?;
-        let free_before = phys_info()?.free_pages;
+        let free_before = control::phys_info()?.free_pages;
 
         // A domain that is created and populated but never built goes away cleanly too.
-        let scratch = create("scratch", 512).map_err(|_| "CreateDomain failed")?;
-        populate(scratch, 512, &mut [])?;
+        let scratch = control::create("scratch", 512).map_err(|_| "CreateDomain failed")?;
+        control::populate(scratch, 512, &mut [])?;
         destroy(scratch)?;
         pvrt::ensure!(
-            phys_info()?.free_pages == free_before,
+            control::phys_info()?.free_pages == free_before,
             "destroying an unbuilt domain leaked frames"
         );
 
-        let guest = create("guest1", GUEST_PAGES * 2).map_err(|_| "CreateDomain failed")?;
+        let guest =
+            control::create("guest1", GUEST_PAGES * 2).map_err(|_| "CreateDomain failed")?;
         pvrt::ensure!(
-            create("guest1", 512) == Err(XenErrno::Eexist.to_hypercall_ret()),
+            control::create("guest1", 512) == Err(XenErrno::Eexist.to_hypercall_ret()),
             "a second domain named guest1 was not -EEXIST"
         );
         let mut mfns = [0u64; 1024];
-        populate(guest, GUEST_PAGES, &mut mfns)?;
-        let built = build(si, guest)?;
-        let info = domain_info(guest)?;
+        control::populate(guest, GUEST_PAGES, &mut mfns)?;
+        let built = control::build_from_module(si, guest, b"pv-test=guest")?;
+        let info = control::domain_info(guest)?;
         pvrt::ensure!(
             info.flags & (DOMINFO_BUILT | DOMINFO_PAUSED) == DOMINFO_BUILT | DOMINFO_PAUSED
                 && info.tot_pages == GUEST_PAGES
@@ -89,12 +89,12 @@ mod checks {
 
         // What the guest needs before it starts: an unbound port for it, named in its
         // xenstore home.
-        let port = alloc_unbound(guest)?;
-        let mut path = Path::new();
+        let port = control::alloc_unbound(guest)?;
+        let mut path = DomainPath::new();
         store
             .write(
                 path.of(guest, "data/dom0-port"),
-                fmt_u32(port, &mut [0; 10]).as_bytes(),
+                pvrt::decimal(port.into(), &mut [0; 20]).as_bytes(),
             )
             .map_err(|_| "cannot write the guest's data/dom0-port")?;
         store
@@ -108,12 +108,12 @@ mod checks {
         unpause(guest)?;
         pvrt::ensure!(
             control::domctl0(DomctlCmd::PauseDomain, guest) == 0
-                && domain_info(guest)?.flags & DOMINFO_PAUSED != 0,
+                && control::domain_info(guest)?.flags & DOMINFO_PAUSED != 0,
             "pausing the guest"
         );
         unpause(guest)?;
         pvrt::ensure!(
-            domain_info(guest)?.flags & DOMINFO_PAUSED == 0,
+            control::domain_info(guest)?.flags & DOMINFO_PAUSED == 0,
             "the guest still paused after unpause"
         );
 
@@ -150,7 +150,7 @@ mod checks {
 
         destroy(guest)?;
         // Its mapped frame keeps it dying until the mapping goes.
-        let info = domain_info(guest)?;
+        let info = control::domain_info(guest)?;
         pvrt::ensure!(
             info.flags & DOMINFO_DYING != 0 && info.tot_pages == 1,
             "the destroyed guest with a frame still mapped: flags {:#x}, {} pages",
@@ -167,7 +167,7 @@ mod checks {
             matches!(r, Err(e) if e.name() == "ENOENT"),
             "the guest's xenstore home outlived it: {r:?}"
         );
-        let free_after = phys_info()?.free_pages;
+        let free_after = control::phys_info()?.free_pages;
         pvrt::ensure!(
             free_after == free_before,
             "free frames {free_after} after destroy, {free_before} before"
@@ -196,35 +196,12 @@ mod checks {
             control::domctl0(DomctlCmd::DestroyDomain, 0) == XenErrno::Einval.to_hypercall_ret(),
             "dom0 destroying itself was not refused"
         );
-        let info = domain_info(0)?;
+        let info = control::domain_info(0)?;
         pvrt::ensure!(
             name_bytes(&info.name) == b"Domain-0",
             "dom0 is not named Domain-0"
         );
         Ok(())
-    }
-
-    fn phys_info() -> Result<PhysInfo, &'static str> {
-        control::sysctl(SysctlCmd::PhysInfo, &PhysInfo::new_zeroed())
-            .map_err(|_| "sysctl PhysInfo failed")
-    }
-
-    fn domain_info(dom: DomId) -> Result<DomainInfo, &'static str> {
-        control::domctl(DomctlCmd::GetDomainInfo, dom, &DomainInfo::new_zeroed())
-            .map(|(i, _)| i)
-            .map_err(|_| "GetDomainInfo failed")
-    }
-
-    fn create(name: &str, max_pages: u64) -> Result<DomId, i64> {
-        let mut c = CreateDomain {
-            uuid: [0x42; 16],
-            name: [0; DOMAIN_NAME_MAX],
-            max_pages,
-            max_vcpus: 1,
-            flags: 0,
-        };
-        c.name[..name.len()].copy_from_slice(name.as_bytes());
-        control::domctl(DomctlCmd::CreateDomain, 0, &c).map(|(_, id)| id)
     }
 
     fn destroy(dom: DomId) -> Result<(), &'static str> {
@@ -238,87 +215,6 @@ mod checks {
         match control::domctl0(DomctlCmd::UnpauseDomain, dom) {
             0 => Ok(()),
             _ => Err("UnpauseDomain failed"),
-        }
-    }
-
-    /// `populate_physmap` of another domain, pfn by pfn in batches; the machine frames of
-    /// the first `mfns.len()` pfns are kept in `mfns`.
-    fn populate(dom: DomId, pages: u64, mfns: &mut [u64]) -> Result<(), &'static str> {
-        let mut list = [0u64; 256];
-        let mut next = 0;
-        while next < pages {
-            let n = (pages - next).min(list.len() as u64);
-            for (i, slot) in list.iter_mut().take(n as usize).enumerate() {
-                *slot = next + i as u64;
-            }
-            let mut res = XenMemoryReservation {
-                extent_start: GuestHandle(list.as_mut_ptr() as u64),
-                nr_extents: n,
-                extent_order: 0,
-                mem_flags: 0,
-                domid: dom,
-                _cpad0: [0; 6],
-            };
-            // SAFETY: the reservation and its list are on this stack.
-            let r = unsafe { pvrt::memory_op(MemoryOp::PopulatePhysmap, (&raw mut res).cast()) };
-            pvrt::ensure!(r == n as i64, "populate_physmap of d{dom} returned {r}");
-            for (i, &mfn) in list.iter().take(n as usize).enumerate() {
-                if let Some(slot) = mfns.get_mut((next + i as u64) as usize) {
-                    *slot = mfn;
-                }
-            }
-            next += n;
-        }
-        Ok(())
-    }
-
-    /// Builds the guest from this kernel's initrd module.
-    fn build(si: &StartInfo, dom: DomId) -> Result<BuildPv, &'static str> {
-        pvrt::ensure!(si.mod_start != 0 && si.mod_len != 0, "no initrd module");
-        let cmdline = b"pv-test=guest";
-        let b = BuildPv {
-            kernel: GuestHandle(si.mod_start),
-            kernel_len: si.mod_len,
-            ramdisk: GuestHandle(0),
-            ramdisk_len: 0,
-            cmdline: GuestHandle(cmdline.as_ptr() as u64),
-            cmdline_len: cmdline.len() as u32,
-            flags: 0,
-            store_mfn: 0,
-            console_mfn: 0,
-            store_port: 0,
-            console_port: 0,
-            entry: 0,
-            start_info: 0,
-        };
-        control::domctl(DomctlCmd::BuildPv, dom, &b)
-            .map(|(b, _)| b)
-            .map_err(|_| "BuildPv failed")
-    }
-
-    /// A port of dom0 that `dom` may bind.
-    fn alloc_unbound(dom: DomId) -> Result<u32, &'static str> {
-        let mut a = EvtchnAllocUnbound {
-            dom: DOMID_SELF,
-            remote_dom: dom,
-            port: 0,
-        };
-        // SAFETY: the hypervisor reads and writes the structure on this stack.
-        let r = unsafe { events::event_channel_op(EvtchnOp::AllocUnbound, (&raw mut a).cast()) };
-        pvrt::ensure!(r == 0, "alloc_unbound for d{dom} returned {r}");
-        events::set_masked(a.port, true);
-        Ok(a.port)
-    }
-
-    fn grant_op<T>(op: GnttabOp, arg: &mut T) -> i64 {
-        // SAFETY: the hypervisor reads and writes the one entry on this stack.
-        unsafe {
-            pvrt::hypercall3(
-                Hypercall::GrantTableOp.raw(),
-                u64::from(op.raw()),
-                (arg as *mut T) as u64,
-                1,
-            )
         }
     }
 
@@ -337,7 +233,7 @@ mod checks {
             dom,
             ..Default::default()
         };
-        let r = grant_op(GnttabOp::MapGrantRef, &mut map);
+        let r = control::grant_op(GnttabOp::MapGrantRef, &mut map);
         pvrt::ensure!(
             r == 0 && map.status == GrantStatus::Okay.raw(),
             "mapping the guest's grant: rc {r}, status {}",
@@ -353,7 +249,7 @@ mod checks {
             dom,
             ..Default::default()
         };
-        let r = grant_op(GnttabOp::MapGrantRef, &mut bad);
+        let r = control::grant_op(GnttabOp::MapGrantRef, &mut bad);
         pvrt::ensure!(
             r == 0 && bad.status != GrantStatus::Okay.raw(),
             "an ungranted reference was mapped"
@@ -365,14 +261,14 @@ mod checks {
             status: 0,
             _cpad0: 0,
         };
-        let r = grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        let r = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
         pvrt::ensure!(
             r == 0 && unmap.status == 0,
             "unmapping the grant: rc {r}, status {}",
             unmap.status
         );
         // A second unmap of the same handle is refused.
-        let r = grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        let r = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
         pvrt::ensure!(
             r == 0 && unmap.status == GrantStatus::BadHandle.raw(),
             "a second unmap: status {}",
@@ -391,7 +287,7 @@ mod checks {
             status: 0,
             _cpad0: 0,
         };
-        let r = grant_op(GnttabOp::Copy, &mut copy);
+        let r = control::grant_op(GnttabOp::Copy, &mut copy);
         pvrt::ensure!(
             r == 0 && copy.status == 0,
             "grant copy: rc {r}, status {}",
@@ -485,7 +381,7 @@ mod checks {
 
     /// Waits for a watch event on `key` of `dom` and returns its (non-empty) value.
     fn wait_for_key(store: &mut Store, dom: DomId, key: &str) -> Result<[u8; 2], &'static str> {
-        let mut path = Path::new();
+        let mut path = DomainPath::new();
         for _ in 0..200 {
             if let Some(ev) = store.next_event(2000) {
                 pvrt::println!(
@@ -503,7 +399,7 @@ mod checks {
                     return Ok(v);
                 }
             }
-            let info = domain_info(dom)?;
+            let info = control::domain_info(dom)?;
             pvrt::ensure!(
                 info.flags & DOMINFO_CRASHED == 0,
                 "the guest crashed (its log has the reason)"
@@ -525,7 +421,7 @@ mod checks {
 
     fn wait_for_shutdown(dom: DomId) -> Result<(), &'static str> {
         for _ in 0..100_000 {
-            let info = domain_info(dom)?;
+            let info = control::domain_info(dom)?;
             if info.flags & DOMINFO_SHUTDOWN != 0 {
                 pvrt::ensure!(
                     info.flags & DOMINFO_CRASHED == 0 && info.shutdown_reason == 0,
@@ -636,52 +532,5 @@ mod checks {
         }
         pvrt::ensure!(found, "the log does not mention the guest's creation");
         Ok(())
-    }
-
-    fn fmt_u32(mut v: u32, buf: &mut [u8; 10]) -> &str {
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 || i == 0 {
-                break;
-            }
-        }
-        core::str::from_utf8(&buf[i..]).unwrap_or("?")
-    }
-
-    /// `/local/domain/<dom>/<key>` built in place.
-    struct Path {
-        buf: [u8; 96],
-    }
-
-    impl Path {
-        fn new() -> Self {
-            Path { buf: [0; 96] }
-        }
-        fn of(&mut self, dom: DomId, key: &str) -> &str {
-            use core::fmt::Write;
-            struct W<'a>(&'a mut [u8], usize);
-            impl Write for W<'_> {
-                fn write_str(&mut self, s: &str) -> core::fmt::Result {
-                    let end = self.1 + s.len();
-                    self.0
-                        .get_mut(self.1..end)
-                        .ok_or(core::fmt::Error)?
-                        .copy_from_slice(s.as_bytes());
-                    self.1 = end;
-                    Ok(())
-                }
-            }
-            let mut w = W(&mut self.buf, 0);
-            let _ = if key.is_empty() {
-                write!(w, "/local/domain/{dom}")
-            } else {
-                write!(w, "/local/domain/{dom}/{key}")
-            };
-            let n = w.1;
-            core::str::from_utf8(&self.buf[..n]).unwrap_or("")
-        }
     }
 }

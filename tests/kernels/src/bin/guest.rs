@@ -42,8 +42,7 @@ mod checks {
         xen::{
             event_channel::{EvtchnBindInterdomain, EvtchnOp},
             grant_table::{
-                GnttabMapGrantRef, GnttabOp, GnttabSetupTable, GrantStatus, GNTMAP_HOST_MAP,
-                GNTMAP_READONLY, GTF_PERMIT_ACCESS,
+                GnttabMapGrantRef, GnttabOp, GrantStatus, GNTMAP_HOST_MAP, GNTMAP_READONLY,
             },
             hypercall::Hypercall,
             memory::{MemoryOp, XenMemoryReservation},
@@ -155,8 +154,8 @@ mod checks {
         // Watches until the quota refuses one.
         let mut n = 0;
         let watch_err = loop {
-            let mut token = [0u8; 8];
-            let t = fmt_u32(n, &mut token);
+            let mut token = [0u8; 20];
+            let t = pvrt::decimal(n, &mut token);
             match store.watch("data/w", t) {
                 Ok(()) => n += 1,
                 Err(e) => break e,
@@ -180,30 +179,6 @@ mod checks {
         Ok(())
     }
 
-    fn fmt_u32(mut v: u32, buf: &mut [u8; 8]) -> &str {
-        let mut i = buf.len();
-        loop {
-            i -= 1;
-            buf[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 || i == 0 {
-                break;
-            }
-        }
-        core::str::from_utf8(&buf[i..]).unwrap_or("?")
-    }
-
-    fn parse_u32(b: &[u8]) -> Option<u32> {
-        if b.is_empty() {
-            return None;
-        }
-        b.iter().try_fold(0u32, |acc, &c| {
-            c.is_ascii_digit()
-                .then(|| acc.checked_mul(10)?.checked_add(u32::from(c - b'0')))
-                .flatten()
-        })
-    }
-
     /// Binds the port dom0 left unbound for it (named in `data/dom0-port`); a second
     /// bind of the same port, and a bind of a port that does not wait for it, fail.
     fn bind_dom0_port(store: &mut Store) -> Result<u32, &'static str> {
@@ -211,7 +186,9 @@ mod checks {
         let n = store
             .read("data/dom0-port", &mut buf)
             .map_err(|_| "no data/dom0-port from dom0")?;
-        let remote = parse_u32(&buf[..n]).ok_or("data/dom0-port is not a number")?;
+        let remote = pvrt::parse_decimal(&buf[..n])
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or("data/dom0-port is not a number")?;
         let bind = |remote_port: u32| {
             let mut b = EvtchnBindInterdomain {
                 remote_dom: 0,
@@ -254,43 +231,13 @@ mod checks {
     /// Sets up a one-frame grant table and grants dom0 read-write access to a scratch
     /// page holding the greeting.
     fn offer_grant(si: &StartInfo) -> Result<region::ScratchPage, &'static str> {
-        let mut frame = 0u64;
-        let mut setup = GnttabSetupTable {
-            dom: ferrovisor_abi::xen::xen::DOMID_SELF,
-            nr_frames: 1,
-            frame_list: GuestHandle(&raw mut frame as u64),
-            ..Default::default()
-        };
-        // SAFETY: the hypervisor reads the argument and writes one frame number.
-        let r = unsafe {
-            pvrt::hypercall3(
-                Hypercall::GrantTableOp.raw(),
-                u64::from(GnttabOp::SetupTable.raw()),
-                (&raw mut setup) as u64,
-                1,
-            )
-        };
-        pvrt::ensure!(
-            r == 0 && setup.status == 0 && frame != 0,
-            "setup_table: rc {r}, status {}",
-            setup.status
-        );
-        // Map the grant frame over a scratch page.
-        let table = region::alloc_scratch(si).ok_or("no scratch page for the grant table")?;
-        // SAFETY: remaps one of the kernel's scratch pages, which nothing else uses.
-        let r = unsafe { pvrt::update_va_mapping(table.va, (frame << 12) | region::PTE_RW, 0) };
-        pvrt::ensure!(r == 0, "mapping the grant frame returned {r}");
+        let table = pvrt::grant::GrantTable::setup(si)?;
         let page = region::alloc_scratch(si).ok_or("no scratch page to grant")?;
-        // SAFETY: both scratch pages are mapped writable and used by nobody else.
+        // SAFETY: the scratch page is mapped writable and used by nobody else.
         unsafe {
-            core::ptr::copy_nonoverlapping(GREETING.as_ptr(), page.va as *mut u8, GREETING.len());
-            let entry = (table.va as *mut u64).add(GREF as usize);
-            // Frame and domain first, then the flags that make the entry valid.
-            let words = entry.cast::<u32>();
-            words.add(1).write_volatile(page.mfn as u32);
-            core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
-            words.write_volatile(u32::from(GTF_PERMIT_ACCESS));
-        }
+            core::ptr::copy_nonoverlapping(GREETING.as_ptr(), page.va as *mut u8, GREETING.len())
+        };
+        table.grant(GREF, 0, &page, false);
         Ok(page)
     }
 

@@ -1,0 +1,56 @@
+//! Offering grants (`grant_table.h`, v1): a one-frame grant table mapped over a scratch
+//! page, and entries written in the order the ABI asks (frame and domain, then flags).
+
+use core::sync::atomic::{fence, Ordering};
+
+use ferrovisor_abi::xen::{
+    grant_table::{GnttabOp, GnttabSetupTable, GTF_PERMIT_ACCESS, GTF_READONLY},
+    xen::{StartInfo, DOMID_SELF},
+    DomId, GuestHandle,
+};
+
+use crate::region::{self, ScratchPage};
+
+/// The domain's grant table, mapped.
+pub struct GrantTable {
+    va: u64,
+}
+
+impl GrantTable {
+    /// `GNTTABOP_setup_table` for one frame, mapped over a scratch page.
+    pub fn setup(si: &StartInfo) -> Result<GrantTable, &'static str> {
+        let mut frame = 0u64;
+        let mut setup = GnttabSetupTable {
+            dom: DOMID_SELF,
+            nr_frames: 1,
+            frame_list: GuestHandle(&raw mut frame as u64),
+            ..Default::default()
+        };
+        let r = crate::control::grant_op(GnttabOp::SetupTable, &mut setup);
+        crate::ensure!(
+            r == 0 && setup.status == 0 && frame != 0,
+            "setup_table: rc {r}, status {}",
+            setup.status
+        );
+        let table = region::alloc_scratch(si).ok_or("no scratch page for the grant table")?;
+        // SAFETY: remaps one of the kernel's scratch pages, which nothing else uses.
+        let r = unsafe { crate::update_va_mapping(table.va, (frame << 12) | region::PTE_RW, 0) };
+        crate::ensure!(r == 0, "mapping the grant frame returned {r}");
+        Ok(GrantTable { va: table.va })
+    }
+
+    /// Grants `to` access to `page` as reference `gref` (below 512).
+    pub fn grant(&self, gref: u32, to: DomId, page: &ScratchPage, readonly: bool) {
+        let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+        // SAFETY: the grant frame is mapped writable at `va`; entry `gref` is 8 bytes
+        // inside it (gref < 512). Frame and domain go first, the flags that make the
+        // entry valid last.
+        unsafe {
+            let words = (self.va as *mut u32).add(2 * (gref as usize % 512));
+            words.add(1).write_volatile(page.mfn as u32);
+            words.write_volatile(u32::from(to) << 16);
+            fence(Ordering::Release);
+            words.write_volatile((u32::from(to) << 16) | u32::from(flags));
+        }
+    }
+}
