@@ -74,6 +74,25 @@ pub fn init(set: ConsoleSet, baud: u32) {
     READY.store(true, Ordering::SeqCst);
 }
 
+/// Bytes received on the serial line since the last call, up to `out.len()`.
+pub fn read_serial(out: &mut [u8]) -> usize {
+    let c = CONSOLE.lock();
+    let Some(serial) = &c.serial else {
+        return 0;
+    };
+    let mut n = 0;
+    while n < out.len() {
+        match serial.try_read_byte() {
+            Some(b) => {
+                out[n] = b;
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
+}
+
 /// Reads the hypervisor's log ring from byte `from` (a running offset): copies what fits
 /// into `out` and returns (bytes copied, offset after them, bytes lost before them
 /// because the ring overwrote them).

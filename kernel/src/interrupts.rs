@@ -42,6 +42,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
             apic::on_tick();
             apic::eoi();
             guest::on_tick();
+            crate::backend::console::poll_serial();
             crate::sched::on_tick(frame);
             if from_guest {
                 guest::interrupted(frame);

@@ -269,6 +269,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     ) {
         Ok(()) => {
             domain::with_domains(|doms| crate::backend::xenstore::introduce(doms, domain::DOM0));
+            crate::backend::console::attach(domain::DOM0);
             domain::run_dom0()
         }
         Err(e) => {

@@ -283,6 +283,13 @@ impl Boot {
     }
 
     /// Waits for `pattern` after the previous `expect`'s match.
+    /// Types `s` on the serial line.
+    pub fn send(&mut self, s: &str) {
+        if let Err(e) = self.session.send(s) {
+            self.fail(&format!("cannot write to the serial line: {e:#}"));
+        }
+    }
+
     pub fn expect(&mut self, pattern: &str) -> Matched {
         let remaining = self.remaining();
         let re = self.re(pattern);

@@ -24,6 +24,21 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
             module: test_kernel("guest"),
         },
     );
+    // Serial input goes to dom0 first.
+    b.expect(r"\(d0\) pv-test control: type a line");
+    b.send("serial-hello\r");
+    b.expect(r"\(d0\) pv-test control: console input 'serial-hello'");
+    // With the guest alive, three Ctrl-A move it to the guest, three more to the
+    // hypervisor, three more back to dom0, which then gets the next line.
+    b.expect(r"\(d0\) pv-test control: switch the serial input around, then type a line");
+    b.send("\x01\x01\x01");
+    b.expect(r"\*\*\* serial input to d1");
+    b.send("\x01\x01\x01");
+    b.expect(r"\*\*\* serial input to the hypervisor");
+    b.send("\x01\x01\x01");
+    b.expect(r"\*\*\* serial input to d0");
+    b.send("back\r");
+    b.expect(r"\(d0\) pv-test control: console input 'back'");
     let verdict = format!(
         r"\(d0\) {} control: (PASS|FAIL: .*)",
         contract::VERDICT_PREFIX

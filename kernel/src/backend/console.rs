@@ -3,13 +3,90 @@
 //! (`ferrovisor::guest_console`), mirrored to the hypervisor's log with a `(d<id>)`
 //! prefix, and fed with input the privileged domain writes (`domctl ConsoleWrite`).
 
-use ferrovisor::guest_console::ConsoleRing;
+use ferrovisor::{
+    guest_console::{
+        switch::{InputSwitch, InputTarget, Routed},
+        ConsoleRing,
+    },
+    mm::frame_table::DomId,
+};
 use ferrovisor_abi::xen::console::{
     XenconsRingIdx, XENCONS_IN_CONS_OFFSET, XENCONS_IN_OFFSET, XENCONS_IN_PROD_OFFSET,
     XENCONS_OUT_CONS_OFFSET, XENCONS_OUT_OFFSET, XENCONS_OUT_PROD_OFFSET,
 };
 
-use crate::{arch::x86_64::phys::SharedFrame, domain::Domain};
+use crate::{
+    arch::x86_64::{irq::IrqMutex, phys::SharedFrame},
+    domain::{self, Domain, DOM0},
+};
+
+/// Where serial input goes: the hypervisor, dom0, or a domU's console; three Ctrl-A in
+/// a row move it on (Xen's convention). Lock order: after `DOMAINS`.
+static SWITCH: IrqMutex<InputSwitch> = IrqMutex::new(InputSwitch::new());
+
+/// `VIRQ_CONSOLE`: dom0's console has input to read (`console_io` read).
+const VIRQ_CONSOLE: u32 = 2;
+
+/// `dom` has a console that can take serial input.
+pub fn attach(dom: DomId) {
+    let mut sw = SWITCH.lock();
+    sw.add_domain(dom.0);
+    if dom == DOM0 {
+        // Boot is done: input goes to dom0, as Xen hands it over.
+        sw.set_target(InputTarget::Domain(dom.0));
+        log::info!("*** serial input to d0 (type Ctrl-A three times to switch)");
+    }
+}
+
+/// `dom` is gone: input that went to it goes to dom0.
+pub fn detach(dom: DomId) {
+    if let Some(t) = SWITCH.lock().remove_domain(dom.0) {
+        log::info!("*** serial input to {}", name(t));
+    }
+}
+
+fn name(t: InputTarget) -> alloc::string::String {
+    match t {
+        InputTarget::Hypervisor => "the hypervisor".into(),
+        InputTarget::Domain(id) => alloc::format!("d{id}"),
+    }
+}
+
+/// Takes what arrived on the serial line (called on the tick) and routes it.
+pub fn poll_serial() {
+    let mut buf = [0u8; 64];
+    let n = crate::console::read_serial(&mut buf);
+    for &b in &buf[..n] {
+        let routed = SWITCH.lock().receive(b);
+        match routed {
+            Routed::Held => {}
+            Routed::Switched(t) => {
+                log::info!(
+                    "*** serial input to {} (type Ctrl-A three times to switch)",
+                    name(t)
+                );
+            }
+            Routed::Deliver {
+                target: InputTarget::Domain(id),
+                bytes,
+            } => {
+                domain::with_domain(DomId(id), |d| {
+                    d.console.queue_input(bytes.as_slice());
+                    if d.console_ring.is_some() {
+                        service(d);
+                    } else {
+                        d.send_virq(VIRQ_CONSOLE, 0);
+                    }
+                });
+            }
+            // The hypervisor has no key handlers yet.
+            Routed::Deliver {
+                target: InputTarget::Hypervisor,
+                ..
+            } => {}
+        }
+    }
+}
 
 /// A domain's console page.
 struct ConsolePage(SharedFrame);

@@ -84,6 +84,9 @@ pub fn build_pv(_: &Privileged, target: DomId, b: &mut BuildPv) -> Result<(), Xe
         doms.remove(target).ok_or(XenErrno::Esrch)
     })?;
     let result = build_into_domain(&mut d, &kernel, ramdisk.as_deref(), &cmdline, b);
+    if result.is_ok() {
+        crate::backend::console::attach(target);
+    }
     super::with_domains(|doms| {
         doms.insert(d);
         if result.is_ok() {
@@ -186,6 +189,7 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
             }
         });
         crate::backend::xenstore::release(doms, target);
+        crate::backend::console::detach(target);
         release_grants(doms, &mut d);
         Ok::<_, XenErrno>(d)
     })?;

@@ -145,8 +145,18 @@ fn console_io([cmd, count, buffer, ..]: [u64; 5]) -> Result {
             }
             Ok(0)
         }
-        // Reading the console comes with the console backend.
-        Ok(_) | Err(_) => Err(XenErrno::Enosys),
+        // Serial input routed to the domain (`backend::console::poll_serial`).
+        Ok(ConsoleIoCmd::Read) => {
+            let mut buf = [0u8; CONSOLE_CHUNK];
+            let n = (count as usize).min(CONSOLE_CHUNK);
+            domain::with_current(|d| {
+                let got = d.console.take_input(&mut buf[..n]);
+                d.write_guest(buffer, &buf[..got]).map(|()| got as u64)
+            })
+            .ok_or(XenErrno::Esrch)?
+            .map_err(|_| XenErrno::Efault)
+        }
+        Err(_) => Err(XenErrno::Enosys),
     }
 }
 

@@ -154,6 +154,20 @@ pub fn console_write(buf: &[u8]) -> i64 {
     }
 }
 
+/// `console_io(CONSOLEIO_read, len, buf)`: console input waiting for the domain, up to
+/// `buf.len()` bytes; returns how many (or the error).
+pub fn console_read(buf: &mut [u8]) -> i64 {
+    // SAFETY: the hypervisor writes at most `buf.len()` bytes into `buf`.
+    unsafe {
+        hypercall3(
+            nr(Hypercall::ConsoleIo),
+            u64::from(ConsoleIoCmd::Read.raw()),
+            buf.len() as u64,
+            buf.as_mut_ptr() as u64,
+        )
+    }
+}
+
 /// `xen_version(cmd, NULL)`, for the commands without an argument (`XENVER_version`:
 /// `major << 16 | minor`; `XENVER_pagesize`).
 pub fn xen_version(cmd: XenVersionOp) -> i64 {

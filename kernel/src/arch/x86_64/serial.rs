@@ -53,6 +53,11 @@ impl Serial {
         self.reg(0).write8(b);
     }
 
+    /// A received byte, if the UART holds one (LSR bit 0, data ready).
+    pub fn try_read_byte(&self) -> Option<u8> {
+        (self.reg(5).read8() & 0x01 != 0).then(|| self.reg(0).read8())
+    }
+
     pub fn write_bytes(&self, bytes: &[u8]) {
         for &b in bytes {
             if b == b'\n' {

@@ -48,6 +48,7 @@ mod checks {
     pub fn run(si: &StartInfo) -> Result<(), &'static str> {
         pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
         let mut store = Store::open(si).ok_or("dom0 has no xenstore ring")?;
+        serial_input("type a line")?;
         interface_checks()?;
         let free_before = control::phys_info()?.free_pages;
 
@@ -132,6 +133,8 @@ mod checks {
         );
         check_console(guest, CONSOLE_LINE)?;
         console_input(guest)?;
+        // With the guest alive, the harness moves serial input around and back.
+        serial_input("switch the serial input around, then type a line")?;
         let r = control::domctl(
             DomctlCmd::RequestShutdown,
             guest,
@@ -174,6 +177,34 @@ mod checks {
         );
         pvrt::println!("pv-test control: guest destroyed, all {free_after} free frames back");
         Ok(())
+    }
+
+    /// A line typed on the serial line reaches dom0's console (`console_io` read); the
+    /// test harness types it once it sees the prompt.
+    fn serial_input(prompt: &str) -> Result<(), &'static str> {
+        pvrt::println!("pv-test control: {prompt}");
+        let mut line = [0u8; 64];
+        let mut len = 0;
+        let deadline = pvrt::time::now() + 120 * pvrt::time::NS_PER_SEC;
+        while pvrt::time::now() < deadline {
+            let mut buf = [0u8; 16];
+            let n = pvrt::console_read(&mut buf);
+            pvrt::ensure!(n >= 0, "console_io read returned {n}");
+            for &b in &buf[..n as usize] {
+                if b == b'\r' || b == b'\n' {
+                    let text = core::str::from_utf8(&line[..len]).unwrap_or("?");
+                    pvrt::println!("pv-test control: console input '{text}'");
+                    return Ok(());
+                }
+                if len < line.len() {
+                    line[len] = b;
+                    len += 1;
+                }
+            }
+            // Input is polled on the hypervisor's tick: wait for the next one or two.
+            pvrt::time::spin_until(pvrt::time::now() + 20 * pvrt::time::NS_PER_MS);
+        }
+        Err("no console input arrived")
     }
 
     /// The interface refuses a stale version and unknown commands.
