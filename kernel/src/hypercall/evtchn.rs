@@ -65,7 +65,7 @@ fn alloc_unbound(doms: &mut Domains, arg: u64) -> Result {
     let caller = doms.current().ok_or(XenErrno::Esrch)?;
     let caller_id = caller.id;
     let mut a: EvtchnAllocUnbound = read(caller, arg)?;
-    let dom = resolve(caller_id, a.dom)?;
+    let dom = super::named_domain(caller_id, a.dom)?;
     let remote = if a.remote_dom == DOMID_SELF {
         caller_id.0
     } else {
@@ -155,7 +155,7 @@ fn close(doms: &mut Domains, arg: u64) -> Result {
 fn reset(doms: &mut Domains, arg: u64) -> Result {
     let caller = doms.current().ok_or(XenErrno::Esrch)?;
     let r: EvtchnReset = read(caller, arg)?;
-    let dom = resolve(caller.id, r.dom)?;
+    let dom = super::named_domain(caller.id, r.dom)?;
     let d = doms.get_mut(dom).ok_or(XenErrno::Esrch)?;
     let closed = d.evtchn.reset();
     let words = d.event_words();
@@ -170,18 +170,6 @@ fn reset(doms: &mut Domains, arg: u64) -> Result {
         }
     }
     Ok(0)
-}
-
-/// The domain a request names: the caller (`DOMID_SELF` or its own id), or another one if
-/// the caller is privileged (`-EPERM` otherwise).
-fn resolve(caller: DomId, dom: u16) -> core::result::Result<DomId, XenErrno> {
-    if dom == DOMID_SELF || dom == caller.0 {
-        Ok(caller)
-    } else if caller == domain::DOM0 {
-        Ok(DomId(dom))
-    } else {
-        Err(XenErrno::Eperm)
-    }
 }
 
 fn one(d: &mut Domain, op: EvtchnOp, arg: u64) -> Result {

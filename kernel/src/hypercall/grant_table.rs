@@ -212,16 +212,10 @@ fn each(
     Ok(0)
 }
 
-/// The caller (the privileged domain may name another domain).
+/// The caller, or the domain the privileged caller names.
 fn target(doms: &mut Domains, dom: u16) -> core::result::Result<DomId, XenErrno> {
     let caller = doms.current().ok_or(XenErrno::Esrch)?.id;
-    if dom == DOMID_SELF || dom == caller.0 {
-        Ok(caller)
-    } else if caller == domain::DOM0 {
-        Ok(DomId(dom))
-    } else {
-        Err(XenErrno::Eperm)
-    }
+    super::named_domain(caller, dom)
 }
 
 fn setup_table(doms: &mut Domains, arg: u64) -> Result {

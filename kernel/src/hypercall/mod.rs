@@ -29,6 +29,23 @@ pub mod vcpu;
 
 type Result = core::result::Result<u64, XenErrno>;
 
+/// The domain a request names: the caller (`DOMID_SELF` or its own id), or another one if
+/// the caller is the privileged domain (`-EPERM` otherwise). Whether that domain exists
+/// is the caller's next check.
+fn named_domain(
+    caller: ferrovisor::mm::frame_table::DomId,
+    dom: u16,
+) -> core::result::Result<ferrovisor::mm::frame_table::DomId, XenErrno> {
+    use ferrovisor_abi::xen::xen::DOMID_SELF;
+    if dom == DOMID_SELF || dom == caller.0 {
+        Ok(caller)
+    } else if caller == domain::DOM0 {
+        Ok(ferrovisor::mm::frame_table::DomId(dom))
+    } else {
+        Err(XenErrno::Eperm)
+    }
+}
+
 pub fn dispatch(frame: &mut TrapFrame) {
     if frame.rax == Hypercall::Iret as u64 {
         // `iret` replaces the whole register state, `rax` included.

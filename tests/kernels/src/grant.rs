@@ -4,7 +4,11 @@
 use core::sync::atomic::{fence, Ordering};
 
 use ferrovisor_abi::xen::{
-    grant_table::{GnttabOp, GnttabSetupTable, GTF_PERMIT_ACCESS, GTF_READONLY},
+    grant_table::{
+        GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabSetupTable,
+        GnttabUnmapGrantRef, GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
+        GTF_PERMIT_ACCESS, GTF_READONLY,
+    },
     xen::{StartInfo, DOMID_SELF},
     DomId, GuestHandle,
 };
@@ -53,4 +57,47 @@ impl GrantTable {
             words.write_volatile((u32::from(to) << 16) | u32::from(flags));
         }
     }
+}
+
+/// `GNTTABOP_map_grant_ref` of `gref` of `dom` at `host_addr` (whose L1 entry must be
+/// empty): the hypercall's result and the operation as the hypervisor filled it in
+/// (`status`, `handle`).
+pub fn map(host_addr: u64, gref: u32, dom: DomId, readonly: bool) -> (i64, GnttabMapGrantRef) {
+    let mut op = GnttabMapGrantRef {
+        host_addr,
+        flags: GNTMAP_HOST_MAP | if readonly { GNTMAP_READONLY } else { 0 },
+        r#ref: gref,
+        dom,
+        ..Default::default()
+    };
+    let r = crate::control::grant_op(GnttabOp::MapGrantRef, &mut op);
+    (r, op)
+}
+
+/// `GNTTABOP_unmap_grant_ref` of `handle` mapped at `host_addr`: the result and status.
+pub fn unmap(host_addr: u64, handle: u32) -> (i64, i16) {
+    let mut op = GnttabUnmapGrantRef {
+        host_addr,
+        dev_bus_addr: 0,
+        handle,
+        status: 0,
+        _cpad0: 0,
+    };
+    let r = crate::control::grant_op(GnttabOp::UnmapGrantRef, &mut op);
+    (r, op.status)
+}
+
+/// `GNTTABOP_copy` of `len` bytes from this domain's frame `src_mfn` into `gref` of
+/// `dom` at `offset`: the result and status.
+pub fn copy_to(src_mfn: u64, gref: u32, dom: DomId, offset: u16, len: u16) -> (i64, i16) {
+    let mut op = GnttabCopy {
+        source: GnttabCopyPtr::with_gmfn(src_mfn, DOMID_SELF, 0),
+        dest: GnttabCopyPtr::with_gref(gref, dom, offset),
+        len,
+        flags: GNTCOPY_DEST_GREF,
+        status: 0,
+        _cpad0: 0,
+    };
+    let r = crate::control::grant_op(GnttabOp::Copy, &mut op);
+    (r, op.status)
 }

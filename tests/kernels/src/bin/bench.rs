@@ -126,14 +126,7 @@ const DOMAIN_SAMPLES: usize = 500;
 mod domains {
     use ferrovisor_abi::{
         domctl::DomctlCmd,
-        xen::{
-            grant_table::{
-                GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
-                GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
-            },
-            xen::{StartInfo, DOMID_SELF},
-            DomId,
-        },
+        xen::{xen::StartInfo, DomId},
     };
     use pvrt::{
         control, events, region,
@@ -215,39 +208,17 @@ mod domains {
         unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
         let mut failed = false;
         let map_unmap = median(time_each(samples, || {
-            let mut map = GnttabMapGrantRef {
-                host_addr: at.va,
-                flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
-                r#ref: GREF,
-                dom: peer,
-                ..Default::default()
-            };
-            let r = control::grant_op(GnttabOp::MapGrantRef, &mut map);
-            let mut unmap = GnttabUnmapGrantRef {
-                host_addr: at.va,
-                dev_bus_addr: 0,
-                handle: map.handle,
-                status: 0,
-                _cpad0: 0,
-            };
-            let u = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
-            failed |= r != 0 || map.status != 0 || u != 0 || unmap.status != 0;
+            let (r, map) = pvrt::grant::map(at.va, GREF, peer, true);
+            let (u, status) = pvrt::grant::unmap(at.va, map.handle);
+            failed |= r != 0 || map.status != 0 || u != 0 || status != 0;
         }));
         pvrt::ensure!(!failed, "a grant map or unmap failed");
         report(scale, "grant_map_unmap", map_unmap, samples.len(), 1);
 
         let src = region::alloc_scratch(si).ok_or("no scratch page")?;
         let copy = median(time_each(samples, || {
-            let mut c = GnttabCopy {
-                source: GnttabCopyPtr::with_gmfn(src.mfn, DOMID_SELF, 0),
-                dest: GnttabCopyPtr::with_gref(GREF, peer, 0),
-                len: 4096,
-                flags: GNTCOPY_DEST_GREF,
-                status: 0,
-                _cpad0: 0,
-            };
-            let r = control::grant_op(GnttabOp::Copy, &mut c);
-            failed |= r != 0 || c.status != 0;
+            let (r, status) = pvrt::grant::copy_to(src.mfn, GREF, peer, 0, 4096);
+            failed |= r != 0 || status != 0;
         }));
         pvrt::ensure!(!failed, "a grant copy failed");
         report(scale, "grant_copy_4k", copy, samples.len(), 1);

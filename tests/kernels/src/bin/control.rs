@@ -23,10 +23,7 @@ mod checks {
         errno::XenErrno,
         xen::{
             arch_x86::{VcpuGuestContext, VGCF_IN_KERNEL},
-            grant_table::{
-                GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabOp, GnttabUnmapGrantRef,
-                GrantStatus, GNTCOPY_DEST_GREF, GNTMAP_HOST_MAP, GNTMAP_READONLY,
-            },
+            grant_table::GrantStatus,
             xen::{MmuUpdate, StartInfo, DOMID_SELF},
             DomId, GuestHandle,
         },
@@ -257,14 +254,7 @@ mod checks {
         // SAFETY: the scratch page is the kernel's and unused.
         let r = unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
         pvrt::ensure!(r == 0, "unmapping a scratch page returned {r}");
-        let mut map = GnttabMapGrantRef {
-            host_addr: at.va,
-            flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
-            r#ref: GREF,
-            dom,
-            ..Default::default()
-        };
-        let r = control::grant_op(GnttabOp::MapGrantRef, &mut map);
+        let (r, map) = pvrt::grant::map(at.va, GREF, dom, true);
         pvrt::ensure!(
             r == 0 && map.status == GrantStatus::Okay.raw(),
             "mapping the guest's grant: rc {r}, status {}",
@@ -273,57 +263,30 @@ mod checks {
         // SAFETY: the grant is mapped read-only at `at.va` until the unmap below.
         let seen = unsafe { core::slice::from_raw_parts(at.va as *const u8, GREETING.len()) };
         pvrt::ensure!(seen == GREETING, "the granted page holds {seen:?}");
-        let mut bad = GnttabMapGrantRef {
-            host_addr: at.va + 4096 * 2,
-            flags: GNTMAP_HOST_MAP,
-            r#ref: GREF + 1,
-            dom,
-            ..Default::default()
-        };
-        let r = control::grant_op(GnttabOp::MapGrantRef, &mut bad);
+        let (r, bad) = pvrt::grant::map(at.va + 4096 * 2, GREF + 1, dom, false);
         pvrt::ensure!(
             r == 0 && bad.status != GrantStatus::Okay.raw(),
             "an ungranted reference was mapped"
         );
-        let mut unmap = GnttabUnmapGrantRef {
-            host_addr: at.va,
-            dev_bus_addr: 0,
-            handle: map.handle,
-            status: 0,
-            _cpad0: 0,
-        };
-        let r = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        let (r, status) = pvrt::grant::unmap(at.va, map.handle);
         pvrt::ensure!(
-            r == 0 && unmap.status == 0,
-            "unmapping the grant: rc {r}, status {}",
-            unmap.status
+            r == 0 && status == 0,
+            "unmapping the grant: rc {r}, status {status}"
         );
         // A second unmap of the same handle is refused.
-        let r = control::grant_op(GnttabOp::UnmapGrantRef, &mut unmap);
+        let (r, status) = pvrt::grant::unmap(at.va, map.handle);
         pvrt::ensure!(
-            r == 0 && unmap.status == GrantStatus::BadHandle.raw(),
-            "a second unmap: status {}",
-            unmap.status
+            r == 0 && status == GrantStatus::BadHandle.raw(),
+            "a second unmap: status {status}"
         );
 
         // The reply goes in with a grant copy from one of dom0's own pages.
         let src = region::alloc_scratch(si).ok_or("no scratch page")?;
         // SAFETY: a scratch page of the kernel, mapped writable.
         unsafe { core::ptr::copy_nonoverlapping(REPLY.as_ptr(), src.va as *mut u8, REPLY.len()) };
-        let mut copy = GnttabCopy {
-            source: GnttabCopyPtr::with_gmfn(src.mfn, DOMID_SELF, 0),
-            dest: GnttabCopyPtr::with_gref(GREF, dom, REPLY_OFFSET),
-            len: REPLY.len() as u16,
-            flags: GNTCOPY_DEST_GREF,
-            status: 0,
-            _cpad0: 0,
-        };
-        let r = control::grant_op(GnttabOp::Copy, &mut copy);
-        pvrt::ensure!(
-            r == 0 && copy.status == 0,
-            "grant copy: rc {r}, status {}",
-            copy.status
-        );
+        let (r, status) =
+            pvrt::grant::copy_to(src.mfn, GREF, dom, REPLY_OFFSET, REPLY.len() as u16);
+        pvrt::ensure!(r == 0 && status == 0, "grant copy: rc {r}, status {status}");
         pvrt::println!(
             "pv-test control: mapped the guest's grant (status {}), read its greeting, copied \
              the reply; a wrong reference got status {}",

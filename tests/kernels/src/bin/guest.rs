@@ -41,10 +41,7 @@ mod checks {
         errno::XenErrno,
         xen::{
             event_channel::{EvtchnBindInterdomain, EvtchnOp},
-            grant_table::{
-                GnttabMapGrantRef, GnttabOp, GrantStatus, GNTMAP_HOST_MAP, GNTMAP_READONLY,
-            },
-            hypercall::Hypercall,
+            grant_table::GrantStatus,
             memory::{MemoryOp, XenMemoryReservation},
             xen::StartInfo,
             GuestHandle,
@@ -56,7 +53,7 @@ mod checks {
 
     pub fn run(si: &StartInfo, store: &mut Store) -> Result<(), &'static str> {
         pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
-        refused_control()?;
+        refused_control(si)?;
         refused_xenstore(store)?;
         let port = bind_dom0_port(store)?;
         let page = offer_grant(si)?;
@@ -79,7 +76,7 @@ mod checks {
     }
 
     /// Domain control belongs to dom0.
-    fn refused_control() -> Result<(), &'static str> {
+    fn refused_control(si: &StartInfo) -> Result<(), &'static str> {
         let eperm = XenErrno::Eperm.to_hypercall_ret();
         let r = pvrt::control::domctl0(DomctlCmd::PauseDomain, 0);
         pvrt::ensure!(
@@ -101,25 +98,17 @@ mod checks {
         // SAFETY: the reservation and its one-entry list are on this stack.
         let r = unsafe { pvrt::memory_op(MemoryOp::PopulatePhysmap, (&raw mut res).cast()) };
         pvrt::ensure!(r == eperm, "populate_physmap of dom0 returned {r}");
-        // Mapping a grant nobody gave it (dom0 grants nothing).
-        let mut map = GnttabMapGrantRef {
-            host_addr: 0,
-            flags: GNTMAP_HOST_MAP | GNTMAP_READONLY,
-            r#ref: 3,
-            dom: 0,
-            ..Default::default()
-        };
-        // SAFETY: the hypervisor reads and writes the one entry on this stack.
-        let r = unsafe {
-            pvrt::hypercall3(
-                Hypercall::GrantTableOp.raw(),
-                u64::from(GnttabOp::MapGrantRef.raw()),
-                (&raw mut map) as u64,
-                1,
-            )
-        };
+        // Mapping a grant nobody gave it (dom0 grants nothing), at an address whose
+        // entry is free, so that only the grant itself can be the reason.
+        let at = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // SAFETY: the scratch page is the kernel's and unused.
+        let r = unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
+        pvrt::ensure!(r == 0, "unmapping a scratch page returned {r}");
+        let (r, map) = pvrt::grant::map(at.va, 3, 0, true);
         pvrt::ensure!(
-            r == 0 && map.status != GrantStatus::Okay.raw(),
+            r == 0
+                && map.status != GrantStatus::Okay.raw()
+                && map.status != GrantStatus::BadVirtAddr.raw(),
             "mapping an ungranted reference: rc {r}, status {}",
             map.status
         );
