@@ -71,6 +71,11 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     // The frame dom0 still mapped keeps the destroyed guest dying until it is unmapped.
     b.find(r"d1: destroyed .guest1.: \d+ frames freed, 1 still referenced elsewhere");
     b.find(r"d1: its last frames came back; gone");
+    // Two guests on their own: one offers, the other takes.
+    b.find(r"\(d\d+\) pv-test guest: pair a offers port \d+ and grant 9 to d\d+");
+    b.find(r"\(d\d+\) pv-test guest: pair b answered in d\d+'s page and signalled");
+    b.find(r"\(d\d+\) pv-test guest: pair a found d\d+'s answer in its page");
+    b.find(r"\(d0\) pv-test control: d\d+ and d\d+ cooperated through xenstore, an event channel and a grant, and were destroyed with every frame back");
     b.find(r"d1: destroyed .scratch.: 513 frames freed\n");
     b.assert_absent("FAIL");
     b.assert_absent("PANIC");

@@ -268,6 +268,31 @@ impl Store {
         .map(|_| ())
     }
 
+    /// `XS_SET_PERMS` of `path`: `perms` as xenstore spells them (`"n3"`, `"r5"`: the
+    /// first names the owner and everyone's default, the others grant named domains).
+    pub fn set_perms(&mut self, path: &str, perms: &[&str]) -> Result<(), XsError> {
+        let mut parts: [&[u8]; 12] = [&[]; 12];
+        parts[0] = path.as_bytes();
+        parts[1] = b"\0";
+        let mut n = 2;
+        for p in perms.iter().take(5) {
+            parts[n] = p.as_bytes();
+            parts[n + 1] = b"\0";
+            n += 2;
+        }
+        self.request(XsType::SetPerms, 0, &parts[..n], &mut [0u8; 8])
+            .map(|_| ())
+    }
+
+    /// Reads a decimal number.
+    pub fn read_number(&mut self, path: &str) -> Result<u64, &'static str> {
+        let mut buf = [0u8; 24];
+        let n = self
+            .read(path, &mut buf)
+            .map_err(|_| "xenstore read failed")?;
+        crate::parse_decimal(&buf[..n]).ok_or("not a number")
+    }
+
     /// `XS_RESET_WATCHES`: drops every watch of the domain.
     pub fn reset_watches(&mut self) -> Result<(), XsError> {
         self.events = Default::default();

@@ -173,6 +173,63 @@ mod checks {
             "free frames {free_after} after destroy, {free_before} before"
         );
         pvrt::println!("pv-test control: guest destroyed, all {free_after} free frames back");
+        pair(si, &mut store, free_before)
+    }
+
+    /// Two guests built from the same module cooperate by themselves (`pair=a` offers,
+    /// `pair=b` takes): dom0 only introduces them to each other and cleans up.
+    fn pair(si: &StartInfo, store: &mut Store, free_before: u64) -> Result<(), &'static str> {
+        let mut ids = [0 as DomId; 2];
+        for (i, (name, cmdline)) in [("pair-a", b"pair=a"), ("pair-b", b"pair=b")]
+            .into_iter()
+            .enumerate()
+        {
+            ids[i] = control::create(name, GUEST_PAGES * 2).map_err(|_| "CreateDomain failed")?;
+            control::populate(ids[i], GUEST_PAGES, &mut [])?;
+            control::build_from_module(si, ids[i], cmdline)?;
+        }
+        let mut path = DomainPath::new();
+        let mut num = [0u8; 20];
+        for (me, peer) in [(ids[0], ids[1]), (ids[1], ids[0])] {
+            // What a toolstack writes for every domain, and whom it should talk to.
+            store
+                .write(
+                    path.of(me, "domid"),
+                    pvrt::decimal(me.into(), &mut num).as_bytes(),
+                )
+                .map_err(|_| "cannot write domid")?;
+            store
+                .write(
+                    path.of(me, "data/peer"),
+                    pvrt::decimal(peer.into(), &mut num).as_bytes(),
+                )
+                .map_err(|_| "cannot write data/peer")?;
+            store
+                .watch(path.of(me, "data/result"), "result")
+                .map_err(|_| "cannot watch data/result")?;
+        }
+        for &id in &ids {
+            unpause(id)?;
+        }
+        for &id in &ids {
+            let r = wait_for_key(store, id, "data/result")?;
+            pvrt::ensure!(r == *b"ok", "a pair guest reported a failure");
+        }
+        for &id in &ids {
+            wait_for_shutdown(id)?;
+            destroy(id)?;
+        }
+        let free_after = control::phys_info()?.free_pages;
+        pvrt::ensure!(
+            free_after == free_before,
+            "free frames {free_after} after the pair, {free_before} before"
+        );
+        pvrt::println!(
+            "pv-test control: d{} and d{} cooperated through xenstore, an event channel and a \
+             grant, and were destroyed with every frame back",
+            ids[0],
+            ids[1]
+        );
         Ok(())
     }
 

@@ -364,6 +364,11 @@ fn periodic_running(port: u32) -> Result<(), &'static str> {
     let start = time::now();
     events::unmask_events();
     time::spin_until(start + 100 * NS_PER_MS);
+    // An emulator the host starves delivers fewer ticks than the periods that passed:
+    // then wait (bounded) for the five the check needs; the rate bound below still holds.
+    while events::hits(port) - before < 5 && time::now() < start + 2 * time::NS_PER_SEC {
+        core::hint::spin_loop();
+    }
     events::mask_events();
     let ret = time::stop_periodic_timer();
     let elapsed = time::now() - start;
@@ -407,7 +412,15 @@ fn periodic_blocked(port: u32) -> Result<(), &'static str> {
         "VCPUOP_set_singleshot_timer(+100 ms) returned {ret}"
     );
     let (mut blocks, mut first) = (0u64, None);
-    while time::now() < end && blocks < 1000 {
+    // On Ferrovisor the periodic ticks wake the blocked vCPU: if a starved emulator
+    // delivered fewer than five by the single-shot deadline, go on blocking (bounded) for
+    // them; the periodic timer keeps waking it.
+    let more = |now: u64| {
+        pvrt::on_ferrovisor()
+            && events::hits(port) - before < 5
+            && now < start + 2 * time::NS_PER_SEC
+    };
+    while (time::now() < end || more(time::now())) && blocks < 1000 {
         let ret = pvrt::sched_block();
         pvrt::ensure!(ret == 0, "SCHEDOP_block returned {ret}");
         blocks += 1;

@@ -20,6 +20,11 @@ const GREF: u32 = 8;
 const CONSOLE_LINE: &[u8] = b"guest console: hello through the ring\n";
 
 fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    match pvrt::cmdline(si) {
+        Some(c) if c.contains("pair=a") => return pair::offer(si),
+        Some(c) if c.contains("pair=b") => return pair::take(si),
+        _ => {}
+    }
     let mut store = pvrt::xenstore::Store::open(si).ok_or("no xenstore ring in start_info")?;
     let result = checks::run(si, &mut store);
     let done: &[u8] = match result {
@@ -347,5 +352,155 @@ mod checks {
         let r = events::send(si.console_domu_evtchn());
         pvrt::ensure!(r == 0, "signalling the console port returned {r}");
         Ok(())
+    }
+}
+
+/// Two guests working together with dom0 only as their toolstack: `pair=a` offers a
+/// page and an event channel to the other domain named in its `data/peer`, publishing
+/// them in its xenstore home readable by that domain only; `pair=b` finds them through a
+/// watch, binds the port, maps the page writable, answers in it and signals. Each
+/// reports `data/result` = `ok` and powers off.
+mod pair {
+    use ferrovisor_abi::xen::{xen::StartInfo, DomId};
+    use pvrt::{
+        events, region,
+        xenstore::{DomainPath, Store},
+    };
+
+    const GREF: u32 = 9;
+    const OFFER: &[u8] = b"page offered by pair a";
+    const ANSWER: &[u8] = b"answer written by pair b";
+    const ANSWER_OFFSET: usize = 1024;
+
+    fn setup(si: &StartInfo) -> Result<(Store, DomId, DomId), &'static str> {
+        pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
+        let mut store = Store::open(si).ok_or("no xenstore ring")?;
+        let me = store.read_number("domid")? as DomId;
+        let peer = store.read_number("data/peer")? as DomId;
+        Ok((store, me, peer))
+    }
+
+    fn wait_for(port: u32) -> Result<(), &'static str> {
+        let deadline = pvrt::time::now() + 60 * pvrt::time::NS_PER_SEC;
+        while pvrt::time::now() < deadline {
+            if events::is_pending(port) {
+                events::clear_pending(port);
+                return Ok(());
+            }
+            pvrt::sched_poll(port, pvrt::time::now() + 10 * pvrt::time::NS_PER_MS);
+        }
+        Err("the other guest never signalled")
+    }
+
+    pub fn offer(si: &StartInfo) -> Result<(), &'static str> {
+        let (mut store, me, peer) = setup(si)?;
+        let port = pvrt::control::alloc_unbound(peer)?;
+        let table = pvrt::grant::GrantTable::setup(si)?;
+        let page = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // SAFETY: the scratch page is mapped writable and used by nobody else.
+        unsafe { core::ptr::copy_nonoverlapping(OFFER.as_ptr(), page.va as *mut u8, OFFER.len()) };
+        table.grant(GREF, peer, &page, false);
+        // The offer's node first, readable by the peer; its children inherit that.
+        store
+            .write("data/offer", b"")
+            .map_err(|_| "cannot write data/offer")?;
+        let (mut own, mut other) = ([0u8; 20], [0u8; 20]);
+        let own = pvrt::decimal(me.into(), &mut own);
+        let other = pvrt::decimal(peer.into(), &mut other);
+        let (mut p0, mut p1) = ([0u8; 24], [0u8; 24]);
+        let owner = join(b'n', own, &mut p0);
+        let reader = join(b'r', other, &mut p1);
+        store
+            .set_perms("data/offer", &[owner, reader])
+            .map_err(|_| "cannot set data/offer's permissions")?;
+        let mut num = [0u8; 20];
+        store
+            .write(
+                "data/offer/port",
+                pvrt::decimal(port.into(), &mut num).as_bytes(),
+            )
+            .map_err(|_| "cannot write data/offer/port")?;
+        store
+            .write(
+                "data/offer/gref",
+                pvrt::decimal(GREF.into(), &mut num).as_bytes(),
+            )
+            .map_err(|_| "cannot write data/offer/gref")?;
+        pvrt::println!("pv-test guest: pair a offers port {port} and grant {GREF} to d{peer}");
+        wait_for(port)?;
+        // SAFETY: the granted page stays mapped writable here.
+        let got = unsafe {
+            core::slice::from_raw_parts((page.va as *const u8).add(ANSWER_OFFSET), ANSWER.len())
+        };
+        pvrt::ensure!(got == ANSWER, "pair b's answer is not in the granted page");
+        pvrt::println!("pv-test guest: pair a found d{peer}'s answer in its page");
+        store
+            .write("data/result", b"ok")
+            .map_err(|_| "cannot write data/result")
+    }
+
+    fn join<'a>(letter: u8, num: &str, buf: &'a mut [u8; 24]) -> &'a str {
+        buf[0] = letter;
+        buf[1..1 + num.len()].copy_from_slice(num.as_bytes());
+        core::str::from_utf8(&buf[..1 + num.len()]).unwrap_or("")
+    }
+
+    pub fn take(si: &StartInfo) -> Result<(), &'static str> {
+        let (mut store, _me, peer) = setup(si)?;
+        let mut path = DomainPath::new();
+        let gref_path = path.of(peer, "data/offer/gref");
+        store
+            .watch(gref_path, "offer")
+            .map_err(|_| "cannot watch the peer's offer")?;
+        let deadline = pvrt::time::now() + 60 * pvrt::time::NS_PER_SEC;
+        let gref = loop {
+            if let Ok(g) = store.read_number(path.of(peer, "data/offer/gref")) {
+                break g as u32;
+            }
+            pvrt::ensure!(pvrt::time::now() < deadline, "the peer never offered");
+            let _ = store.next_event(1000);
+        };
+        let remote = store.read_number(path.of(peer, "data/offer/port"))? as u32;
+        let mut b = ferrovisor_abi::xen::event_channel::EvtchnBindInterdomain {
+            remote_dom: peer,
+            _cpad0: 0,
+            remote_port: remote,
+            local_port: 0,
+        };
+        // SAFETY: the hypervisor reads and writes the structure on this stack.
+        let r = unsafe {
+            events::event_channel_op(
+                ferrovisor_abi::xen::event_channel::EvtchnOp::BindInterdomain,
+                (&raw mut b).cast(),
+            )
+        };
+        pvrt::ensure!(r == 0, "binding the peer's port returned {r}");
+        let at = region::alloc_scratch(si).ok_or("no scratch page")?;
+        // SAFETY: the scratch page is the kernel's and unused; the grant goes there.
+        let r = unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
+        pvrt::ensure!(r == 0, "unmapping a scratch page returned {r}");
+        let (r, map) = pvrt::grant::map(at.va, gref, peer, false);
+        pvrt::ensure!(
+            r == 0 && map.status == 0,
+            "mapping the peer's grant writable: rc {r}, status {}",
+            map.status
+        );
+        // SAFETY: the peer's page is mapped writable at `at.va` until the unmap below.
+        unsafe {
+            let seen = core::slice::from_raw_parts(at.va as *const u8, OFFER.len());
+            pvrt::ensure!(seen == OFFER, "the peer's page does not hold its offer");
+            core::ptr::copy_nonoverlapping(
+                ANSWER.as_ptr(),
+                (at.va as *mut u8).add(ANSWER_OFFSET),
+                ANSWER.len(),
+            );
+        }
+        let (r, status) = pvrt::grant::unmap(at.va, map.handle);
+        pvrt::ensure!(r == 0 && status == 0, "unmapping: rc {r}, status {status}");
+        events::send(b.local_port);
+        pvrt::println!("pv-test guest: pair b answered in d{peer}'s page and signalled");
+        store
+            .write("data/result", b"ok")
+            .map_err(|_| "cannot write data/result")
     }
 }
