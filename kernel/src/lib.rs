@@ -8,6 +8,7 @@ extern crate alloc;
 
 pub mod cmdline;
 pub mod domain_builder;
+pub mod domain_control;
 pub mod evtchn;
 pub mod grant_table;
 pub mod guest_console;

@@ -243,11 +243,17 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
             still.len()
         );
     }
-    if let Some(frames) = d.grants.take_frames() {
+    // The hypervisor reads the grant frames no more (the table goes with the domain, and
+    // other domains' unmaps of its grants find no granter to update): their permanent
+    // references go now, and frames still mapped elsewhere come back with the dying
+    // domain's other frames once unmapped.
+    let frames = d
+        .grants
+        .take_frames()
+        .unwrap_or_else(|| d.grants.frames().to_vec());
+    if let Some(ft) = FRAME_TABLE.lock().as_mut() {
         for mfn in frames {
-            if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-                let _ = ft.put_page(mfn);
-            }
+            let _ = ft.put_page(mfn);
         }
     }
 }

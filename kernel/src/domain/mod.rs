@@ -7,6 +7,7 @@ pub mod lifecycle;
 pub mod registry;
 
 pub use build::build_dom0;
+pub use ferrovisor::domain_control::Life;
 pub use registry::{with_current, with_domain, with_domains, Domains, Dying};
 
 use alloc::{boxed::Box, string::String, vec::Vec};
@@ -154,15 +155,6 @@ pub struct Domain {
     /// Its xenstore and console rings (frame, the guest's port), once built.
     pub store_ring: Option<(Mfn, u32)>,
     pub console_ring: Option<(Mfn, u32)>,
-}
-
-/// Where a domain is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Life {
-    Running,
-    /// Shut itself down with this `SHUTDOWN_*` reason (not `crash`).
-    Shutdown(u32),
-    Crashed,
 }
 
 /// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,

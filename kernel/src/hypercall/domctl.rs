@@ -5,9 +5,9 @@
 //! version (`-EACCES` on a mismatch, as Xen answers a stale toolstack), runs the command
 //! and copies the request back with its outputs.
 
-use alloc::{string::String, vec::Vec};
+use alloc::vec::Vec;
 
-use ferrovisor::mm::frame_table::DomId;
+use ferrovisor::{domain_control, mm::frame_table::DomId};
 use ferrovisor_abi::{
     domctl::{
         self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
@@ -23,7 +23,7 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 use super::Result;
 use crate::{
     backend, clock,
-    domain::{self, lifecycle, Domain, Life, DOM0},
+    domain::{self, lifecycle, Domain, DOM0},
     memory,
 };
 
@@ -185,12 +185,7 @@ fn request_shutdown(
     target: DomId,
     reason: u32,
 ) -> core::result::Result<(), XenErrno> {
-    let word = match reason {
-        0 => "poweroff",
-        1 => "reboot",
-        2 => "suspend",
-        _ => return Err(XenErrno::Einval),
-    };
+    let word = domain_control::shutdown_request(reason)?;
     if target == DOM0 {
         return Err(XenErrno::Einval);
     }
@@ -244,28 +239,9 @@ fn console_write(
     Ok(())
 }
 
-/// A valid domain name: 1 to 64 bytes of letters, digits and `-_.`; not already taken.
-fn check_name(name: &[u8]) -> core::result::Result<String, XenErrno> {
-    let ok = !name.is_empty()
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if !ok {
-        return Err(XenErrno::Einval);
-    }
-    // Only ASCII got here.
-    Ok(String::from_utf8_lossy(name).into_owned())
-}
-
 fn create(_: &Privileged, c: &CreateDomain) -> core::result::Result<DomId, XenErrno> {
-    let name = check_name(domctl::name_bytes(&c.name))?;
-    if c.flags != 0 || c.max_vcpus == 0 || c.max_vcpus as usize > domain::MAX_VCPUS {
-        return Err(XenErrno::Einval);
-    }
     let (total, _) = memory::frame_counts();
-    if c.max_pages == 0 || c.max_pages > total {
-        return Err(XenErrno::Einval);
-    }
+    let name = domain_control::check_create(c, total, domain::MAX_VCPUS)?;
     domain::with_domains(|doms| {
         if doms.iter().any(|d| d.name == name) {
             return Err(XenErrno::Eexist);
@@ -293,28 +269,15 @@ pub fn info(d: &Domain) -> DomainInfo {
     let mut i = DomainInfo::new_zeroed();
     i.domid = d.id.0;
     let online = d.vcpus().filter(|v| v.online).count() as u32;
-    let blocked = d.vcpus().filter(|v| v.online && v.blocked).count() as u32;
-    let mut flags = 0;
-    if d.built {
-        flags |= domctl::DOMINFO_BUILT;
-    }
-    if d.id == DOM0 {
-        flags |= domctl::DOMINFO_PRIVILEGED;
-    }
-    if d.pause_count > 0 {
-        flags |= domctl::DOMINFO_PAUSED;
-    }
-    match d.life {
-        Life::Running if online > 0 && blocked == online => flags |= domctl::DOMINFO_BLOCKED,
-        Life::Running if online > 0 && d.can_run() => flags |= domctl::DOMINFO_RUNNING,
-        Life::Running => {}
-        Life::Shutdown(reason) => {
-            flags |= domctl::DOMINFO_SHUTDOWN;
-            i.shutdown_reason = reason;
-        }
-        Life::Crashed => flags |= domctl::DOMINFO_SHUTDOWN | domctl::DOMINFO_CRASHED,
-    }
-    i.flags = flags;
+    let state = domain_control::State {
+        life: d.life,
+        built: d.built,
+        privileged: d.id == DOM0,
+        pause_count: d.pause_count,
+        online_vcpus: online,
+        blocked_vcpus: d.vcpus().filter(|v| v.online && v.blocked).count() as u32,
+    };
+    (i.flags, i.shutdown_reason) = domain_control::info_flags(&state);
     i.nr_vcpus = d.vcpus().count() as u32;
     i.online_vcpus = online;
     i.tot_pages = d.p2m.len() as u64;
