@@ -472,6 +472,15 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
                 Ok(_) | Err(_) => return false,
             }
         }
+        // No domain is given I/O ports (the hypervisor keeps the machine). As Xen does
+        // for the ports a PV kernel may not use, a read sees all ones and a write is
+        // dropped: Linux probes legacy devices (PCI configuration at 0xcf8) this way
+        // early and relies on that, not on a fault. Guest user mode gets the #GP.
+        (GP, InsnKind::Io { dir, size, .. }) if d.vcpu.pv.in_kernel => {
+            if dir == emulate::IoDir::In {
+                frame.rax = emulate::io_in_result(frame.rax, size, u32::MAX);
+            }
+        }
         _ => return false,
     }
     frame.rip = frame.rip.wrapping_add(insn.len as u64);

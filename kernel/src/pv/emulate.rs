@@ -111,6 +111,17 @@ pub enum IoDir {
     Out,
 }
 
+/// `rax` after an `in` of `size` bytes (1, 2 or 4) that read `value`: `al` and `ax` are
+/// merged into the old register; a 32-bit `in` writes `eax`, which clears the upper half
+/// of `rax` as every 32-bit register write does in 64-bit mode.
+pub fn io_in_result(old_rax: u64, size: u8, value: u32) -> u64 {
+    match size {
+        1 => (old_rax & !0xff) | u64::from(value & 0xff),
+        2 => (old_rax & !0xffff) | u64::from(value & 0xffff),
+        _ => u64::from(value),
+    }
+}
+
 /// A register or memory operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Operand {
@@ -855,5 +866,13 @@ mod tests {
             decoded > 100,
             "the generator reaches valid encodings ({decoded})"
         );
+    }
+
+    #[test]
+    fn in_results_merge_like_the_cpu() {
+        let old = 0x1122_3344_5566_7788;
+        assert_eq!(io_in_result(old, 1, 0xffff_ffff), 0x1122_3344_5566_77ff);
+        assert_eq!(io_in_result(old, 2, 0xffff_ffff), 0x1122_3344_5566_ffff);
+        assert_eq!(io_in_result(old, 4, 0xffff_ffff), 0x0000_0000_ffff_ffff);
     }
 }
