@@ -472,19 +472,31 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
                 Ok(_) | Err(_) => return false,
             }
         }
-        // No domain is given I/O ports (the hypervisor keeps the machine). As Xen does
-        // for the ports a PV kernel may not use, a read sees all ones and a write is
-        // dropped: Linux probes legacy devices (PCI configuration at 0xcf8) this way
-        // early and relies on that, not on a fault. Guest user mode gets the #GP.
-        (GP, InsnKind::Io { dir, size, .. }) if d.vcpu.pv.in_kernel => {
+        // With a virtual IOPL that allows it (Linux asks for 1 with `set_iopl` at once),
+        // port I/O is emulated. No domain is given I/O ports (the hypervisor keeps the
+        // machine): as Xen does for the ports a PV kernel may not use, a read sees all
+        // ones and a write is dropped. Linux probes legacy devices (PCI configuration at
+        // 0xcf8) this way early and relies on that, not on a fault.
+        (GP, InsnKind::Io { dir, size, .. }) if iopl_ok(d) => {
             if dir == emulate::IoDir::In {
                 frame.rax = emulate::io_in_result(frame.rax, size, u32::MAX);
             }
         }
+        // `cli`/`sti` under a sufficient virtual IOPL do nothing, as in Xen: the guest's
+        // event mask is what masks its interrupts, and a `popf` could not be trapped to
+        // undo a virtual `cli` anyway.
+        (GP, InsnKind::Cli | InsnKind::Sti) if iopl_ok(d) => {}
         _ => return false,
     }
     frame.rip = frame.rip.wrapping_add(insn.len as u64);
     true
+}
+
+/// Whether the running vCPU's virtual IOPL covers its current mode: a 64-bit PV kernel
+/// counts as ring 1 (Xen's rule without the `architectural_iopl` assist), user mode as 3.
+fn iopl_ok(d: &Domain) -> bool {
+    let ring = if d.vcpu.pv.in_kernel { 1 } else { 3 };
+    d.vcpu.iopl >= ring
 }
 
 /// The guest's view of a control register (Xen's PV rules): CR0 with its own TS, its

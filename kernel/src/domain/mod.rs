@@ -113,6 +113,9 @@ pub struct Vcpu {
     pub vcpu_info_registered: bool,
     /// Its GDT (`set_gdt`): the frames mapped into the CPU's GDT window while it runs.
     pub gdt: GuestGdt,
+    /// Its virtual I/O privilege level (`PHYSDEVOP_set_iopl`, 0 to 3): at 1 or more its
+    /// kernel may use `in`/`out` (which reach no device) and `cli`/`sti` (no-ops).
+    pub iopl: u8,
     /// Its LDT (`MMUEXT_SET_LDT`): the frames (typed `SegDesc`) and the entry count.
     pub ldt_frames: heapless::Vec<Mfn, 16>,
     pub ldt_entries: u32,
@@ -265,6 +268,7 @@ impl Vcpu {
             },
             vcpu_info_registered: false,
             gdt: GuestGdt::EMPTY,
+            iopl: 0,
             ldt_frames: heapless::Vec::new(),
             ldt_entries: 0,
         }

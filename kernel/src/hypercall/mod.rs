@@ -97,8 +97,9 @@ fn call(nr: u64, args: [u64; 5]) -> Result {
         Ok(Hypercall::VcpuOp) => vcpu::vcpu_op(args),
         Ok(Hypercall::EventChannelOp) => evtchn::event_channel_op(args),
         Ok(Hypercall::SetTimerOp) => vcpu::set_timer_op(args),
+        Ok(Hypercall::PhysdevOp) => physdev_op(args),
         // dom0 gets no hardware: the hypervisor keeps the machine.
-        Ok(Hypercall::PhysdevOp | Hypercall::PlatformOp) => Err(XenErrno::Eperm),
+        Ok(Hypercall::PlatformOp) => Err(XenErrno::Eperm),
         Ok(Hypercall::MemoryOp) => memory::memory_op(args),
         Ok(Hypercall::GrantTableOp) => grant_table::grant_table_op(args),
         Ok(Hypercall::Domctl) => domctl::domctl(args),
@@ -173,6 +174,31 @@ fn console_io([cmd, count, buffer, ..]: [u64; 5]) -> Result {
             .ok_or(XenErrno::Esrch)?
             .map_err(|_| XenErrno::Efault)
         }
+        Err(_) => Err(XenErrno::Enosys),
+    }
+}
+
+/// `physdev_op`: only the virtual I/O privilege level (`set_iopl`, which every PV Linux
+/// sets at start); every operation on real devices is refused, since no domain gets
+/// hardware.
+fn physdev_op([cmd, arg, ..]: [u64; 5]) -> Result {
+    use ferrovisor_abi::xen::physdev::{PhysdevOp, PhysdevSetIopl};
+    match PhysdevOp::try_from(cmd as u32) {
+        Ok(PhysdevOp::SetIopl) => {
+            let mut raw = [0u8; 4];
+            domain::with_current(|d| d.read_guest(arg, &mut raw))
+                .ok_or(XenErrno::Esrch)?
+                .map_err(|_| XenErrno::Efault)?;
+            let iopl = PhysdevSetIopl::read_from_bytes(&raw)
+                .map_err(|_| XenErrno::Efault)?
+                .iopl;
+            if iopl > 3 {
+                return Err(XenErrno::Einval);
+            }
+            domain::with_current(|d| d.vcpu.iopl = iopl as u8).ok_or(XenErrno::Esrch)?;
+            Ok(0)
+        }
+        Ok(_) => Err(XenErrno::Eperm),
         Err(_) => Err(XenErrno::Enosys),
     }
 }
