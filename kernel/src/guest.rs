@@ -10,6 +10,7 @@ use ferrovisor::mm::{
 use ferrovisor::pv::{
     bounce::{self, Bounce, BounceError, BounceState, Fault, GuestStack},
     cpuid::{self, CpuidPolicy},
+    descriptor,
     emulate::{self, InsnKind},
     msr::{self, MsrContext, SyscallMsrs, Vendor, WriteEffect},
     ptwr,
@@ -594,7 +595,45 @@ pub fn set_segment_base(d: &mut Domain, which: SegBase, base: u64) -> bool {
             true
         }
         SegBase::GsUser => percpu::set_guest_gs_base(base),
-        // Loading a user %gs selector needs the guest's GDT/LDT: not yet.
-        SegBase::GsUserSel => false,
+        SegBase::GsUserSel => match user_selector_base(d, base as u16) {
+            Some(b) => set_segment_base(d, SegBase::GsUser, u64::from(b)),
+            None => {
+                // Xen loads the null selector then and fails the call.
+                let _ = set_segment_base(d, SegBase::GsUser, 0);
+                false
+            }
+        },
     }
+}
+
+/// The base the user `%gs` gets from selector `sel` (`SEGBASE_GS_USER_SEL`: Linux's
+/// `load_gs_index`): 0 for a null selector or one of the hypervisor's flat selectors, the
+/// descriptor's base for one of the guest's GDT or LDT entries; `None` for a selector
+/// that does not name a loadable segment.
+fn user_selector_base(d: &Domain, sel: u16) -> Option<u32> {
+    const TI_LDT: u16 = 1 << 2;
+    let index = usize::from(sel >> 3);
+    if sel & !3 == 0 {
+        return Some(0);
+    }
+    let (frames, entries): (&[Mfn], usize) = if sel & TI_LDT != 0 {
+        (&d.vcpu.ldt_frames, d.vcpu.ldt_entries as usize)
+    } else {
+        let gdt = &d.vcpu.gdt;
+        if index >= gdt.entries() as usize {
+            // The hypervisor's reserved GDT entries hold flat segments (base 0).
+            return (index >= ferrovisor_abi::xen::arch_x86::FIRST_RESERVED_GDT_ENTRY as usize)
+                .then_some(0);
+        }
+        (gdt.frames(), gdt.entries() as usize)
+    };
+    if index >= entries {
+        return None;
+    }
+    let mfn = *frames.get(index / descriptor::ENTRIES_PER_PAGE)?;
+    // SAFETY: a descriptor-table frame of the running vCPU, typed `SegDesc` and referenced
+    // while it is installed; only its descriptors, checked when written, are in it.
+    let page = unsafe { crate::arch::x86_64::phys::SharedFrame::new(mfn) };
+    let raw = page.load_u64((index % descriptor::ENTRIES_PER_PAGE) * 8);
+    descriptor::segment_base(raw)
 }

@@ -287,6 +287,19 @@ pub fn check_page(entries: &mut [u64; ENTRIES_PER_PAGE]) -> Result<bool, (usize,
 /// How many frames `set_gdt(frames, entries)` reads from the guest's list:
 /// `ceil(entries / 512)`, after refusing more than `FIRST_RESERVED_GDT_ENTRY` entries (Xen's
 /// `do_set_gdt` checks the count before it copies the list).
+/// The base a segment register gets from loading a selector of descriptor `raw`: `None`
+/// unless it is a present code or data segment a ring-3 selector may load (DPL 3: the
+/// checked descriptors a guest installs all are).
+pub const fn segment_base(raw: u64) -> Option<u32> {
+    if raw & bits::PRESENT == 0 || raw & bits::S == 0 {
+        return None;
+    }
+    if (raw & bits::DPL_MASK) >> bits::DPL_SHIFT != 3 {
+        return None;
+    }
+    Some((((raw >> 16) & 0xff_ffff) | (((raw >> 56) & 0xff) << 24)) as u32)
+}
+
 pub const fn gdt_frame_count(entries: u32) -> Result<usize, DescError> {
     if entries as usize > FIRST_RESERVED_GDT_ENTRY {
         return Err(DescError::TooManyGdtEntries(entries));
@@ -907,5 +920,15 @@ mod tests {
             );
         }
         assert!(validate_set_ldt(HYPERVISOR_VIRT_END, 1).is_ok());
+    }
+
+    #[test]
+    fn segment_bases() {
+        // A present ring-3 data segment with base 0x12345678.
+        let d = 0x12cf_f234_5678_ffff_u64;
+        assert_eq!(segment_base(d), Some(0x1234_5678));
+        assert_eq!(segment_base(d & !bits::PRESENT), None);
+        assert_eq!(segment_base(d & !bits::DPL_MASK), None, "ring 0");
+        assert_eq!(segment_base(d & !bits::S), None, "a system descriptor");
     }
 }
