@@ -359,7 +359,8 @@ fn unmap_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> 
         let removed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
             // SAFETY: used only as the frame table's page-table memory.
             let mut mem = unsafe { GuestTables::new() };
-            ft.unmap_grant(table, index, id, m.mfn, &mut mem).is_ok()
+            ft.unmap_grant(table, index, id, m.mfn, !m.readonly(), &mut mem)
+                .is_ok()
         });
         if !removed {
             return Err(GrantStatus::GeneralError);

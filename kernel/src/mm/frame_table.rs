@@ -621,20 +621,31 @@ impl FrameTable {
         Ok(())
     }
 
-    /// Removes the grant mapping of `mfn` at entry `index` of `table` (an L1 of `dom`)
-    /// and drops the references [`Self::map_grant`] took. `-EINVAL`-style errors if the
-    /// entry is not that grant mapping; nothing changes then.
+    /// Removes the grant mapping of `mfn` at entry `index` of `table` (an L1 of `dom`),
+    /// writable or not as the maptrack says, and drops the references [`Self::map_grant`]
+    /// took. `-EINVAL`-style errors if the entry is not that grant mapping; nothing
+    /// changes then.
+    ///
+    /// The writability must match too: the guest names the entry by an address it may
+    /// have remapped, and one handle's read-only pins released with another mapping's
+    /// writable entry would leave a writable mapping behind while the granter's entry
+    /// says `GTF_writing` is clear (so it would reuse the page for anything).
     pub fn unmap_grant<M: PageTableMemory + ?Sized>(
         &mut self,
         table: Mfn,
         index: usize,
         dom: DomId,
         mfn: Mfn,
+        writable: bool,
         mem: &mut M,
     ) -> Result<(), MmError> {
         self.check_grant_slot(table, index, dom)?;
         let entry = mem.read(table, index);
-        if entry & pte::PRESENT == 0 || entry & bits::GNTTAB == 0 || entry_mfn(entry) != mfn {
+        if entry & pte::PRESENT == 0
+            || entry & bits::GNTTAB == 0
+            || entry_mfn(entry) != mfn
+            || (entry & pte::WRITABLE != 0) != writable
+        {
             return Err(MmError::NotReferenced);
         }
         mem.write(table, index, 0);
@@ -1831,8 +1842,19 @@ mod tests {
             .update_entry(Mfn(4), 8, e(12, P | RW) | bits::GNTTAB, D1, &mut mem)
             .is_err());
         // Unmapping another frame there is refused; the right one drops the references.
-        assert!(ft.unmap_grant(Mfn(4), 7, D1, Mfn(41), &mut mem).is_err());
-        ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), &mut mem).unwrap();
+        assert!(ft
+            .unmap_grant(Mfn(4), 7, D1, Mfn(41), true, &mut mem)
+            .is_err());
+        // Nor as a read-only mapping of the same frame (another handle's, whose pins are
+        // read-only): its writable entry and type reference would stay.
+        assert_eq!(
+            ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), false, &mut mem),
+            Err(MmError::NotReferenced)
+        );
+        assert_eq!(mem.read(Mfn(4), 7), entry);
+        assert_eq!(info(&ft, 40).count, 1);
+        ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), true, &mut mem)
+            .unwrap();
         assert_eq!(mem.read(Mfn(4), 7), 0);
         assert_eq!(info(&ft, 40).count, 0);
         assert_eq!(info(&ft, 40).type_info, TypeInfo::UNTYPED);
