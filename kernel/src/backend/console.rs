@@ -124,8 +124,9 @@ pub fn service(d: &mut Domain) {
     let Some((mfn, port)) = d.console_ring else {
         return;
     };
-    // SAFETY: the console ring frame is the domain's, held by a general reference taken
-    // when it was built and dropped only when the domain is destroyed.
+    // SAFETY: the console ring frame is the domain's, held by a general and a `Writable`
+    // type reference (`build::hold_ring`: never a page or descriptor table) taken when it
+    // was built and dropped only when the domain is destroyed.
     let page = ConsolePage(unsafe { SharedFrame::new(mfn) });
     let done = d
         .console

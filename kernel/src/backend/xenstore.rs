@@ -66,8 +66,9 @@ impl RingAccess for StorePage {
 
 fn page(d: &Domain) -> Option<(StorePage, u32)> {
     let (mfn, port) = d.store_ring?;
-    // SAFETY: the store ring frame is the domain's, held by a general reference taken
-    // when it was built and dropped only when the domain is destroyed.
+    // SAFETY: the store ring frame is the domain's, held by a general and a `Writable`
+    // type reference (`build::hold_ring`: never a page or descriptor table) taken when it
+    // was built and dropped only when the domain is destroyed.
     Some((StorePage(unsafe { SharedFrame::new(mfn) }), port))
 }
 

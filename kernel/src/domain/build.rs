@@ -192,27 +192,30 @@ pub fn build_into(
     })
 }
 
-/// A fresh shared-info frame for `dom`, with the permanent reference that keeps the
-/// guest from giving it back (the hypervisor writes it for as long as the domain lives).
+/// A fresh shared-info frame for `dom`, with the permanent references that keep the
+/// guest from giving it back or making it a page or descriptor table (the hypervisor
+/// writes it for as long as the domain lives; `FrameTable::get_writable`).
 pub fn new_shared_info(dom: DomId) -> Result<Mfn, String> {
     let frame = memory::alloc_frame().ok_or("out of memory for a shared info page")?;
     let mfn = frame.into_mfn();
     let mut ft = FRAME_TABLE.lock();
     let ft = ft.as_mut().ok_or("no frame table")?;
     ft.assign(mfn, Owner::Domain(dom))
-        .and_then(|()| ft.get_page(mfn, dom))
+        .and_then(|()| ft.get_writable(mfn, dom))
         .map_err(|e| format!("the shared info page {mfn}: {e}"))?;
     Ok(mfn)
 }
 
-/// Takes the general reference that keeps a ring frame (xenstore, console) the domain's
-/// while the hypervisor's backend uses it; `lifecycle::destroy` drops it.
+/// Takes the references that keep a ring frame (xenstore, console) the domain's, and
+/// ordinary memory, while the hypervisor's backend writes it (`FrameTable::get_writable`:
+/// were it a page table, the backend's writes would be PTEs the guest chose);
+/// `lifecycle::destroy` drops them.
 pub fn hold_ring(dom: DomId, mfn: Mfn) -> Result<(), String> {
     FRAME_TABLE
         .lock()
         .as_mut()
         .ok_or("no frame table")?
-        .get_page(mfn, dom)
+        .get_writable(mfn, dom)
         .map_err(|e| format!("the ring frame {mfn}: {e}"))
 }
 

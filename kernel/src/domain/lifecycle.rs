@@ -133,11 +133,19 @@ fn build_into_domain(
         }
     };
     build::mask_vcpu0_events(d.shared_info);
-    for mfn in [built.store_mfn, built.console_mfn] {
+    let hold = |mfn| {
         build::hold_ring(d.id, mfn).map_err(|e| {
             log::warn!("{e}");
             XenErrno::Einval
-        })?;
+        })
+    };
+    hold(built.store_mfn)?;
+    if let Err(e) = hold(built.console_mfn) {
+        // Not recorded in the domain yet: `destroy` would never drop it.
+        if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+            let _ = ft.put_writable(built.store_mfn);
+        }
+        return Err(e);
     }
     d.start_vcpu0(&built);
     d.store_ring = Some((built.store_mfn, store_port));
@@ -253,7 +261,7 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
         .unwrap_or_else(|| d.grants.frames().to_vec());
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
         for mfn in frames {
-            let _ = ft.put_page(mfn);
+            let _ = ft.put_writable(mfn);
         }
     }
 }
@@ -309,12 +317,12 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
             let _ = ft.put_page_and_type(f, &mut mem);
         }
         if v.vcpu_info_registered {
-            let _ = ft.put_page(v.vcpu_info.0);
+            let _ = ft.put_writable(v.vcpu_info.0);
         }
     }
-    let _ = ft.put_page(d.shared_info);
+    let _ = ft.put_writable(d.shared_info);
     for (mfn, _) in d.store_ring.iter().chain(d.console_ring.iter()) {
-        let _ = ft.put_page(*mfn);
+        let _ = ft.put_writable(*mfn);
     }
     let released = ft.release_domain(d.id, &mut mem);
     for &mfn in &released.freed {

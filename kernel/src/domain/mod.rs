@@ -287,7 +287,7 @@ impl Domain {
         for v in core::iter::once(&self.vcpu).chain(self.others.iter()) {
             let (mfn, off) = v.vcpu_info;
             // SAFETY: as in `vcpu_info`: the shared-info page or a registered frame of the
-            // domain, kept referenced.
+            // domain, kept referenced and typed `Writable`.
             let _ = infos.push((v.id, unsafe { SharedFrame::new(mfn) }, off));
         }
         SharedWords {
@@ -392,7 +392,8 @@ impl Domain {
     /// The shared-info page.
     pub fn shared(&self) -> SharedFrame {
         // SAFETY: the shared-info frame was allocated for this domain and is never freed
-        // while it exists; it holds only guest-visible data.
+        // while it exists; it holds only guest-visible data and, held `Writable`
+        // (`build::new_shared_info`), is never a page or descriptor table.
         unsafe { SharedFrame::new(self.shared_info) }
     }
 
@@ -400,7 +401,8 @@ impl Domain {
     pub fn vcpu_info(&self) -> (SharedFrame, usize) {
         let (mfn, offset) = self.vcpu.vcpu_info;
         // SAFETY: either the shared-info page, or a frame of the domain that
-        // `register_vcpu_info` checked it owns (kept referenced while registered).
+        // `register_vcpu_info` checked it owns; either is held with a `Writable` type
+        // reference (`FrameTable::get_writable`), so never a page or descriptor table.
         (unsafe { SharedFrame::new(mfn) }, offset)
     }
 

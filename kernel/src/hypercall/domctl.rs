@@ -167,11 +167,13 @@ const CONSOLE_CHUNK: usize = 16 * 1024;
 fn set_mem_target(_: &Privileged, target: DomId, pages: u64) -> core::result::Result<(), XenErrno> {
     domain::with_domains(|doms| {
         let d = doms.get_mut(target).ok_or(XenErrno::Esrch)?;
+        // `SetMaxMem` takes any limit, so the KiB figure may not fit.
+        let kib = pages.checked_mul(4).ok_or(XenErrno::Einval)?;
         if pages > d.max_pages {
             return Err(XenErrno::Einval);
         }
         d.target_pages = pages;
-        let write = alloc::format!("/local/domain/{}/memory/target\0{}", target.0, pages * 4);
+        let write = alloc::format!("/local/domain/{}/memory/target\0{kib}", target.0);
         backend::xenstore::request(doms, XsType::Write, write.as_bytes())
             .map(|_| ())
             .map_err(|_| XenErrno::Eio)

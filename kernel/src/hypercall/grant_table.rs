@@ -69,9 +69,10 @@ impl EntryFrames {
     fn slot(&self, gref: GrantRef) -> (SharedFrame, usize) {
         let per = GRANT_ENTRIES_V1_PER_FRAME;
         let mfn = self.frames[(gref / per) as usize];
-        // SAFETY: a grant frame of the domain: allocated for its table, held by a
-        // permanent reference until the table is torn down, and holding only entries the
-        // guest shares with the hypervisor.
+        // SAFETY: a grant frame of the domain: allocated for its table, held by permanent
+        // general and `Writable` type references until the table is torn down (so never
+        // a page or descriptor table), and holding only entries the guest shares with
+        // the hypervisor.
         (unsafe { SharedFrame::new(mfn) }, (gref % per) as usize * 8)
     }
 }
@@ -130,8 +131,10 @@ impl GrantDomains for Granters<'_> {
     }
 }
 
-/// Grant frames: fresh zeroed frames of the domain, held by a permanent reference (the
-/// hypervisor reads them for as long as the table lives; the guest maps them itself).
+/// Grant frames: fresh zeroed frames of the domain, held by permanent general and
+/// `Writable` type references (the hypervisor reads and updates them for as long as the
+/// table lives, so they must never become page or descriptor tables; the guest maps
+/// them itself).
 struct FrameAlloc;
 
 impl GrantFrameAlloc for FrameAlloc {
@@ -139,7 +142,7 @@ impl GrantFrameAlloc for FrameAlloc {
         let mfn = memory::alloc_frame()?.into_mfn();
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut()?;
-        if ft.assign(mfn, Owner::Domain(dom)).is_err() || ft.get_page(mfn, dom).is_err() {
+        if ft.assign(mfn, Owner::Domain(dom)).is_err() || ft.get_writable(mfn, dom).is_err() {
             let _ = ft.assign(mfn, Owner::Free);
             let _ = memory::free_frame(mfn);
             return None;
@@ -151,10 +154,10 @@ impl GrantFrameAlloc for FrameAlloc {
     }
 }
 
-/// Gives a grant frame back to the free pool (the permanent reference goes).
+/// Gives a grant frame back to the free pool (the permanent references go).
 pub fn release_grant_frame(mfn: Mfn) {
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-        let _ = ft.put_page(mfn);
+        let _ = ft.put_writable(mfn);
         if ft.info(mfn).is_some_and(|i| i.is_unreferenced()) && ft.assign(mfn, Owner::Free).is_ok()
         {
             let _ = memory::free_frame(mfn);
@@ -356,7 +359,8 @@ fn unmap_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> 
         let removed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
             // SAFETY: used only as the frame table's page-table memory.
             let mut mem = unsafe { GuestTables::new() };
-            ft.unmap_grant(table, index, id, m.mfn, &mut mem).is_ok()
+            ft.unmap_grant(table, index, id, m.mfn, !m.readonly(), &mut mem)
+                .is_ok()
         });
         if !removed {
             return Err(GrantStatus::GeneralError);

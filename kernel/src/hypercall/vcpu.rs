@@ -82,14 +82,16 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 if d.vcpu.vcpu_info_registered {
                     return Err(XenErrno::Einval);
                 }
-                // The guest names its frame by machine frame number (a PV guest's view). A
-                // general reference keeps it the domain's while the hypervisor writes it.
+                // The guest names its frame by machine frame number (a PV guest's view).
+                // A general and a `Writable` type reference keep it the domain's, and no
+                // page or descriptor table, while the hypervisor writes it (Xen takes
+                // the same).
                 let mfn = Mfn(reg.mfn);
                 FRAME_TABLE
                     .lock()
                     .as_mut()
                     .ok_or(XenErrno::Esrch)?
-                    .get_page(mfn, d.id)
+                    .get_writable(mfn, d.id)
                     .map_err(|_| XenErrno::Einval)?;
                 d.vcpu.vcpu_info_registered = true;
                 let mask = d.upcall_mask();

@@ -114,6 +114,17 @@ pub trait PageTableMemory {
     fn write(&mut self, table: Mfn, index: usize, value: u64);
 }
 
+/// Page-table memory for operations that never validate or devalidate a table (a
+/// `Writable` type reference): nothing is read or written.
+struct NoTables;
+
+impl PageTableMemory for NoTables {
+    fn read(&self, _: Mfn, _: usize) -> u64 {
+        0
+    }
+    fn write(&mut self, _: Mfn, _: usize, _: u64) {}
+}
+
 /// Why a PV MMU operation was refused. Each maps to the errno Xen returns in the same case.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MmError {
@@ -427,6 +438,31 @@ impl FrameTable {
         self.put_page(mfn)
     }
 
+    /// Holds `mfn`, a frame of `dom`, as ordinary writable memory for the hypervisor's own
+    /// use: a general reference and a `Writable` type reference (Xen's
+    /// `share_xen_page_with_guest`, and `get_page_and_type(PGT_writable_page)` in
+    /// `VCPUOP_register_vcpu_info`). For every frame the hypervisor writes behind the
+    /// guest's back — shared info, a registered `vcpu_info`, the xenstore and console
+    /// rings, grant-table frames: while held, the guest can make it neither a page table
+    /// nor a descriptor table, so those writes can never forge a PTE or a descriptor.
+    /// Refused while the frame has another type.
+    pub fn get_writable(&mut self, mfn: Mfn, dom: DomId) -> Result<(), MmError> {
+        self.get_page_and_type(mfn, dom, PageType::Writable, &mut NoTables)
+            .map_err(|e| match e {
+                MmError::TypeConflict => MmError::WritableTable,
+                e => e,
+            })
+    }
+
+    /// Drops what [`Self::get_writable`] took.
+    pub fn put_writable(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        let frame = self.frame(mfn)?;
+        if frame.type_info.ty != PageType::Writable {
+            return Err(MmError::NotReferenced);
+        }
+        self.put_page_and_type(mfn, &mut NoTables)
+    }
+
     /// `MMUEXT_PIN_L{1,2,3,4}_TABLE`: makes `mfn` a table of `level` (validating it if it had
     /// no type) and keeps it so until unpinned.
     pub fn pin<M: PageTableMemory + ?Sized>(
@@ -585,20 +621,31 @@ impl FrameTable {
         Ok(())
     }
 
-    /// Removes the grant mapping of `mfn` at entry `index` of `table` (an L1 of `dom`)
-    /// and drops the references [`Self::map_grant`] took. `-EINVAL`-style errors if the
-    /// entry is not that grant mapping; nothing changes then.
+    /// Removes the grant mapping of `mfn` at entry `index` of `table` (an L1 of `dom`),
+    /// writable or not as the maptrack says, and drops the references [`Self::map_grant`]
+    /// took. `-EINVAL`-style errors if the entry is not that grant mapping; nothing
+    /// changes then.
+    ///
+    /// The writability must match too: the guest names the entry by an address it may
+    /// have remapped, and one handle's read-only pins released with another mapping's
+    /// writable entry would leave a writable mapping behind while the granter's entry
+    /// says `GTF_writing` is clear (so it would reuse the page for anything).
     pub fn unmap_grant<M: PageTableMemory + ?Sized>(
         &mut self,
         table: Mfn,
         index: usize,
         dom: DomId,
         mfn: Mfn,
+        writable: bool,
         mem: &mut M,
     ) -> Result<(), MmError> {
         self.check_grant_slot(table, index, dom)?;
         let entry = mem.read(table, index);
-        if entry & pte::PRESENT == 0 || entry & bits::GNTTAB == 0 || entry_mfn(entry) != mfn {
+        if entry & pte::PRESENT == 0
+            || entry & bits::GNTTAB == 0
+            || entry_mfn(entry) != mfn
+            || (entry & pte::WRITABLE != 0) != writable
+        {
             return Err(MmError::NotReferenced);
         }
         mem.write(table, index, 0);
@@ -1731,6 +1778,42 @@ mod tests {
     }
 
     #[test]
+    fn frames_the_hypervisor_writes_never_become_tables() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        // Held (a ring, shared info, a grant frame): it may be mapped writable but never
+        // pinned or used as a page or descriptor table.
+        ft.get_writable(Mfn(20), D1).unwrap();
+        for level in Level::ALL {
+            assert_eq!(
+                ft.pin(Mfn(20), D1, level, &mut mem),
+                Err(MmError::TypeConflict)
+            );
+        }
+        assert!(ft
+            .get_page_and_type(Mfn(20), D1, PageType::SegDesc, &mut mem)
+            .is_err());
+        ft.get_page_and_type(Mfn(20), D1, PageType::Writable, &mut mem)
+            .unwrap();
+        ft.put_page_and_type(Mfn(20), &mut mem).unwrap();
+        // Another domain's frame, or one that is a table now, cannot be held.
+        assert_eq!(ft.get_writable(Mfn(40), D1), Err(MmError::NotOwner));
+        ft.pin(Mfn(21), D1, Level::L1, &mut mem).unwrap();
+        assert_eq!(ft.get_writable(Mfn(21), D1), Err(MmError::WritableTable));
+        assert_eq!(info(&ft, 21).count, 1, "only the pin's reference");
+        assert_eq!(ft.put_writable(Mfn(21)), Err(MmError::NotReferenced));
+        ft.unpin(Mfn(21), D1, &mut mem).unwrap();
+        // Released, it is an ordinary frame again.
+        ft.put_writable(Mfn(20)).unwrap();
+        assert_eq!(info(&ft, 20).count, 0);
+        assert_eq!(info(&ft, 20).type_info, TypeInfo::UNTYPED);
+        assert_eq!(ft.put_writable(Mfn(20)), Err(MmError::NotReferenced));
+        ft.pin(Mfn(20), D1, Level::L1, &mut mem).unwrap();
+        ft.unpin(Mfn(20), D1, &mut mem).unwrap();
+        assert_all_clear(&ft);
+    }
+
+    #[test]
     fn grant_mappings_take_the_granters_references_and_only_unmap_drops_them() {
         let mut ft = table();
         let mut mem = Mem::default();
@@ -1759,8 +1842,19 @@ mod tests {
             .update_entry(Mfn(4), 8, e(12, P | RW) | bits::GNTTAB, D1, &mut mem)
             .is_err());
         // Unmapping another frame there is refused; the right one drops the references.
-        assert!(ft.unmap_grant(Mfn(4), 7, D1, Mfn(41), &mut mem).is_err());
-        ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), &mut mem).unwrap();
+        assert!(ft
+            .unmap_grant(Mfn(4), 7, D1, Mfn(41), true, &mut mem)
+            .is_err());
+        // Nor as a read-only mapping of the same frame (another handle's, whose pins are
+        // read-only): its writable entry and type reference would stay.
+        assert_eq!(
+            ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), false, &mut mem),
+            Err(MmError::NotReferenced)
+        );
+        assert_eq!(mem.read(Mfn(4), 7), entry);
+        assert_eq!(info(&ft, 40).count, 1);
+        ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), true, &mut mem)
+            .unwrap();
         assert_eq!(mem.read(Mfn(4), 7), 0);
         assert_eq!(info(&ft, 40).count, 0);
         assert_eq!(info(&ft, 40).type_info, TypeInfo::UNTYPED);
