@@ -1,0 +1,10 @@
+//! `fv`, Ferrovisor's dom0 control tool, as a library: everything but `main` lives here
+//! so the host tests reach it.
+//!
+//! - [`config`]: xl.cfg domain configs and command-line overrides.
+//! - [`cli`]: the command line (clap).
+//! - [`table`]: `xl`-style output (list, info, uptime, vcpu-list) and JSON.
+//! - [`size`]: memory sizes (`256m`, `1g`).
+//! - [`hypervisor`]: the transport to the hypervisor (Linux privcmd, or an in-memory fake).
+//! - [`commands`]: the commands over that transport.
+pub mod config;
