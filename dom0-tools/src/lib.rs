@@ -8,3 +8,4 @@
 //! - [`hypervisor`]: the transport to the hypervisor (Linux privcmd, or an in-memory fake).
 //! - [`commands`]: the commands over that transport.
 pub mod config;
+pub mod hypervisor;
