@@ -9,3 +9,5 @@
 //! - [`commands`]: the commands over that transport.
 pub mod config;
 pub mod hypervisor;
+pub mod size;
+pub mod table;
