@@ -7,6 +7,7 @@
 //! - [`size`]: memory sizes (`256m`, `1g`).
 //! - [`hypervisor`]: the transport to the hypervisor (Linux privcmd, or an in-memory fake).
 //! - [`commands`]: the commands over that transport.
+pub mod commands;
 pub mod config;
 pub mod hypervisor;
 pub mod size;

@@ -39,6 +39,8 @@ pub struct FakeDomain {
     pub cmdline: String,
     /// What a `ConsoleRead` returns.
     pub console: Vec<u8>,
+    /// What `ConsoleWrite`s sent.
+    pub console_input: Vec<u8>,
     pub shutdown_requests: Vec<u32>,
 }
 
@@ -121,6 +123,7 @@ impl Fake {
                 ramdisk_len: 0,
                 cmdline: String::new(),
                 console: Vec::new(),
+                console_input: Vec::new(),
                 shutdown_requests: Vec::new(),
             },
         );
@@ -282,7 +285,20 @@ impl Fake {
                 c.missed = 0;
                 req.set_payload(&c);
             }
-            DomctlCmd::ConsoleWrite | DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => {
+            DomctlCmd::ConsoleWrite => {
+                let mut c: ConsoleIo = req.payload();
+                let uses = domctl_buffers(req);
+                let idx = check_buffers("console", &uses, bufs).map_err(|_| EINVAL)?;
+                let bytes = match idx.first().map(|&i| &bufs[i]) {
+                    Some(Buf::In(b)) => b[..c.len as usize].to_vec(),
+                    Some(Buf::Out(b)) => b[..c.len as usize].to_vec(),
+                    None => Vec::new(),
+                };
+                c.done = bytes.len() as u32;
+                self.dom(id)?.console_input.extend_from_slice(&bytes);
+                req.set_payload(&c);
+            }
+            DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => {
                 return Err(ENOSYS);
             }
         }
