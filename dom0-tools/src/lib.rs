@@ -7,8 +7,10 @@
 //! - [`size`]: memory sizes (`256m`, `1g`).
 //! - [`hypervisor`]: the transport to the hypervisor (Linux privcmd, or an in-memory fake).
 //! - [`commands`]: the commands over that transport.
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod hypervisor;
+pub mod run;
 pub mod size;
 pub mod table;

@@ -14,7 +14,7 @@ use std::{
 use ferrovisor_abi::{
     domctl::{
         ConsoleIo, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo, ReadLog, SetMemTarget,
-        ShutdownRequest, Sysctl, SysctlCmd, DOMINFO_DYING, DOMINFO_SHUTDOWN,
+        ShutdownRequest, Sysctl, SysctlCmd, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
     },
     xen::{xen::DOMID_FIRST_RESERVED, DomId},
 };
@@ -74,6 +74,8 @@ pub enum CommandError {
     NoSuchName(String),
     #[error("no domain with id {0}: 'fv list' shows the domains")]
     NoSuchId(DomId),
+    #[error("domain {0} is not paused")]
+    NotPaused(String),
     #[error("domain 0 is the control domain and cannot be {0}")]
     Dom0(&'static str),
     #[error(
@@ -263,14 +265,14 @@ pub fn lifecycle(
 ) -> Result<DomainInfo, CommandError> {
     let info = resolve(hv, r)?;
     if info.domid == 0 {
-        let what = match cmd {
+        return Err(CommandError::Dom0(match cmd {
             DomctlCmd::DestroyDomain => "destroyed",
             DomctlCmd::PauseDomain => "paused",
-            _ => "changed this way",
-        };
-        if cmd != DomctlCmd::UnpauseDomain {
-            return Err(CommandError::Dom0(what));
-        }
+            _ => "unpaused (it is never paused)",
+        }));
+    }
+    if cmd == DomctlCmd::UnpauseDomain && info.flags & DOMINFO_PAUSED == 0 {
+        return Err(CommandError::NotPaused(name_of(&info)));
     }
     domctl0(hv, cmd, info.domid)?;
     Ok(info)

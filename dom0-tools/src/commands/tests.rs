@@ -109,6 +109,12 @@ fn pause_unpause_destroy() {
     assert_ne!(f.domains[&3].info.flags & DOMINFO_PAUSED, 0);
     lifecycle(&mut f, &DomainRef::Id(3), DomctlCmd::UnpauseDomain).unwrap();
     assert_eq!(f.domains[&3].info.flags & DOMINFO_PAUSED, 0);
+    assert_eq!(
+        lifecycle(&mut f, &DomainRef::Id(3), DomctlCmd::UnpauseDomain)
+            .unwrap_err()
+            .to_string(),
+        "domain web1 is not paused"
+    );
     lifecycle(&mut f, &name("db"), DomctlCmd::DestroyDomain).unwrap();
     assert!(!f.domains.contains_key(&5));
     assert_eq!(
