@@ -59,16 +59,19 @@ pub enum Command {
     },
     /// Attach to a domain's console (leave with Ctrl-])
     Console {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
     /// Pause a domain (it keeps its memory but gets no CPU)
     Pause {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
     /// Let a paused domain run again
     Unpause {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
@@ -77,22 +80,26 @@ pub enum Command {
         /// Wait (up to 5 minutes) until the domain has shut down
         #[arg(short, long)]
         wait: bool,
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
     /// Ask a domain to reboot
     Reboot {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
     /// Stop a domain at once and free everything it holds
     Destroy {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
     },
     /// Set a domain's memory target (its balloon driver gives or takes memory)
     #[command(name = "mem-set")]
     MemSet {
+        /// The domain: its name or numeric id
         #[arg(value_name = "DOMAIN")]
         domain: DomainRef,
         /// The new size: 256m, 1g, 524288k; a bare number is MiB
@@ -102,11 +109,13 @@ pub enum Command {
     /// List the vCPUs of all domains, or of one
     #[command(name = "vcpu-list")]
     VcpuList {
+        /// Only this domain (name or numeric id)
         #[arg(value_name = "DOMAIN")]
         domain: Option<DomainRef>,
     },
     /// Print how long the host's domains have been up
     Uptime {
+        /// Only this domain (name or numeric id)
         #[arg(value_name = "DOMAIN")]
         domain: Option<DomainRef>,
     },
