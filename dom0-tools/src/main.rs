@@ -1,34 +1,87 @@
-//! `fv`: Ferrovisor's dom0 control tool. Its commands arrive with the control-tool issue;
-//! today it only reports the control-interface version it speaks.
-use std::process::ExitCode;
+//! `fv`: Ferrovisor's dom0 control tool. The work is in the `fv` library; this wires it
+//! to the process: arguments, the real hypervisor, stdin/stdout, exit status
+//! (0 ok, 1 the command failed, 2 usage error).
 
-use ferrovisor_abi::version::FV_CONTROL_INTERFACE_VERSION;
+use std::{io::Read, process::ExitCode, sync::mpsc};
+
+use clap::Parser;
+use fv::{
+    cli::Cli,
+    hypervisor::{Hypervisor, TransportError},
+    run::{run, Env},
+};
+
+/// Where `fv` keeps its small state (`dmesg -c`'s offset).
+const STATE_DIR: &str = "/run/fv";
+
+#[cfg(target_os = "linux")]
+fn open_hypervisor() -> Result<Box<dyn Hypervisor>, TransportError> {
+    Ok(Box::new(fv::hypervisor::privcmd::Privcmd::open()?))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_hypervisor() -> Result<Box<dyn Hypervisor>, TransportError> {
+    Err(TransportError::NoDevice {
+        path: "/dev/xen/privcmd",
+    })
+}
+
+/// 16 bytes from the kernel's random source (a fixed pattern mixed with the time if it is
+/// unreadable, which only weakens UUID uniqueness).
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b.copy_from_slice(&t.to_le_bytes());
+        b[15] ^= std::process::id() as u8;
+    }
+    b
+}
+
+/// Standard input, chunk by chunk, on a channel (the console polls it).
+fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 256];
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
 
 fn main() -> ExitCode {
-    let arg = std::env::args().nth(1);
-    match arg.as_deref() {
-        Some("--version") | Some("-V") => {
-            println!(
-                "fv {} (control interface v{})",
-                env!("CARGO_PKG_VERSION"),
-                FV_CONTROL_INTERFACE_VERSION
-            );
-            ExitCode::SUCCESS
-        }
-        Some("--help") | Some("-h") | None => {
-            println!(
-                "fv {}: Ferrovisor's dom0 control tool",
-                env!("CARGO_PKG_VERSION")
-            );
-            println!();
-            println!("Usage: fv --version");
-            println!();
-            println!("No domain commands exist yet: they come with the control-tool work.");
-            ExitCode::SUCCESS
-        }
-        Some(other) => {
-            eprintln!("fv: unknown command '{other}'; run 'fv --help'");
-            ExitCode::from(2)
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version print to stdout and exit 0; usage errors exit 2.
+        Err(e) => e.exit(),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let mut open = open_hypervisor;
+    let mut random = random16;
+    let mut input = stdin_channel;
+    let mut env = Env {
+        open: &mut open,
+        out: &mut out,
+        err: &mut err,
+        state_dir: STATE_DIR.into(),
+        random: &mut random,
+        console_input: &mut input,
+    };
+    match run(cli.command, &mut env) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fv: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -1,0 +1,291 @@
+//! The command line of `fv`, in `xl`'s shape: `fv <command> [options] [args]`.
+//!
+//! Exit status: 0 success, 1 the command failed, 2 the command line is wrong (clap's
+//! usage errors); `--help` and `--version` exit 0.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::{commands::DomainRef, size::MemSize};
+
+/// `fv --version`: the tool's version and the control-interface version it speaks
+/// (kept equal to `FV_CONTROL_INTERFACE_VERSION` by the assertion below).
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (control interface v1)");
+
+/// Ferrovisor's dom0 control tool: create, list and control domains.
+#[derive(Debug, Parser)]
+#[command(name = "fv", version, long_version = LONG_VERSION, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List all domains, or the ones named, with their memory, vCPUs, state and CPU time
+    List {
+        /// Also print each domain's UUID and shutdown reason
+        #[arg(short, long)]
+        long: bool,
+        /// Print JSON instead of the table
+        #[arg(long)]
+        json: bool,
+        /// Domains to list (names or ids); all when none
+        #[arg(value_name = "DOMAIN")]
+        domains: Vec<DomainRef>,
+    },
+    /// Print facts about the host: CPUs, memory, hypervisor version, uptime
+    Info,
+    /// Print the hypervisor's log
+    Dmesg {
+        /// Clear the log after printing it (later runs print only what is new)
+        #[arg(short = 'c', long)]
+        clear: bool,
+    },
+    /// Create a domain from an xl.cfg-style config file and start it
+    Create {
+        /// The domain config file
+        file: PathBuf,
+        /// Attach to the new domain's console once it runs
+        #[arg(short = 'c', long)]
+        console: bool,
+        /// Print what would be created (parameters and kernel command line), create nothing
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Settings applied after the file, in config syntax (memory=256 'extra="quiet"')
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Attach to a domain's console (leave with Ctrl-])
+    Console {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Pause a domain (it keeps its memory but gets no CPU)
+    Pause {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Let a paused domain run again
+    Unpause {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Ask a domain to shut down cleanly
+    Shutdown {
+        /// Wait (up to 5 minutes) until the domain has shut down
+        #[arg(short, long)]
+        wait: bool,
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Ask a domain to reboot
+    Reboot {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Stop a domain at once and free everything it holds
+    Destroy {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+    },
+    /// Set a domain's memory target (its balloon driver gives or takes memory)
+    #[command(name = "mem-set")]
+    MemSet {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// The new size: 256m, 1g, 524288k; a bare number is MiB
+        #[arg(value_name = "MEM")]
+        mem: MemSize,
+    },
+    /// List the vCPUs of all domains, or of one
+    #[command(name = "vcpu-list")]
+    VcpuList {
+        /// Only this domain (name or numeric id)
+        #[arg(value_name = "DOMAIN")]
+        domain: Option<DomainRef>,
+    },
+    /// Print how long the host's domains have been up
+    Uptime {
+        /// Only this domain (name or numeric id)
+        #[arg(value_name = "DOMAIN")]
+        domain: Option<DomainRef>,
+    },
+}
+
+const _: () = assert!(ferrovisor_abi::domctl::FV_CONTROL_INTERFACE_VERSION == 1);
+
+#[cfg(test)]
+mod tests {
+    use clap::{error::ErrorKind, CommandFactory};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        let mut v = vec!["fv"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map(|c| c.command)
+    }
+
+    fn name(s: &str) -> DomainRef {
+        DomainRef::Name(s.into())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_parses() {
+        assert!(matches!(
+            parse(&["list", "-l", "--json", "web1", "0"]).unwrap(),
+            Command::List { long: true, json: true, domains } if domains == [name("web1"), DomainRef::Id(0)]
+        ));
+        assert!(matches!(
+            parse(&["list", "--long"]).unwrap(),
+            Command::List { long: true, json: false, domains } if domains.is_empty()
+        ));
+        assert!(matches!(parse(&["info"]).unwrap(), Command::Info));
+        assert!(matches!(
+            parse(&["dmesg", "-c"]).unwrap(),
+            Command::Dmesg { clear: true }
+        ));
+        assert!(matches!(
+            parse(&["dmesg"]).unwrap(),
+            Command::Dmesg { clear: false }
+        ));
+        match parse(&[
+            "create",
+            "guest.cfg",
+            "-c",
+            "-n",
+            "memory=256",
+            "extra=\"console=hvc0\"",
+        ])
+        .unwrap()
+        {
+            Command::Create {
+                file,
+                console,
+                dry_run,
+                overrides,
+            } => {
+                assert_eq!(file, PathBuf::from("guest.cfg"));
+                assert!(console && dry_run);
+                assert_eq!(overrides, ["memory=256", "extra=\"console=hvc0\""]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(&["create", "--dry-run", "g.cfg"]).unwrap(),
+            Command::Create {
+                dry_run: true,
+                console: false,
+                ..
+            }
+        ));
+        assert!(
+            matches!(parse(&["console", "3"]).unwrap(), Command::Console { domain } if domain == DomainRef::Id(3))
+        );
+        assert!(
+            matches!(parse(&["pause", "web1"]).unwrap(), Command::Pause { domain } if domain == name("web1"))
+        );
+        assert!(matches!(
+            parse(&["unpause", "web1"]).unwrap(),
+            Command::Unpause { .. }
+        ));
+        assert!(matches!(
+            parse(&["shutdown", "-w", "web1"]).unwrap(),
+            Command::Shutdown { wait: true, .. }
+        ));
+        assert!(matches!(
+            parse(&["shutdown", "--wait", "web1"]).unwrap(),
+            Command::Shutdown { wait: true, .. }
+        ));
+        assert!(matches!(
+            parse(&["reboot", "web1"]).unwrap(),
+            Command::Reboot { .. }
+        ));
+        assert!(
+            matches!(parse(&["destroy", "7"]).unwrap(), Command::Destroy { domain } if domain == DomainRef::Id(7))
+        );
+        assert!(matches!(
+            parse(&["mem-set", "web1", "256m"]).unwrap(),
+            Command::MemSet { mem: MemSize(b), .. } if b == 256 << 20
+        ));
+        assert!(matches!(
+            parse(&["mem-set", "web1", "512"]).unwrap(),
+            Command::MemSet { mem: MemSize(b), .. } if b == 512 << 20
+        ));
+        assert!(matches!(
+            parse(&["vcpu-list"]).unwrap(),
+            Command::VcpuList { domain: None }
+        ));
+        assert!(matches!(
+            parse(&["vcpu-list", "web1"]).unwrap(),
+            Command::VcpuList { domain: Some(_) }
+        ));
+        assert!(matches!(
+            parse(&["uptime"]).unwrap(),
+            Command::Uptime { domain: None }
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        for bad in [
+            &["frobnicate"][..],
+            &["pause"],
+            &["mem-set", "web1", "12x"],
+            &["mem-set", "web1"],
+            &["destroy", "99999"],
+            &["create"],
+            &["list", "--colour"],
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        let e = parse(&["mem-set", "web1", "12x"]).unwrap_err().to_string();
+        assert!(e.contains("'12x' is not a size"), "{e}");
+    }
+
+    #[test]
+    fn help_everywhere() {
+        let e = parse(&["--help"]).unwrap_err();
+        assert_eq!((e.kind(), e.exit_code()), (ErrorKind::DisplayHelp, 0));
+        let help = e.to_string();
+        for cmd in [
+            "list",
+            "info",
+            "dmesg",
+            "create",
+            "console",
+            "pause",
+            "unpause",
+            "shutdown",
+            "reboot",
+            "destroy",
+            "mem-set",
+            "vcpu-list",
+            "uptime",
+        ] {
+            assert!(
+                help.contains(&format!("  {cmd} ")),
+                "{cmd} missing from:\n{help}"
+            );
+            let e = parse(&[cmd, "--help"]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{cmd}");
+        }
+        let v = parse(&["--version"]).unwrap_err();
+        assert_eq!((v.kind(), v.exit_code()), (ErrorKind::DisplayVersion, 0));
+    }
+}
