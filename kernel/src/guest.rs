@@ -622,8 +622,7 @@ fn user_selector_base(d: &Domain, sel: u16) -> Option<u32> {
         let gdt = &d.vcpu.gdt;
         if index >= gdt.entries() as usize {
             // The hypervisor's reserved GDT entries hold flat segments (base 0).
-            return (index >= ferrovisor_abi::xen::arch_x86::FIRST_RESERVED_GDT_ENTRY as usize)
-                .then_some(0);
+            return (index >= ferrovisor_abi::xen::arch_x86::FIRST_RESERVED_GDT_ENTRY).then_some(0);
         }
         (gdt.frames(), gdt.entries() as usize)
     };
