@@ -84,6 +84,9 @@ struct EntryArgs {
     /// [default: a placeholder that Ferrovisor refuses with a message].
     #[arg(long, value_name = "PATH", conflicts_with = "dom0_test")]
     dom0: Option<PathBuf>,
+    /// dom0's initrd (the second module2 line) [default: a placeholder].
+    #[arg(long, value_name = "PATH", conflicts_with = "no_modules")]
+    initrd: Option<PathBuf>,
     /// dom0's kernel: one of the project's PV test kernels (tests/kernels/src/bin/NAME.rs),
     /// built first; e.g. `events`, `smp` (give `--smp`-style options in --cmdline).
     #[arg(long, value_name = "NAME")]
@@ -198,6 +201,17 @@ fn iso_step(args: &EntryArgs, timeout_secs: u32, out: &std::path::Path) -> anyho
         );
         entry.modules[0].source = path.clone();
         entry.modules[0].iso_name = "vmlinuz".to_owned();
+    }
+    if let Some(path) = &args.initrd {
+        anyhow::ensure!(
+            path.is_file(),
+            "--initrd {}: no such file",
+            path.display()
+        );
+        if let Some(m) = entry.modules.get_mut(1) {
+            m.source = path.clone();
+            m.iso_name = "initrd.img".to_owned();
+        }
     }
     eprintln!("iso: grub.cfg:\n{}", entry.grub_cfg()?);
     let iso = iso::make_iso(&entry, out)?;

@@ -72,7 +72,9 @@ pub fn poll_serial() {
             } => {
                 domain::with_domain(DomId(id), |d| {
                     d.console.queue_input(bytes.as_slice());
-                    if d.console_ring.is_some() {
+                    // A domU reads its ring; dom0 may read either, and uses the ring
+                    // once it writes to it (Linux's `hvc_xen` does at once).
+                    if d.console_ring.is_some() && (d.id != DOM0 || d.console_ring_used) {
                         service(d);
                     } else {
                         d.send_virq(VIRQ_CONSOLE, 0);
@@ -131,6 +133,9 @@ pub fn service(d: &mut Domain) {
     let done = d
         .console
         .service(&page, &mut |line| crate::console::write_line(line));
+    if done.consumed > 0 {
+        d.console_ring_used = true;
+    }
     if let Some(e) = done.error {
         log::warn!("d{}: console ring is broken ({e:?}); ignoring it", d.id.0);
     }

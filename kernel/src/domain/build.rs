@@ -25,7 +25,8 @@ use ferrovisor_abi::{
 };
 
 use super::{
-    lifecycle::SERVICE_XENSTORE, Domain, Life, Vcpu, DOM0, FRAME_TABLE, MAX_PORTS, MAX_VCPUS,
+    lifecycle::{SERVICE_CONSOLE, SERVICE_XENSTORE},
+    Domain, Life, Vcpu, DOM0, FRAME_TABLE, MAX_PORTS, MAX_VCPUS,
 };
 use crate::{
     arch::x86_64::{
@@ -247,6 +248,7 @@ pub fn new_domain(
             .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0, shared_info))
             .collect(),
         console: GuestConsole::new(id.0),
+        console_ring_used: false,
         evtchn: EventChannels::new(id.0, nr_vcpus, MAX_PORTS),
         // Writable page tables are on from the start, as Xen gives every PV domain.
         vm_assist: 1 << VMASST_TYPE_WRITABLE_PAGETABLES,
@@ -316,28 +318,35 @@ pub fn build_dom0(
         nr_vcpus,
         shared_info,
     );
-    // dom0 reaches the xenstore service through a ring like any domain; its console is
-    // the `console_io` hypercall (Xen's dom0 convention).
+    // dom0 reaches the xenstore service and its console through rings like any domain:
+    // it is privileged but not Xen's "initial domain", so Linux's `hvc_xen` uses the
+    // console ring (`console_io` output works too, for early messages).
     let store_port = d
         .evtchn
         .bind_backend(SERVICE_XENSTORE)
         .map_err(|e| format!("dom0's xenstore port: {e:?}"))?;
+    let console_port = d
+        .evtchn
+        .bind_backend(SERVICE_CONSOLE)
+        .map_err(|e| format!("dom0's console port: {e:?}"))?;
     let input = BuildInput {
         kernel: module,
         initrd: initrd_bytes,
         cmdline: kernel.cmdline,
         flags: SIF_PRIVILEGED,
         store_evtchn: store_port,
-        console_evtchn: 0,
+        console_evtchn: console_port,
         what: "dom0",
         source: "module 0",
     };
     let built = build_into(DOM0, &p2m, shared_info, &input)?;
     mask_vcpu0_events(shared_info);
     hold_ring(DOM0, built.store_mfn)?;
+    hold_ring(DOM0, built.console_mfn)?;
     d.p2m = p2m;
     d.start_vcpu0(&built);
     d.store_ring = Some((built.store_mfn, store_port));
+    d.console_ring = Some((built.console_mfn, console_port));
     d.pause_count = 0;
     super::with_domains(|doms| doms.insert(Box::new(d)));
     Ok(())

@@ -133,6 +133,9 @@ pub struct Domain {
     pub others: Vec<Vcpu>,
     /// Its console: output history, serial mirror, pending input.
     pub console: GuestConsole,
+    /// It has written to its console ring (so input goes there too, rather than to
+    /// `console_io` read: dom0 has both, and a kernel uses one of them).
+    pub console_ring_used: bool,
     /// The domain's event-channel ports.
     pub evtchn: EventChannels,
     /// `vm_assist` types enabled (a bit per `VMASST_TYPE_*`).
