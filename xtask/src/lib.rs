@@ -18,8 +18,11 @@ use anyhow::{bail, Context};
 
 pub mod bench;
 pub mod build;
+pub mod debian;
 pub mod deps;
+pub mod initramfs;
 pub mod iso;
+pub mod linux;
 pub mod qemu;
 pub mod testrun;
 pub mod xen;

@@ -81,10 +81,12 @@ struct EntryArgs {
     #[arg(long, conflicts_with_all = ["dom0", "dom0_test"])]
     no_modules: bool,
     /// dom0's kernel: a Xen-PV kernel file (ELF, or a bzImage such as Debian's vmlinuz)
-    /// [default: a placeholder that Ferrovisor refuses with a message].
+    /// [default: Debian's linux-image-amd64 with a busybox initramfs, fetched into
+    /// target/linux/].
     #[arg(long, value_name = "PATH", conflicts_with = "dom0_test")]
     dom0: Option<PathBuf>,
-    /// dom0's initrd (the second module2 line) [default: a placeholder].
+    /// dom0's initrd (the second module2 line) [default: the busybox initramfs for the
+    /// default kernel, a placeholder otherwise].
     #[arg(long, value_name = "PATH", conflicts_with = "no_modules")]
     initrd: Option<PathBuf>,
     /// dom0's kernel: one of the project's PV test kernels (tests/kernels/src/bin/NAME.rs),
@@ -201,6 +203,15 @@ fn iso_step(args: &EntryArgs, timeout_secs: u32, out: &std::path::Path) -> anyho
         );
         entry.modules[0].source = path.clone();
         entry.modules[0].iso_name = "vmlinuz".to_owned();
+    } else if !args.no_modules {
+        // The default dom0: Debian's own kernel with a busybox initramfs.
+        let linux = xtask::linux::dom0()?;
+        entry.modules[0].source = linux.vmlinuz.clone();
+        entry.modules[0].iso_name = format!("vmlinuz-{}", linux.version);
+        if let Some(m) = entry.modules.get_mut(1) {
+            m.source = linux.initrd.clone();
+            m.iso_name = format!("initrd.img-{}", linux.version);
+        }
     }
     if let Some(path) = &args.initrd {
         anyhow::ensure!(

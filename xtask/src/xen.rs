@@ -9,8 +9,6 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context};
@@ -69,70 +67,17 @@ pub fn image() -> anyhow::Result<PathBuf> {
 }
 
 fn fetch(image: &Path) -> anyhow::Result<()> {
-    for tool in ["apt-get", "dpkg-deb"] {
-        if crate::deps::find_program(tool).is_none() {
-            bail!("no `{tool}` on this machine: Xen 4.17 comes from Debian's package {PACKAGE}");
+    fs::create_dir_all(cache_dir())
+        .with_context(|| format!("cannot create {}", cache_dir().display()))?;
+    crate::debian::with_package(PACKAGE, &cache_dir(), |root| {
+        let unpacked = root.join(IMAGE_IN_PACKAGE);
+        if !unpacked.is_file() {
+            bail!("{PACKAGE} has no /{IMAGE_IN_PACKAGE}");
         }
-    }
-    // A directory of our own, so that concurrent fetches never see each other's files.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let work = cache_dir().join(format!("fetch-{}-{nanos}", std::process::id()));
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let result = download_and_extract(&work, image);
-    let _ = fs::remove_dir_all(&work);
-    result
-}
-
-fn download_and_extract(work: &Path, image: &Path) -> anyhow::Result<()> {
-    let download = || {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(["download", PACKAGE]).current_dir(work);
-        crate::run(&mut cmd)
-    };
-    if download().is_err() {
-        // Most often the package lists were never fetched (a fresh container).
-        if !is_root() {
-            bail!(
-                "`apt-get download {PACKAGE}` failed; if apt does not know the package yet, \
-                 run `sudo apt-get update` once and retry"
-            );
-        }
-        eprintln!("xen: retrying after `apt-get update`");
-        crate::run(Command::new("apt-get").arg("update"))?;
-        download()?;
-    }
-    let deb = fs::read_dir(work)
-        .with_context(|| format!("cannot list {}", work.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", work.display()))?;
-    let root = work.join("root");
-    crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    let unpacked = root.join(IMAGE_IN_PACKAGE);
-    if !unpacked.is_file() {
-        bail!("{} has no /{IMAGE_IN_PACKAGE}", deb.display());
-    }
-    // Same directory, so the rename is atomic: a reader sees no image or a whole one.
-    let staged = work.join(IMAGE_NAME);
-    fs::copy(&unpacked, &staged).with_context(|| format!("cannot copy {}", unpacked.display()))?;
-    fs::rename(&staged, image).with_context(|| format!("cannot write {}", image.display()))?;
-    eprintln!(
-        "xen: {} from {}",
-        image.display(),
-        deb.file_name().unwrap_or_default().to_string_lossy()
-    );
-    Ok(())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        crate::debian::install_file(&unpacked, image)?;
+        eprintln!("xen: {}", image.display());
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,202 @@
+//! Debian's own Linux as dom0: the kernel package (`linux-image-amd64`'s current
+//! dependency) and `busybox-static`, fetched into `target/linux/` (never committed), and
+//! a small initramfs built from them: busybox, the Xen drivers the kernel has as modules,
+//! and an `/init` that opens a shell on the console (`src/dom0/init.sh`).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context};
+
+use crate::{
+    debian,
+    initramfs::{self, Entry},
+};
+
+/// The metapackage that names Debian's current kernel.
+pub const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+/// The Xen drivers `/init` loads, in order (privcmd first: xenfs uses it).
+pub const XEN_MODULES: [&str; 5] = [
+    "xen-privcmd",
+    "xen-evtchn",
+    "xen-gntdev",
+    "xen-gntalloc",
+    "xenfs/xenfs",
+];
+
+const INIT: &str = include_str!("dom0/init.sh");
+const PROFILE: &str = include_str!("dom0/profile");
+
+/// dom0's kernel and initramfs.
+#[derive(Clone, Debug)]
+pub struct Dom0Linux {
+    pub vmlinuz: PathBuf,
+    pub initrd: PathBuf,
+    /// The kernel release (`uname -r`).
+    pub version: String,
+}
+
+/// The cache, `target/linux`.
+pub fn cache_dir() -> PathBuf {
+    crate::target_dir().join("linux")
+}
+
+/// Debian's kernel and a fresh dom0 initramfs, fetching the packages first if they are
+/// not cached.
+pub fn dom0() -> anyhow::Result<Dom0Linux> {
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let kernel_dir = kernel(&cache)?;
+    let version = fs::read_to_string(kernel_dir.join("version"))
+        .context("the cached kernel has no version file")?
+        .trim()
+        .to_owned();
+    let busybox = busybox(&cache)?;
+    let initrd = cache.join("dom0-initrd.img");
+    let image = initramfs::cpio_gz(&entries(&kernel_dir, &busybox)?)?;
+    let staged = initrd.with_extension(format!("part-{}", std::process::id()));
+    fs::write(&staged, image).with_context(|| format!("cannot write {}", staged.display()))?;
+    fs::rename(&staged, &initrd).with_context(|| format!("cannot write {}", initrd.display()))?;
+    Ok(Dom0Linux {
+        vmlinuz: kernel_dir.join("vmlinuz"),
+        initrd,
+        version,
+    })
+}
+
+/// The initramfs: directories, busybox, `/init`, `/etc/profile` and the modules.
+fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+    let dir = |p: &str| Entry::Dir {
+        path: p.to_owned(),
+        mode: 0o755,
+    };
+    let mut e = vec![
+        dir("bin"),
+        dir("dev"),
+        dir("etc"),
+        dir("lib"),
+        dir("lib/modules"),
+        dir("proc"),
+        dir("sys"),
+        dir("tmp"),
+        dir("run"),
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data: fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?,
+        },
+        // The script's interpreter (`#!/bin/busybox sh`) is there; `sh` for the shell.
+        Entry::Symlink {
+            path: "bin/sh".into(),
+            target: "busybox".into(),
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: INIT.as_bytes().to_vec(),
+        },
+        Entry::File {
+            path: "etc/profile".into(),
+            mode: 0o644,
+            data: PROFILE.as_bytes().to_vec(),
+        },
+    ];
+    for m in XEN_MODULES {
+        let name = module_file_name(m);
+        let from = kernel_dir.join("modules").join(&name);
+        e.push(Entry::File {
+            path: format!("lib/modules/{name}"),
+            mode: 0o644,
+            data: fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?,
+        });
+    }
+    Ok(e)
+}
+
+fn module_file_name(m: &str) -> String {
+    format!("{}.ko", m.rsplit('/').next().unwrap_or(m))
+}
+
+/// `target/linux/kernel/` with `vmlinuz`, `version` and `modules/*.ko`, from the package
+/// `linux-image-amd64` depends on (fetched once; a cached kernel is used as it is).
+fn kernel(cache: &Path) -> anyhow::Result<PathBuf> {
+    let dir = cache.join("kernel");
+    if dir.join("version").is_file() {
+        return Ok(dir);
+    }
+    let package = debian::resolve(KERNEL_METAPACKAGE, "linux-image-")?;
+    let staging = cache.join(format!("kernel-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(staging.join("modules"))?;
+    debian::with_package(&package, cache, |root| {
+        let boot = root.join("boot");
+        let vmlinuz = fs::read_dir(&boot)
+            .with_context(|| format!("{package} has no /boot"))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+            })
+            .with_context(|| format!("{package} has no /boot/vmlinuz-*"))?;
+        let version = vmlinuz
+            .file_name()
+            .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_owned())
+            .unwrap_or_default();
+        fs::copy(&vmlinuz, staging.join("vmlinuz"))?;
+        let xen = root
+            .join("lib/modules")
+            .join(&version)
+            .join("kernel/drivers/xen");
+        for m in XEN_MODULES {
+            let from = xen.join(format!("{m}.ko"));
+            if !from.is_file() {
+                bail!("{package} has no {}", from.display());
+            }
+            fs::copy(&from, staging.join("modules").join(module_file_name(m)))?;
+        }
+        fs::write(staging.join("version"), format!("{version}\n"))?;
+        Ok(())
+    })?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&staging, &dir).with_context(|| format!("cannot write {}", dir.display()))?;
+    eprintln!("linux: dom0 kernel in {}", dir.display());
+    Ok(dir)
+}
+
+/// `target/linux/busybox`, the static busybox of Debian's `busybox-static`.
+fn busybox(cache: &Path) -> anyhow::Result<PathBuf> {
+    let path = cache.join("busybox");
+    if path.is_file() {
+        return Ok(path);
+    }
+    debian::with_package(BUSYBOX_PACKAGE, cache, |root| {
+        debian::install_file(&root.join("bin/busybox"), &path)
+    })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_names() {
+        assert_eq!(module_file_name("xenfs/xenfs"), "xenfs.ko");
+        assert_eq!(module_file_name("xen-privcmd"), "xen-privcmd.ko");
+    }
+
+    #[test]
+    fn init_loads_every_module_and_opens_a_shell() {
+        for m in XEN_MODULES {
+            let name = module_file_name(m);
+            let stem = name.trim_end_matches(".ko");
+            assert!(INIT.contains(stem), "{stem} is not loaded by /init");
+        }
+        assert!(INIT.contains("mount -t xenfs"));
+        assert!(INIT.starts_with("#!/bin/busybox sh"));
+    }
+}
