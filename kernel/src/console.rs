@@ -103,6 +103,16 @@ pub fn read_log(from: u64, out: &mut [u8]) -> (usize, u64, u64) {
     (n, next, missed)
 }
 
+/// Writes guest console output as it is, with no prefix or line ending added (dom0's
+/// console, where the administrator types).
+pub fn write_raw(text: &str) {
+    if TAKEN_OVER.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut c = CONSOLE.lock();
+    let _ = c.write_str(text);
+}
+
 /// Writes one line as it is (guest console output: its own prefix, no time stamp).
 pub fn write_line(line: &str) {
     if TAKEN_OVER.load(Ordering::Relaxed) {

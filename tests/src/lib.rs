@@ -282,7 +282,6 @@ impl Boot {
         panic!("{err:#}")
     }
 
-    /// Waits for `pattern` after the previous `expect`'s match.
     /// Types `s` on the serial line.
     pub fn send(&mut self, s: &str) {
         if let Err(e) = self.session.send(s) {
@@ -290,6 +289,7 @@ impl Boot {
         }
     }
 
+    /// Waits for `pattern` after the previous `expect`'s match.
     pub fn expect(&mut self, pattern: &str) -> Matched {
         let remaining = self.remaining();
         let re = self.re(pattern);

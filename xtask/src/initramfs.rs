@@ -9,9 +9,19 @@ use flate2::{write::GzEncoder, Compression};
 /// One entry of the archive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Dir { path: String, mode: u32 },
-    File { path: String, mode: u32, data: Vec<u8> },
-    Symlink { path: String, target: String },
+    Dir {
+        path: String,
+        mode: u32,
+    },
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
 }
 
 const S_IFDIR: u32 = 0o040000;
@@ -63,7 +73,7 @@ fn record(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

@@ -86,7 +86,8 @@ fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         Entry::File {
             path: "bin/busybox".into(),
             mode: 0o755,
-            data: fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?,
+            data: fs::read(busybox)
+                .with_context(|| format!("cannot read {}", busybox.display()))?,
         },
         // The script's interpreter (`#!/bin/busybox sh`) is there; `sh` for the shell.
         Entry::Symlink {
@@ -144,7 +145,11 @@ fn kernel(cache: &Path) -> anyhow::Result<PathBuf> {
             .with_context(|| format!("{package} has no /boot/vmlinuz-*"))?;
         let version = vmlinuz
             .file_name()
-            .map(|n| n.to_string_lossy().trim_start_matches("vmlinuz-").to_owned())
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_start_matches("vmlinuz-")
+                    .to_owned()
+            })
             .unwrap_or_default();
         fs::copy(&vmlinuz, staging.join("vmlinuz"))?;
         let xen = root

@@ -214,11 +214,7 @@ fn iso_step(args: &EntryArgs, timeout_secs: u32, out: &std::path::Path) -> anyho
         }
     }
     if let Some(path) = &args.initrd {
-        anyhow::ensure!(
-            path.is_file(),
-            "--initrd {}: no such file",
-            path.display()
-        );
+        anyhow::ensure!(path.is_file(), "--initrd {}: no such file", path.display());
         if let Some(m) = entry.modules.get_mut(1) {
             m.source = path.clone();
             m.iso_name = "initrd.img".to_owned();

@@ -130,9 +130,14 @@ pub fn service(d: &mut Domain) {
     // type reference (`build::hold_ring`: never a page or descriptor table) taken when it
     // was built and dropped only when the domain is destroyed.
     let page = ConsolePage(unsafe { SharedFrame::new(mfn) });
-    let done = d
-        .console
-        .service(&page, &mut |line| crate::console::write_line(line));
+    let raw = d.id == DOM0;
+    let done = d.console.service(&page, &mut |text| {
+        if raw {
+            crate::console::write_raw(text);
+        } else {
+            crate::console::write_line(text);
+        }
+    });
     if done.consumed > 0 {
         d.console_ring_used = true;
     }

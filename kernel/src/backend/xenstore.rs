@@ -81,18 +81,51 @@ pub fn introduce(doms: &mut Domains, dom: DomId) {
             XENSTORE_SERVER_FEATURE_ERROR,
         );
     }
-    if dom == crate::domain::DOM0 {
-        return; // connected from the start
+    if dom != crate::domain::DOM0 {
+        // dom0 is connected from the start.
+        let outcome = match XENSTORE.lock().as_mut().map(|xs| xs.introduce(dom.0)) {
+            Some(Ok(o)) => o,
+            Some(Err(e)) => {
+                log::warn!("xenstore: introducing d{}: {e:?}", dom.0);
+                return;
+            }
+            None => return,
+        };
+        deliver(doms, &outcome);
     }
-    let outcome = match XENSTORE.lock().as_mut().map(|xs| xs.introduce(dom.0)) {
-        Some(Ok(o)) => o,
-        Some(Err(e)) => {
-            log::warn!("xenstore: introducing d{}: {e:?}", dom.0);
-            return;
-        }
-        None => return,
+    write_domain_keys(doms, dom);
+}
+
+/// The keys a toolstack writes for every domain it starts (Xen's `xl` does the same):
+/// its name and id, each vCPU's `availability` (Linux reads them at boot to know which
+/// vCPUs to bring up) and the balloon target (`memory/target`, KiB).
+fn write_domain_keys(doms: &mut Domains, dom: DomId) {
+    let Some(d) = doms.get(dom) else {
+        return;
     };
-    deliver(doms, &outcome);
+    let home = alloc::format!("/local/domain/{}", dom.0);
+    let mut keys: Vec<(alloc::string::String, alloc::string::String)> = alloc::vec![
+        (alloc::format!("{home}/name"), d.name.clone()),
+        (alloc::format!("{home}/domid"), alloc::format!("{}", dom.0)),
+        (
+            alloc::format!("{home}/memory/target"),
+            alloc::format!("{}", d.target_pages * 4),
+        ),
+    ];
+    for v in d.vcpus() {
+        keys.push((
+            alloc::format!("{home}/cpu/{}/availability", v.id),
+            alloc::string::String::from("online"),
+        ));
+    }
+    for (path, value) in keys {
+        let mut payload = Vec::from(path.as_bytes());
+        payload.push(0);
+        payload.extend_from_slice(value.as_bytes());
+        if let Err(e) = request(doms, XsType::Write, &payload) {
+            log::warn!("xenstore: writing {path}: {e:?}");
+        }
+    }
 }
 
 /// Disconnects a dying domain and removes its `/local/domain/<id>` tree

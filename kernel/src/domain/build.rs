@@ -347,6 +347,7 @@ pub fn build_dom0(
     d.start_vcpu0(&built);
     d.store_ring = Some((built.store_mfn, store_port));
     d.console_ring = Some((built.console_mfn, console_port));
+    d.console.set_raw_ring_mirror(true);
     d.pause_count = 0;
     super::with_domains(|doms| doms.insert(Box::new(d)));
     Ok(())

@@ -63,6 +63,10 @@ pub struct GuestConsole {
     input_limit: usize,
     out_broken: bool,
     in_broken: bool,
+    /// Ring output goes to the mirror as it is, not as prefixed, escaped lines: for the
+    /// console the administrator works on (dom0's, as Xen passes it through), where a
+    /// shell's line editing must reach the terminal.
+    raw_ring_mirror: bool,
 }
 
 impl GuestConsole {
@@ -87,7 +91,13 @@ impl GuestConsole {
             input_limit: input_bytes,
             out_broken: false,
             in_broken: false,
+            raw_ring_mirror: false,
         }
+    }
+
+    /// Mirrors ring output raw (see the field); console_io output stays line-mirrored.
+    pub fn set_raw_ring_mirror(&mut self, raw: bool) {
+        self.raw_ring_mirror = raw;
     }
 
     /// The domain this console belongs to.
@@ -163,9 +173,14 @@ impl GuestConsole {
     pub fn service(&mut self, ring: &impl ConsoleRing, mirror: &mut impl FnMut(&str)) -> Serviced {
         let mut done = Serviced::default();
         if !self.out_broken {
+            let raw = self.raw_ring_mirror;
             match drain_output(ring, &mut |b: &[u8]| {
                 self.history.push(b);
-                self.mirror.feed(b, &mut *mirror);
+                if raw {
+                    mirror(&alloc::string::String::from_utf8_lossy(b));
+                } else {
+                    self.mirror.feed(b, &mut *mirror);
+                }
             }) {
                 Ok(n) => done.consumed = n,
                 Err(e) => {

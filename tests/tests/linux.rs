@@ -1,0 +1,87 @@
+//! Debian's unmodified Linux kernel (`linux-image-amd64`, fetched into `target/linux/`)
+//! boots as dom0 with the busybox initramfs `cargo xtask` builds, to a shell on its
+//! console; the test types commands on the serial line and checks what they print.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferrovisor_tests::{boot, Modules};
+
+/// The hypervisor line of the product brief's GRUB entry, plus the debug exit that turns
+/// dom0's poweroff into QEMU's exit status.
+const HYPERVISOR_CMDLINE: &str = "dom0_mem=262144 console=com1 loglvl=info debug_exit=0xf4";
+const KERNEL_CMDLINE: &str = "root=/dev/xvda ro console=hvc0 nousb";
+
+#[test]
+fn debian_linux_boots_as_dom0_to_a_shell() {
+    let linux = xtask::linux::dom0().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut b = boot(
+        "linux-dom0",
+        HYPERVISOR_CMDLINE,
+        Modules::Dom0KernelAndModule {
+            kernel: &linux.vmlinuz,
+            cmdline: KERNEL_CMDLINE,
+            module: &linux.initrd,
+        },
+    );
+    b.expect(r"dom0: Linux \S+ ready");
+    b.expect(r"Enter 'help' for a list of built-in commands");
+
+    // Each command prints a marker computed by the shell, so that the echo of the typed
+    // line (which holds the command, not its result) never matches. The prompt itself
+    // ends no line, so the log never shows it: the next command is typed after the
+    // previous one's marker, and the terminal keeps it until the shell reads it.
+    let run = |b: &mut ferrovisor_tests::Boot, cmd: &str, pattern: &str| {
+        b.send(&format!("{cmd}\r"));
+        b.expect(pattern)
+    };
+    let m = run(&mut b, "echo R=$(uname -r)", r"R=(\d\S*)");
+    assert_eq!(m.group(1), linux.version, "uname -r");
+
+    // dom0 is privileged but not Xen's initial domain: no `control_d` capability.
+    run(&mut b, "echo C=[$(cat /proc/xen/capabilities)]", r"C=\[\]");
+
+    let m = run(
+        &mut b,
+        "echo M=$(free -m | awk '/Mem:/ {print $2}')",
+        r"M=(\d+)",
+    );
+    let total: u64 = m.group(1).parse().expect("a number");
+    assert!(
+        (180..=256).contains(&total),
+        "free -m says {total} MiB in a 256 MiB dom0"
+    );
+
+    let m = run(&mut b, "echo T=$(date -u +%s)", r"T=(\d+)");
+    let guest: u64 = m.group(1).parse().expect("a number");
+    let host = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    assert!(
+        guest.abs_diff(host) < 300,
+        "dom0's clock says {guest}, the host {host}"
+    );
+
+    // Timers: sleep returns.
+    run(&mut b, "sleep 1; echo S=$((40+2))", r"S=42");
+    run(
+        &mut b,
+        "ls /dev/xen/privcmd /dev/xen/evtchn /dev/xen/gntdev >/dev/null && echo D=$((1+1))",
+        r"D=2",
+    );
+    // No Xen-related error or warning in the kernel log.
+    let m = run(
+        &mut b,
+        "echo E=$(dmesg | grep -i xen | grep -ciE 'error|warn|fail|unable')",
+        r"E=(\d+)",
+    );
+    if m.group(1) != "0" {
+        run(&mut b, "dmesg | grep -i xen; echo X=$((2+2))", r"X=4");
+        b.fail("dom0's kernel log has Xen-related errors or warnings");
+    }
+
+    b.send("poweroff -f\r");
+    b.expect_dom0_poweroff();
+    b.assert_dom0_not_crashed();
+    b.assert_absent("PANIC");
+}
