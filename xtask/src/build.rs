@@ -113,6 +113,28 @@ pub fn test_kernel_names() -> anyhow::Result<Vec<String>> {
 
 /// Builds the PV test kernels for `x86_64-unknown-none` and returns each kernel's ELF,
 /// `target/x86_64-unknown-none/<profile>/<name>`, by name.
+/// The target `fv` is built for: a static binary that runs in any Linux dom0.
+pub const FV_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// Builds `fv` (crate `dom0-tools`) for [`FV_TARGET`], release; returns the binary.
+pub fn fv() -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(crate::workspace_root()).args([
+        "build",
+        "-p",
+        "dom0-tools",
+        "--bin",
+        "fv",
+        "--target",
+        FV_TARGET,
+        "--release",
+    ]);
+    crate::run(&mut cmd).context("building fv")?;
+    let bin = crate::target_dir().join(FV_TARGET).join("release").join("fv");
+    ensure!(bin.is_file(), "building fv left no {}", bin.display());
+    Ok(bin)
+}
+
 pub fn test_kernels(profile: Profile) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let names = test_kernel_names()?;
     let mut cmd = cargo();

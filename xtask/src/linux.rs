@@ -1,7 +1,8 @@
 //! Debian's own Linux as dom0: the kernel package (`linux-image-amd64`'s current
 //! dependency) and `busybox-static`, fetched into `target/linux/` (never committed), and
 //! a small initramfs built from them: busybox, the Xen drivers the kernel has as modules,
-//! and an `/init` that opens a shell on the console (`src/dom0/init.sh`).
+//! `fv` (built for musl), and an `/init` that opens a shell on the console
+//! (`src/dom0/init.sh`).
 
 use std::{
     fs,
@@ -28,6 +29,8 @@ pub const XEN_MODULES: [&str; 5] = [
 ];
 
 const INIT: &str = include_str!("dom0/init.sh");
+/// Example domain configurations, installed under `/etc/fv/examples/`.
+const EXAMPLES: [(&str, &str); 1] = [("hello.cfg", include_str!("dom0/examples/hello.cfg"))];
 const PROFILE: &str = include_str!("dom0/profile");
 
 /// dom0's kernel and initramfs.
@@ -55,8 +58,36 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
         .trim()
         .to_owned();
     let busybox = busybox(&cache)?;
+    let fv = crate::build::fv()?;
     let initrd = cache.join("dom0-initrd.img");
-    let image = initramfs::cpio_gz(&entries(&kernel_dir, &busybox)?)?;
+    let mut files = entries(&kernel_dir, &busybox)?;
+    files.push(Entry::File {
+        path: "bin/fv".into(),
+        mode: 0o755,
+        data: fs::read(&fv).with_context(|| format!("cannot read {}", fv.display()))?,
+    });
+    // What the examples boot: the `hello` test kernel.
+    let kernels = crate::build::test_kernels(crate::build::Profile::Release)?;
+    let hello = kernels.get("hello").context("no hello test kernel was built")?;
+    for d in ["usr", "usr/lib", "usr/lib/fv", "etc/fv", "etc/fv/examples"] {
+        files.push(Entry::Dir {
+            path: d.into(),
+            mode: 0o755,
+        });
+    }
+    files.push(Entry::File {
+        path: "usr/lib/fv/hello.elf".into(),
+        mode: 0o644,
+        data: fs::read(hello).with_context(|| format!("cannot read {}", hello.display()))?,
+    });
+    for (name, text) in EXAMPLES {
+        files.push(Entry::File {
+            path: format!("etc/fv/examples/{name}"),
+            mode: 0o644,
+            data: text.as_bytes().to_vec(),
+        });
+    }
+    let image = initramfs::cpio_gz(&files)?;
     let staged = initrd.with_extension(format!("part-{}", std::process::id()));
     fs::write(&staged, image).with_context(|| format!("cannot write {}", staged.display()))?;
     fs::rename(&staged, &initrd).with_context(|| format!("cannot write {}", initrd.display()))?;
