@@ -1,6 +1,7 @@
 //! Debian's unmodified Linux kernel (`linux-image-amd64`, fetched into `target/linux/`)
 //! boots as dom0 with the busybox initramfs `cargo xtask` builds, to a shell on its
-//! console; the test types commands on the serial line and checks what they print.
+//! console; the test types commands on the serial line and checks what they print,
+//! among them the control tool `fv` (built into the initramfs) driving a second domain.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,6 +80,34 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         run(&mut b, "dmesg | grep -i xen; echo X=$((2+2))", r"X=4");
         b.fail("dom0's kernel log has Xen-related errors or warnings");
     }
+
+    // The control tool, through privcmd: the xl-style table, a test-kernel domU built
+    // from an example config, which passes and powers off, and its destruction.
+    run(&mut b, "fv list; echo L=$((3*3))", r"L=9");
+    b.find(r"Name +ID +Mem VCPUs\tState\tTime\(s\)");
+    b.find(r"Domain-0 +0 +256 +1 +r----- +\d+\.\d");
+    run(
+        &mut b,
+        "fv create /etc/fv/examples/hello.cfg && echo N=$((4*4))",
+        r"N=16",
+    );
+    b.find(r"\(d1\) pv-test hello: PASS");
+    let m = run(
+        &mut b,
+        "fv list | grep -c '^hello .*---s--'; echo P=$((5*5))",
+        r"(\d+)\nP=25",
+    );
+    assert_eq!(m.group(1), "1", "fv list does not show hello shut down");
+    run(
+        &mut b,
+        "fv destroy hello && echo Q=$(fv list | grep -c hello)",
+        r"Q=0",
+    );
+    run(
+        &mut b,
+        "echo G=$(fv dmesg | grep -c 'destroyed .hello.')",
+        r"G=[1-9]",
+    );
 
     b.send("poweroff -f\r");
     b.expect_dom0_poweroff();

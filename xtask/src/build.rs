@@ -130,7 +130,10 @@ pub fn fv() -> anyhow::Result<PathBuf> {
         "--release",
     ]);
     crate::run(&mut cmd).context("building fv")?;
-    let bin = crate::target_dir().join(FV_TARGET).join("release").join("fv");
+    let bin = crate::target_dir()
+        .join(FV_TARGET)
+        .join("release")
+        .join("fv");
     ensure!(bin.is_file(), "building fv left no {}", bin.display());
     Ok(bin)
 }

@@ -68,7 +68,9 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
     });
     // What the examples boot: the `hello` test kernel.
     let kernels = crate::build::test_kernels(crate::build::Profile::Release)?;
-    let hello = kernels.get("hello").context("no hello test kernel was built")?;
+    let hello = kernels
+        .get("hello")
+        .context("no hello test kernel was built")?;
     for d in ["usr", "usr/lib", "usr/lib/fv", "etc/fv", "etc/fv/examples"] {
         files.push(Entry::Dir {
             path: d.into(),

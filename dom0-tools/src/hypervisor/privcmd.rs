@@ -159,8 +159,34 @@ fn ptr_of<T>(v: &mut T) -> u64 {
     (v as *mut T) as u64
 }
 
-fn check(op: &str, uses: &[BufferUse], bufs: &[Buf<'_>]) -> Result<(), TransportError> {
-    check_buffers(op, uses, bufs).map(|_| ())
+fn check(op: &str, uses: &[BufferUse], bufs: &mut [Buf<'_>]) -> Result<(), TransportError> {
+    check_buffers(op, uses, bufs)?;
+    prefault(bufs);
+    Ok(())
+}
+
+/// Makes every page of the buffers present before the hypercall: the hypervisor copies
+/// to and from them through dom0's page tables and cannot fault a page in (as in Xen, a
+/// hypercall on a page Linux has not mapped yet fails with `-EFAULT`), and freshly
+/// allocated memory is mapped lazily.
+fn prefault(bufs: &mut [Buf<'_>]) {
+    const PAGE: usize = 4096;
+    for b in bufs.iter_mut() {
+        match b {
+            Buf::In(b) => {
+                for i in (0..b.len()).step_by(PAGE).chain(b.len().checked_sub(1)) {
+                    std::hint::black_box(b[i]);
+                }
+            }
+            Buf::Out(b) => {
+                // The hypervisor overwrites these bytes: writing them first costs nothing.
+                for i in (0..b.len()).step_by(PAGE).chain(b.len().checked_sub(1)) {
+                    b[i] = 0;
+                }
+                std::hint::black_box(&mut **b);
+            }
+        }
+    }
 }
 
 impl Hypervisor for Privcmd {
