@@ -30,7 +30,12 @@ pub const XEN_MODULES: [&str; 5] = [
 
 const INIT: &str = include_str!("dom0/init.sh");
 /// Example domain configurations, installed under `/etc/fv/examples/`.
-const EXAMPLES: [(&str, &str); 1] = [("hello.cfg", include_str!("dom0/examples/hello.cfg"))];
+const EXAMPLES: [(&str, &str); 2] = [
+    ("hello.cfg", include_str!("dom0/examples/hello.cfg")),
+    ("linux-domu.cfg", include_str!("dom0/examples/linux-domu.cfg")),
+];
+const DOMU_INIT: &str = include_str!("dom0/domu-init.sh");
+const DOMU_PROFILE: &str = "export PATH=/bin\nexport PS1='domU:\\w# '\n";
 const PROFILE: &str = include_str!("dom0/profile");
 
 /// dom0's kernel and initramfs.
@@ -81,6 +86,17 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
         path: "usr/lib/fv/hello.elf".into(),
         mode: 0o644,
         data: fs::read(hello).with_context(|| format!("cannot read {}", hello.display()))?,
+    });
+    // The Linux domU example: this kernel and a busybox initramfs of its own.
+    files.push(Entry::File {
+        path: "usr/lib/fv/vmlinuz".into(),
+        mode: 0o644,
+        data: fs::read(kernel_dir.join("vmlinuz")).context("cannot read the cached vmlinuz")?,
+    });
+    files.push(Entry::File {
+        path: "usr/lib/fv/domu-initrd.img".into(),
+        mode: 0o644,
+        data: initramfs::cpio_gz(&domu_entries(&busybox)?)?,
     });
     for (name, text) in EXAMPLES {
         files.push(Entry::File {
@@ -148,6 +164,41 @@ fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         });
     }
     Ok(e)
+}
+
+/// A domU's initramfs: busybox, its `/init` and profile.
+fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+    let dir = |p: &str| Entry::Dir {
+        path: p.to_owned(),
+        mode: 0o755,
+    };
+    Ok(vec![
+        dir("bin"),
+        dir("dev"),
+        dir("etc"),
+        dir("proc"),
+        dir("sys"),
+        dir("tmp"),
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data: fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?,
+        },
+        Entry::Symlink {
+            path: "bin/sh".into(),
+            target: "busybox".into(),
+        },
+        Entry::File {
+            path: "init".into(),
+            mode: 0o755,
+            data: DOMU_INIT.as_bytes().to_vec(),
+        },
+        Entry::File {
+            path: "etc/profile".into(),
+            mode: 0o644,
+            data: DOMU_PROFILE.as_bytes().to_vec(),
+        },
+    ])
 }
 
 fn module_file_name(m: &str) -> String {
