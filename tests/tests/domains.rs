@@ -1,7 +1,8 @@
 //! Domains made by dom0: the `control` test kernel boots as dom0 with the `guest` test
 //! kernel as its second module, builds a domain from it through Ferrovisor's control
 //! interface, cooperates with it through xenstore, an event channel, a grant and its
-//! console, and destroys it (see `tests/kernels/src/bin/control.rs` and `guest.rs`).
+//! console, and destroys it (see `tests/kernels/src/bin/control.rs` and `guest.rs`). Domain
+//! ids rise as in Xen: the scratch domain is d1, the guest d2, the pair d3 and d4.
 //! Ferrovisor only: the control interface is its own.
 
 use ferrovisor_tests::{boot, test_kernel, Modules};
@@ -32,7 +33,7 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     // hypervisor, three more back to dom0, which then gets the next line.
     b.expect(r"\(d0\) pv-test control: switch the serial input around, then type a line");
     b.send("\x01\x01\x01");
-    b.expect(r"\*\*\* serial input to d1");
+    b.expect(r"\*\*\* serial input to d2");
     b.send("\x01\x01\x01");
     b.expect(r"\*\*\* serial input to the hypervisor");
     b.send("\x01\x01\x01");
@@ -49,19 +50,19 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     }
     b.expect_dom0_poweroff();
     // The guest's half, in its own words.
-    b.find(r"\(d1\) pv-test guest: domctl, sysctl, foreign populate and an ungranted map refused");
-    b.find(r"\(d1\) pv-test guest: xenstore refused dom0's home, a 3000-byte value \(E\w+\) and watch \d+ \(E\w+\)");
-    b.find(r"\(d1\) pv-test guest: dom0's reply arrived through the grant");
-    b.find(r"\(d1\) pv-test guest: PASS");
+    b.find(r"\(d2\) pv-test guest: domctl, sysctl, foreign populate and an ungranted map refused");
+    b.find(r"\(d2\) pv-test guest: xenstore refused dom0's home, a 3000-byte value \(E\w+\) and watch \d+ \(E\w+\)");
+    b.find(r"\(d2\) pv-test guest: dom0's reply arrived through the grant");
+    b.find(r"\(d2\) pv-test guest: PASS");
     // Its console ring, mirrored to the log; dom0's input echoed back; the shutdown
     // request seen through xenstore.
-    b.find(r"\(d1\) guest console: hello through the ring");
-    b.find(r"\(d1\) guest console: got ping");
-    b.find(r"\(d1\) pv-test guest: the toolstack asked for a poweroff");
+    b.find(r"\(d2\) guest console: hello through the ring");
+    b.find(r"\(d2\) guest console: got ping");
+    b.find(r"\(d2\) pv-test guest: the toolstack asked for a poweroff");
     b.find(r"\(d0\) pv-test control: read \d+ bytes of the guest's console, with 'guest console: got ping'");
     // dom0's half.
     b.find(
-        r"\(d0\) pv-test control: built d1: entry 0x[0-9a-f]+, store port \d+, console port \d+",
+        r"\(d0\) pv-test control: built d2: entry 0x[0-9a-f]+, store port \d+, console port \d+",
     );
     b.find(r"\(d0\) pv-test control: vCPU 0 of the paused guest starts at 0x[0-9a-f]+, cr3 0x[0-9a-f]+");
     b.find(r"\(d0\) pv-test control: mapped the guest's grant \(status 0\)");
@@ -69,8 +70,8 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     b.find(r"\(d0\) pv-test control: guest destroyed, all \d+ free frames back");
     b.find(r"\(d0\) pv-test control: mapped the guest's start_info through mmu_update");
     // The frame dom0 still mapped keeps the destroyed guest dying until it is unmapped.
-    b.find(r"d1: destroyed .guest1.: \d+ frames freed, 1 still referenced elsewhere");
-    b.find(r"d1: its last frames came back; gone");
+    b.find(r"d2: destroyed .guest1.: \d+ frames freed, 1 still referenced elsewhere");
+    b.find(r"d2: its last frames came back; gone");
     // Two guests on their own: one offers, the other takes.
     b.find(r"\(d\d+\) pv-test guest: pair a offers port \d+ and grant 9 to d\d+");
     b.find(r"\(d\d+\) pv-test guest: pair b answered in d\d+'s page and signalled");

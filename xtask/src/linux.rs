@@ -32,7 +32,10 @@ const INIT: &str = include_str!("dom0/init.sh");
 /// Example domain configurations, installed under `/etc/fv/examples/`.
 const EXAMPLES: [(&str, &str); 2] = [
     ("hello.cfg", include_str!("dom0/examples/hello.cfg")),
-    ("linux-domu.cfg", include_str!("dom0/examples/linux-domu.cfg")),
+    (
+        "linux-domu.cfg",
+        include_str!("dom0/examples/linux-domu.cfg"),
+    ),
 ];
 const DOMU_INIT: &str = include_str!("dom0/domu-init.sh");
 const DOMU_PROFILE: &str = "export PATH=/bin\nexport PS1='domU:\\w# '\n";
@@ -182,7 +185,8 @@ fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         Entry::File {
             path: "bin/busybox".into(),
             mode: 0o755,
-            data: fs::read(busybox).with_context(|| format!("cannot read {}", busybox.display()))?,
+            data: fs::read(busybox)
+                .with_context(|| format!("cannot read {}", busybox.display()))?,
         },
         Entry::Symlink {
             path: "bin/sh".into(),

@@ -22,6 +22,10 @@ pub struct Domains {
     /// domain's foreign or grant mapping): their ids stay taken, and `xl list`-style
     /// listings show them as dying, until the frames are reclaimed.
     dying: BTreeMap<u16, Dying>,
+    /// Where the search for the next domain id starts: ids are handed out in rising
+    /// order and wrap, as in Xen, so a destroyed domain's id is not reused at once (tools
+    /// and watches that still name it see it gone, not replaced).
+    next_id: u16,
 }
 
 /// What is left of a destroyed domain until its last frames come back.
@@ -38,6 +42,7 @@ static DOMAINS: IrqMutex<Domains> = IrqMutex::new(Domains {
     current: DOM0,
     slice_ticks: 0,
     dying: BTreeMap::new(),
+    next_id: FIRST_DOMU,
 });
 
 /// Lowest and highest id a created domain gets (Xen's `DOMID_FIRST_RESERVED` is 0x7ff0).
@@ -90,11 +95,15 @@ impl Domains {
         self.map.len()
     }
 
-    /// The lowest free id for a new domain.
-    pub fn free_id(&self) -> Option<DomId> {
-        (FIRST_DOMU..=LAST_DOMU)
-            .find(|id| !self.map.contains_key(id) && !self.dying.contains_key(id))
-            .map(DomId)
+    /// The id for a new domain: the first free one from the last id handed out on,
+    /// wrapping around.
+    pub fn free_id(&mut self) -> Option<DomId> {
+        let start = self.next_id.clamp(FIRST_DOMU, LAST_DOMU);
+        let id = (start..=LAST_DOMU)
+            .chain(FIRST_DOMU..start)
+            .find(|id| !self.map.contains_key(id) && !self.dying.contains_key(id))?;
+        self.next_id = if id == LAST_DOMU { FIRST_DOMU } else { id + 1 };
+        Some(DomId(id))
     }
 
     pub fn insert(&mut self, d: Box<Domain>) {
