@@ -136,6 +136,25 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         "fv list | grep -c '^linux '; echo W=$((8*8))",
         r"1\nW=64",
     );
+    // Pause and unpause show in the state column (`rbpscd`: the third letter).
+    let state = "fv list | awk '/^linux / {print $5}'";
+    run(
+        &mut b,
+        &format!("fv pause linux && echo PA=$({state} | cut -c3)"),
+        r"PA=p",
+    );
+    run(
+        &mut b,
+        &format!("fv unpause linux && echo UN=$({state} | cut -c3)"),
+        r"UN=-",
+    );
+    // A shutdown request reaches the guest through xenstore; it powers itself off and
+    // `fv shutdown -w` returns once it has (the fourth letter: shut down).
+    run(
+        &mut b,
+        &format!("fv shutdown -w linux && echo SD=$({state} | cut -c4)"),
+        r"SD=s",
+    );
     run(
         &mut b,
         "fv destroy linux && echo Y=$(fv list | grep -c linux)",

@@ -175,8 +175,9 @@ fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         path: p.to_owned(),
         mode: 0o755,
     };
-    Ok(vec![
+    let mut e = vec![
         dir("bin"),
+        dir("sbin"),
         dir("dev"),
         dir("etc"),
         dir("proc"),
@@ -202,7 +203,18 @@ fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
             mode: 0o644,
             data: DOMU_PROFILE.as_bytes().to_vec(),
         },
-    ])
+    ];
+    // What Linux runs when the toolstack asks it to stop (`control/shutdown`:
+    // `orderly_poweroff` and `orderly_reboot` run /sbin/poweroff and /sbin/reboot).
+    // busybox's would signal an init that is a plain shell here, so these act at once.
+    for cmd in ["poweroff", "reboot", "halt"] {
+        e.push(Entry::File {
+            path: format!("sbin/{cmd}"),
+            mode: 0o755,
+            data: format!("#!/bin/sh\nsync\nexec /bin/busybox {cmd} -f\n").into_bytes(),
+        });
+    }
+    Ok(e)
 }
 
 fn module_file_name(m: &str) -> String {
