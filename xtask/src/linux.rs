@@ -119,29 +119,27 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
     })
 }
 
-/// The initramfs: directories, busybox, `/init`, `/etc/profile` and the modules.
-fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+/// What every initramfs here holds: the usual directories, busybox (also as `sh`, the
+/// shell; `/init` scripts run under `#!/bin/busybox sh`), `init` and `/etc/profile`,
+/// and `/sbin/poweroff` and `/sbin/reboot`. Linux runs the latter when the toolstack asks
+/// it to stop (`control/shutdown`: `orderly_poweroff`/`orderly_reboot`); busybox's own
+/// would signal an init that is a plain shell here, so these act at once.
+fn busybox_root(busybox: &Path, init: &str, profile: &str) -> anyhow::Result<Vec<Entry>> {
     let dir = |p: &str| Entry::Dir {
         path: p.to_owned(),
         mode: 0o755,
     };
-    let mut e = vec![
-        dir("bin"),
-        dir("dev"),
-        dir("etc"),
-        dir("lib"),
-        dir("lib/modules"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        dir("run"),
+    let mut e: Vec<Entry> = ["bin", "sbin", "dev", "etc", "proc", "sys", "tmp", "run"]
+        .into_iter()
+        .map(dir)
+        .collect();
+    e.extend([
         Entry::File {
             path: "bin/busybox".into(),
             mode: 0o755,
             data: fs::read(busybox)
                 .with_context(|| format!("cannot read {}", busybox.display()))?,
         },
-        // The script's interpreter (`#!/bin/busybox sh`) is there; `sh` for the shell.
         Entry::Symlink {
             path: "bin/sh".into(),
             target: "busybox".into(),
@@ -149,14 +147,33 @@ fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
         Entry::File {
             path: "init".into(),
             mode: 0o755,
-            data: INIT.as_bytes().to_vec(),
+            data: init.as_bytes().to_vec(),
         },
         Entry::File {
             path: "etc/profile".into(),
             mode: 0o644,
-            data: PROFILE.as_bytes().to_vec(),
+            data: profile.as_bytes().to_vec(),
         },
-    ];
+    ]);
+    for cmd in ["poweroff", "reboot", "halt"] {
+        e.push(Entry::File {
+            path: format!("sbin/{cmd}"),
+            mode: 0o755,
+            data: format!("#!/bin/sh\nsync\nexec /bin/busybox {cmd} -f\n").into_bytes(),
+        });
+    }
+    Ok(e)
+}
+
+/// dom0's initramfs: the busybox root with dom0's `/init` and the Xen modules.
+fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+    let mut e = busybox_root(busybox, INIT, PROFILE)?;
+    for d in ["lib", "lib/modules"] {
+        e.push(Entry::Dir {
+            path: d.into(),
+            mode: 0o755,
+        });
+    }
     for m in XEN_MODULES {
         let name = module_file_name(m);
         let from = kernel_dir.join("modules").join(&name);
@@ -169,52 +186,9 @@ fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
     Ok(e)
 }
 
-/// A domU's initramfs: busybox, its `/init` and profile.
+/// A domU's initramfs: the busybox root with the domU's `/init`.
 fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
-    let dir = |p: &str| Entry::Dir {
-        path: p.to_owned(),
-        mode: 0o755,
-    };
-    let mut e = vec![
-        dir("bin"),
-        dir("sbin"),
-        dir("dev"),
-        dir("etc"),
-        dir("proc"),
-        dir("sys"),
-        dir("tmp"),
-        Entry::File {
-            path: "bin/busybox".into(),
-            mode: 0o755,
-            data: fs::read(busybox)
-                .with_context(|| format!("cannot read {}", busybox.display()))?,
-        },
-        Entry::Symlink {
-            path: "bin/sh".into(),
-            target: "busybox".into(),
-        },
-        Entry::File {
-            path: "init".into(),
-            mode: 0o755,
-            data: DOMU_INIT.as_bytes().to_vec(),
-        },
-        Entry::File {
-            path: "etc/profile".into(),
-            mode: 0o644,
-            data: DOMU_PROFILE.as_bytes().to_vec(),
-        },
-    ];
-    // What Linux runs when the toolstack asks it to stop (`control/shutdown`:
-    // `orderly_poweroff` and `orderly_reboot` run /sbin/poweroff and /sbin/reboot).
-    // busybox's would signal an init that is a plain shell here, so these act at once.
-    for cmd in ["poweroff", "reboot", "halt"] {
-        e.push(Entry::File {
-            path: format!("sbin/{cmd}"),
-            mode: 0o755,
-            data: format!("#!/bin/sh\nsync\nexec /bin/busybox {cmd} -f\n").into_bytes(),
-        });
-    }
-    Ok(e)
+    busybox_root(busybox, DOMU_INIT, DOMU_PROFILE)
 }
 
 fn module_file_name(m: &str) -> String {
