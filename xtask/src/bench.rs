@@ -362,8 +362,31 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
 
+    // Debian's Linux: natively, as Ferrovisor's dom0 and, with --against-xen, as Xen's.
+    let linux = crate::linux::dom0()?;
+    let xen_gz = if args.against_xen {
+        Some(xen::image()?)
+    } else {
+        None
+    };
+    let mut platforms = vec![
+        crate::bench_linux::Platform::Native,
+        crate::bench_linux::Platform::Ferrovisor,
+    ];
+    if args.against_xen {
+        platforms.push(crate::bench_linux::Platform::Xen);
+    }
+    let mut linux_cols = Vec::new();
+    for p in platforms {
+        eprintln!("bench: Linux, {}", p.column());
+        let f = crate::bench_linux::measure(p, &linux, &artifacts, xen_gz.as_deref())?;
+        linux_cols.push((p, f));
+    }
+
     println!();
     print!("{}", table(&ferrovisor, xen.as_ref()));
+    println!();
+    print!("{}", crate::bench_linux::table(&linux_cols));
     println!(
         "note: QEMU runs with TCG (emulation): these are emulation figures, comparable between \
          hypervisors in the same run, not hardware figures."

@@ -17,6 +17,7 @@ use std::{
 use anyhow::{bail, Context};
 
 pub mod bench;
+pub mod bench_linux;
 pub mod build;
 pub mod debian;
 pub mod deps;
