@@ -168,6 +168,9 @@ fn timed(s: &mut Session, tag: &str, cmd: &str) -> anyhow::Result<f64> {
     Ok(cs * 10.0)
 }
 
+/// Reads one figure.
+type Getter = fn(&LinuxFigures) -> Option<f64>;
+
 /// The Linux table: one row per figure, one column per platform, and the ratio of each
 /// hypervisor to native.
 pub fn table(cols: &[(Platform, LinuxFigures)]) -> String {
@@ -175,7 +178,7 @@ pub fn table(cols: &[(Platform, LinuxFigures)]) -> String {
         .iter()
         .find(|(p, _)| *p == Platform::Native)
         .map(|c| &c.1);
-    let rows: [(&str, fn(&LinuxFigures) -> Option<f64>); 4] = [
+    let rows: [(&str, Getter); 4] = [
         ("QEMU start -> shell banner (host ms)", |f| f.boot_to_shell),
         ("syscall loop: dd of 200000 single bytes (ms)", |f| {
             f.syscall_loop
