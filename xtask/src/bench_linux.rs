@@ -140,13 +140,27 @@ pub fn measure(
     )?);
     if platform == Platform::Ferrovisor {
         let typed = Instant::now();
-        s.send("fv create /etc/fv/examples/linux-domu.cfg >/dev/null\r")?;
+        type_slowly(
+            &mut s,
+            "fv create /etc/fv/examples/linux-domu.cfg >/dev/null\r",
+        )?;
         expect(&mut s, r"\(d\d+\) domU: Linux \S+ ready")?;
         expect(&mut s, &format!(r"\(d\d+\) {BANNER}"))?;
         f.domu_create_to_shell = Some(typed.elapsed().as_secs_f64() * 1000.0);
     }
     s.kill();
     Ok(f)
+}
+
+/// Types `text` a few characters at a time: a console that polls its input (Xen's dom0
+/// console drops what arrives faster than it reads) then sees every character.
+fn type_slowly(s: &mut Session, text: &str) -> anyhow::Result<()> {
+    let chars: Vec<char> = text.chars().collect();
+    for chunk in chars.chunks(4) {
+        s.send(&chunk.iter().collect::<String>())?;
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    Ok(())
 }
 
 fn expect(s: &mut Session, pattern: &str) -> anyhow::Result<()> {
@@ -160,9 +174,10 @@ fn expect(s: &mut Session, pattern: &str) -> anyhow::Result<()> {
 /// computed by the shell, so the echo of the typed line never matches.
 fn timed(s: &mut Session, tag: &str, cmd: &str) -> anyhow::Result<f64> {
     let now = "$(cut -d' ' -f1 /proc/uptime | tr -d .)";
-    s.send(&format!(
-        "a={now}; {cmd}; b={now}; echo {tag}_CS=$((b-a))\r"
-    ))?;
+    type_slowly(
+        s,
+        &format!("a={now}; {cmd}; b={now}; echo {tag}_CS=$((b-a))\r"),
+    )?;
     let m = s.expect(&Regex::new(&format!(r"(?m){tag}_CS=(\d+)"))?, TIMEOUT)?;
     let cs: f64 = m.group(1).parse().context("a bad timing")?;
     Ok(cs * 10.0)
