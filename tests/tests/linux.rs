@@ -24,6 +24,9 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
             module: &linux.initrd,
         },
     );
+    // Two Linux boots under TCG (dom0, then a domU), each decompressing its kernel: more
+    // than the usual boot allowance on a slow or busy machine.
+    b.allow(std::time::Duration::from_secs(480));
     b.expect(r"dom0: Linux \S+ ready");
     b.expect(r"Enter 'help' for a list of built-in commands");
 
