@@ -14,29 +14,11 @@ use ferrovisor_abi::{
         xen::{DOMID_SELF, DOMID_XEN},
     },
 };
-use zerocopy::{FromBytes, IntoBytes};
 
-use super::Result;
+use super::{read_struct as read, write_struct as write, Result};
 use ferrovisor::mm::frame_table::DomId;
 
 use crate::domain::{self, Domain, Domains};
-
-fn read<T: FromBytes>(d: &Domain, arg: u64) -> core::result::Result<T, XenErrno> {
-    let mut buf = [0u8; 32];
-    let len = core::mem::size_of::<T>();
-    d.read_guest(arg, &mut buf[..len])
-        .map_err(|_| XenErrno::Efault)?;
-    T::read_from_bytes(&buf[..len]).map_err(|_| XenErrno::Efault)
-}
-
-fn write<T: IntoBytes + zerocopy::Immutable>(
-    d: &Domain,
-    arg: u64,
-    v: &T,
-) -> core::result::Result<(), XenErrno> {
-    d.write_guest(arg, v.as_bytes())
-        .map_err(|_| XenErrno::Efault)
-}
 
 /// Only the calling domain may be named (`DOMID_SELF` or its own id).
 fn check_dom(d: &Domain, dom: u16) -> core::result::Result<(), XenErrno> {

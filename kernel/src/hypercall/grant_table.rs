@@ -26,9 +26,8 @@ use ferrovisor_abi::{
         xen::DOMID_SELF,
     },
 };
-use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use super::Result;
+use super::{read_struct as read, write_struct as write, Result};
 use crate::{
     arch::x86_64::{
         paging::{self as hw_paging, GuestTables},
@@ -41,23 +40,6 @@ use crate::{
 /// Most operations one call runs (Xen preempts longer batches with a continuation; the
 /// guest's batches are far smaller).
 const MAX_BATCH: u64 = 1024;
-
-fn read<T: FromBytes>(d: &Domain, at: u64) -> core::result::Result<T, XenErrno> {
-    let mut raw = [0u8; 64];
-    let len = core::mem::size_of::<T>();
-    d.read_guest(at, &mut raw[..len])
-        .map_err(|_| XenErrno::Efault)?;
-    T::read_from_bytes(&raw[..len]).map_err(|_| XenErrno::Efault)
-}
-
-fn write<T: IntoBytes + Immutable>(
-    d: &Domain,
-    at: u64,
-    v: &T,
-) -> core::result::Result<(), XenErrno> {
-    d.write_guest(at, v.as_bytes())
-        .map_err(|_| XenErrno::Efault)
-}
 
 /// One granting domain's shared entries, in its grant frames.
 pub struct EntryFrames {

@@ -29,6 +29,27 @@ pub mod vcpu;
 
 type Result = core::result::Result<u64, XenErrno>;
 
+/// Copies a `T` in from `d`'s memory at `va` (`-EFAULT` where it cannot be read).
+fn read_struct<T: FromBytes + zerocopy::IntoBytes>(
+    d: &domain::Domain,
+    va: u64,
+) -> core::result::Result<T, XenErrno> {
+    let mut v = T::new_zeroed();
+    d.read_guest(va, v.as_mut_bytes())
+        .map_err(|_| XenErrno::Efault)?;
+    Ok(v)
+}
+
+/// Copies `v` out to `d`'s memory at `va` (`-EFAULT` where it cannot be written).
+fn write_struct<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+    d: &domain::Domain,
+    va: u64,
+    v: &T,
+) -> core::result::Result<(), XenErrno> {
+    d.write_guest(va, v.as_bytes())
+        .map_err(|_| XenErrno::Efault)
+}
+
 /// The domain a request names: the caller (`DOMID_SELF` or its own id), or another one if
 /// the caller is the privileged domain (`-EPERM` otherwise). Whether that domain exists
 /// is the caller's next check.
