@@ -39,7 +39,7 @@ pub fn syscall(frame: &mut TrapFrame) {
     if selftest::ring3_syscall(frame) {
         return;
     }
-    match domain::with_current(|d| d.vcpu.pv.in_kernel) {
+    match domain::with_current(|d| d.cur_mut().pv.in_kernel) {
         None => fatal::exception(frame),
         Some(true) => hypercall::dispatch(frame),
         Some(false) => {
@@ -213,8 +213,8 @@ pub fn deliver(
     let mut stack = KernelStack {
         space: d.kernel_space(),
     };
-    d.vcpu.pv.upcall_mask = d.upcall_mask();
-    match step(&mut regs, &mut d.vcpu.pv, &mut stack) {
+    d.cur_mut().pv.upcall_mask = d.upcall_mask();
+    match step(&mut regs, &mut d.cur_mut().pv, &mut stack) {
         Ok(b) => {
             apply_regs(&regs, frame);
             if b.entered_kernel {
@@ -222,7 +222,7 @@ pub fn deliver(
             }
             if let Some(cr2) = b.cr2 {
                 d.set_cr2(cr2);
-                d.vcpu.cr2 = cr2;
+                d.cur_mut().cr2 = cr2;
             }
             d.set_upcall_mask(b.upcall_mask);
         }
@@ -288,12 +288,12 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     }
     if vector == PF
         && frame.error_code & 0b11 == 0b11
-        && d.vcpu.pv.in_kernel
+        && d.cur_mut().pv.in_kernel
         && writable_pt_write(d, frame)
     {
         return;
     }
-    if d.vcpu.pv.in_kernel
+    if d.cur_mut().pv.in_kernel
         && ((vector == GP && frame.error_code == 0) || vector == UD)
         && emulate(d, frame)
     {
@@ -303,10 +303,10 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
     // table lets its current mode raise vector n, deliver n after the 2-byte instruction.
     if vector == GP && frame.error_code & 0b11 == 0b10 {
         let n = (frame.error_code >> 3) as u8;
-        if d.vcpu
+        if d.cur()
             .pv
             .trap_table
-            .permits_software_int(n, d.vcpu.pv.in_kernel)
+            .permits_software_int(n, d.cur().pv.in_kernel)
         {
             frame.rip = frame.rip.wrapping_add(2);
             deliver(d, frame, &"a software interrupt", |regs, state, stack| {
@@ -431,7 +431,7 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
         }
         // Lazy FPU: the guest kernel clears its TS after a #NM.
         (GP, InsnKind::Clts) => {
-            d.vcpu.fpu_ts = false;
+            d.cur_mut().fpu_ts = false;
             cpu::set_task_switched(false);
         }
         (GP, InsnKind::MovFromCr { cr, reg }) => {
@@ -496,8 +496,8 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
 /// Whether the running vCPU's virtual IOPL covers its current mode: a 64-bit PV kernel
 /// counts as ring 1 (Xen's rule without the `architectural_iopl` assist), user mode as 3.
 fn iopl_ok(d: &Domain) -> bool {
-    let ring = if d.vcpu.pv.in_kernel { 1 } else { 3 };
-    d.vcpu.iopl >= ring
+    let ring = if d.cur().pv.in_kernel { 1 } else { 3 };
+    d.cur().iopl >= ring
 }
 
 /// The guest's view of a control register (Xen's PV rules): CR0 with its own TS, its
@@ -506,13 +506,13 @@ fn guest_cr(d: &Domain, cr: u8) -> Option<u64> {
     const CR0_TS: u64 = 1 << 3;
     const CR4_GUEST: u64 = (1 << 5) | (1 << 9) | (1 << 10); // PAE, OSFXSR, OSXMMEXCPT
     match cr {
-        0 => Some((cpu::read_cr0() & !CR0_TS) | if d.vcpu.fpu_ts { CR0_TS } else { 0 }),
-        2 => Some(d.vcpu.cr2),
+        0 => Some((cpu::read_cr0() & !CR0_TS) | if d.cur().fpu_ts { CR0_TS } else { 0 }),
+        2 => Some(d.cur().cr2),
         3 => {
-            let l4 = if d.vcpu.pv.in_kernel {
-                Some(d.vcpu.kernel_l4)
+            let l4 = if d.cur().pv.in_kernel {
+                Some(d.cur().kernel_l4)
             } else {
-                d.vcpu.user_l4
+                d.cur().user_l4
             };
             Some(l4.map_or(0, |m| m.addr()))
         }
@@ -532,8 +532,8 @@ fn set_guest_cr(d: &mut Domain, cr: u8, value: u64) -> bool {
             if (value ^ current) & !CR0_TS != 0 {
                 return false;
             }
-            d.vcpu.fpu_ts = value & CR0_TS != 0;
-            cpu::set_task_switched(d.vcpu.fpu_ts);
+            d.cur_mut().fpu_ts = value & CR0_TS != 0;
+            cpu::set_task_switched(d.cur().fpu_ts);
             true
         }
         3 => crate::hypercall::mmu::new_baseptr(d, Mfn::containing(value)).is_ok(),
@@ -548,10 +548,10 @@ fn msr_context(d: &Domain) -> MsrContext {
         [_, 0x6874_7541, _, _] | [_, 0x6f67_7948, _, _] => Vendor::Amd, // "Auth", "Hygo"
         _ => Vendor::Other,
     };
-    let (kernel_gs, user_gs) = if d.vcpu.pv.in_kernel {
-        (percpu::guest_gs_base(), d.vcpu.saved_gs_base)
+    let (kernel_gs, user_gs) = if d.cur().pv.in_kernel {
+        (percpu::guest_gs_base(), d.cur().saved_gs_base)
     } else {
-        (d.vcpu.saved_gs_base, percpu::guest_gs_base())
+        (d.cur().saved_gs_base, percpu::guest_gs_base())
     };
     MsrContext {
         vendor,
@@ -562,7 +562,7 @@ fn msr_context(d: &Domain) -> MsrContext {
         gs_base_user: user_gs,
         syscall: SyscallMsrs {
             star: 0,
-            lstar: d.vcpu.pv.callbacks.syscall,
+            lstar: d.cur().pv.callbacks.syscall,
             cstar: 0,
             sfmask: 0,
         },
@@ -579,19 +579,19 @@ fn msr_context(d: &Domain) -> MsrContext {
 pub fn set_segment_base(d: &mut Domain, which: SegBase, base: u64) -> bool {
     match which {
         SegBase::Fs => cpu::set_guest_fs_base(base),
-        SegBase::GsKernel if d.vcpu.pv.in_kernel => percpu::set_guest_gs_base(base),
-        SegBase::GsUser if d.vcpu.pv.in_kernel => {
+        SegBase::GsKernel if d.cur().pv.in_kernel => percpu::set_guest_gs_base(base),
+        SegBase::GsUser if d.cur().pv.in_kernel => {
             if !cpu::is_guest_base(base) {
                 return false;
             }
-            d.vcpu.saved_gs_base = base;
+            d.cur_mut().saved_gs_base = base;
             true
         }
         SegBase::GsKernel => {
             if !cpu::is_guest_base(base) {
                 return false;
             }
-            d.vcpu.saved_gs_base = base;
+            d.cur_mut().saved_gs_base = base;
             true
         }
         SegBase::GsUser => percpu::set_guest_gs_base(base),
@@ -617,9 +617,9 @@ fn user_selector_base(d: &Domain, sel: u16) -> Option<u32> {
         return Some(0);
     }
     let (frames, entries): (&[Mfn], usize) = if sel & TI_LDT != 0 {
-        (&d.vcpu.ldt_frames, d.vcpu.ldt_entries as usize)
+        (&d.cur().ldt_frames, d.cur().ldt_entries as usize)
     } else {
-        let gdt = &d.vcpu.gdt;
+        let gdt = &d.cur().gdt;
         if index >= gdt.entries() as usize {
             // The hypervisor's reserved GDT entries hold flat segments (base 0).
             return (index >= ferrovisor_abi::xen::arch_x86::FIRST_RESERVED_GDT_ENTRY).then_some(0);

@@ -178,6 +178,16 @@ pub fn init_frames(
 /// The hypervisor's L4 and the zero frame of the GDT window (for `map_guest_gdt`).
 static GDT_STATE: spin::Mutex<Option<(Mfn, Mfn)>> = spin::Mutex::new(None);
 
+/// Loads the hypervisor's own address space (no guest mappings): what a CPU runs in while
+/// it has no vCPU, so no guest's page tables stay in use by it.
+pub fn enter_idle_address_space() {
+    if let Some((root, _)) = *GDT_STATE.lock() {
+        // SAFETY: the hypervisor's own L4 maps all of the hypervisor (every guest L4 copies
+        // its slots from it).
+        unsafe { hw_paging::activate(root) };
+    }
+}
+
 /// Maps a vCPU's GDT frames into this CPU's GDT window (pages 0..14, writable for the
 /// hypervisor only: the CPU sets descriptors' accessed bits); pages past them show the
 /// zero frame.

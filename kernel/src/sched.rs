@@ -5,10 +5,10 @@
 //! from a guest leaves the guest's registers in a trap frame on that stack, and a context
 //! switch is replacing that frame with the next vCPU's saved one, together with the
 //! per-vCPU hardware state (page tables, FS/GS bases, FPU registers, CR0.TS, the GDT
-//! window), before the normal return path `iretq`s into it. Each domain keeps the vCPU
-//! that last ran in front (`Domain::vcpu`); the current domain's front vCPU is the live
-//! one. One physical CPU runs vCPUs for now; the running slot in `Domains` is the only
-//! thing SMP has to multiply.
+//! window), before the normal return path `iretq`s into it. `Domains` records which vCPU
+//! each physical CPU runs and each vCPU the CPU it is live on (`Vcpu::on_cpu`), so a
+//! vCPU runs on one CPU at a time and any CPU may pick any runnable vCPU. A CPU with
+//! nothing to run saves the vCPU it had and idles in the hypervisor's own address space.
 
 use ferrovisor::mm::frame_table::DomId;
 
@@ -22,20 +22,18 @@ use crate::{
 /// Ticks a vCPU runs before another runnable one gets the CPU (30 ms at 100 Hz).
 const TIMESLICE_TICKS: u32 = 3;
 
-/// The next runnable vCPU after the running one, round-robin over (domain, vCPU) ids.
-fn pick_next(doms: &Domains) -> Option<(DomId, u32)> {
-    let cur = (
-        doms.current_id().0,
-        doms.get(doms.current_id()).map_or(0, |d| d.vcpu.id),
-    );
+/// The next vCPU for this CPU after `after` (domain, vCPU), round-robin over (domain,
+/// vCPU) ids: runnable, in a domain that may run, and on no other CPU.
+fn pick_next(doms: &Domains, after: Option<(DomId, u32)>) -> Option<(DomId, u32)> {
+    let cur = after.map_or((0, 0), |(d, v)| (d.0, v));
     let mut first = None;
     for d in doms.iter().filter(|d| d.can_run()) {
-        for v in d.vcpus().filter(|v| v.runnable()) {
+        for v in d.vcpus().filter(|v| v.runnable() && v.on_cpu.is_none()) {
             let key = (d.id.0, v.id);
-            if key == cur {
+            if after.is_some() && key == cur {
                 continue;
             }
-            if key > cur {
+            if after.is_none() || key > cur {
                 return Some((d.id, v.id));
             }
             first = first.or(Some((d.id, v.id)));
@@ -44,68 +42,81 @@ fn pick_next(doms: &Domains) -> Option<(DomId, u32)> {
     first
 }
 
-/// Saves the live vCPU's state (registers from `frame`, FS/GS bases, FPU) into its slot.
+/// Saves the live vCPU's state (registers from `frame`, FS/GS bases, FPU) into its slot
+/// (`d.cur`, the vCPU this CPU runs).
 fn save_running(d: &mut Domain, frame: &TrapFrame) {
-    d.vcpu.regs = *frame;
-    d.vcpu.fs_base = cpu::guest_fs_base();
-    d.vcpu.saved_gs_base_active = percpu::guest_gs_base();
-    cpu::save_fpu(&mut d.vcpu.fpu);
-    let prev_state = if d.vcpu.blocked {
+    let can_run = d.can_run();
+    let v = d.cur_mut();
+    v.regs = *frame;
+    v.fs_base = cpu::guest_fs_base();
+    v.saved_gs_base_active = percpu::guest_gs_base();
+    cpu::save_fpu(&mut v.fpu);
+    v.on_cpu = None;
+    let prev_state = if v.blocked {
         domain::RUNSTATE_BLOCKED
-    } else if d.vcpu.online && d.can_run() {
+    } else if v.online && can_run {
         domain::RUNSTATE_RUNNABLE
     } else {
         domain::RUNSTATE_OFFLINE
     };
-    let ran = clock::now_ns().saturating_sub(d.vcpu.runstate.state_entry_time);
-    if d.vcpu.runstate.state == domain::RUNSTATE_RUNNING {
+    let ran = clock::now_ns().saturating_sub(v.runstate.state_entry_time);
+    if v.runstate.state == domain::RUNSTATE_RUNNING {
         d.cpu_time_ns += ran;
     }
     d.set_runstate(prev_state);
 }
 
-/// Makes the domain's front vCPU live: its page tables, segment bases, FPU and
-/// descriptor tables; `frame` becomes its registers.
+/// Makes the domain's current vCPU (`d.cur`) live on this CPU: its page tables, segment
+/// bases, FPU and descriptor tables; `frame` becomes its registers.
 fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
-    let l4 = if d.vcpu.pv.in_kernel {
-        Some(d.vcpu.kernel_l4)
+    let v = d.cur_mut();
+    v.on_cpu = Some(percpu::cpu());
+    let l4 = if v.pv.in_kernel {
+        Some(v.kernel_l4)
     } else {
-        d.vcpu.user_l4
+        v.user_l4
     };
     if let Some(l4) = l4 {
         // SAFETY: a validated L4 of the domain (typed by the frame table while it is a
         // vCPU's base pointer), whose hypervisor slots map the hypervisor.
         unsafe { crate::arch::x86_64::paging::activate(l4) };
     }
-    let _ = cpu::set_guest_fs_base(d.vcpu.fs_base);
-    let _ = percpu::set_guest_gs_base(d.vcpu.saved_gs_base_active);
-    cpu::restore_fpu(&d.vcpu.fpu);
-    cpu::set_task_switched(d.vcpu.fpu_ts);
-    let _ = memory::map_guest_gdt(d.vcpu.gdt.frames());
-    let _ = memory::load_guest_ldt(&d.vcpu.ldt_frames, d.vcpu.ldt_entries);
+    let _ = cpu::set_guest_fs_base(v.fs_base);
+    let _ = percpu::set_guest_gs_base(v.saved_gs_base_active);
+    cpu::restore_fpu(&v.fpu);
+    cpu::set_task_switched(v.fpu_ts);
+    let _ = memory::map_guest_gdt(v.gdt.frames());
+    let _ = memory::load_guest_ldt(&v.ldt_frames, v.ldt_entries);
     d.set_runstate(domain::RUNSTATE_RUNNING);
     d.publish_time();
-    *frame = d.vcpu.regs;
+    *frame = d.cur().regs;
 }
 
-/// Puts vCPU `to` on the CPU in place of the running one; `frame` becomes its registers.
+/// Takes the vCPU this CPU runs off it (its state saved), leaving the CPU idle in the
+/// hypervisor's own address space.
+fn unload(doms: &mut Domains, frame: &TrapFrame) {
+    if let Some(d) = doms.current() {
+        save_running(d, frame);
+    }
+    doms.set_running_here(None);
+    memory::enter_idle_address_space();
+}
+
+/// Puts vCPU `to` on this CPU in place of the running one; `frame` becomes its registers.
 fn switch_to(doms: &mut Domains, frame: &mut TrapFrame, (dom, vcpu): (DomId, u32)) {
     if let Some(d) = doms.current() {
         save_running(d, frame);
     }
+    doms.set_running_here(Some((dom, vcpu)));
     let Some(d) = doms.get_mut(dom) else {
+        doms.set_running_here(None);
         return;
     };
-    if d.vcpu.id != vcpu {
-        if let Some(i) = d.others.iter().position(|v| v.id == vcpu) {
-            core::mem::swap(&mut d.vcpu, &mut d.others[i]);
-            // `others` stays in id order.
-            d.others.sort_unstable_by_key(|v| v.id);
-        }
-    }
     load_running(d, frame);
-    doms.set_current(dom);
-    doms.slice_ticks = 0;
+    let cpu = percpu::cpu() as usize;
+    if let Some(t) = doms.slice_ticks.get_mut(cpu) {
+        *t = 0;
+    }
 }
 
 /// The tick, with the CPU in `frame`: preempt a guest vCPU whose slice is over when
@@ -114,12 +125,17 @@ pub fn on_tick(frame: &mut TrapFrame) {
     if frame.cs & 3 != 3 {
         return; // the hypervisor itself was interrupted (idle in `reschedule`)
     }
+    let cpu = percpu::cpu() as usize;
     domain::with_domains(|doms| {
-        doms.slice_ticks += 1;
-        if doms.slice_ticks >= TIMESLICE_TICKS {
-            match pick_next(doms) {
-                Some(next) => switch_to(doms, frame, next),
-                None => doms.slice_ticks = 0,
+        let Some(ticks) = doms.slice_ticks.get_mut(cpu) else {
+            return;
+        };
+        *ticks += 1;
+        if *ticks >= TIMESLICE_TICKS {
+            *ticks = 0;
+            let here = doms.running_here();
+            if let Some(next) = pick_next(doms, here) {
+                switch_to(doms, frame, next);
             }
         }
     });
@@ -129,7 +145,8 @@ pub fn on_tick(frame: &mut TrapFrame) {
 pub fn yield_now(frame: &mut TrapFrame) {
     frame.rax = 0;
     domain::with_domains(|doms| {
-        if let Some(next) = pick_next(doms) {
+        let here = doms.running_here();
+        if let Some(next) = pick_next(doms, here) {
             switch_to(doms, frame, next);
         }
     });
@@ -143,7 +160,7 @@ pub fn block(frame: &mut TrapFrame) {
     domain::with_current(|d| {
         d.set_upcall_mask(0);
         if !d.upcall_pending() {
-            d.vcpu.blocked = true;
+            d.cur_mut().blocked = true;
             d.set_runstate(domain::RUNSTATE_BLOCKED);
         }
     });
@@ -165,8 +182,8 @@ pub fn poll(frame: &mut TrapFrame) {
     domain::with_current(|d| {
         let ready = ferrovisor::evtchn::poll_ready(&d.event_words(), &p.ports);
         if !ready && p.deadline.is_none_or(|t| t > clock::now_ns()) {
-            d.vcpu.blocked = true;
-            d.vcpu.poll = Some(p);
+            d.cur_mut().blocked = true;
+            d.cur_mut().poll = Some(p);
             d.set_runstate(domain::RUNSTATE_BLOCKED);
         }
     });
@@ -177,50 +194,62 @@ pub fn poll(frame: &mut TrapFrame) {
 /// one can).
 pub fn down_self(frame: &mut TrapFrame) {
     frame.rax = 0;
-    domain::with_current(|d| d.vcpu.online = false);
+    domain::with_current(|d| d.cur_mut().online = false);
     reschedule(frame);
 }
 
 /// Whether the running vCPU waited and may now go on: an event arrived for a blocked
 /// vCPU, or a polled port became pending.
 fn wake_running(d: &mut Domain) {
-    if !d.vcpu.blocked {
+    if !d.cur().blocked {
         return;
     }
-    let woken = match &d.vcpu.poll {
+    let woken = match &d.cur().poll {
         Some(p) => ferrovisor::evtchn::poll_ready(&d.event_words(), &p.ports),
         None => d.upcall_pending(),
     };
     if woken {
-        d.vcpu.poll = None;
-        d.vcpu.blocked = false;
+        d.cur_mut().poll = None;
+        d.cur_mut().blocked = false;
     }
 }
 
 /// Whether the running vCPU may go on (runnable, in a domain that may run).
 pub fn running_can_continue() -> bool {
-    domain::with_current(|d| d.can_run() && d.vcpu.runnable()).unwrap_or(false)
+    domain::with_current(|d| d.can_run() && d.cur().runnable()).unwrap_or(false)
 }
 
 /// Called on the way back to a guest: if the running vCPU may not go on (it blocked, went
 /// down, or its domain stopped or was paused), put another runnable vCPU on the CPU, or
-/// idle until one is (timer ticks and events wake vCPUs meanwhile).
+/// take it off and idle until one is runnable (timer ticks and events wake vCPUs
+/// meanwhile).
 pub fn reschedule(frame: &mut TrapFrame) {
     loop {
         let done = domain::with_domains(|doms| {
-            let cur = doms.current()?;
-            wake_running(cur);
-            if cur.can_run() && cur.vcpu.runnable() {
-                if cur.vcpu.runstate.state != domain::RUNSTATE_RUNNING {
-                    cur.set_runstate(domain::RUNSTATE_RUNNING);
+            if let Some(cur) = doms.current() {
+                wake_running(cur);
+                if cur.can_run() && cur.cur().runnable() {
+                    if cur.cur().runstate.state != domain::RUNSTATE_RUNNING {
+                        cur.set_runstate(domain::RUNSTATE_RUNNING);
+                    }
+                    return true;
                 }
-                return Some(());
             }
-            let next = pick_next(doms)?;
-            switch_to(doms, frame, next);
-            Some(())
+            let here = doms.running_here();
+            match pick_next(doms, here) {
+                Some(next) => {
+                    switch_to(doms, frame, next);
+                    true
+                }
+                None => {
+                    if here.is_some() {
+                        unload(doms, frame);
+                    }
+                    false
+                }
+            }
         });
-        if done.is_some() {
+        if done {
             return;
         }
         irq::enable_and_wait();

@@ -7,9 +7,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferrovisor_tests::{boot, Modules};
 
-/// The hypervisor line of the product brief's GRUB entry, plus the debug exit that turns
-/// dom0's poweroff into QEMU's exit status.
-const HYPERVISOR_CMDLINE: &str = "dom0_mem=262144 console=com1 loglvl=info debug_exit=0xf4";
+/// The hypervisor line of the product brief's GRUB entry, plus two vCPUs for dom0 and the
+/// debug exit that turns dom0's poweroff into QEMU's exit status.
+const HYPERVISOR_CMDLINE: &str =
+    "dom0_mem=262144 dom0_max_vcpus=2 console=com1 loglvl=info debug_exit=0xf4";
 const KERNEL_CMDLINE: &str = "root=/dev/xvda ro console=hvc0 nousb";
 
 #[test]
@@ -65,6 +66,10 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         guest.abs_diff(host) < 300,
         "dom0's clock says {guest}, the host {host}"
     );
+
+    // Both vCPUs came up (Linux's secondary CPU through `VCPUOP_initialise`/`up`).
+    let m = run(&mut b, "echo N=$(nproc)", r"N=(\d+)");
+    assert_eq!(m.group(1), "2", "nproc with dom0_max_vcpus=2");
 
     // Timers: sleep returns.
     run(&mut b, "sleep 1; echo S=$((40+2))", r"S=42");

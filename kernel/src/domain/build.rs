@@ -243,10 +243,10 @@ pub fn new_domain(
         id,
         p2m: Vec::new(),
         shared_info,
-        vcpu: Vcpu::new(0, TrapFrame::default(), Mfn(0), 0, shared_info),
-        others: (1..nr_vcpus)
+        vcpus: (0..nr_vcpus)
             .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0, shared_info))
             .collect(),
+        cur: 0,
         console: GuestConsole::new(id.0),
         console_ring_used: false,
         evtchn: EventChannels::new(id.0, nr_vcpus, MAX_PORTS),
@@ -270,7 +270,7 @@ pub fn new_domain(
 impl Domain {
     /// Vcpu 0 starts where the builder left it; the others wait for `VCPUOP_initialise`.
     pub fn start_vcpu0(&mut self, built: &Built) {
-        self.vcpu = Vcpu {
+        self.vcpus[0] = Vcpu {
             online: true,
             initialised: true,
             ..Vcpu::new(0, built.regs, built.l4, built.stack_top, self.shared_info)

@@ -306,7 +306,7 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
     // SAFETY: used only as the frame table's page-table memory, for frames of this
     // domain, which no CPU runs any more.
     let mut mem = unsafe { GuestTables::new() };
-    for v in core::iter::once(&d.vcpu).chain(d.others.iter()) {
+    for v in &d.vcpus {
         if v.initialised {
             let _ = ft.put_page_and_type(v.kernel_l4, &mut mem);
         }

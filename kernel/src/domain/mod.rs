@@ -119,6 +119,8 @@ pub struct Vcpu {
     /// Its LDT (`MMUEXT_SET_LDT`): the frames (typed `SegDesc`) and the entry count.
     pub ldt_frames: heapless::Vec<Mfn, 16>,
     pub ldt_entries: u32,
+    /// The physical CPU it is live on, if any (a vCPU runs on one CPU at a time).
+    pub on_cpu: Option<u32>,
 }
 
 pub struct Domain {
@@ -126,11 +128,13 @@ pub struct Domain {
     /// Pseudo-physical to machine frames.
     pub p2m: Vec<Mfn>,
     pub shared_info: Mfn,
-    /// The vCPU on the CPU (its registers, MSRs and FPU state are live); the scheduler
-    /// swaps it with one of `others` (`sched::switch_to`).
-    pub vcpu: Vcpu,
-    /// The domain's other vCPUs, in id order, with their state saved.
-    pub others: Vec<Vcpu>,
+    /// Its vCPUs, indexed by id (never empty). A vCPU on a physical CPU has its
+    /// registers, segment bases and FPU state live there (`Vcpu::on_cpu`).
+    pub vcpus: Vec<Vcpu>,
+    /// The vCPU the code holding the registry lock acts for: the one this physical CPU
+    /// runs, when it runs one of this domain's (the registry's accessors set it). What
+    /// [`Domain::cur`] returns.
+    pub(crate) cur: usize,
     /// Its console: output history, serial mirror, pending input.
     pub console: GuestConsole,
     /// It has written to its console ring (so input goes there too, rather than to
@@ -274,6 +278,7 @@ impl Vcpu {
             iopl: 0,
             ldt_frames: heapless::Vec::new(),
             ldt_entries: 0,
+            on_cpu: None,
         }
     }
 
@@ -287,7 +292,7 @@ impl Domain {
     /// The event bitmaps, for the event-channel operations.
     pub fn event_words(&self) -> SharedWords {
         let mut infos = heapless::Vec::new();
-        for v in core::iter::once(&self.vcpu).chain(self.others.iter()) {
+        for v in &self.vcpus {
             let (mfn, off) = v.vcpu_info;
             // SAFETY: as in `vcpu_info`: the shared-info page or a registered frame of the
             // domain, kept referenced and typed `Writable`.
@@ -300,10 +305,28 @@ impl Domain {
     }
 
     pub fn vcpu_by_id_mut(&mut self, id: u32) -> Option<&mut Vcpu> {
-        if self.vcpu.id == id {
-            return Some(&mut self.vcpu);
+        self.vcpus.get_mut(id as usize)
+    }
+
+    /// The vCPU this physical CPU acts for (see `cur`).
+    pub fn cur(&self) -> &Vcpu {
+        &self.vcpus[self.cur]
+    }
+
+    pub fn cur_mut(&mut self) -> &mut Vcpu {
+        &mut self.vcpus[self.cur]
+    }
+
+    /// Runs `f` acting for vCPU `id` (what [`Domain::cur`] returns meanwhile): for the
+    /// per-vCPU operations one vCPU may do on behalf of another (`vcpu_op` on a sibling).
+    pub fn acting_for<R>(&mut self, id: u32, f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
+        if id as usize >= self.vcpus.len() {
+            return None;
         }
-        self.others.iter_mut().find(|v| v.id == id)
+        let saved = core::mem::replace(&mut self.cur, id as usize);
+        let r = f(self);
+        self.cur = saved;
+        Some(r)
     }
 
     /// Marks `port` pending for vCPU `vcpu`: a blocked vCPU becomes runnable, and so does
@@ -311,7 +334,7 @@ impl Domain {
     pub fn notify(&mut self, port: u32, vcpu: u32) {
         let _ = evtchn::set_pending(&self.event_words(), port, vcpu);
         self.wake_if_pending(vcpu);
-        for v in core::iter::once(&mut self.vcpu).chain(self.others.iter_mut()) {
+        for v in self.vcpus.iter_mut() {
             if v.poll.as_ref().is_some_and(|p| p.ports.contains(&port)) {
                 v.poll = None;
                 v.blocked = false;
@@ -344,11 +367,14 @@ pub fn init_frame_table(max_addr: u64) {
 
 /// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
 pub fn run_dom0() -> ! {
-    let (l4, regs) = match with_current(|d| {
+    let (l4, regs) = match with_domains(|doms| {
+        doms.set_running_here(Some((DOM0, 0)));
+        let d = doms.current()?;
+        d.cur_mut().on_cpu = Some(percpu::cpu());
         d.publish_time();
         d.publish_wallclock();
         log::info!("dom0: shared info page at {}", d.shared_info);
-        (d.vcpu.kernel_l4, d.vcpu.regs)
+        Some((d.cur().kernel_l4, d.cur().regs))
     }) {
         Some(started) => started,
         None => {
@@ -389,7 +415,7 @@ impl Domain {
     pub fn kernel_space(&self) -> GuestSpace<OwnsFrame> {
         // SAFETY: `kernel_l4` is this domain's validated L4 (typed L4 by the frame table
         // while it is the base pointer); `owns` accepts only this domain's frames.
-        unsafe { GuestSpace::new(self.vcpu.kernel_l4, self.owns()) }
+        unsafe { GuestSpace::new(self.cur().kernel_l4, self.owns()) }
     }
 
     /// The shared-info page.
@@ -400,9 +426,9 @@ impl Domain {
         unsafe { SharedFrame::new(self.shared_info) }
     }
 
-    /// vCPU 0's `vcpu_info`: the frame and the offset of the structure in it.
+    /// The current vCPU's `vcpu_info`: the frame and the offset of the structure in it.
     pub fn vcpu_info(&self) -> (SharedFrame, usize) {
-        let (mfn, offset) = self.vcpu.vcpu_info;
+        let (mfn, offset) = self.cur().vcpu_info;
         // SAFETY: either the shared-info page, or a frame of the domain that
         // `register_vcpu_info` checked it owns; either is held with a `Writable` type
         // reference (`FrameTable::get_writable`), so never a page or descriptor table.
@@ -430,7 +456,7 @@ impl Domain {
         f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending)) != 0
     }
 
-    /// Publishes vCPU 0's `vcpu_time_info` (system time now, TSC scale) under the version
+    /// Publishes the current vCPU's `vcpu_time_info` (system time now, TSC scale) under the version
     /// protocol: odd version, fields, even version.
     pub fn publish_time(&mut self) {
         let tsc = crate::arch::x86_64::cpu::rdtsc();
@@ -443,14 +469,14 @@ impl Domain {
         let (shared, vi) = self.vcpu_info();
         let base = vi + offset_of!(VcpuInfo, time);
         let version_at = base + offset_of!(VcpuTimeInfo, version);
-        self.vcpu.time_version = self.vcpu.time_version.wrapping_add(1) | 1;
-        shared.write_u32(version_at, self.vcpu.time_version);
+        self.cur_mut().time_version = self.cur().time_version.wrapping_add(1) | 1;
+        shared.write_u32(version_at, self.cur().time_version);
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         let fields_at = offset_of!(VcpuTimeInfo, tsc_timestamp);
         shared.write_bytes(base + fields_at, &info.as_bytes()[fields_at..]);
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        self.vcpu.time_version = self.vcpu.time_version.wrapping_add(1);
-        shared.write_u32(version_at, self.vcpu.time_version);
+        self.cur_mut().time_version = self.cur().time_version.wrapping_add(1);
+        shared.write_u32(version_at, self.cur().time_version);
     }
 
     /// Publishes the wall-clock time at system time 0 in `shared_info`.
@@ -484,7 +510,7 @@ impl Domain {
     /// the old one, and publishes it.
     pub fn set_runstate(&mut self, state: i32) {
         let now = clock::now_ns();
-        let r = &mut self.vcpu.runstate;
+        let r = &mut self.cur_mut().runstate;
         if let Some(t) = r.time.get_mut(r.state as usize) {
             *t += now.saturating_sub(r.state_entry_time);
         }
@@ -495,11 +521,13 @@ impl Domain {
 
     /// Writes the vCPU's run-state accounting to the area the guest registered.
     pub fn publish_runstate(&self) {
-        let Some(va) = self.vcpu.runstate_area else {
+        let Some(va) = self.cur().runstate_area else {
             return;
         };
         // A bad area is the guest's problem (Xen ignores write failures here too).
-        let _ = self.kernel_space().write(va, self.vcpu.runstate.as_bytes());
+        let _ = self
+            .kernel_space()
+            .write(va, self.cur().runstate.as_bytes());
     }
 
     /// Sends virtual IRQ `virq` of vCPU `vcpu` if the guest bound it to a port.
@@ -514,7 +542,7 @@ impl Domain {
     /// Fires the timers of every vCPU that are due (called on every tick).
     pub fn check_timers(&mut self, now: u64) {
         let mut fired: heapless::Vec<u32, MAX_VCPUS> = heapless::Vec::new();
-        for v in core::iter::once(&mut self.vcpu).chain(self.others.iter_mut()) {
+        for v in self.vcpus.iter_mut() {
             if !v.online {
                 continue;
             }
@@ -543,10 +571,8 @@ impl Domain {
                 let _ = fired.push(v.id);
             }
         }
-        if !fired.is_empty() {
-            self.publish_time();
-        }
         for id in fired {
+            self.acting_for(id, |d| d.publish_time());
             self.send_virq(VIRQ_TIMER, id);
         }
     }
@@ -563,9 +589,9 @@ impl Domain {
     /// follow (Xen's `toggle_guest_mode`).
     pub fn switch_mode(&mut self, to_kernel: bool) {
         let l4 = if to_kernel {
-            Some(self.vcpu.kernel_l4)
+            Some(self.cur().kernel_l4)
         } else {
-            self.vcpu.user_l4
+            self.cur().user_l4
         };
         if let Some(l4) = l4 {
             // SAFETY: both roots are validated L4s of this domain (typed by the frame
@@ -573,8 +599,8 @@ impl Domain {
             unsafe { hw_paging::activate(l4) };
         }
         let active = percpu::guest_gs_base();
-        let _ = percpu::set_guest_gs_base(self.vcpu.saved_gs_base);
-        self.vcpu.saved_gs_base = active;
+        let _ = percpu::set_guest_gs_base(self.cur().saved_gs_base);
+        self.cur_mut().saved_gs_base = active;
     }
 
     pub fn read_guest(&self, va: u64, out: &mut [u8]) -> Result<(), GuestFault> {
@@ -644,8 +670,8 @@ impl Domain {
         self.life = Life::Crashed;
     }
 
-    /// Its vCPUs, the one in front first.
+    /// Its vCPUs, in id order.
     pub fn vcpus(&self) -> impl Iterator<Item = &Vcpu> + '_ {
-        core::iter::once(&self.vcpu).chain(self.others.iter())
+        self.vcpus.iter()
     }
 }

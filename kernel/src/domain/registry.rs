@@ -1,4 +1,4 @@
-//! Every live domain, and which one is on the CPU.
+//! Every live domain, and which vCPU each physical CPU runs.
 //!
 //! One lock guards the whole set: a hypercall that touches two domains (an interdomain
 //! event, a foreign mapping, domain control) holds both consistently, and the scheduler
@@ -8,16 +8,19 @@ use alloc::{boxed::Box, collections::BTreeMap, string::String};
 
 use ferrovisor::mm::frame_table::DomId;
 
-use super::{Domain, DOM0};
-use crate::arch::x86_64::irq::IrqMutex;
+use super::Domain;
+use crate::arch::x86_64::{irq::IrqMutex, percpu};
+
+/// Physical CPUs the hypervisor can run vCPUs on.
+pub const MAX_CPUS: usize = 16;
 
 /// The domains, by id.
 pub struct Domains {
     map: BTreeMap<u16, Box<Domain>>,
-    /// The domain whose front vCPU (`Domain::vcpu`) is live on the CPU.
-    current: DomId,
-    /// Ticks the running vCPU has had since it was put on the CPU.
-    pub slice_ticks: u32,
+    /// The vCPU each physical CPU runs (domain, vCPU id), if any.
+    running: [Option<(DomId, u32)>; MAX_CPUS],
+    /// Ticks each CPU's running vCPU has had since it was put there.
+    pub slice_ticks: [u32; MAX_CPUS],
     /// Destroyed domains whose last frames something else still references (another
     /// domain's foreign or grant mapping): their ids stay taken, and `xl list`-style
     /// listings show them as dying, until the frames are reclaimed.
@@ -39,8 +42,8 @@ pub struct Dying {
 
 static DOMAINS: IrqMutex<Domains> = IrqMutex::new(Domains {
     map: BTreeMap::new(),
-    current: DOM0,
-    slice_ticks: 0,
+    running: [None; MAX_CPUS],
+    slice_ticks: [0; MAX_CPUS],
     dying: BTreeMap::new(),
     next_id: FIRST_DOMU,
 });
@@ -50,12 +53,14 @@ const FIRST_DOMU: u16 = 1;
 const LAST_DOMU: u16 = 0x7fef;
 
 impl Domains {
-    pub fn current_id(&self) -> DomId {
-        self.current
+    /// What this physical CPU runs: (domain, vCPU id).
+    pub fn running_here(&self) -> Option<(DomId, u32)> {
+        self.running.get(percpu::cpu() as usize).copied().flatten()
     }
 
+    /// The domain of the vCPU this CPU runs, acting for that vCPU (`Domain::cur`).
     pub fn current(&mut self) -> Option<&mut Domain> {
-        let id = self.current;
+        let (id, _) = self.running_here()?;
         self.get_mut(id)
     }
 
@@ -63,8 +68,12 @@ impl Domains {
         self.map.get(&id.0).map(|d| &**d)
     }
 
+    /// Domain `id`; if this CPU runs one of its vCPUs, acting for that one.
     pub fn get_mut(&mut self, id: DomId) -> Option<&mut Domain> {
-        self.map.get_mut(&id.0).map(|d| &mut **d)
+        let here = self.running_here();
+        let d = &mut **self.map.get_mut(&id.0)?;
+        focus(d, here);
+        Some(d)
     }
 
     /// Two different domains at once (`None` if either is missing or they are the same).
@@ -73,7 +82,9 @@ impl Domains {
             return None;
         }
         let (mut first, mut second) = (None, None);
+        let here = self.running_here();
         for (&id, d) in self.map.iter_mut() {
+            focus(d, here);
             if id == a.0 {
                 first = Some(&mut **d);
             } else if id == b.0 {
@@ -88,7 +99,11 @@ impl Domains {
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Domain> + '_ {
-        self.map.values_mut().map(|d| &mut **d)
+        let here = self.running_here();
+        self.map.values_mut().map(move |d| {
+            focus(d, here);
+            &mut **d
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -110,9 +125,9 @@ impl Domains {
         self.map.insert(d.id.0, d);
     }
 
-    /// Takes a domain out of the set (never the one on the CPU).
+    /// Takes a domain out of the set (never one with a vCPU on a CPU).
     pub fn remove(&mut self, id: DomId) -> Option<Box<Domain>> {
-        if id == self.current {
+        if self.running.iter().flatten().any(|&(d, _)| d == id) {
             return None;
         }
         self.map.remove(&id.0)
@@ -137,9 +152,20 @@ impl Domains {
         }
     }
 
-    /// Makes `id` the domain on the CPU (the scheduler's switch does the rest).
-    pub(crate) fn set_current(&mut self, id: DomId) {
-        self.current = id;
+    /// Records what this CPU runs (the scheduler's switch does the rest).
+    pub(crate) fn set_running_here(&mut self, vcpu: Option<(DomId, u32)>) {
+        if let Some(r) = self.running.get_mut(percpu::cpu() as usize) {
+            *r = vcpu;
+        }
+    }
+}
+
+/// Points `d.cur` at the vCPU this CPU runs when it is one of `d`'s.
+fn focus(d: &mut Domain, here: Option<(DomId, u32)>) {
+    if let Some((id, v)) = here {
+        if id == d.id && (v as usize) < d.vcpus.len() {
+            d.cur = v as usize;
+        }
     }
 }
 

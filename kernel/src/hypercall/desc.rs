@@ -84,7 +84,7 @@ fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno>
         release(ft, &mut mem, gdt.frames());
         return Err(XenErrno::Enomem);
     }
-    let old = core::mem::replace(&mut d.vcpu.gdt, gdt);
+    let old = core::mem::replace(&mut d.cur_mut().gdt, gdt);
     release(ft, &mut mem, old.frames());
     Ok(())
 }

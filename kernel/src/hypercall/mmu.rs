@@ -216,13 +216,13 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
                     ft.get_page_and_type(new, d.id, Level::L4.page_type(), &mut mem)
                         .map_err(mm_errno)?;
                 }
-                if let Some(old) = d.vcpu.user_l4 {
+                if let Some(old) = d.cur_mut().user_l4 {
                     let _ = ft.put_page_and_type(old, &mut mem);
                 }
                 Ok(())
             })?;
-            d.vcpu.user_l4 = new;
-            d.vcpu.pv.has_user_page_tables = new.is_some();
+            d.cur_mut().user_l4 = new;
+            d.cur_mut().pv.has_user_page_tables = new.is_some();
             Ok(())
         }
         MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll => {
@@ -299,12 +299,12 @@ fn set_ldt(d: &mut Domain, base: u64, entries: u64) -> core::result::Result<(), 
                 return Err(e);
             }
         }
-        let old = core::mem::replace(&mut d.vcpu.ldt_frames, frames.clone());
+        let old = core::mem::replace(&mut d.cur_mut().ldt_frames, frames.clone());
         super::desc::release(ft, &mut mem, &old);
         Ok(())
     })?;
-    d.vcpu.ldt_entries = ldt.entries();
-    memory::load_guest_ldt(&d.vcpu.ldt_frames, ldt.entries()).map_err(|_| XenErrno::Enomem)
+    d.cur_mut().ldt_entries = ldt.entries();
+    memory::load_guest_ldt(&d.cur_mut().ldt_frames, ldt.entries()).map_err(|_| XenErrno::Enomem)
 }
 
 /// Makes `mfn` the running vCPU's kernel page-table root (`MMUEXT_NEW_BASEPTR`, or a
@@ -314,13 +314,13 @@ pub fn new_baseptr(d: &mut Domain, mfn: Mfn) -> core::result::Result<(), XenErrn
         let mut mem = tables();
         ft.get_page_and_type(mfn, d.id, Level::L4.page_type(), &mut mem)
             .map_err(mm_errno)?;
-        let old = d.vcpu.kernel_l4;
+        let old = d.cur_mut().kernel_l4;
         // The old root's references go only after the new one's are held.
         let _ = ft.put_page_and_type(old, &mut mem);
         Ok(())
     })?;
-    d.vcpu.kernel_l4 = mfn;
-    if d.vcpu.pv.in_kernel {
+    d.cur_mut().kernel_l4 = mfn;
+    if d.cur_mut().pv.in_kernel {
         // SAFETY: the new L4 is a validated L4 of this domain (just typed above), so its
         // hypervisor slots map the hypervisor.
         unsafe { hw_paging::activate(mfn) };

@@ -83,7 +83,7 @@ pub fn dispatch(frame: &mut TrapFrame) {
     }
     if frame.rax == Hypercall::VcpuOp as u64
         && VcpuOp::try_from(frame.rdi as u32) == Ok(VcpuOp::Down)
-        && domain::with_current(|d| u64::from(d.vcpu.id)) == Some(frame.rsi)
+        && domain::with_current(|d| u64::from(d.cur_mut().id)) == Some(frame.rsi)
     {
         return sched::down_self(frame);
     }
@@ -216,7 +216,7 @@ fn physdev_op([cmd, arg, ..]: [u64; 5]) -> Result {
             if iopl > 3 {
                 return Err(XenErrno::Einval);
             }
-            domain::with_current(|d| d.vcpu.iopl = iopl as u8).ok_or(XenErrno::Esrch)?;
+            domain::with_current(|d| d.cur_mut().iopl = iopl as u8).ok_or(XenErrno::Esrch)?;
             Ok(0)
         }
         Ok(_) => Err(XenErrno::Eperm),

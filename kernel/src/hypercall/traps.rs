@@ -25,7 +25,7 @@ const MAX_TRAPS: u64 = 256;
 pub fn set_trap_table([traps, ..]: [u64; 5]) -> Result {
     domain::with_current(|d| {
         if traps == 0 {
-            d.vcpu.pv.trap_table.clear();
+            d.cur_mut().pv.trap_table.clear();
             return Ok(0);
         }
         for i in 0..MAX_TRAPS {
@@ -34,7 +34,7 @@ pub fn set_trap_table([traps, ..]: [u64; 5]) -> Result {
                 .map_err(|_| XenErrno::Efault)?;
             let t = TrapInfo::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
             let progress = d
-                .vcpu
+                .cur_mut()
                 .pv
                 .trap_table
                 .set(core::slice::from_ref(&t))
@@ -65,7 +65,7 @@ pub fn set_callbacks([event, failsafe, syscall, ..]: [u64; 5]) -> Result {
         guest_address(syscall)?,
     );
     domain::with_current(|d| {
-        let cb = &mut d.vcpu.pv.callbacks;
+        let cb = &mut d.cur_mut().pv.callbacks;
         cb.event = event;
         cb.failsafe = failsafe;
         cb.syscall = syscall;
@@ -96,7 +96,7 @@ pub fn callback_op([cmd, arg, ..]: [u64; 5]) -> Result {
             ),
             CallbackOp::Unregister => (0, false),
         };
-        let cb = &mut d.vcpu.pv.callbacks;
+        let cb = &mut d.cur_mut().pv.callbacks;
         match kind {
             CallbackType::Event => cb.event = address,
             CallbackType::Failsafe => {
@@ -119,7 +119,7 @@ pub fn callback_op([cmd, arg, ..]: [u64; 5]) -> Result {
 pub fn stack_switch([_ss, rsp, ..]: [u64; 5]) -> Result {
     let rsp = guest_address(rsp)?;
     domain::with_current(|d| {
-        d.vcpu.pv.kernel_sp = rsp;
+        d.cur_mut().pv.kernel_sp = rsp;
         Ok(0)
     })
     .ok_or(XenErrno::Esrch)?
@@ -164,8 +164,8 @@ pub fn set_segment_base([which, base, ..]: [u64; 5]) -> Result {
 /// `fpu_taskswitch(set)`: the guest's CR0.TS, for lazy FPU switching.
 pub fn fpu_taskswitch([set, ..]: [u64; 5]) -> Result {
     domain::with_current(|d| {
-        d.vcpu.fpu_ts = set != 0;
-        cpu::set_task_switched(d.vcpu.fpu_ts);
+        d.cur_mut().fpu_ts = set != 0;
+        cpu::set_task_switched(d.cur_mut().fpu_ts);
         Ok(0)
     })
     .ok_or(XenErrno::Esrch)?

@@ -38,48 +38,48 @@ fn read<T: FromBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
     T::read_from_bytes(&buf[..len]).map_err(|_| XenErrno::Efault)
 }
 
-/// `vcpu_op(cmd, vcpu, arg)`. dom0 has one vCPU (0); secondary vCPUs come with SMP.
+/// `vcpu_op(cmd, vcpu, arg)` on vCPU `vcpu` of the calling domain. As in Xen, a vCPU may
+/// bring up, take down, place the `vcpu_info` and runstate area of, and set the periodic
+/// timer of any of its siblings; the single-shot timer only of itself.
 pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
     let op = VcpuOp::try_from(cmd as u32).map_err(|_| XenErrno::Enosys)?;
     let vcpu = u32::try_from(vcpu).map_err(|_| XenErrno::Enoent)?;
-    let (exists, current) = domain::with_current(|d| (d.vcpu_by_id_mut(vcpu).is_some(), d.vcpu.id))
-        .ok_or(XenErrno::Esrch)?;
+    let (exists, current) =
+        domain::with_current(|d| (d.vcpu_by_id_mut(vcpu).is_some(), d.cur().id))
+            .ok_or(XenErrno::Esrch)?;
     if !exists {
         return Err(XenErrno::Enoent);
     }
+    // Runs `f` for the target vCPU (it exists: checked above, and vCPUs are never removed).
+    let on_target = |f: &mut dyn FnMut(&mut domain::Domain) -> Result| -> Result {
+        domain::with_current(|d| d.acting_for(vcpu, |d| f(d)))
+            .flatten()
+            .ok_or(XenErrno::Esrch)?
+    };
     match op {
-        VcpuOp::IsUp => {
-            domain::with_current(|d| d.vcpu_by_id_mut(vcpu).map_or(0, |v| v.online as u64))
-                .ok_or(XenErrno::Esrch)
-        }
-        VcpuOp::Up => domain::with_current(|d| match d.vcpu_by_id_mut(vcpu) {
-            Some(v) if v.online => Ok(0),
-            Some(v) if v.initialised => {
-                v.online = true;
-                Ok(0)
+        VcpuOp::IsUp => on_target(&mut |d| Ok(d.cur().online as u64)),
+        VcpuOp::Up => on_target(&mut |d| {
+            let v = d.cur_mut();
+            if !v.initialised {
+                return Err(XenErrno::Einval);
             }
-            _ => Err(XenErrno::Einval),
-        })
-        .ok_or(XenErrno::Esrch)?,
-        // Taking down the running vCPU switches away from it (`hypercall::dispatch`).
-        VcpuOp::Down => domain::with_current(|d| {
-            if let Some(v) = d.vcpu_by_id_mut(vcpu) {
-                v.online = false;
-            }
+            v.online = true;
             Ok(0)
-        })
-        .ok_or(XenErrno::Esrch)?,
+        }),
+        // Taking down the running vCPU switches away from it (`hypercall::dispatch`).
+        VcpuOp::Down => on_target(&mut |d| {
+            d.cur_mut().online = false;
+            Ok(0)
+        }),
         VcpuOp::Initialise => initialise(vcpu, arg),
-        // Per-vCPU settings below act on the running vCPU only, for now.
-        _ if vcpu != current => Err(XenErrno::Einval),
         VcpuOp::RegisterVcpuInfo => {
             let reg: VcpuRegisterVcpuInfo = read(arg)?;
             let size = core::mem::size_of::<VcpuInfo>() as u64;
             if reg.offset as u64 + size > PAGE_SIZE || reg.offset % 64 != 0 {
                 return Err(XenErrno::Einval);
             }
-            domain::with_current(|d| {
-                if d.vcpu.vcpu_info_registered {
+            on_target(&mut |d| {
+                if d.cur().vcpu_info_registered {
                     return Err(XenErrno::Einval);
                 }
                 // The guest names its frame by machine frame number (a PV guest's view).
@@ -93,10 +93,10 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                     .ok_or(XenErrno::Esrch)?
                     .get_writable(mfn, d.id)
                     .map_err(|_| XenErrno::Einval)?;
-                d.vcpu.vcpu_info_registered = true;
+                d.cur_mut().vcpu_info_registered = true;
                 let mask = d.upcall_mask();
                 let pending = d.upcall_pending();
-                d.vcpu.vcpu_info = (mfn, reg.offset as usize);
+                d.cur_mut().vcpu_info = (mfn, reg.offset as usize);
                 // The moved structure starts with the old state (Xen copies it).
                 d.set_upcall_mask(mask);
                 if pending {
@@ -105,17 +105,35 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 d.publish_time();
                 Ok(0)
             })
-            .ok_or(XenErrno::Esrch)?
         }
         VcpuOp::RegisterRunstateMemoryArea => {
             let area: VcpuRegisterRunstateMemoryArea = read(arg)?;
-            domain::with_current(|d| {
-                d.vcpu.runstate_area = (area.addr.0 != 0).then_some(area.addr.0);
-                d.publish_runstate();
+            on_target(&mut |d| {
+                d.cur_mut().runstate_area = (area.addr.0 != 0).then_some(area.addr.0);
+                // Published now when this vCPU registers its own; a sibling's from its
+                // next run-state change (its address space may not exist yet).
+                if vcpu == current {
+                    d.publish_runstate();
+                }
                 Ok(0)
             })
-            .ok_or(XenErrno::Esrch)?
         }
+        VcpuOp::SetPeriodicTimer => {
+            let t: VcpuSetPeriodicTimer = read(arg)?;
+            // Xen refuses periods under 1 ms (what it can deliver without a storm).
+            if t.period_ns < 1_000_000 {
+                return Err(XenErrno::Einval);
+            }
+            on_target(&mut |d| {
+                d.cur_mut().periodic = Some((t.period_ns, clock::now_ns() + t.period_ns));
+                Ok(0)
+            })
+        }
+        VcpuOp::StopPeriodicTimer => on_target(&mut |d| {
+            d.cur_mut().periodic = None;
+            Ok(0)
+        }),
+        _ if vcpu != current => Err(XenErrno::Einval),
         VcpuOp::SetSingleshotTimer => {
             let t: VcpuSetSingleshotTimer = read(arg)?;
             if t.flags & VCPU_SSHOTTMR_FUTURE != 0 && t.timeout_abs_ns < clock::now_ns() {
@@ -124,23 +142,6 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
             set_deadline(Some(t.timeout_abs_ns))
         }
         VcpuOp::StopSingleshotTimer => set_deadline(None),
-        VcpuOp::SetPeriodicTimer => {
-            let t: VcpuSetPeriodicTimer = read(arg)?;
-            // Xen refuses periods under 1 ms (what it can deliver without a storm).
-            if t.period_ns < 1_000_000 {
-                return Err(XenErrno::Einval);
-            }
-            domain::with_current(|d| {
-                d.vcpu.periodic = Some((t.period_ns, clock::now_ns() + t.period_ns));
-                Ok(0)
-            })
-            .ok_or(XenErrno::Esrch)?
-        }
-        VcpuOp::StopPeriodicTimer => domain::with_current(|d| {
-            d.vcpu.periodic = None;
-            Ok(0)
-        })
-        .ok_or(XenErrno::Esrch)?,
         _ => Err(XenErrno::Enosys),
     }
 }
@@ -277,6 +278,8 @@ pub fn apply_context(
             0
         };
         v.gdt = gdt;
+        // The virtual I/O privilege level comes in the flags' IOPL field (Xen's reading).
+        v.iopl = ((r.rflags >> 12) & 3) as u8;
         v.initialised = true;
         // The new GDT frames may have had writable translations cached.
         crate::arch::x86_64::paging::flush_tlb_local();
@@ -302,7 +305,7 @@ fn tables() -> crate::arch::x86_64::paging::GuestTables {
 
 fn set_deadline(deadline: Option<u64>) -> Result {
     domain::with_current(|d| {
-        d.vcpu.timer_deadline = deadline;
+        d.cur_mut().timer_deadline = deadline;
         Ok(0)
     })
     .ok_or(XenErrno::Esrch)?
