@@ -180,6 +180,7 @@ msg_no_long_mode:
 
     .section .boot.bss, "aw", @nobits
     .balign 4096
+    .globl early_pml4                   /* the application processors start on them too */
 early_pml4:
     .skip 4096
 early_pdpt_low:
@@ -202,6 +203,7 @@ boot_gdt:
     .quad 0x00cf93000000ffff
 boot_gdt_end:
     .balign 8
+    .globl boot_gdt_ptr
 boot_gdt_ptr:
     .short boot_gdt_end - boot_gdt - 1
     .quad boot_gdt

@@ -396,6 +396,9 @@ fn writable_pt_write(d: &mut Domain, frame: &mut TrapFrame) -> bool {
             return false;
         }
         hw_paging::flush_tlb_local();
+        if old & 1 != 0 {
+            d.flush_other_cpus();
+        }
     }
     r.commit(&mut regs);
     regs.rip = regs.rip.wrapping_add(w.len as u64);

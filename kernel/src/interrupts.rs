@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
     arch::x86_64::{
-        apic, percpu,
+        apic, percpu, smp,
         syscall::SYSCALL_VECTOR,
         trap::{self, TrapFrame},
     },
@@ -38,15 +38,25 @@ pub fn dispatch(frame: &mut TrapFrame) {
         v if v < 32 && from_guest => guest::exception(frame),
         v if v < 32 => fatal::exception(frame),
         v if v == apic::TIMER_VECTOR as u64 => {
-            clock::tick();
             apic::on_tick();
             apic::eoi();
-            guest::on_tick();
-            crate::backend::console::poll_serial();
+            // The boot CPU keeps time, fires the vCPUs' timers and polls the serial line;
+            // every CPU preempts what it runs.
+            if percpu::cpu() == 0 {
+                clock::tick();
+                guest::on_tick();
+                crate::backend::console::poll_serial();
+            }
             crate::sched::on_tick(frame);
             if from_guest {
                 guest::interrupted(frame);
             }
+        }
+        // Another CPU wants this one to look at what it runs: the way back does that.
+        v if v == smp::KICK_VECTOR as u64 => apic::eoi(),
+        v if v == smp::FLUSH_VECTOR as u64 => {
+            smp::serve_flush();
+            apic::eoi();
         }
         // A spurious interrupt is not acknowledged (Intel SDM vol. 3, 11.9).
         v if v == apic::SPURIOUS_VECTOR as u64 => {}

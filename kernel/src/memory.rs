@@ -201,8 +201,9 @@ pub fn map_guest_gdt(frames: &[Mfn]) -> Result<(), MemoryError> {
     // shared by every address space) are rewritten.
     let tables = unsafe { DirectMapTables::new(alloc, u64::MAX) };
     let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
+    let window = gdt_window(crate::arch::x86_64::percpu::cpu());
     for i in 0..FIRST_RESERVED_GDT_BYTE as u64 / PAGE_SIZE {
-        let va = GDT_WINDOWS_BASE + i * PAGE_SIZE;
+        let va = window + i * PAGE_SIZE;
         match frames.get(i as usize) {
             Some(f) => aspace.remap_page(va, f.addr(), Attrs::DATA)?,
             None => aspace.remap_page(va, zero.addr(), Attrs::RODATA)?,
@@ -218,6 +219,7 @@ pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
     let Some((root, zero)) = *GDT_STATE.lock() else {
         return Err(MemoryError::NoUsableRam);
     };
+    let window = ldt_window(crate::arch::x86_64::percpu::cpu());
     if !frames.is_empty() {
         let mut guard = FRAMES.lock();
         let alloc = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
@@ -226,7 +228,7 @@ pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
         let tables = unsafe { DirectMapTables::new(alloc, u64::MAX) };
         let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
         for i in 0..LDT_WINDOW_SIZE / PAGE_SIZE {
-            let va = LDT_WINDOWS_BASE + i * PAGE_SIZE;
+            let va = window + i * PAGE_SIZE;
             match frames.get(i as usize) {
                 Some(f) => aspace.remap_page(va, f.addr(), Attrs::DATA)?,
                 None => aspace.remap_page(va, zero.addr(), Attrs::RODATA)?,
@@ -237,7 +239,7 @@ pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
     let entries = if frames.is_empty() { 0 } else { entries };
     // SAFETY: the window maps exactly the vCPU's checked LDT frames (the zero page after
     // them), and stays so until the next LDT load.
-    unsafe { crate::arch::x86_64::gdt::load_ldt(LDT_WINDOWS_BASE, entries) };
+    unsafe { crate::arch::x86_64::gdt::load_ldt(window, entries) };
     Ok(())
 }
 
@@ -295,7 +297,8 @@ pub struct StackInfo {
     pub guard: (u64, u64),
 }
 
-static STACKS: spin::Mutex<heapless::Vec<StackInfo, 16>> = spin::Mutex::new(heapless::Vec::new());
+static STACKS: spin::Mutex<heapless::Vec<StackInfo, { 4 * crate::arch::x86_64::smp::MAX_CPUS }>> =
+    spin::Mutex::new(heapless::Vec::new());
 
 /// The stack whose guard region contains `addr`, if any (used by the fault handler, so
 /// it never waits for the lock).
@@ -309,15 +312,120 @@ pub fn guard_hit(addr: u64) -> Option<StackInfo> {
 
 /// What the final address space provides to the rest of the boot.
 pub struct KernelSpace {
+    /// The boot CPU's stacks and GDT window.
+    pub cpu0: CpuSpace,
+    pub apic_mmio: u64,
+    pub tables_root: Mfn,
+    pub direct_mapped: u64,
+}
+
+/// A CPU's own part of the hypervisor's address space: its guarded stacks and its GDT
+/// window (LDT window: `LDT_WINDOWS_BASE` + the same offset).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSpace {
     pub main_stack_top: u64,
     pub ist_double_fault: u64,
     pub ist_nmi: u64,
     pub ist_machine_check: u64,
     pub gdt_window: u64,
     pub gdt_reserved_page: u64,
-    pub apic_mmio: u64,
-    pub tables_root: Mfn,
-    pub direct_mapped: u64,
+}
+
+/// Stacks each CPU has: the main one, then the IST stacks.
+const STACKS_PER_CPU: u64 = 4;
+
+/// CPU `cpu`'s GDT and LDT windows.
+fn gdt_window(cpu: u32) -> u64 {
+    GDT_WINDOWS_BASE + cpu as u64 * GDT_WINDOW_SIZE
+}
+
+fn ldt_window(cpu: u32) -> u64 {
+    LDT_WINDOWS_BASE + cpu as u64 * LDT_WINDOW_SIZE
+}
+
+/// Maps CPU `cpu`'s guarded stacks and GDT window (its two reserved pages fresh, the
+/// guest part showing `zero`) into `aspace`.
+fn map_cpu_space(
+    aspace: &mut AddressSpace<DirectMapTables>,
+    cpu: u32,
+    zero: Mfn,
+) -> Result<CpuSpace, MemoryError> {
+    let mut stacks = STACKS.lock();
+    let mut tops = [0u64; STACKS_PER_CPU as usize];
+    let specs: [(&str, u64); STACKS_PER_CPU as usize] = [
+        ("main", STACK_SIZE),
+        ("double-fault IST", IST_STACK_SIZE),
+        ("NMI IST", IST_STACK_SIZE),
+        ("machine-check IST", IST_STACK_SIZE),
+    ];
+    for (slot, (name, size)) in specs.iter().enumerate() {
+        let index = cpu as u64 * STACKS_PER_CPU + slot as u64;
+        let top = STACKS_BASE + (index + 1) * STACK_SLOT;
+        let bottom = top - size;
+        let mut va = bottom;
+        while va < top {
+            let f = aspace
+                .memory_mut()
+                .frames()
+                .alloc()
+                .ok_or(MemoryError::OutOfFrames("stacks"))?;
+            aspace.map_page(va, f.addr(), SIZE_4K, Attrs::DATA)?;
+            va += PAGE_SIZE;
+        }
+        tops[slot] = top;
+        let _ = stacks.push(StackInfo {
+            name,
+            top,
+            bottom,
+            guard: (top - STACK_SLOT, bottom),
+        });
+    }
+    drop(stacks);
+
+    // The GDT window: the hypervisor's two reserved pages, the zero page below them.
+    let window = gdt_window(cpu);
+    let reserved_page = window + FIRST_RESERVED_GDT_BYTE as u64;
+    for i in 0..2 {
+        let f = aspace
+            .memory_mut()
+            .frames()
+            .alloc_below(EARLY_DIRECT_MAP_SIZE)
+            .ok_or(MemoryError::OutOfFrames("the GDT"))?;
+        // SAFETY: the frame was just allocated, so it is ours; it is direct-mapped.
+        unsafe { phys::zero(f.addr(), PAGE_SIZE) };
+        aspace.map_page(
+            reserved_page + i * PAGE_SIZE,
+            f.addr(),
+            SIZE_4K,
+            Attrs::DATA,
+        )?;
+    }
+    debug_assert!(reserved_page + 2 * PAGE_SIZE <= window + GDT_WINDOW_SIZE);
+    for i in 0..FIRST_RESERVED_GDT_BYTE as u64 / PAGE_SIZE {
+        aspace.map_page(window + i * PAGE_SIZE, zero.addr(), SIZE_4K, Attrs::RODATA)?;
+    }
+    Ok(CpuSpace {
+        main_stack_top: tops[0],
+        ist_double_fault: tops[1],
+        ist_nmi: tops[2],
+        ist_machine_check: tops[3],
+        gdt_window: window,
+        gdt_reserved_page: reserved_page,
+    })
+}
+
+/// Maps another CPU's stacks and GDT window into the hypervisor's (live) address space.
+pub fn new_cpu_space(cpu: u32) -> Result<CpuSpace, MemoryError> {
+    let Some((root, zero)) = *GDT_STATE.lock() else {
+        return Err(MemoryError::NoUsableRam);
+    };
+    let mut guard = FRAMES.lock();
+    let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+    // SAFETY: the hypervisor's own L4; only slot 261's stack and GDT-window regions of a
+    // CPU that has none yet are added (entries are only ever added there).
+    let tables = unsafe { DirectMapTables::new(frames, u64::MAX) };
+    let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
+    map_cpu_space(&mut aspace, cpu, zero)
 }
 
 /// Builds the hypervisor's final page tables and switches to them.
@@ -418,59 +526,7 @@ pub fn build_kernel_space(
     )?;
     *M2P_PLACE.lock() = Some((m2p, m2p_entries));
 
-    // Guarded stacks: slot 0 the main stack, then the IST stacks.
-    let mut stacks = STACKS.lock();
-    let mut tops = [0u64; 4];
-    let specs: [(&str, u64); 4] = [
-        ("main", STACK_SIZE),
-        ("double-fault IST", IST_STACK_SIZE),
-        ("NMI IST", IST_STACK_SIZE),
-        ("machine-check IST", IST_STACK_SIZE),
-    ];
-    for (slot, (name, size)) in specs.iter().enumerate() {
-        let top = STACKS_BASE + (slot as u64 + 1) * STACK_SLOT;
-        let bottom = top - size;
-        let mut va = bottom;
-        while va < top {
-            let f = aspace
-                .memory_mut()
-                .frames()
-                .alloc()
-                .ok_or(MemoryError::OutOfFrames("stacks"))?;
-            aspace.map_page(va, f.addr(), SIZE_4K, Attrs::DATA)?;
-            va += PAGE_SIZE;
-        }
-        tops[slot] = top;
-        let _ = stacks.push(StackInfo {
-            name,
-            top,
-            bottom,
-            guard: (top - STACK_SLOT, bottom),
-        });
-    }
-    drop(stacks);
-
-    // This CPU's GDT window: only the hypervisor's two reserved pages are mapped.
-    let gdt_window = GDT_WINDOWS_BASE;
-    let reserved_page = gdt_window + FIRST_RESERVED_GDT_BYTE as u64;
-    for i in 0..2 {
-        let f = aspace
-            .memory_mut()
-            .frames()
-            .alloc_below(EARLY_DIRECT_MAP_SIZE)
-            .ok_or(MemoryError::OutOfFrames("the GDT"))?;
-        // SAFETY: the frame was just allocated, so it is ours; it is direct-mapped.
-        unsafe { phys::zero(f.addr(), PAGE_SIZE) };
-        aspace.map_page(
-            reserved_page + i * PAGE_SIZE,
-            f.addr(),
-            SIZE_4K,
-            Attrs::DATA,
-        )?;
-    }
-    debug_assert!(reserved_page + 2 * PAGE_SIZE <= gdt_window + GDT_WINDOW_SIZE);
-
-    // A zeroed page for the GDT window's pages no guest frame fills (selectors reach the
+    // A zeroed page for the GDT windows' pages no guest frame fills (selectors reach the
     // whole 64 KiB window).
     let zero = aspace
         .memory_mut()
@@ -479,14 +535,7 @@ pub fn build_kernel_space(
         .ok_or(MemoryError::OutOfFrames("the GDT"))?;
     // SAFETY: the frame was just allocated; it is direct-mapped.
     unsafe { phys::zero(zero.addr(), PAGE_SIZE) };
-    for i in 0..FIRST_RESERVED_GDT_BYTE as u64 / PAGE_SIZE {
-        aspace.map_page(
-            gdt_window + i * PAGE_SIZE,
-            zero.addr(),
-            SIZE_4K,
-            Attrs::RODATA,
-        )?;
-    }
+    let cpu0 = map_cpu_space(&mut aspace, 0, zero)?;
     *GDT_STATE.lock() = Some((aspace.root(), zero));
 
     let root = aspace.root();
@@ -495,12 +544,7 @@ pub fn build_kernel_space(
     // tables themselves) and everything set up above.
     unsafe { hw_paging::activate(root) };
     Ok(KernelSpace {
-        main_stack_top: tops[0],
-        ist_double_fault: tops[1],
-        ist_nmi: tops[2],
-        ist_machine_check: tops[3],
-        gdt_window,
-        gdt_reserved_page: reserved_page,
+        cpu0,
         apic_mmio,
         tables_root: root,
         direct_mapped,

@@ -13,7 +13,10 @@
 use ferrovisor::mm::frame_table::DomId;
 
 use crate::{
-    arch::x86_64::{cpu, irq, percpu, trap::TrapFrame},
+    arch::x86_64::{
+        cpu, irq, percpu, smp,
+        trap::{self, TrapFrame},
+    },
     clock,
     domain::{self, Domain, Domains},
     memory,
@@ -252,7 +255,39 @@ pub fn reschedule(frame: &mut TrapFrame) {
         if done {
             return;
         }
-        irq::enable_and_wait();
-        irq::disable();
+        idle_wait();
     }
+}
+
+/// Where a CPU other than the boot CPU goes once it is up: it idles until a vCPU is
+/// runnable and on no other CPU, and enters it; from then on it runs from traps, like the
+/// boot CPU (and comes back to idling in `reschedule`).
+pub fn run_idle() -> ! {
+    let mut frame = TrapFrame::default();
+    loop {
+        irq::disable();
+        let picked = domain::with_domains(|doms| {
+            let next = pick_next(doms, None)?;
+            switch_to(doms, &mut frame, next);
+            Some(())
+        });
+        if picked.is_some() {
+            crate::guest::before_return(&mut frame);
+            // SAFETY: the frame is a vCPU's saved ring-3 context (its registers with the
+            // guest's flat selectors and IF set, as every guest frame is kept), and its
+            // address space was just loaded by `switch_to` (or by `reschedule`, if
+            // `before_return` moved to another vCPU).
+            unsafe { trap::return_to(&frame) }
+        }
+        idle_wait();
+    }
+}
+
+/// Halts until an interrupt (a tick, or a kick from a CPU that made a vCPU runnable),
+/// marked idle meanwhile; returns with interrupts off.
+fn idle_wait() {
+    smp::set_idle(true);
+    irq::enable_and_wait();
+    irq::disable();
+    smp::set_idle(false);
 }

@@ -4,7 +4,7 @@ use alloc::boxed::Box;
 
 use ferrovisor::{
     cmdline::{self, Cmdline},
-    mm::{layout::STACK_SIZE, HumanSize, PhysRange},
+    mm::{layout::STACK_SIZE, HumanSize, Mfn, PhysRange},
     multiboot2::{self, BootInfo},
     time::rtc,
 };
@@ -17,10 +17,10 @@ use crate::{
         gdt::{self, Tss},
         idt, irq,
         percpu::{self, PerCpu},
-        phys, pit, rtc as cmos, syscall,
+        phys, pit, rtc as cmos, smp, syscall,
     },
     clock, console, dom0, domain, fatal,
-    memory::{self, KernelSpace},
+    memory::{self, CpuSpace, KernelSpace},
     selftest,
 };
 
@@ -157,7 +157,7 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
         space.tables_root,
         HumanSize(space.direct_mapped)
     );
-    let stack_top = space.main_stack_top;
+    let stack_top = space.cpu0.main_stack_top;
     let ram_end = info
         .memory_map
         .iter()
@@ -199,37 +199,8 @@ extern "C" fn boot_on_main_stack() -> ! {
     }
 
     // Descriptor tables: the per-CPU GDT window and TSS, then the IDT with its IST stacks.
-    let mut tss = Tss::new();
-    tss.rsp[0] = space.main_stack_top;
-    tss.ist[gdt::IST_DOUBLE_FAULT as usize - 1] = space.ist_double_fault;
-    tss.ist[gdt::IST_NMI as usize - 1] = space.ist_nmi;
-    tss.ist[gdt::IST_MACHINE_CHECK as usize - 1] = space.ist_machine_check;
-    let tss: &'static Tss = Box::leak(Box::new(tss));
-    // SAFETY: the window's reserved pages were mapped by `build_kernel_space`; the TSS is
-    // leaked, so it lives (unmoved) forever.
-    unsafe { gdt::load(space.gdt_window, space.gdt_reserved_page, tss) };
-    // SAFETY: `gdt::load` just loaded HYPERVISOR_CS, and the TSS holds the three IST stacks.
-    unsafe {
-        idt::load(
-            gdt::selector::HYPERVISOR_CS,
-            &[
-                (8, gdt::IST_DOUBLE_FAULT),
-                (2, gdt::IST_NMI),
-                (18, gdt::IST_MACHINE_CHECK),
-            ],
-        )
-    };
-    percpu::install(Box::leak(Box::new(PerCpu {
-        self_ptr: 0,
-        stack_top: space.main_stack_top,
-        scratch_rsp: 0,
-        cpu: 0,
-        _pad: 0,
-    })));
-    syscall::init();
-    cpu::enable_global_pages();
-    cpu::enable_guest_fpu();
-    let (smep, smap, umip) = cpu::enable_protections(&boot.features);
+    init_this_cpu(0, &space.cpu0, &boot.features);
+    let (smep, smap, umip) = (boot.features.smep, boot.features.smap, boot.features.umip);
     let on = |b: bool| if b { "on" } else { "absent" };
     log::info!(
         "cpu: GDT/TSS/IDT loaded, {} KiB guarded stack; SMEP {}, SMAP {}, UMIP {}",
@@ -245,9 +216,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     if dom0::reserve_memory(boot.cmdline.dom0_mem.as_ref()).is_err() {
         can_start_dom0 = false;
     }
-    if let Some(n) = boot.cmdline.maxcpus {
-        log::info!("smp: maxcpus={n}; only the boot CPU runs until SMP bring-up exists");
-    }
+    start_other_cpus(boot);
     log::info!("memory: {} free", HumanSize(memory::free_bytes()));
 
     if !can_start_dom0 {
@@ -278,6 +247,122 @@ extern "C" fn boot_on_main_stack() -> ! {
             fatal::halt(Verdict::Refused)
         }
     }
+}
+
+/// Brings this CPU (index `cpu`) to the state every CPU runs guests in: its GDT window and
+/// TSS (stacks from `space`), the IDT, the per-CPU area, SYSCALL, global pages, the FPU for
+/// guests and the supervisor protections.
+fn init_this_cpu(cpu: u32, space: &CpuSpace, features: &Features) {
+    let mut tss = Tss::new();
+    tss.rsp[0] = space.main_stack_top;
+    tss.ist[gdt::IST_DOUBLE_FAULT as usize - 1] = space.ist_double_fault;
+    tss.ist[gdt::IST_NMI as usize - 1] = space.ist_nmi;
+    tss.ist[gdt::IST_MACHINE_CHECK as usize - 1] = space.ist_machine_check;
+    let tss: &'static Tss = Box::leak(Box::new(tss));
+    // SAFETY: the window's reserved pages were mapped by `map_cpu_space` for this CPU; the
+    // TSS is leaked, so it lives (unmoved) forever.
+    unsafe { gdt::load(cpu, space.gdt_window, space.gdt_reserved_page, tss) };
+    let ist = [
+        (8, gdt::IST_DOUBLE_FAULT),
+        (2, gdt::IST_NMI),
+        (18, gdt::IST_MACHINE_CHECK),
+    ];
+    if cpu == 0 {
+        // SAFETY: `gdt::load` just loaded HYPERVISOR_CS, and the TSS holds the IST stacks.
+        unsafe { idt::load(gdt::selector::HYPERVISOR_CS, &ist) };
+    } else {
+        // SAFETY: the boot CPU wrote the gates for HYPERVISOR_CS and these IST slots, which
+        // this CPU's GDT and TSS now provide.
+        unsafe { idt::load_shared() };
+    }
+    percpu::install(Box::leak(Box::new(PerCpu {
+        self_ptr: 0,
+        stack_top: space.main_stack_top,
+        scratch_rsp: 0,
+        cpu,
+        _pad: 0,
+    })));
+    syscall::init();
+    cpu::enable_global_pages();
+    cpu::enable_guest_fpu();
+    cpu::enable_protections(features);
+}
+
+/// Each application processor's stacks and GDT window, set up by the boot CPU before it
+/// lets the processor go on.
+static CPU_SPACES: spin::Mutex<[Option<CpuSpace>; smp::MAX_CPUS]> =
+    spin::Mutex::new([None; smp::MAX_CPUS]);
+
+/// Where the application processors start (a page below 1 MiB: the STARTUP IPI's vector
+/// names it). 0x8000 is RAM on PCs and QEMU; it must be in an available range of the
+/// memory map.
+const TRAMPOLINE: PhysRange = PhysRange::new(0x8000, 0x9000);
+
+/// Starts the other CPUs (up to `maxcpus=` in all).
+fn start_other_cpus(boot: &Boot) {
+    let max = boot
+        .cmdline
+        .maxcpus
+        .unwrap_or(smp::MAX_CPUS as u32)
+        .clamp(1, smp::MAX_CPUS as u32);
+    if max == 1 {
+        log::info!("smp: maxcpus=1, only the boot CPU runs");
+        return;
+    }
+    let low_ram =
+        boot.info.memory_map.iter().any(|r| {
+            r.kind.is_ram() && r.base <= TRAMPOLINE.start && r.base + r.len >= TRAMPOLINE.end
+        });
+    if !low_ram {
+        log::warn!(
+            "smp: {:#x} is not RAM in the memory map; the other CPUs are not started",
+            TRAMPOLINE.start
+        );
+        return;
+    }
+    let started = smp::start_aps(Mfn::containing(TRAMPOLINE.start), max, 100, |cpu| {
+        match memory::new_cpu_space(cpu) {
+            Ok(space) => {
+                CPU_SPACES.lock()[cpu as usize] = Some(space);
+                Some(space.main_stack_top)
+            }
+            Err(e) => {
+                log::error!("smp: no memory for CPU {cpu}'s stacks: {e}");
+                None
+            }
+        }
+    });
+    log::info!(
+        "smp: {} CPU{} running ({} answered the start-up IPIs{})",
+        started.started + 1,
+        if started.started == 0 { "" } else { "s" },
+        started.answered,
+        match boot.cmdline.maxcpus {
+            Some(n) => alloc::format!(", maxcpus={n}"),
+            None => alloc::string::String::new(),
+        }
+    );
+}
+
+/// Called by `boot/ap_trampoline.S` on an application processor, on its own stack, with
+/// the hypervisor's page tables: `ticket` + 1 is its CPU index.
+#[no_mangle]
+pub extern "C" fn ap_main(ticket: u32) -> ! {
+    let cpu = ticket + 1;
+    let (Some(boot), Some(space)) = (
+        BOOT.get(),
+        CPU_SPACES.lock().get(cpu as usize).copied().flatten(),
+    ) else {
+        irq::halt_forever()
+    };
+    init_this_cpu(cpu, &space, &boot.features);
+    // SAFETY: as on the boot CPU (`start_time`): the APIC page is mapped uncached for
+    // good; each CPU reaches its own APIC at the same address.
+    unsafe { apic::init(boot.features.x2apic, boot.space.apic_mmio) };
+    apic::start_timer(TICK_NS, clock::tsc_hz());
+    smp::mark_online(cpu);
+    log::info!("smp: CPU {cpu} up (APIC id {})", apic::id());
+    crate::sched::run_idle()
 }
 
 /// TSC calibration, the wall clock from the RTC, and the APIC timer tick.
@@ -326,6 +411,7 @@ fn start_time(boot: &Boot) {
     // at `apic_mmio` for good; x2APIC only where CPUID reports it.
     let mode = unsafe { apic::init(boot.features.x2apic, boot.space.apic_mmio) };
     let timer = apic::start_timer(TICK_NS, tsc_hz);
+    smp::mark_online(0);
     irq::enable();
     log::info!(
         "apic: {}, id {}, timer at {} Hz ({})",

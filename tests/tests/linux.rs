@@ -93,7 +93,8 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
     // from an example config, which passes and powers off, and its destruction.
     run(&mut b, "fv list; echo L=$((3*3))", r"L=9");
     b.find(r"Name +ID +Mem VCPUs\tState\tTime\(s\)");
-    b.find(r"Domain-0 +0 +256 +1 +r----- +\d+\.\d");
+    // (dom0 has the two vCPUs `dom0_max_vcpus=2` asked for.)
+    b.find(r"Domain-0 +0 +256 +2 +r----- +\d+\.\d");
     run(
         &mut b,
         "fv create /etc/fv/examples/hello.cfg && echo N=$((4*4))",

@@ -348,7 +348,8 @@ pub fn build_dom0(
     d.store_ring = Some((built.store_mfn, store_port));
     d.console_ring = Some((built.console_mfn, console_port));
     d.console.set_raw_ring_mirror(true);
-    d.pause_count = 0;
+    // Paused until `run_dom0` lets the CPUs pick it.
+    d.pause_count = 1;
     super::with_domains(|doms| doms.insert(Box::new(d)));
     Ok(())
 }

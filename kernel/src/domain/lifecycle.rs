@@ -183,8 +183,19 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
     if target == DOM0 {
         return Err(XenErrno::Einval);
     }
+    // Off every CPU first; paused, no CPU picks it again.
+    super::pause_sync(target).ok_or(XenErrno::Esrch)?;
     let mut d = super::with_domains(|doms| {
         let mut d = doms.remove(target).ok_or(XenErrno::Esrch)?;
+        // Its id stays taken (listed as dying) until its memory is released below.
+        doms.add_dying(
+            target,
+            super::registry::Dying {
+                name: d.name.clone(),
+                uuid: d.uuid,
+                frames: d.p2m.len() as u64,
+            },
+        );
         d.evtchn.reset_each(|closed| {
             let Some(peer) = closed.peer else {
                 return;
@@ -202,18 +213,7 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
         Ok::<_, XenErrno>(d)
     })?;
     let (freed, kept) = release_memory(&mut d);
-    if kept > 0 {
-        super::with_domains(|doms| {
-            doms.add_dying(
-                target,
-                super::registry::Dying {
-                    name: d.name.clone(),
-                    uuid: d.uuid,
-                    frames: kept as u64,
-                },
-            )
-        });
-    }
+    super::with_domains(|doms| doms.set_dying_frames(target, kept as u64));
     log::info!(
         "d{}: destroyed \"{}\": {} frames freed{}",
         target.0,

@@ -42,7 +42,7 @@ use crate::{
         irq::IrqMutex,
         paging as hw_paging, percpu,
         phys::SharedFrame,
-        trap::{self, TrapFrame},
+        trap::TrapFrame,
     },
     clock, fatal,
 };
@@ -317,6 +317,32 @@ impl Domain {
         &mut self.vcpus[self.cur]
     }
 
+    /// The other CPUs (a bit per CPU index) running one of its vCPUs now.
+    pub fn other_cpus(&self) -> u64 {
+        let me = percpu::cpu();
+        self.vcpus
+            .iter()
+            .filter_map(|v| v.on_cpu)
+            .filter(|&c| c != me)
+            .fold(0, |m, c| m | 1u64 << c)
+    }
+
+    /// Flushes the TLBs of the other CPUs running its vCPUs, and waits until they have:
+    /// after a translation in its page tables was removed or changed, before anything
+    /// (a frame's new type, its return to the allocator) relies on its being gone.
+    pub fn flush_other_cpus(&self) {
+        let others = self.other_cpus();
+        if others != 0 {
+            crate::arch::x86_64::smp::flush_tlbs(others);
+        }
+    }
+
+    /// Flushes the TLBs of every CPU running its vCPUs, this one included (the guest's
+    /// `MMUEXT_TLB_FLUSH_ALL` and friends).
+    pub fn flush_all_cpus(&self) {
+        crate::arch::x86_64::smp::flush_tlbs(self.other_cpus() | 1u64 << percpu::cpu());
+    }
+
     /// Runs `f` acting for vCPU `id` (what [`Domain::cur`] returns meanwhile): for the
     /// per-vCPU operations one vCPU may do on behalf of another (`vcpu_op` on a sibling).
     pub fn acting_for<R>(&mut self, id: u32, f: impl FnOnce(&mut Domain) -> R) -> Option<R> {
@@ -340,6 +366,34 @@ impl Domain {
                 v.blocked = false;
             }
         }
+        use crate::arch::x86_64::smp;
+        if let Some(c) = self.vcpus.get(vcpu as usize).and_then(|v| v.on_cpu) {
+            smp::kick(c);
+        }
+        if self.can_run()
+            && self
+                .vcpus
+                .iter()
+                .any(|v| v.on_cpu.is_none() && v.runnable())
+        {
+            smp::kick_idle();
+        }
+    }
+
+    /// Gets other CPUs to act on its vCPUs' new state: a CPU running one re-checks its
+    /// events on the way back to it; a runnable one on no CPU wakes an idle CPU.
+    pub fn kick_vcpus(&self) {
+        use crate::arch::x86_64::smp;
+        let mut waiting = false;
+        for v in &self.vcpus {
+            match v.on_cpu {
+                Some(c) => smp::kick(c),
+                None => waiting |= v.runnable(),
+            }
+        }
+        if waiting && self.can_run() {
+            smp::kick_idle();
+        }
     }
 
     /// A vCPU blocked in `SCHEDOP_block` with an event pending becomes runnable (a
@@ -350,6 +404,35 @@ impl Domain {
             if v.blocked && v.poll.is_none() && pending {
                 v.blocked = false;
             }
+        }
+    }
+}
+
+/// Pauses domain `id` (one more nested pause) and returns once none of its vCPUs is on a
+/// CPU any more, their state saved: what domain control needs before it reads, replaces
+/// or tears down that state. `None` if there is no such domain.
+pub fn pause_sync(id: DomId) -> Option<()> {
+    with_domain(id, |d| {
+        d.pause_count = d.pause_count.saturating_add(1);
+    })?;
+    wait_descheduled(id);
+    Some(())
+}
+
+/// Waits until no vCPU of domain `id` (paused or stopped, so no CPU picks it again) is on
+/// a CPU; the CPUs running one are kicked, and switch away on their way back to it.
+pub fn wait_descheduled(id: DomId) {
+    loop {
+        let on_cpu = with_domain(id, |d| {
+            d.kick_vcpus();
+            d.vcpus.iter().any(|v| v.on_cpu.is_some())
+        });
+        if on_cpu != Some(true) {
+            return;
+        }
+        for _ in 0..1000 {
+            crate::arch::x86_64::smp::serve_flush();
+            core::hint::spin_loop();
         }
     }
 }
@@ -367,37 +450,29 @@ pub fn init_frame_table(max_addr: u64) {
 
 /// Enters dom0 for the first time; never returns (the hypervisor runs from traps from now).
 pub fn run_dom0() -> ! {
-    let (l4, regs) = match with_domains(|doms| {
-        doms.set_running_here(Some((DOM0, 0)));
-        let d = doms.current()?;
-        d.cur_mut().on_cpu = Some(percpu::cpu());
-        d.publish_time();
+    let started = with_domain(DOM0, |d| {
         d.publish_wallclock();
         log::info!("dom0: shared info page at {}", d.shared_info);
-        Some((d.cur().kernel_l4, d.cur().regs))
-    }) {
-        Some(started) => started,
-        None => {
-            log::error!("dom0 was not built");
-            fatal::halt(Verdict::Refused);
-        }
-    };
-    log::info!("dom0: starting at {:#x} in ring 3", regs.rip);
-    // SAFETY: the L4 was validated by the frame table, which filled its hypervisor slots
-    // (256..=271) from the hypervisor's own L4: this code, its stack and data stay mapped.
-    unsafe { hw_paging::activate(l4) };
-    // SAFETY: a ring-3 frame with the guest's flat selectors, IF set, IOPL 0, entering
-    // the kernel's entry point in the address space just loaded.
-    unsafe { trap::return_to(&regs) }
+        log::info!("dom0: starting at {:#x} in ring 3", d.vcpus[0].regs.rip);
+        // Built paused: from here any CPU may pick its first vCPU.
+        d.pause_count = 0;
+    });
+    if started.is_none() {
+        log::error!("dom0 was not built");
+        fatal::halt(Verdict::Refused);
+    }
+    crate::sched::run_idle()
 }
 
 impl Domain {
-    /// Whether a frame is this domain's (what guest-memory copies check).
+    /// Whether a frame is this domain's (what guest-memory copies check). Refused while
+    /// this CPU itself holds the frame table (a copy must not run inside its lock); another
+    /// CPU holding it is waited for.
     fn owns(&self) -> OwnsFrame {
         let id = self.id;
         Box::new(move |mfn: Mfn| {
             FRAME_TABLE
-                .try_lock()
+                .lock_unless_held_here()
                 .and_then(|ft| ft.as_ref().and_then(|t| t.info(mfn).map(|i| i.owner)))
                 == Some(Owner::Domain(id))
         })

@@ -11,8 +11,7 @@ use ferrovisor::mm::frame_table::DomId;
 use super::Domain;
 use crate::arch::x86_64::{irq::IrqMutex, percpu};
 
-/// Physical CPUs the hypervisor can run vCPUs on.
-pub const MAX_CPUS: usize = 16;
+use crate::arch::x86_64::smp::MAX_CPUS;
 
 /// The domains, by id.
 pub struct Domains {

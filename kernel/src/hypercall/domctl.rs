@@ -70,12 +70,17 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
             req.domain = id.0;
         }
         DomctlCmd::DestroyDomain => lifecycle::destroy(&p, target)?,
-        DomctlCmd::PauseDomain => on_domu(target, |d| {
-            d.pause_count = d.pause_count.checked_add(1).ok_or(XenErrno::Eoverflow)?;
-            Ok(())
-        })?,
+        DomctlCmd::PauseDomain => {
+            on_domu(target, |d| match d.pause_count.checked_add(1) {
+                Some(_) => Ok(()),
+                None => Err(XenErrno::Eoverflow),
+            })?;
+            // Returns with its vCPUs off every CPU, their state saved (as Xen's pause).
+            domain::pause_sync(target).ok_or(XenErrno::Esrch)?;
+        }
         DomctlCmd::UnpauseDomain => on_domu(target, |d| {
             d.pause_count = d.pause_count.checked_sub(1).ok_or(XenErrno::Einval)?;
+            d.kick_vcpus();
             Ok(())
         })?,
         DomctlCmd::GetDomainInfo => {

@@ -352,6 +352,8 @@ fn unmap_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> 
         } else {
             hw_paging::flush_tlb_local();
         }
+        // No CPU may keep the translation once the granter has its frame back.
+        caller.flush_other_cpus();
         mt.unmap(&mut Granters(doms), &op)
     })
     .ok_or(XenErrno::Esrch)?;

@@ -13,7 +13,7 @@ use ferrovisor::pv::descriptor;
 use ferrovisor_abi::{
     errno::XenErrno,
     xen::xen::{
-        foreigndom_fd, MmuUpdate, MmuUpdateCmd, MmuextCmd, MmuextOp, DOMID_SELF,
+        foreigndom_fd, MmuUpdate, MmuUpdateCmd, MmuextCmd, MmuextOp, DOMID_SELF, UVMF_ALL,
         UVMF_FLUSHTYPE_MASK, UVMF_INVLPG, UVMF_TLB_FLUSH,
     },
 };
@@ -28,6 +28,8 @@ use crate::{
     domain::{self, Domain, FRAME_TABLE},
     memory,
 };
+
+const PTE_PRESENT: u64 = 1;
 
 /// Most requests one call handles before it stops (the caller retries with the rest);
 /// keeps one hypercall's work bounded.
@@ -122,11 +124,21 @@ fn one_update(
             let index = ((addr % PAGE_SIZE) / 8) as usize;
             with_ft(|ft| {
                 let mut mem = tables();
+                let old = {
+                    use ferrovisor::mm::frame_table::PageTableMemory;
+                    mem.read(mfn, index)
+                };
                 match ft
                     .update_entry_as(mfn, index, req.val, d.id, pg_owner, &mut mem)
                     .map_err(mm_errno)?
                 {
-                    UpdateOutcome::Validated(_) => Ok(()),
+                    UpdateOutcome::Validated(_) => {
+                        // A translation other CPUs may have cached went away or changed.
+                        if old & PTE_PRESENT != 0 {
+                            d.flush_other_cpus();
+                        }
+                        Ok(())
+                    }
                     // Not a page table: an ordinary write to one of the domain's pages.
                     UpdateOutcome::PlainWrite => {
                         use ferrovisor::mm::frame_table::PageTableMemory;
@@ -225,12 +237,21 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
             d.cur_mut().pv.has_user_page_tables = new.is_some();
             Ok(())
         }
-        MmuextCmd::TlbFlushLocal | MmuextCmd::TlbFlushMulti | MmuextCmd::TlbFlushAll => {
+        MmuextCmd::TlbFlushLocal => {
             hw_paging::flush_tlb_local();
             Ok(())
         }
-        MmuextCmd::InvlpgLocal | MmuextCmd::InvlpgMulti | MmuextCmd::InvlpgAll => {
+        MmuextCmd::InvlpgLocal => {
             hw_paging::invlpg(op.arg1);
+            Ok(())
+        }
+        // On the CPUs of the vCPUs named (a superset: every CPU running one of the
+        // domain's vCPUs), the whole TLB.
+        MmuextCmd::TlbFlushMulti
+        | MmuextCmd::TlbFlushAll
+        | MmuextCmd::InvlpgMulti
+        | MmuextCmd::InvlpgAll => {
+            d.flush_all_cpus();
             Ok(())
         }
         MmuextCmd::FlushCache | MmuextCmd::FlushCacheGlobal => Ok(()),
@@ -334,11 +355,21 @@ pub fn update_va_mapping([va, val, flags, ..]: [u64; 5]) -> Result {
     domain::with_current(|d| {
         let (l1, index) = d.l1_slot(va).ok_or(XenErrno::Einval)?;
         with_ft(|ft| {
+            let mut mem = tables();
+            let old = {
+                use ferrovisor::mm::frame_table::PageTableMemory;
+                mem.read(l1, index)
+            };
             match ft
-                .update_entry(l1, index, val, d.id, &mut tables())
+                .update_entry(l1, index, val, d.id, &mut mem)
                 .map_err(mm_errno)?
             {
-                UpdateOutcome::Validated(Level::L1) => Ok(()),
+                UpdateOutcome::Validated(Level::L1) => {
+                    if old & PTE_PRESENT != 0 || flags & UVMF_ALL != 0 {
+                        d.flush_other_cpus();
+                    }
+                    Ok(())
+                }
                 _ => Err(XenErrno::Einval),
             }
         })

@@ -64,6 +64,7 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 return Err(XenErrno::Einval);
             }
             v.online = true;
+            d.kick_vcpus();
             Ok(0)
         }),
         // Taking down the running vCPU switches away from it (`hypercall::dispatch`).

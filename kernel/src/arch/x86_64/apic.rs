@@ -13,6 +13,8 @@ const REG_ID: u32 = 0x20;
 const REG_TPR: u32 = 0x80;
 const REG_EOI: u32 = 0xb0;
 const REG_SVR: u32 = 0xf0;
+const REG_ICR_LOW: u32 = 0x300;
+const REG_ICR_HIGH: u32 = 0x310;
 const REG_LVT_TIMER: u32 = 0x320;
 const REG_TIMER_INITIAL: u32 = 0x380;
 const REG_TIMER_CURRENT: u32 = 0x390;
@@ -46,6 +48,62 @@ static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
 static MMIO: AtomicU64 = AtomicU64::new(0);
 /// TSC ticks between two deadline-mode interrupts (0 in periodic mode).
 static DEADLINE_PERIOD: AtomicU64 = AtomicU64::new(0);
+/// The periodic timer's initial count the first CPU calibrated (the others reuse it).
+static PERIODIC_COUNT: AtomicU64 = AtomicU64::new(0);
+
+/// What an inter-processor interrupt does at its destination (the ICR's delivery mode).
+#[derive(Clone, Copy, Debug)]
+pub enum Ipi {
+    /// Interrupt `vector`.
+    Fixed(u8),
+    /// INIT: the processor resets and waits for a STARTUP.
+    Init,
+    /// STARTUP: the processor starts in real mode at page `vector` (address vector << 12).
+    Startup(u8),
+}
+
+/// Where an inter-processor interrupt goes.
+#[derive(Clone, Copy, Debug)]
+pub enum Dest {
+    /// The processor with this APIC id.
+    Id(u32),
+    /// Every processor but this one.
+    AllButSelf,
+}
+
+/// Sends an inter-processor interrupt and waits until the local APIC has sent it.
+pub fn send_ipi(ipi: Ipi, dest: Dest) {
+    const ASSERT: u32 = 1 << 14;
+    const ALL_BUT_SELF: u32 = 0b11 << 18;
+    const PENDING: u32 = 1 << 12;
+    let mode = match ipi {
+        Ipi::Fixed(v) => v as u32,
+        Ipi::Init => 0b101 << 8 | ASSERT,
+        Ipi::Startup(page) => 0b110 << 8 | ASSERT | page as u32,
+    };
+    let (low, id) = match dest {
+        Dest::Id(id) => (mode, id),
+        Dest::AllButSelf => (mode | ALL_BUT_SELF, 0),
+    };
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: x2APIC mode is on; its ICR is one 64-bit MSR (destination in the high
+        // half), and writing it only sends the interrupt.
+        MODE_X2APIC => unsafe {
+            msr::write(
+                msr::X2APIC_BASE + REG_ICR_LOW / 16,
+                (id as u64) << 32 | low as u64,
+            )
+        },
+        MODE_XAPIC => {
+            write(REG_ICR_HIGH, id << 24);
+            write(REG_ICR_LOW, low);
+            while read(REG_ICR_LOW) & PENDING != 0 {
+                core::hint::spin_loop();
+            }
+        }
+        _ => {}
+    }
+}
 
 /// The physical address of the xAPIC registers, from IA32_APIC_BASE.
 pub fn mmio_phys() -> u64 {
@@ -136,6 +194,13 @@ pub fn start_timer(period_ns: u64, tsc_hz: u64) -> TimerMode {
         arm_deadline(period);
         return TimerMode::TscDeadline;
     }
+    let known = PERIODIC_COUNT.load(Ordering::Relaxed) as u32;
+    if known != 0 {
+        write(REG_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR as u32);
+        write(REG_TIMER_DIVIDE, 0x3);
+        write(REG_TIMER_INITIAL, known);
+        return TimerMode::Periodic;
+    }
     // Count the APIC timer down (divide by 16) for 10 ms of TSC time, masked.
     write(REG_TIMER_DIVIDE, 0x3);
     write(REG_LVT_TIMER, LVT_MASKED | TIMER_VECTOR as u32);
@@ -149,6 +214,7 @@ pub fn start_timer(period_ns: u64, tsc_hz: u64) -> TimerMode {
     write(REG_TIMER_INITIAL, 0);
     let apic_hz = elapsed as u64 * 100;
     let count = (apic_hz * period_ns / 1_000_000_000).clamp(1, u32::MAX as u64) as u32;
+    PERIODIC_COUNT.store(count as u64, Ordering::Relaxed);
     write(REG_LVT_TIMER, LVT_PERIODIC | TIMER_VECTOR as u32);
     write(REG_TIMER_DIVIDE, 0x3);
     write(REG_TIMER_INITIAL, count);

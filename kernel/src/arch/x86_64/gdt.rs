@@ -23,8 +23,9 @@ pub mod selector {
     pub const LDT: u16 = 0xe050;
 }
 
-/// This CPU's reserved GDT page (set by `load`), where the LDT descriptor is written.
-static RESERVED_PAGE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Each CPU's reserved GDT page (set by `load`), where its LDT descriptor is written.
+static RESERVED_PAGE: [core::sync::atomic::AtomicU64; super::smp::MAX_CPUS] =
+    [const { core::sync::atomic::AtomicU64::new(0) }; super::smp::MAX_CPUS];
 
 /// Loads an LDT of `entries` descriptors at hypervisor address `base` (the CPU's LDT
 /// window), or none when `entries` is 0.
@@ -33,7 +34,9 @@ static RESERVED_PAGE: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 /// `base..base + entries * 8` must be mapped (the LDT window holding checked descriptor
 /// pages) for as long as this LDT is loaded.
 pub unsafe fn load_ldt(base: u64, entries: u32) {
-    let page = RESERVED_PAGE.load(core::sync::atomic::Ordering::Relaxed);
+    let page = RESERVED_PAGE
+        .get(super::percpu::cpu() as usize)
+        .map_or(0, |p| p.load(core::sync::atomic::Ordering::Relaxed));
     if entries == 0 || page == 0 {
         // SAFETY: a null LDT selector only makes LDT selectors fault.
         unsafe { core::arch::asm!("lldt {0:x}", in(reg) 0u64, options(nostack)) };
@@ -119,14 +122,17 @@ fn tss_descriptor(base: u64) -> (u64, u64) {
 /// segment registers and loads the TSS.
 ///
 /// # Safety
-/// `window` must be this CPU's GDT window with its reserved pages mapped writable at
-/// `reserved_page`, and `tss` must stay alive and unmoved for as long as the CPU runs.
-pub unsafe fn load(window: u64, reserved_page: u64, tss: &'static Tss) {
+/// `window` must be this CPU's (index `cpu`) GDT window with its reserved pages mapped
+/// writable at `reserved_page`, and `tss` must stay alive and unmoved for as long as the
+/// CPU runs.
+pub unsafe fn load(cpu: u32, window: u64, reserved_page: u64, tss: &'static Tss) {
     let entry = |sel: u16| -> *mut u64 {
         let index = (sel as usize >> 3) - FIRST_RESERVED_GDT_ENTRY;
         (reserved_page as *mut u64).wrapping_add(index)
     };
-    RESERVED_PAGE.store(reserved_page, core::sync::atomic::Ordering::Relaxed);
+    if let Some(p) = RESERVED_PAGE.get(cpu as usize) {
+        p.store(reserved_page, core::sync::atomic::Ordering::Relaxed);
+    }
     let (tss_low, tss_high) = tss_descriptor(tss as *const Tss as u64);
     // SAFETY: every selector below lies in the reserved page the caller mapped for us.
     unsafe {

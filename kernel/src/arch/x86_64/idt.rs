@@ -36,6 +36,21 @@ const INTERRUPT_GATE: u8 = 0x8e;
 /// a PV guest (its kernel included, in ring 3) executes directly, as under Xen.
 const USER_INTERRUPT_GATE: u8 = 0xee;
 
+/// Loads the IDT the boot CPU set up (`load`) on this CPU.
+///
+/// # Safety
+/// The boot CPU's `load` ran, and this CPU's GDT and TSS match it (the same code selector,
+/// the IST slots filled).
+pub unsafe fn load_shared() {
+    let idt = IDT.lock();
+    let ptr = x86::dtables::DescriptorTablePointer::<Gate> {
+        limit: (core::mem::size_of::<Idt>() - 1) as u16,
+        base: idt.0.as_ptr(),
+    };
+    // SAFETY: the IDT is a static with valid gates (the caller's contract).
+    unsafe { x86::dtables::lidt(&ptr) };
+}
+
 /// (Re)writes every gate for code selector `cs`, with the IST slots given for particular
 /// vectors, and loads the IDT on this CPU.
 ///

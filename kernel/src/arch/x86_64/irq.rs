@@ -1,6 +1,9 @@
 //! Interrupt-flag control and a spinlock that is safe to take from interrupt handlers.
 
-use core::ops::{Deref, DerefMut};
+use core::{
+    ops::{Deref, DerefMut},
+    sync::atomic::{AtomicU32, Ordering},
+};
 
 /// Whether interrupts are enabled on this CPU.
 pub fn enabled() -> bool {
@@ -37,25 +40,58 @@ pub fn halt_forever() -> ! {
 /// CPU can never spin on a lock its own CPU holds.
 pub struct IrqMutex<T> {
     inner: spin::Mutex<T>,
+    /// The CPU holding it ([`NOBODY`] when free), so that code that may run with the lock
+    /// already held by its own CPU can tell that from another CPU holding it.
+    holder: AtomicU32,
 }
 
 pub struct IrqGuard<'a, T> {
     guard: Option<spin::MutexGuard<'a, T>>,
+    holder: &'a AtomicU32,
     reenable: bool,
+}
+
+const NOBODY: u32 = u32::MAX;
+/// What a CPU that has no per-CPU area yet (one still starting) records as holder.
+const STARTING_CPU: u32 = u32::MAX - 1;
+
+fn this_cpu() -> u32 {
+    super::percpu::try_cpu().unwrap_or(STARTING_CPU)
 }
 
 impl<T> IrqMutex<T> {
     pub const fn new(value: T) -> Self {
         IrqMutex {
             inner: spin::Mutex::new(value),
+            holder: AtomicU32::new(NOBODY),
         }
     }
 
+    /// Takes the lock (waiting for another CPU to release it), unless this CPU already
+    /// holds it: then `None`, where a plain `lock` would wait for ever.
+    pub fn lock_unless_held_here(&self) -> Option<IrqGuard<'_, T>> {
+        if self.holder.load(Ordering::Acquire) == this_cpu() {
+            return None;
+        }
+        Some(self.lock())
+    }
+
+    /// Takes the lock, spinning until it is free. While it spins the CPU serves TLB-flush
+    /// requests from other CPUs (`smp::flush_tlbs`), which may be holding this lock.
     pub fn lock(&self) -> IrqGuard<'_, T> {
         let reenable = enabled();
         disable();
+        let guard = loop {
+            if let Some(g) = self.inner.try_lock() {
+                break g;
+            }
+            super::smp::serve_flush();
+            core::hint::spin_loop();
+        };
+        self.holder.store(this_cpu(), Ordering::Release);
         IrqGuard {
-            guard: Some(self.inner.lock()),
+            guard: Some(guard),
+            holder: &self.holder,
             reenable,
         }
     }
@@ -66,10 +102,14 @@ impl<T> IrqMutex<T> {
         let reenable = enabled();
         disable();
         match self.inner.try_lock() {
-            Some(g) => Some(IrqGuard {
-                guard: Some(g),
-                reenable,
-            }),
+            Some(g) => {
+                self.holder.store(this_cpu(), Ordering::Release);
+                Some(IrqGuard {
+                    guard: Some(g),
+                    holder: &self.holder,
+                    reenable,
+                })
+            }
             None => {
                 if reenable {
                     enable();
@@ -95,6 +135,7 @@ impl<T> DerefMut for IrqGuard<'_, T> {
 
 impl<T> Drop for IrqGuard<'_, T> {
     fn drop(&mut self) {
+        self.holder.store(NOBODY, Ordering::Release);
         drop(self.guard.take());
         if self.reenable {
             enable();

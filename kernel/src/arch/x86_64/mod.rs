@@ -17,6 +17,7 @@ pub mod pit;
 pub mod port;
 pub mod rtc;
 pub mod serial;
+pub mod smp;
 pub mod syscall;
 pub mod trap;
 pub mod vga;

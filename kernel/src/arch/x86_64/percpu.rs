@@ -51,6 +51,14 @@ pub fn cpu() -> u32 {
     unsafe { (*(base as *const PerCpu)).cpu }
 }
 
+/// This CPU's index, or `None` before `install` ran on it.
+pub fn try_cpu() -> Option<u32> {
+    // SAFETY: reading the GS base MSR has no side effects.
+    let base = unsafe { msr::read(IA32_GS_BASE) };
+    // SAFETY: as in `cpu`.
+    (base != 0).then(|| unsafe { (*(base as *const PerCpu)).cpu })
+}
+
 /// After a fault on the `iretq` back to a guest: the exit path had already swapped the
 /// guest's GS base in; swap the hypervisor's back before any code relies on it.
 ///
