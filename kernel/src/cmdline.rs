@@ -507,8 +507,10 @@ impl fmt::Display for Diagnostic<'_> {
 pub struct Cmdline<'a> {
     pub raw: &'a str,
     pub dom0_mem: Option<Dom0Mem>,
+    /// `maxcpus=`: how many physical CPUs run (default: all that answer, up to 16).
     pub maxcpus: Option<u32>,
-    /// `dom0_max_vcpus=`: how many vCPUs dom0 gets (default 1).
+    /// `dom0_max_vcpus=`: how many vCPUs dom0 gets (default, as in Xen: one per running
+    /// physical CPU).
     pub dom0_max_vcpus: Option<u32>,
     pub loglvl: LogLevel,
     pub console: ConsoleSet,

@@ -11,7 +11,7 @@ use crate::{
     arch::x86_64::{
         cpu,
         debug_exit::{self, Verdict},
-        irq,
+        irq, smp,
         trap::TrapFrame,
     },
     console, memory,
@@ -23,6 +23,7 @@ static DYING: AtomicBool = AtomicBool::new(false);
 /// Stops the machine with `verdict`, after a last line (printed whatever `loglvl=` says).
 pub fn halt(verdict: Verdict) -> ! {
     irq::disable();
+    smp::stop_others();
     let mut w = console::take_over();
     let _ = writeln!(w, "hypervisor halted");
     debug_exit::report(verdict);
@@ -70,6 +71,7 @@ pub fn exception(frame: &TrapFrame) -> ! {
     if DYING.swap(true, Ordering::SeqCst) {
         irq::halt_forever();
     }
+    smp::stop_others();
     let mut w = console::take_over();
     let vector = frame.vector as usize;
     let (name, mnemonic) = EXCEPTIONS
@@ -171,6 +173,7 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
     if DYING.swap(true, Ordering::SeqCst) {
         irq::halt_forever();
     }
+    smp::stop_others();
     let mut w = console::take_over();
     match info.location() {
         Some(l) => {

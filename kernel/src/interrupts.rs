@@ -33,6 +33,10 @@ pub fn dispatch(frame: &mut TrapFrame) {
         SYSCALL_VECTOR => guest::syscall(frame),
         // Never log here: an NMI can arrive while this CPU holds the console lock.
         NMI => {
+            // Another CPU stopped the machine.
+            if smp::stopping() {
+                crate::arch::x86_64::irq::halt_forever();
+            }
             NMIS.fetch_add(1, Ordering::Relaxed);
         }
         v if v < 32 && from_guest => guest::exception(frame),

@@ -229,7 +229,11 @@ extern "C" fn boot_on_main_stack() -> ! {
     domain::init_frame_table(boot.ram_end);
     crate::backend::xenstore::init();
     let kernel = &boot.info.modules[0]; // present: checked by `report_modules`
-    let vcpus = boot.cmdline.dom0_max_vcpus.unwrap_or(1);
+                                        // As in Xen: one vCPU per physical CPU unless `dom0_max_vcpus=` says otherwise.
+    let vcpus = boot
+        .cmdline
+        .dom0_max_vcpus
+        .unwrap_or(smp::online_mask().count_ones());
     match domain::build_dom0(
         kernel,
         boot.info.modules.get(1),

@@ -190,12 +190,23 @@ pub fn boot_with_memory(
 /// [`xen::CMDLINE`] (`hypervisor_cmdline` is Ferrovisor's and is not used) and
 /// [`xen::QEMU_ARGS`]; the ISO and the log are named `xen-pv-<name>`.
 pub fn boot_test_kernel(name: &str, hypervisor_cmdline: &str, kernel_cmdline: &str) -> Boot {
+    boot_test_kernel_as(name, name, hypervisor_cmdline, kernel_cmdline)
+}
+
+/// [`boot_test_kernel`] for a second scenario of the same kernel: `run` names its logs
+/// and ISO, so that both can run at once.
+pub fn boot_test_kernel_as(
+    run: &str,
+    name: &str,
+    hypervisor_cmdline: &str,
+    kernel_cmdline: &str,
+) -> Boot {
     let kernel = test_kernel(name);
     if on_xen() {
-        return boot_on_xen(&format!("xen-pv-{name}"), kernel, kernel_cmdline);
+        return boot_on_xen(&format!("xen-pv-{run}"), kernel, kernel_cmdline);
     }
     boot(
-        &format!("pv-{name}"),
+        &format!("pv-{run}"),
         hypervisor_cmdline,
         Modules::Dom0Kernel {
             kernel,

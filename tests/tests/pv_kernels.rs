@@ -181,14 +181,12 @@ fn gdt() {
     b.find(r"\(d0\) pv-test gdt: LDT loaded, selector 0x7 from it, then dropped");
 }
 
-#[test]
-fn smp() {
-    /// dom0 with two vCPUs, as Xen takes it.
-    const SMP_HYPERVISOR_CMDLINE: &str =
-        "dom0_mem=32M dom0_max_vcpus=2 console=com1 loglvl=info debug_exit=0xf4";
-
+/// The `smp` test kernel as dom0 with two vCPUs (as Xen takes `dom0_max_vcpus`), under
+/// hypervisor command line `cmdline` (`run` names the boot's logs); returns the boot for
+/// more checks.
+fn smp_kernel_with(run: &str, cmdline: &str) -> ferrovisor_tests::Boot {
     // `run_kernel`'s checks, with the two-vCPU command line.
-    let mut b = boot_test_kernel("smp", SMP_HYPERVISOR_CMDLINE, "");
+    let mut b = ferrovisor_tests::boot_test_kernel_as(run, "smp", cmdline, "");
     let verdict = format!(r"\(d0\) {} smp: (PASS|FAIL: .*)", contract::VERDICT_PREFIX);
     let matched = b.expect(&verdict);
     if matched.group(1) != "PASS" {
@@ -205,8 +203,10 @@ fn smp() {
     b.find(r"\(d0\) pv-test smp: VCPUOP_initialise\(1\): 0, again: -17; is_up 0");
     b.find(r"\(d0\) pv-test smp: VCPUOP_up\(1\): 0, is_up 1");
     b.find(r"\(d0\) pv-test smp: vCPU 1 up: rdi 1, rsi 0x53507631c0de0001, .*MXCSR 0x1f80, xmm zero; .*int3 handled");
-    b.find(r"\(d0\) pv-test smp: vCPU 0: 200 yields, vCPU 1 progressed across [1-9]\d* of them; xmm, MXCSR 0x7f80 and gs/fs bases intact");
-    b.find(r"\(d0\) pv-test smp: vCPU 1: 200 yields, .*xmm, MXCSR 0x5f80 and gs/fs bases intact");
+    b.find(r"\(d0\) pv-test smp: vCPU 0: \d{3,} yields, vCPU 1 progressed across [1-9]\d* of them; xmm, MXCSR 0x7f80 and gs/fs bases intact");
+    b.find(
+        r"\(d0\) pv-test smp: vCPU 1: \d{3,} yields, .*xmm, MXCSR 0x5f80 and gs/fs bases intact",
+    );
     b.find(r"\(d0\) pv-test smp: IPI port \d+ bound to vCPU 1: 1 upcall hit\(s\) on vCPU 1, 0 on vCPU 0; vCPU 1's SCHEDOP_block returned 0");
     b.find(
         r"\(d0\) pv-test smp: vCPU 1 polled the masked IPI port while vCPU 0 ran; the send woke it",
@@ -216,6 +216,31 @@ fn smp() {
     b.find(
         r"\(d0\) pv-test smp: VCPUOP_up\(1\) again: vCPU 1's VCPUOP_down returned 0; down again",
     );
+    b
+}
+
+/// Two vCPUs on two physical CPUs (QEMU's `-smp 2`): the application processor starts
+/// and the vCPUs run in parallel, events crossing between the CPUs.
+#[test]
+fn smp() {
+    let mut b = smp_kernel_with(
+        "smp",
+        "dom0_mem=32M dom0_max_vcpus=2 console=com1 loglvl=info debug_exit=0xf4",
+    );
+    b.find(r"smp: CPU 1 up \(APIC id \d+\)");
+    b.find(r"smp: 2 CPUs running \(1 answered the start-up IPIs\)");
+}
+
+/// The same two vCPUs sharing one physical CPU (`maxcpus=1` leaves the second halted):
+/// yields, blocking, and the tick's preemption of a vCPU that never calls the hypervisor.
+#[test]
+fn smp_on_one_cpu() {
+    let mut b = smp_kernel_with(
+        "smp-one-cpu",
+        "dom0_mem=32M dom0_max_vcpus=2 maxcpus=1 console=com1 loglvl=info debug_exit=0xf4",
+    );
+    b.find(r"smp: maxcpus=1, only the boot CPU runs");
+    b.assert_absent(r"smp: CPU 1 up");
 }
 
 #[test]

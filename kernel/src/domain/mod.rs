@@ -731,6 +731,7 @@ impl Domain {
         }
         log::info!("d{}: shut down (reason {reason})", self.id.0);
         self.life = Life::Shutdown(reason);
+        self.kick_vcpus(); // its vCPUs on other CPUs stop too
     }
 
     /// The domain crashed (asked to, or did something the hypervisor cannot let it go on
@@ -743,6 +744,7 @@ impl Domain {
         }
         log::error!("d{} crashed: {why}", self.id.0);
         self.life = Life::Crashed;
+        self.kick_vcpus();
     }
 
     /// Its vCPUs, in id order.

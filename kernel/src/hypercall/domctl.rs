@@ -319,7 +319,7 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
         SysctlCmd::PhysInfo => {
             let (total, free) = memory::frame_counts();
             let p = PhysInfo {
-                nr_cpus: 1,
+                nr_cpus: crate::arch::x86_64::smp::online_mask().count_ones(),
                 cpu_khz: (clock::tsc_hz() / 1000) as u32,
                 total_pages: total,
                 free_pages: free,

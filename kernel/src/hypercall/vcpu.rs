@@ -70,6 +70,7 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
         // Taking down the running vCPU switches away from it (`hypercall::dispatch`).
         VcpuOp::Down => on_target(&mut |d| {
             d.cur_mut().online = false;
+            d.kick_vcpus();
             Ok(0)
         }),
         VcpuOp::Initialise => initialise(vcpu, arg),

@@ -56,6 +56,8 @@ static PERIODIC_COUNT: AtomicU64 = AtomicU64::new(0);
 pub enum Ipi {
     /// Interrupt `vector`.
     Fixed(u8),
+    /// A non-maskable interrupt.
+    Nmi,
     /// INIT: the processor resets and waits for a STARTUP.
     Init,
     /// STARTUP: the processor starts in real mode at page `vector` (address vector << 12).
@@ -78,6 +80,7 @@ pub fn send_ipi(ipi: Ipi, dest: Dest) {
     const PENDING: u32 = 1 << 12;
     let mode = match ipi {
         Ipi::Fixed(v) => v as u32,
+        Ipi::Nmi => 0b100 << 8 | ASSERT,
         Ipi::Init => 0b101 << 8 | ASSERT,
         Ipi::Startup(page) => 0b110 << 8 | ASSERT | page as u32,
     };

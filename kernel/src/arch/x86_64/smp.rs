@@ -145,6 +145,23 @@ fn spin_ms(ms: u64) {
     }
 }
 
+/// Set once the machine stops: the other CPUs halt on the NMI that follows.
+static STOPPING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Halts every other CPU (through an NMI, which even a CPU with interrupts off takes), so
+/// that nothing runs on after the hypervisor stops.
+pub fn stop_others() {
+    STOPPING.store(true, Ordering::SeqCst);
+    if online_mask() & !(1u64 << super::percpu::try_cpu().unwrap_or(0)) != 0 {
+        apic::send_ipi(apic::Ipi::Nmi, apic::Dest::AllButSelf);
+    }
+}
+
+/// Whether the machine is stopping (what an NMI checks first).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
 /// Sends `vector` to CPU index `cpu`, if it is online.
 fn send_to(cpu: u32, vector: u8) {
     if online_mask() & (1 << cpu) == 0 {

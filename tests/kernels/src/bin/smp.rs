@@ -1,5 +1,5 @@
-//! `smp`: a second vCPU, brought up the way Linux brings up its secondary CPUs, sharing
-//! one physical CPU with vCPU 0 (dom0 booted with `dom0_max_vcpus=2`).
+//! `smp`: a second vCPU, brought up the way Linux brings up its secondary CPUs (dom0
+//! booted with `dom0_max_vcpus=2`), on its own physical CPU or sharing one with vCPU 0.
 //!
 //! 1. vCPU 0 probes: `VCPUOP_is_up` is 1 for itself, 0 for vCPU 1, `-ENOENT` for vCPU 2;
 //!    `VCPUOP_up(1)` before `VCPUOP_initialise` is `-EINVAL`.
@@ -12,8 +12,10 @@
 //!    0x1f80, xmm zero: nothing of vCPU 0's), its GS/FS bases, events masked in its
 //!    `vcpu_info`, its own clock agreeing with vCPU 0's, and an `int3` handled through the
 //!    context's trap table.
-//! 4. Both load distinct xmm/MXCSR values and take turns with `SCHEDOP_yield`, each
-//!    counting; afterwards each still has its own registers and segment bases.
+//! 4. Both load distinct xmm/MXCSR values and yield (`SCHEDOP_yield`) at least 200 times
+//!    each, until each has seen the other make progress (on one physical CPU they take
+//!    turns; on two they run side by side); afterwards each still has its own registers
+//!    and segment bases.
 //! 5. vCPU 0 binds an IPI port to vCPU 1 and sends on it while vCPU 1 is in
 //!    `SCHEDOP_block`: the upcall runs on vCPU 1 (told apart by its stack), never on vCPU 0
 //!    (whose events are unmasked meanwhile), and vCPU 1's block returns.
@@ -51,8 +53,9 @@ pvrt::test_kernel!(name: "smp", main: test_main);
 
 /// The secondary vCPU.
 const VCPU1: u32 = 1;
-/// `SCHEDOP_yield` rounds each vCPU counts.
+/// `SCHEDOP_yield` rounds each vCPU counts at least, and at most.
 const YIELD_ROUNDS: u64 = 200;
+const YIELD_LIMIT: u64 = 1_000_000;
 /// How long vCPU 1 spins without hypercalls.
 const SPIN_MS: u64 = 50;
 /// vCPU 1's stack, in scratch pages.
@@ -96,6 +99,8 @@ static READY1: AtomicBool = AtomicBool::new(false);
 /// The yield rounds each vCPU finished.
 static ROUNDS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 static YIELD_DONE1: AtomicBool = AtomicBool::new(false);
+/// Each vCPU has done its rounds and seen the other's count move.
+static YIELD_SAW: [AtomicBool; 2] = [const { AtomicBool::new(false) }; 2];
 
 /// `#BP`s handled, per vCPU.
 static BREAKPOINTS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
@@ -401,22 +406,11 @@ extern "C" fn smp_vcpu1_main(rdi: u64, rsi: u64, rsp: u64) -> ! {
     READY1.store(true, Ordering::SeqCst);
 
     wait_phase(PHASE_YIELD);
-    let mut switches = 0u64;
-    let mut last = ROUNDS[0].load(Ordering::SeqCst);
-    for _ in 0..YIELD_ROUNDS {
-        ROUNDS[1].fetch_add(1, Ordering::SeqCst);
-        let ret = pvrt::sched_yield();
-        pvrt::ensure!(ret == 0, "vCPU 1: SCHEDOP_yield returned {ret}");
-        let now = ROUNDS[0].load(Ordering::SeqCst);
-        if now != last {
-            switches += 1;
-            last = now;
-        }
-    }
+    let (rounds, switches) = yield_together(1);
     check_sse(1, "the yield rounds");
     check_segments(1, "after the yield rounds");
     pvrt::println!(
-        "pv-test smp: vCPU 1: {YIELD_ROUNDS} yields, vCPU 0 progressed across {switches} of \
+        "pv-test smp: vCPU 1: {rounds} yields, vCPU 0 progressed across {switches} of \
          them; xmm, MXCSR {:#x} and gs/fs bases intact",
         MXCSR[1]
     );
@@ -679,33 +673,53 @@ fn start_vcpu1(si: &StartInfo) -> Result<(u64, u64, u64), &'static str> {
 /// Step 4: turns with `SCHEDOP_yield`; each keeps its SSE registers and segment bases.
 fn yield_rounds() -> Result<(), &'static str> {
     PHASE.store(PHASE_YIELD, Ordering::SeqCst);
-    let mut switches = 0u64;
-    let mut last = ROUNDS[1].load(Ordering::SeqCst);
-    for _ in 0..YIELD_ROUNDS {
-        ROUNDS[0].fetch_add(1, Ordering::SeqCst);
-        let ret = pvrt::sched_yield();
-        pvrt::ensure!(ret == 0, "vCPU 0: SCHEDOP_yield returned {ret}");
-        let now = ROUNDS[1].load(Ordering::SeqCst);
-        if now != last {
-            switches += 1;
-            last = now;
-        }
-    }
+    let (rounds, switches) = yield_together(0);
     wait_for("vCPU 1 to finish its yield rounds", || {
         YIELD_DONE1.load(Ordering::SeqCst)
     });
     check_sse(0, "the yield rounds");
     check_segments(0, "after the yield rounds");
     pvrt::println!(
-        "pv-test smp: vCPU 0: {YIELD_ROUNDS} yields, vCPU 1 progressed across {switches} of \
+        "pv-test smp: vCPU 0: {rounds} yields, vCPU 1 progressed across {switches} of \
          them; xmm, MXCSR {:#x} and gs/fs bases intact",
         MXCSR[0]
     );
     pvrt::ensure!(
         switches > 0,
-        "vCPU 1 never ran while vCPU 0 yielded {YIELD_ROUNDS} times"
+        "vCPU 1 never ran while vCPU 0 yielded {rounds} times"
     );
     Ok(())
+}
+
+/// vCPU `me`'s yield rounds: at least `YIELD_ROUNDS` `SCHEDOP_yield`s, counting those
+/// across which the other vCPU's count moved; both go on until each has seen the other
+/// move (on one physical CPU a yield runs the other; on two they run side by side, and
+/// one may start before the other), or `YIELD_LIMIT` rounds. Returns (rounds, switches).
+fn yield_together(me: usize) -> (u64, u64) {
+    let other = 1 - me;
+    let mut switches = 0u64;
+    let mut rounds = 0u64;
+    let mut last = ROUNDS[other].load(Ordering::SeqCst);
+    loop {
+        ROUNDS[me].fetch_add(1, Ordering::SeqCst);
+        rounds += 1;
+        let ret = pvrt::sched_yield();
+        if ret != 0 {
+            pvrt::fail!("vCPU {me}: SCHEDOP_yield returned {ret}");
+        }
+        let now = ROUNDS[other].load(Ordering::SeqCst);
+        if now != last {
+            switches += 1;
+            last = now;
+        }
+        if rounds >= YIELD_ROUNDS && switches > 0 {
+            YIELD_SAW[me].store(true, Ordering::SeqCst);
+        }
+        let both = YIELD_SAW.iter().all(|s| s.load(Ordering::SeqCst));
+        if both || rounds >= YIELD_LIMIT {
+            return (rounds, switches);
+        }
+    }
 }
 
 /// Step 5: an IPI to vCPU 1, blocked, arrives on vCPU 1 only.
