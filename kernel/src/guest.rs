@@ -422,7 +422,7 @@ fn emulate(d: &mut Domain, frame: &mut TrapFrame) -> bool {
     };
     match (frame.vector, insn.kind) {
         (UD, InsnKind::ForcedCpuid) | (GP, InsnKind::Cpuid) => {
-            let mut policy = CpuidPolicy::minimal(0);
+            let mut policy = CpuidPolicy::minimal(d.cur().id);
             policy.enlightened_kernel = frame.vector == UD;
             policy.tsc_khz = (clock::tsc_hz() / 1000) as u32;
             let [a, b, c, dx] =
@@ -558,7 +558,7 @@ fn msr_context(d: &Domain) -> MsrContext {
     };
     MsrContext {
         vendor,
-        vcpu_id: 0,
+        vcpu_id: d.cur().id,
         tsc: cpu::rdtsc(),
         fs_base: 0,
         gs_base_kernel: kernel_gs,

@@ -79,7 +79,9 @@ pub fn measure(
         ]
     };
     let mut entry = BootEntry::new(artifacts);
-    entry.hypervisor_cmdline = "dom0_mem=262144 console=com1 loglvl=info".to_owned();
+    // One CPU on every platform (native `-smp 1`, Xen `maxcpus=1`): the loops are
+    // single-threaded, and the figures compare like with like.
+    entry.hypervisor_cmdline = "dom0_mem=262144 maxcpus=1 console=com1 loglvl=info".to_owned();
     entry.modules = modules("console=hvc0 nousb");
     let ferrovisor_iso = iso::make_iso(&entry, &out.join("bench-linux-ferrovisor.iso"))?;
     let mut cfg = match platform {
