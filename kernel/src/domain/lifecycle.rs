@@ -81,9 +81,18 @@ pub fn build_pv(_: &Privileged, target: DomId, b: &mut BuildPv) -> Result<(), Xe
         if d.p2m.is_empty() {
             return Err(XenErrno::Enomem); // populate its memory first
         }
-        doms.remove(target).ok_or(XenErrno::Esrch)
+        doms.take_for_build(target).ok_or(XenErrno::Esrch)
     })?;
+    // The build holds no lock and may take seconds (decompressing a kernel under TCG):
+    // this CPU takes interrupts meanwhile (ticks, other CPUs' TLB-flush requests).
+    let was_off = !crate::arch::x86_64::irq::enabled();
+    if was_off {
+        crate::arch::x86_64::irq::enable();
+    }
     let result = build_into_domain(&mut d, &kernel, ramdisk.as_deref(), &cmdline, b);
+    if was_off {
+        crate::arch::x86_64::irq::disable();
+    }
     if result.is_ok() {
         crate::backend::console::attach(target);
     }

@@ -4,7 +4,11 @@
 //! event, a foreign mapping, domain control) holds both consistently, and the scheduler
 //! sees every vCPU at once. Lock order: `DOMAINS`, then `FRAME_TABLE`.
 
-use alloc::{boxed::Box, collections::BTreeMap, string::String};
+use alloc::{
+    boxed::Box,
+    collections::{BTreeMap, BTreeSet},
+    string::String,
+};
 
 use ferrovisor::mm::frame_table::DomId;
 
@@ -24,6 +28,8 @@ pub struct Domains {
     /// domain's foreign or grant mapping): their ids stay taken, and `xl list`-style
     /// listings show them as dying, until the frames are reclaimed.
     dying: BTreeMap<u16, Dying>,
+    /// Domains taken out of the set while `BuildPv` builds them (their ids stay taken).
+    building: BTreeSet<u16>,
     /// Where the search for the next domain id starts: ids are handed out in rising
     /// order and wrap, as in Xen, so a destroyed domain's id is not reused at once (tools
     /// and watches that still name it see it gone, not replaced).
@@ -44,6 +50,7 @@ static DOMAINS: IrqMutex<Domains> = IrqMutex::new(Domains {
     running: [None; MAX_CPUS],
     slice_ticks: [0; MAX_CPUS],
     dying: BTreeMap::new(),
+    building: BTreeSet::new(),
     next_id: FIRST_DOMU,
 });
 
@@ -113,15 +120,26 @@ impl Domains {
     /// wrapping around.
     pub fn free_id(&mut self) -> Option<DomId> {
         let start = self.next_id.clamp(FIRST_DOMU, LAST_DOMU);
-        let id = (start..=LAST_DOMU)
-            .chain(FIRST_DOMU..start)
-            .find(|id| !self.map.contains_key(id) && !self.dying.contains_key(id))?;
+        let id = (start..=LAST_DOMU).chain(FIRST_DOMU..start).find(|id| {
+            !self.map.contains_key(id)
+                && !self.dying.contains_key(id)
+                && !self.building.contains(id)
+        })?;
         self.next_id = if id == LAST_DOMU { FIRST_DOMU } else { id + 1 };
         Some(DomId(id))
     }
 
     pub fn insert(&mut self, d: Box<Domain>) {
+        self.building.remove(&d.id.0);
         self.map.insert(d.id.0, d);
+    }
+
+    /// Takes a domain out of the set to build it (see `remove`), keeping its id taken
+    /// until `insert` puts it back.
+    pub fn take_for_build(&mut self, id: DomId) -> Option<Box<Domain>> {
+        let d = self.remove(id)?;
+        self.building.insert(id.0);
+        Some(d)
     }
 
     /// Takes a domain out of the set (never one with a vCPU on a CPU).
