@@ -91,18 +91,14 @@ fn read_reservation(
 }
 
 fn read_u64(d: &Domain, va: u64) -> core::result::Result<u64, XenErrno> {
-    let mut b = [0u8; 8];
-    d.read_guest(va, &mut b).map_err(|_| XenErrno::Efault)?;
-    Ok(u64::from_le_bytes(b))
+    super::read_struct(d, va)
 }
 
 /// `XENMEM_machphys_mfn_list`: the machine frames backing the read-only machine-to-phys
 /// table, the first of each 2 MiB extent (each extent is 512 contiguous frames), up to
 /// `max_extents` of them; `nr_extents` says how many were written.
 fn machphys_mfn_list(d: &Domain, arg: u64) -> Result {
-    let mut raw = [0u8; core::mem::size_of::<XenMachphysMfnList>()];
-    d.read_guest(arg, &mut raw).map_err(|_| XenErrno::Efault)?;
-    let mut list = XenMachphysMfnList::read_from_bytes(&raw).map_err(|_| XenErrno::Efault)?;
+    let mut list: XenMachphysMfnList = super::read_struct(d, arg)?;
     let mut written = 0u32;
     for mfn in memory::m2p_extents().take(list.max_extents as usize) {
         let at = list.extent_start.0.wrapping_add(u64::from(written) * 8);

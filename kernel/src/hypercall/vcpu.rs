@@ -29,13 +29,9 @@ use zerocopy::FromBytes;
 use super::Result;
 use crate::{arch::x86_64::cpu, clock, domain, domain::FRAME_TABLE};
 
-fn read<T: FromBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
-    let mut buf = [0u8; 32];
-    let len = core::mem::size_of::<T>();
-    domain::with_current(|d| d.read_guest(arg, &mut buf[..len]))
-        .ok_or(XenErrno::Esrch)?
-        .map_err(|_| XenErrno::Efault)?;
-    T::read_from_bytes(&buf[..len]).map_err(|_| XenErrno::Efault)
+/// Copies a `T` in from the calling vCPU's memory.
+fn read<T: FromBytes + zerocopy::IntoBytes>(arg: u64) -> core::result::Result<T, XenErrno> {
+    domain::with_current(|d| super::read_struct(d, arg)).ok_or(XenErrno::Esrch)?
 }
 
 /// `vcpu_op(cmd, vcpu, arg)` on vCPU `vcpu` of the calling domain. As in Xen, a vCPU may
