@@ -3,7 +3,7 @@
 //! (the flags `xl list` turns into its `r b p s c d` column), and what a shutdown request
 //! writes for the guest.
 
-use alloc::string::String;
+use alloc::{collections::BTreeMap, string::String};
 
 use ferrovisor_abi::{
     domctl::{
@@ -90,6 +90,40 @@ pub fn info_flags(state: &State) -> (u32, u32) {
         Life::Crashed => flags |= DOMINFO_SHUTDOWN | DOMINFO_CRASHED,
     }
     (flags, reason)
+}
+
+/// Which domains' shutdowns and crashes have been announced to the toolstack
+/// (`@releaseDomain`, `VIRQ_DOM_EXC`): each stop is announced once, when it is first
+/// seen; a domain that goes away is forgotten.
+#[derive(Debug, Default)]
+pub struct StopTracker {
+    announced: BTreeMap<u16, Life>,
+}
+
+impl StopTracker {
+    pub const fn new() -> Self {
+        Self {
+            announced: BTreeMap::new(),
+        }
+    }
+
+    /// Looks at every live domain's life; whether one stopped (shut down or crashed)
+    /// since the last look, which the caller then announces.
+    pub fn update(&mut self, live: impl IntoIterator<Item = (u16, Life)>) -> bool {
+        let mut seen = BTreeMap::new();
+        let mut news = false;
+        for (id, life) in live {
+            if life == Life::Running {
+                continue;
+            }
+            if self.announced.get(&id) != Some(&life) {
+                news = true;
+            }
+            seen.insert(id, life);
+        }
+        self.announced = seen;
+        news
+    }
 }
 
 /// The word a toolstack writes to a guest's `control/shutdown` for `SHUTDOWN_*` reason
@@ -206,6 +240,22 @@ mod tests {
             f(dom0),
             (DOMINFO_BUILT | DOMINFO_PRIVILEGED | DOMINFO_RUNNING, 0)
         );
+    }
+
+    #[test]
+    fn each_stop_is_announced_once() {
+        let mut t = StopTracker::new();
+        assert!(!t.update([(0, Life::Running), (1, Life::Running)]));
+        assert!(t.update([(0, Life::Running), (1, Life::Shutdown(0))]));
+        assert!(!t.update([(0, Life::Running), (1, Life::Shutdown(0))]));
+        // Another domain crashing is news; the first one still stopped is not.
+        assert!(t.update([(1, Life::Shutdown(0)), (2, Life::Crashed)]));
+        assert!(!t.update([(1, Life::Shutdown(0)), (2, Life::Crashed)]));
+        // Destroyed and its id reused by a domain that stops again: news again.
+        assert!(!t.update([(2, Life::Crashed)]));
+        assert!(t.update([(1, Life::Shutdown(1)), (2, Life::Crashed)]));
+        assert!(!t.update([]));
+        assert!(t.update([(2, Life::Crashed)]));
     }
 
     #[test]

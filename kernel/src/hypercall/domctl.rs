@@ -58,6 +58,7 @@ pub(super) fn write_out(va: u64, bytes: &[u8]) -> core::result::Result<(), XenEr
 pub fn domctl([arg, ..]: [u64; 5]) -> Result {
     let p = privileged()?;
     lifecycle::reap_dying();
+    domain::with_domains(backend::announce_stops);
     let mut req: Domctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);
@@ -306,6 +307,7 @@ fn dying_info(id: DomId, d: &domain::Dying) -> DomainInfo {
 pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
     let _p = privileged()?;
     lifecycle::reap_dying();
+    domain::with_domains(backend::announce_stops);
     let mut req: Sysctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);
