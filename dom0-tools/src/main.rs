@@ -2,13 +2,19 @@
 //! to the process: arguments, the real hypervisor, stdin/stdout, exit status
 //! (0 ok, 1 the command failed, 2 usage error).
 
-use std::{io::Read, process::ExitCode, sync::mpsc};
+use std::{
+    fs::OpenOptions,
+    io::Read,
+    os::unix::process::CommandExt,
+    process::{ExitCode, Stdio},
+    sync::mpsc,
+};
 
 use clap::Parser;
 use fv::{
     cli::Cli,
     hypervisor::{Hypervisor, TransportError},
-    run::{run, Env},
+    run::{run, Env, MonitorLaunch},
 };
 
 /// Where `fv` keeps its small state (`dmesg -c`'s offset).
@@ -58,6 +64,27 @@ fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
+/// Starts `fv monitor` in the background: this binary again, in its own process group
+/// (the terminal's Ctrl-C and hangup do not reach it), no input, its output appended to
+/// its log. It is not waited for: it outlives `fv create` and init adopts it.
+fn spawn_monitor(launch: &MonitorLaunch) -> std::io::Result<()> {
+    if let Some(dir) = launch.log.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&launch.log)?;
+    std::process::Command::new(std::env::current_exe()?)
+        .args(launch.args())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map(drop)
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -69,6 +96,7 @@ fn main() -> ExitCode {
     let mut open = open_hypervisor;
     let mut random = random16;
     let mut input = stdin_channel;
+    let mut spawn = spawn_monitor;
     let mut env = Env {
         open: &mut open,
         out: &mut out,
@@ -76,6 +104,7 @@ fn main() -> ExitCode {
         state_dir: STATE_DIR.into(),
         random: &mut random,
         console_input: &mut input,
+        spawn_monitor: &mut spawn,
     };
     match run(cli.command, &mut env) {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,8 +11,8 @@ use ferrovisor::{domain_control, mm::frame_table::DomId};
 use ferrovisor_abi::{
     domctl::{
         self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
-        PhysInfo, ReadLog, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
-        VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+        PhysInfo, ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl,
+        SysctlCmd, VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
     },
     errno::XenErrno,
     version::XEN_VERSION,
@@ -111,6 +111,10 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
             let mut c: ConsoleIo = req.payload();
             console_write(&p, target, &mut c)?;
             req.set_payload(&c);
+        }
+        DomctlCmd::RenameDomain => {
+            let r: RenameDomain = req.payload();
+            lifecycle::rename(&p, target, domctl::name_bytes(&r.name))?;
         }
         DomctlCmd::BuildPv => {
             let mut b: BuildPv = req.payload();
@@ -263,6 +267,7 @@ fn create(_: &Privileged, c: &CreateDomain) -> core::result::Result<DomId, XenEr
             c.max_pages / 256
         );
         doms.insert(alloc::boxed::Box::new(d));
+        lifecycle::record_start(id, clock::now_ns());
         Ok(id)
     })
 }
@@ -289,6 +294,7 @@ pub fn info(d: &Domain) -> DomainInfo {
     i.uuid = d.uuid;
     let n = d.name.len().min(DOMAIN_NAME_MAX);
     i.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+    i.start_time_ns = lifecycle::start_time_ns(d.id);
     i
 }
 
