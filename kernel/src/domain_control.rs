@@ -65,6 +65,9 @@ pub struct State {
     pub blocked_vcpus: u32,
 }
 
+/// `SHUTDOWN_crash` (`sched.h`): the reason a crashed domain reports, however it crashed.
+const SHUTDOWN_CRASH: u32 = 3;
+
 /// The `DOMINFO_*` flags and the shutdown reason of a domain in `state`.
 pub fn info_flags(state: &State) -> (u32, u32) {
     let mut flags = 0;
@@ -87,7 +90,10 @@ pub fn info_flags(state: &State) -> (u32, u32) {
             flags |= DOMINFO_SHUTDOWN;
             reason = r;
         }
-        Life::Crashed => flags |= DOMINFO_SHUTDOWN | DOMINFO_CRASHED,
+        Life::Crashed => {
+            flags |= DOMINFO_SHUTDOWN | DOMINFO_CRASHED;
+            reason = SHUTDOWN_CRASH;
+        }
     }
     (flags, reason)
 }
@@ -224,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             f(state(Life::Crashed, 0, 1, 0)),
-            (DOMINFO_BUILT | DOMINFO_SHUTDOWN | DOMINFO_CRASHED, 0)
+            (DOMINFO_BUILT | DOMINFO_SHUTDOWN | DOMINFO_CRASHED, 3)
         );
         // Created, not built: paused, nothing else.
         let fresh = State {

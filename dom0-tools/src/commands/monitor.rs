@@ -23,7 +23,8 @@ use std::{collections::VecDeque, io::Write, time::Duration};
 
 use ferrovisor_abi::{
     domctl::{
-        DomainInfo, DomctlCmd, RenameDomain, DOMAIN_NAME_MAX, DOMINFO_DYING, DOMINFO_SHUTDOWN,
+        DomainInfo, DomctlCmd, RenameDomain, DOMAIN_NAME_MAX, DOMINFO_CRASHED, DOMINFO_DYING,
+        DOMINFO_SHUTDOWN,
     },
     xen::{sched::ShutdownReason, DomId},
 };
@@ -58,6 +59,10 @@ impl Stop {
     pub fn of(info: &DomainInfo) -> Option<Stop> {
         if info.flags & DOMINFO_SHUTDOWN == 0 || info.flags & DOMINFO_DYING != 0 {
             return None;
+        }
+        if info.flags & DOMINFO_CRASHED != 0 {
+            // Crashed however it happened (the hypervisor may have killed it).
+            return Some(Stop::Crash(info.shutdown_reason));
         }
         Some(match ShutdownReason::try_from(info.shutdown_reason) {
             Ok(ShutdownReason::Poweroff) => Stop::Poweroff,
@@ -326,7 +331,7 @@ pub fn monitor(
 
 #[cfg(test)]
 mod tests {
-    use ferrovisor_abi::domctl::{DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_RUNNING};
+    use ferrovisor_abi::domctl::{DOMINFO_BUILT, DOMINFO_RUNNING};
 
     use super::*;
     use crate::{
@@ -391,6 +396,10 @@ mod tests {
             info.shutdown_reason = reason;
             assert_eq!(Stop::of(&info), Some(stop), "reason {reason}");
         }
+        // Crashed is a crash whatever the reason says.
+        info.flags |= DOMINFO_CRASHED;
+        info.shutdown_reason = 0;
+        assert_eq!(Stop::of(&info), Some(Stop::Crash(0)));
         info.flags |= DOMINFO_DYING;
         assert_eq!(Stop::of(&info), None, "dying: being destroyed already");
     }
