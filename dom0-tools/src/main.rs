@@ -49,14 +49,17 @@ fn random16() -> [u8; 16] {
     b
 }
 
-/// Standard input, chunk by chunk, on a channel (the console polls it).
+/// Standard input, chunk by chunk, on a channel (the console polls it). Reading stops
+/// at the chunk holding the console's escape byte: what is typed after it stays in the
+/// terminal for the shell `fv` returns to.
 fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
         let mut buf = [0u8; 256];
         while let Ok(n @ 1..) = stdin.read(&mut buf) {
-            if tx.send(buf[..n].to_vec()).is_err() {
+            let last = buf[..n].contains(&fv::commands::CONSOLE_ESCAPE);
+            if tx.send(buf[..n].to_vec()).is_err() || last {
                 break;
             }
         }

@@ -190,16 +190,24 @@ enum CreateMode {
     Foreground,
 }
 
-/// Reads the kernel and ramdisk `config` names, and builds and starts the domain.
+/// The kernel and ramdisk images `config` names.
+type Images = (Vec<u8>, Option<Vec<u8>>);
+
+fn read_images(config: &config::DomainConfig) -> Result<Images, CommandError> {
+    let kernel = read_image(&config.kernel)?;
+    let ramdisk = config.ramdisk.as_deref().map(read_image).transpose()?;
+    Ok((kernel, ramdisk))
+}
+
+/// Builds and starts the domain `config` describes from its images.
 fn build_from(
     hv: &mut dyn Hypervisor,
     config: &config::DomainConfig,
     uuid: [u8; 16],
+    (kernel, ramdisk): &Images,
 ) -> Result<(DomId, create::CreatePlan), CommandError> {
     let plan = create::plan(config, uuid);
-    let kernel = read_image(&config.kernel)?;
-    let ramdisk = config.ramdisk.as_deref().map(read_image).transpose()?;
-    let dom = create::execute(hv, &plan, &kernel, ramdisk.as_deref())?;
+    let dom = create::execute(hv, &plan, kernel, ramdisk.as_deref())?;
     Ok((dom, plan))
 }
 
@@ -219,12 +227,10 @@ fn run_create(
         return print(env.out, &plan.describe());
     }
     // The images are read before anything is created: a missing file costs nothing.
-    read_image(&loaded.config.kernel)?;
-    if let Some(r) = &loaded.config.ramdisk {
-        read_image(r)?;
-    }
+    let images = read_images(&loaded.config)?;
     let mut hv = (env.open)()?;
-    let (dom, plan) = build_from(hv.as_mut(), &loaded.config, uuid)?;
+    let (dom, plan) = build_from(hv.as_mut(), &loaded.config, uuid, &images)?;
+    drop(images);
     writeln!(env.err, "fv: created domain {} ({dom})", plan.config.name)
         .map_err(CommandError::Output)?;
     if how == CreateMode::Foreground {
@@ -269,8 +275,10 @@ fn monitor_domain(
 ) -> Result<monitor::MonitorEnd, CommandError> {
     let start = std::time::Instant::now();
     let cfg = config.clone();
+    // Read again for each restart: an updated kernel on disk is what the next boot gets.
     let mut rebuild = |hv: &mut dyn Hypervisor, uuid: [u8; 16]| -> Result<DomId, CommandError> {
-        build_from(hv, &cfg, uuid).map(|(d, _)| d)
+        let images = read_images(&cfg)?;
+        build_from(hv, &cfg, uuid, &images).map(|(d, _)| d)
     };
     let random = &mut *env.random;
     let mut new_uuid = || create::uuid_v4(random());
