@@ -493,7 +493,7 @@ mod tests {
         );
         assert!(o.launches.is_empty());
         assert!(
-            o.err.contains("fv monitor: domain g (1) shut down (poweroff): on_poweroff = destroy\nfv monitor: domain g (1) destroyed\n"),
+            o.err.contains("fv monitor: domain g (1) shut down (poweroff), noticed on @releaseDomain: on_poweroff = destroy\nfv monitor: domain g (1) destroyed\n"),
             "{}",
             o.err
         );

@@ -224,6 +224,8 @@ pub fn monitor(
     let mut uuid = first.uuid;
     let mut guard = RestartGuard::new(RESTART_LIMIT, RESTART_WINDOW);
     let mut waiting_since_suspend = false;
+    // How the monitor came to look (said in the log with what it found).
+    let mut how = "found at start";
     say(
         m.log,
         format_args!(
@@ -264,7 +266,7 @@ pub fn monitor(
                 say(
                     m.log,
                     format_args!(
-                        "fv monitor: {what} shut down ({reason}): {} = {action}{}",
+                        "fv monitor: {what} shut down ({reason}), {how}: {} = {action}{}",
                         d.setting,
                         d.note.map_or(String::new(), |n| format!(" ({n})"))
                     ),
@@ -317,6 +319,7 @@ pub fn monitor(
                     };
                     dom = (m.rebuild)(hv, new_uuid)?;
                     uuid = domain_info(hv, dom)?.uuid;
+                    how = "found at start";
                     say(
                         m.log,
                         format_args!("fv monitor: {} restarted as domain {dom}", m.config.name),
@@ -325,7 +328,11 @@ pub fn monitor(
                 }
             }
         }
-        hv.wait_for_domain_change(m.poll)?;
+        how = if hv.wait_for_domain_change(m.poll)? {
+            "noticed on @releaseDomain"
+        } else {
+            "noticed on a periodic look"
+        };
     }
 }
 
@@ -480,7 +487,7 @@ mod tests {
         assert!(!f.domains.contains_key(&dom));
         assert!(
             r.log
-                .contains("domain g (1) shut down (poweroff): on_poweroff = destroy"),
+                .contains("domain g (1) shut down (poweroff), noticed on @releaseDomain: on_poweroff = destroy"),
             "{}",
             r.log
         );
@@ -510,13 +517,62 @@ mod tests {
     }
 
     #[test]
+    fn a_missed_event_is_caught_by_the_periodic_look() {
+        let mut f = Fake::new();
+        f.quiet_stops = true;
+        f.stop_script.push_back(("g".into(), 0));
+        let (_, r) = watch(&mut f, cfg(""));
+        assert_eq!(r.end.unwrap(), MonitorEnd::Destroyed);
+        assert!(
+            r.log
+                .contains("(poweroff), noticed on a periodic look: on_poweroff = destroy"),
+            "{}",
+            r.log
+        );
+    }
+
+    #[test]
+    fn a_domain_already_stopped_is_handled_at_once() {
+        let mut f = Fake::new();
+        let plan = create::plan(&cfg(""), [1; 16]);
+        let dom = create::execute(&mut f, &plan, b"kernel", None).unwrap();
+        let d = f.domains.get_mut(&dom).unwrap();
+        d.info.flags = DOMINFO_BUILT | DOMINFO_SHUTDOWN;
+        let mut rebuild = |_: &mut dyn Hypervisor, _: [u8; 16]| -> Result<DomId, CommandError> {
+            unreachable!("poweroff destroys")
+        };
+        let (mut new_uuid, mut now) = (|| [0u8; 16], || Duration::ZERO);
+        let mut log = Vec::new();
+        let mut m = Monitor {
+            config: cfg(""),
+            rebuild: &mut rebuild,
+            new_uuid: &mut new_uuid,
+            now: &mut now,
+            log: &mut log,
+            poll: Duration::from_millis(1),
+        };
+        assert_eq!(monitor(&mut f, dom, &mut m).unwrap(), MonitorEnd::Destroyed);
+        let log = String::from_utf8(log).unwrap();
+        assert!(
+            log.contains("(poweroff), found at start: on_poweroff = destroy"),
+            "{log}"
+        );
+        assert!(!f.calls.iter().any(|c| c == "wait"), "no wait needed");
+    }
+
+    #[test]
     fn crash_preserved_stays_listed_as_crashed() {
         let mut f = Fake::new();
         f.stop_script.push_back(("g".into(), 3));
         let (dom, r) = watch(&mut f, cfg("on_crash='preserve'"));
         assert_eq!(r.end.unwrap(), MonitorEnd::Preserved(dom));
         assert_ne!(f.domains[&dom].info.flags & DOMINFO_CRASHED, 0);
-        assert!(r.log.contains("(crash): on_crash = preserve"), "{}", r.log);
+        assert!(
+            r.log
+                .contains("(crash), noticed on @releaseDomain: on_crash = preserve"),
+            "{}",
+            r.log
+        );
     }
 
     #[test]

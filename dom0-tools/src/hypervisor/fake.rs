@@ -70,6 +70,8 @@ pub struct Fake {
     /// with this `SHUTDOWN_*` reason (3 crashes it; [`DESTROYED_ELSEWHERE`] destroys it)
     /// and the watch fires. With nothing left, the watch connection is closed (an error).
     pub stop_script: VecDeque<(String, u32)>,
+    /// The watch misses the scripted stops: each wait applies one and times out.
+    pub quiet_stops: bool,
     next_id: DomId,
 }
 
@@ -99,6 +101,7 @@ impl Fake {
             fail: None,
             obey_shutdown: true,
             stop_script: VecDeque::new(),
+            quiet_stops: false,
             next_id: 1,
         };
         f.add_domain(
@@ -478,6 +481,6 @@ impl Hypervisor for Fake {
             }
             d.info.shutdown_reason = reason;
         }
-        Ok(true)
+        Ok(!self.quiet_stops)
     }
 }
