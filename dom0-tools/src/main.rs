@@ -4,10 +4,10 @@
 
 use std::{
     fs::OpenOptions,
-    io::Read,
+    io::{IsTerminal, Read},
     os::unix::process::CommandExt,
     process::{ExitCode, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Mutex},
 };
 
 use clap::Parser;
@@ -49,10 +49,55 @@ fn random16() -> [u8; 16] {
     b
 }
 
+/// The terminal settings (`stty -g`) to restore when `fv` ends, if the console put its
+/// terminal in raw mode.
+static SAVED_TERMINAL: Mutex<Option<String>> = Mutex::new(None);
+
+/// Runs `stty ARGS` on standard input (the terminal); its output if it succeeded.
+fn stty(args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("stty")
+        .args(args)
+        .stdin(Stdio::inherit())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// On a terminal, raw mode without echo for the console, as `xl console` does: keys
+/// (Ctrl-C, Ctrl-], each character) go to the domain as typed. Uses `stty` (busybox
+/// has it); without it the terminal stays line by line, and Ctrl-] then needs Enter.
+fn raw_terminal() {
+    if !std::io::stdin().is_terminal() {
+        return;
+    }
+    let Some(saved) = stty(&["-g"]) else {
+        return;
+    };
+    if stty(&["raw", "-echo"]).is_some() {
+        *SAVED_TERMINAL.lock().unwrap_or_else(|e| e.into_inner()) = Some(saved);
+    }
+}
+
+fn restore_terminal() {
+    let saved = SAVED_TERMINAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(saved) = saved {
+        stty(&[&saved]);
+        // The domain's output may have left the cursor anywhere.
+        println!();
+    }
+}
+
 /// Standard input, chunk by chunk, on a channel (the console polls it). Reading stops
 /// at the chunk holding the console's escape byte: what is typed after it stays in the
 /// terminal for the shell `fv` returns to.
 fn stdin_channel() -> mpsc::Receiver<Vec<u8>> {
+    raw_terminal();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
@@ -109,7 +154,11 @@ fn main() -> ExitCode {
         console_input: &mut input,
         spawn_monitor: &mut spawn,
     };
-    match run(cli.command, &mut env) {
+    let result = run(cli.command, &mut env);
+    drop(env);
+    drop(out);
+    restore_terminal();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fv: {e}");
