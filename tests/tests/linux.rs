@@ -172,6 +172,27 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         "fv list | grep -c hello; grep -c 'on_poweroff = destroy' /var/log/fv/hello.log",
     );
     assert_eq!(m, "0 1", "the monitor did not destroy hello");
+    // on_poweroff = "rename-restart": each hello that powers off is renamed hello-ID
+    // and kept, and a new hello is built; it powers off at once too, so after 5
+    // restarts in a minute the monitor stops and leaves the last one shut down.
+    run(
+        &mut b,
+        "fv create /etc/fv/examples/hello.cfg 'on_poweroff=\"rename-restart\"' && echo RR=$((6*11))",
+        r"RR=66",
+    );
+    let m = wait(
+        &mut b,
+        "grep -q 'restarted 5 times within 60 s' /var/log/fv/hello.log",
+        "RN",
+        "fv list | grep -c '^hello-[0-9]* .*---s--'; fv list | grep -c '^hello .*---s--'",
+    );
+    assert_eq!(m, "5 1", "rename-restart: renamed and kept, then stopped");
+    run(
+        &mut b,
+        "for d in $(fv list | awk '/^hello/ {print $1}'); do fv destroy $d; done; \
+         echo RD=$(fv list | grep -c hello)",
+        r"RD=0",
+    );
     assert_eq!(
         free(&mut b, "F1"),
         free_at_start,
