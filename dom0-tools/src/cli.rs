@@ -11,7 +11,7 @@ use crate::{commands::DomainRef, size::MemSize};
 
 /// `fv --version`: the tool's version and the control-interface version it speaks
 /// (kept equal to `FV_CONTROL_INTERFACE_VERSION` by the assertion below).
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (control interface v1)");
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (control interface v2)");
 
 /// Ferrovisor's dom0 control tool: create, list and control domains.
 #[derive(Debug, Parser)]
@@ -327,5 +327,10 @@ mod tests {
         }
         let v = parse(&["--version"]).unwrap_err();
         assert_eq!((v.kind(), v.exit_code()), (ErrorKind::DisplayVersion, 0));
+        let interface = format!(
+            "(control interface v{})",
+            ferrovisor_abi::domctl::FV_CONTROL_INTERFACE_VERSION
+        );
+        assert!(v.to_string().contains(&interface), "{v}");
     }
 }
