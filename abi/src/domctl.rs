@@ -58,6 +58,10 @@ xen_enum! {
         ConsoleRead = 12,
         /// Payload [`ConsoleIo`]: writes input to the domain's console.
         ConsoleWrite = 13,
+        /// Payload [`RenameDomain`]: gives a domain other than dom0 a new name (unique
+        /// among live domains, the rules of [`CreateDomain::name`]); what `on_crash =
+        /// "rename-restart"` does before building the replacement.
+        RenameDomain = 14,
     }
 }
 
@@ -227,11 +231,14 @@ pub struct DomainInfo {
     pub cpu_time_ns: u64,
     pub uuid: XenDomainHandle,
     pub name: [u8; DOMAIN_NAME_MAX],
+    /// When the domain was created, in nanoseconds of hypervisor uptime (as
+    /// [`PhysInfo::uptime_ns`]; 0 for dom0, built at boot). Interface version 2.
+    pub start_time_ns: u64,
 }
 
 assert_layout!(
     DomainInfo,
-    size = 128,
+    size = 136,
     align = 8,
     domid = 0,
     flags = 4,
@@ -242,7 +249,8 @@ assert_layout!(
     max_pages = 32,
     cpu_time_ns = 40,
     uuid = 48,
-    name = 64
+    name = 64,
+    start_time_ns = 128
 );
 
 impl DomainInfo {
@@ -257,6 +265,16 @@ pub fn name_bytes(name: &[u8; DOMAIN_NAME_MAX]) -> &[u8] {
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
     &name[..end]
 }
+
+/// `RenameDomain` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct RenameDomain {
+    /// NUL-padded; the rules of [`CreateDomain::name`].
+    pub name: [u8; DOMAIN_NAME_MAX],
+}
+
+assert_layout!(RenameDomain, size = 64, align = 1, name = 0);
 
 /// `SetMaxMem` payload.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
@@ -451,6 +469,7 @@ const _: () = {
     assert!(core::mem::size_of::<DomainInfo>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<BuildPv>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<ConsoleIo>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<RenameDomain>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<PhysInfo>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ListDomains>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ReadLog>() <= SYSCTL_PAYLOAD);

@@ -11,7 +11,8 @@ pub const XEN_VERSION_MINOR: u32 = 17;
 pub const XEN_VERSION: u32 = (XEN_VERSION_MAJOR << 16) | XEN_VERSION_MINOR;
 
 /// Version of Ferrovisor's own domctl/sysctl interface between `fv` and the hypervisor.
-/// Bumped on every incompatible change; both sides refuse a mismatch.
-pub const FV_CONTROL_INTERFACE_VERSION: u32 = 1;
+/// Bumped on every incompatible change; both sides refuse a mismatch. Version 2:
+/// `DomainInfo::start_time_ns` (136-byte entries) and `RenameDomain`.
+pub const FV_CONTROL_INTERFACE_VERSION: u32 = 2;
 
 const _: () = assert!(XEN_VERSION == 0x0004_0011);

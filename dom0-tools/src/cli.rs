@@ -11,7 +11,7 @@ use crate::{commands::DomainRef, size::MemSize};
 
 /// `fv --version`: the tool's version and the control-interface version it speaks
 /// (kept equal to `FV_CONTROL_INTERFACE_VERSION` by the assertion below).
-const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (control interface v1)");
+const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (control interface v2)");
 
 /// Ferrovisor's dom0 control tool: create, list and control domains.
 #[derive(Debug, Parser)]
@@ -43,13 +43,18 @@ pub enum Command {
         #[arg(short = 'c', long)]
         clear: bool,
     },
-    /// Create a domain from an xl.cfg-style config file and start it
+    /// Create a domain from an xl.cfg-style config file and start it; a background
+    /// monitor then carries out its on_poweroff/on_reboot/on_crash actions
     Create {
         /// The domain config file
         file: PathBuf,
-        /// Attach to the new domain's console once it runs
+        /// Attach to the new domain's console once it runs (leave with Ctrl-])
         #[arg(short = 'c', long)]
         console: bool,
+        /// Stay in the foreground as the domain's monitor (carrying out its actions)
+        /// instead of leaving one in the background
+        #[arg(short = 'F', long, conflicts_with = "console")]
+        foreground: bool,
         /// Print what would be created (parameters and kernel command line), create nothing
         #[arg(short = 'n', long)]
         dry_run: bool,
@@ -119,9 +124,22 @@ pub enum Command {
         #[arg(value_name = "DOMAIN")]
         domain: Option<DomainRef>,
     },
+    /// Watch a domain and carry out its config's on_poweroff/on_reboot/on_crash actions
+    /// (what `fv create` leaves running in the background)
+    #[command(hide = true)]
+    Monitor {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// The config file it was created from
+        file: PathBuf,
+        /// The settings `fv create` applied after the file
+        #[arg(value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
-const _: () = assert!(ferrovisor_abi::domctl::FV_CONTROL_INTERFACE_VERSION == 1);
+const _: () = assert!(ferrovisor_abi::domctl::FV_CONTROL_INTERFACE_VERSION == 2);
 
 #[cfg(test)]
 mod tests {
@@ -176,11 +194,12 @@ mod tests {
             Command::Create {
                 file,
                 console,
+                foreground,
                 dry_run,
                 overrides,
             } => {
                 assert_eq!(file, PathBuf::from("guest.cfg"));
-                assert!(console && dry_run);
+                assert!(console && dry_run && !foreground);
                 assert_eq!(overrides, ["memory=256", "extra=\"console=hvc0\""]);
             }
             other => panic!("{other:?}"),
@@ -193,6 +212,26 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            parse(&["create", "-F", "g.cfg", "memory=64"]).unwrap(),
+            Command::Create {
+                foreground: true,
+                console: false,
+                ..
+            }
+        ));
+        match parse(&["monitor", "3", "--", "g.cfg", "memory=64"]).unwrap() {
+            Command::Monitor {
+                domain,
+                file,
+                overrides,
+            } => {
+                assert_eq!(domain, DomainRef::Id(3));
+                assert_eq!(file, PathBuf::from("g.cfg"));
+                assert_eq!(overrides, ["memory=64"]);
+            }
+            other => panic!("{other:?}"),
+        }
         assert!(
             matches!(parse(&["console", "3"]).unwrap(), Command::Console { domain } if domain == DomainRef::Id(3))
         );
@@ -250,6 +289,7 @@ mod tests {
             &["destroy", "99999"],
             &["create"],
             &["list", "--colour"],
+            &["create", "-F", "-c", "g.cfg"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
@@ -287,5 +327,10 @@ mod tests {
         }
         let v = parse(&["--version"]).unwrap_err();
         assert_eq!((v.kind(), v.exit_code()), (ErrorKind::DisplayVersion, 0));
+        let interface = format!(
+            "(control interface v{})",
+            ferrovisor_abi::domctl::FV_CONTROL_INTERFACE_VERSION
+        );
+        assert!(v.to_string().contains(&interface), "{v}");
     }
 }

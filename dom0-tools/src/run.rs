@@ -8,11 +8,11 @@ use std::{
     time::Duration,
 };
 
-use ferrovisor_abi::domctl::DomctlCmd;
+use ferrovisor_abi::{domctl::DomctlCmd, xen::DomId};
 
 use crate::{
     cli::Command,
-    commands::{self, create, CommandError, ShutdownKind},
+    commands::{self, create, monitor, CommandError, ShutdownKind},
     config,
     hypervisor::{Hypervisor, TransportError},
     table,
@@ -33,7 +33,34 @@ pub struct Env<'a> {
     pub random: &'a mut dyn FnMut() -> [u8; 16],
     /// Console input (for `console` and `create -c`).
     pub console_input: &'a mut dyn FnMut() -> Receiver<Vec<u8>>,
+    /// Starts a domain's background monitor (`fv monitor`, see [`MonitorLaunch`]).
+    pub spawn_monitor: &'a mut dyn FnMut(&MonitorLaunch) -> std::io::Result<()>,
 }
+
+/// A background monitor `fv create` starts: `fv monitor DOMID -- FILE [KEY=VALUE...]`,
+/// detached (its own process group, no terminal), writing to `log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MonitorLaunch {
+    pub domid: DomId,
+    pub file: PathBuf,
+    pub overrides: Vec<String>,
+    pub log: PathBuf,
+}
+
+impl MonitorLaunch {
+    /// The arguments after `fv`.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<std::ffi::OsString> =
+            vec!["monitor".into(), self.domid.to_string().into(), "--".into()];
+        v.push(self.file.clone().into_os_string());
+        v.extend(self.overrides.iter().map(Into::into));
+        v
+    }
+}
+
+/// Where a domain's monitor writes what it does (as `xl` keeps
+/// `/var/log/xen/xl-NAME.log`).
+pub const MONITOR_LOG_DIR: &str = "/var/log/fv";
 
 fn print(out: &mut dyn Write, s: &str) -> Result<(), CommandError> {
     out.write_all(s.as_bytes()).map_err(CommandError::Output)
@@ -45,15 +72,32 @@ fn dmesg_offset_file(dir: &Path) -> PathBuf {
 
 /// Runs `cmd`.
 pub fn run(cmd: Command, env: &mut Env<'_>) -> Result<(), CommandError> {
-    if let Command::Create {
-        file,
-        console,
-        dry_run,
-        overrides,
-    } = cmd
-    {
-        return run_create(&file, console, dry_run, &overrides, env);
-    }
+    let cmd = match cmd {
+        Command::Create {
+            file,
+            console,
+            foreground,
+            dry_run,
+            overrides,
+        } => {
+            let how = if dry_run {
+                CreateMode::DryRun
+            } else if console {
+                CreateMode::Console
+            } else if foreground {
+                CreateMode::Foreground
+            } else {
+                CreateMode::Background
+            };
+            return run_create(&file, how, &overrides, env);
+        }
+        Command::Monitor {
+            domain,
+            file,
+            overrides,
+        } => return run_monitor(&domain, &file, &overrides, env),
+        other => other,
+    };
     let mut hv = (env.open)()?;
     let hv: &mut dyn Hypervisor = hv.as_mut();
     let poll = Duration::from_millis(100);
@@ -122,7 +166,7 @@ pub fn run(cmd: Command, env: &mut Env<'_>) -> Result<(), CommandError> {
             let host = commands::phys_info(hv)?.uptime_ns;
             print(env.out, &table::uptime_table(&infos, host))
         }
-        Command::Create { .. } => unreachable!("handled above"),
+        Command::Create { .. } | Command::Monitor { .. } => unreachable!("handled above"),
     }
 }
 
@@ -133,10 +177,43 @@ fn read_image(path: &Path) -> Result<Vec<u8>, CommandError> {
     })
 }
 
+/// What `fv create` does once the domain runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CreateMode {
+    /// `-n`: print the plan, create nothing.
+    DryRun,
+    /// Leave a background monitor.
+    Background,
+    /// `-c`: leave a background monitor and attach to the console.
+    Console,
+    /// `-F`: be the monitor.
+    Foreground,
+}
+
+/// The kernel and ramdisk images `config` names.
+type Images = (Vec<u8>, Option<Vec<u8>>);
+
+fn read_images(config: &config::DomainConfig) -> Result<Images, CommandError> {
+    let kernel = read_image(&config.kernel)?;
+    let ramdisk = config.ramdisk.as_deref().map(read_image).transpose()?;
+    Ok((kernel, ramdisk))
+}
+
+/// Builds and starts the domain `config` describes from its images.
+fn build_from(
+    hv: &mut dyn Hypervisor,
+    config: &config::DomainConfig,
+    uuid: [u8; 16],
+    (kernel, ramdisk): &Images,
+) -> Result<(DomId, create::CreatePlan), CommandError> {
+    let plan = create::plan(config, uuid);
+    let dom = create::execute(hv, &plan, kernel, ramdisk.as_deref())?;
+    Ok((dom, plan))
+}
+
 fn run_create(
     file: &Path,
-    console: bool,
-    dry_run: bool,
+    how: CreateMode,
     overrides: &[String],
     env: &mut Env<'_>,
 ) -> Result<(), CommandError> {
@@ -144,22 +221,39 @@ fn run_create(
     for w in &loaded.warnings {
         writeln!(env.err, "fv: {w}").map_err(CommandError::Output)?;
     }
-    let plan = create::plan(&loaded.config, create::uuid_v4((env.random)()));
-    if dry_run {
+    let uuid = create::uuid_v4((env.random)());
+    if how == CreateMode::DryRun {
+        let plan = create::plan(&loaded.config, uuid);
         return print(env.out, &plan.describe());
     }
-    let kernel = read_image(&loaded.config.kernel)?;
-    let ramdisk = loaded
-        .config
-        .ramdisk
-        .as_deref()
-        .map(read_image)
-        .transpose()?;
+    // The images are read before anything is created: a missing file costs nothing.
+    let images = read_images(&loaded.config)?;
     let mut hv = (env.open)()?;
-    let dom = create::execute(hv.as_mut(), &plan, &kernel, ramdisk.as_deref())?;
+    let (dom, plan) = build_from(hv.as_mut(), &loaded.config, uuid, &images)?;
+    drop(images);
     writeln!(env.err, "fv: created domain {} ({dom})", plan.config.name)
         .map_err(CommandError::Output)?;
-    if console {
+    if how == CreateMode::Foreground {
+        return monitor_domain(hv.as_mut(), dom, loaded.config, env).map(|_| ());
+    }
+    let launch = MonitorLaunch {
+        domid: dom,
+        file: std::path::absolute(file).unwrap_or_else(|_| file.to_path_buf()),
+        overrides: overrides.to_vec(),
+        log: Path::new(MONITOR_LOG_DIR).join(format!("{}.log", plan.config.name)),
+    };
+    if let Err(e) = (env.spawn_monitor)(&launch) {
+        writeln!(
+            env.err,
+            "fv: warning: cannot start the monitor of domain {} ({e}): its on_poweroff, \
+             on_reboot and on_crash actions will not be carried out; run 'fv monitor {dom} {}' \
+             to watch it",
+            plan.config.name,
+            file.display()
+        )
+        .map_err(CommandError::Output)?;
+    }
+    if how == CreateMode::Console {
         let input = (env.console_input)();
         commands::console(
             hv.as_mut(),
@@ -170,6 +264,47 @@ fn run_create(
         )?;
     }
     Ok(())
+}
+
+/// Runs the monitor of `dom` (created from `config`) here, logging to `env.err`.
+fn monitor_domain(
+    hv: &mut dyn Hypervisor,
+    dom: DomId,
+    config: config::DomainConfig,
+    env: &mut Env<'_>,
+) -> Result<monitor::MonitorEnd, CommandError> {
+    let start = std::time::Instant::now();
+    let cfg = config.clone();
+    // Read again for each restart: an updated kernel on disk is what the next boot gets.
+    let mut rebuild = |hv: &mut dyn Hypervisor, uuid: [u8; 16]| -> Result<DomId, CommandError> {
+        let images = read_images(&cfg)?;
+        build_from(hv, &cfg, uuid, &images).map(|(d, _)| d)
+    };
+    let random = &mut *env.random;
+    let mut new_uuid = || create::uuid_v4(random());
+    let mut now = || start.elapsed();
+    let mut m = monitor::Monitor {
+        config,
+        rebuild: &mut rebuild,
+        new_uuid: &mut new_uuid,
+        now: &mut now,
+        log: env.err,
+        poll: monitor::POLL_FALLBACK,
+    };
+    monitor::monitor(hv, dom, &mut m)
+}
+
+/// `fv monitor DOMAIN -- FILE [KEY=VALUE...]`: the background half of `fv create`.
+fn run_monitor(
+    domain: &commands::DomainRef,
+    file: &Path,
+    overrides: &[String],
+    env: &mut Env<'_>,
+) -> Result<(), CommandError> {
+    let loaded = config::load(file, overrides)?;
+    let mut hv = (env.open)()?;
+    let dom = commands::resolve(hv.as_mut(), domain)?.domid;
+    monitor_domain(hv.as_mut(), dom, loaded.config, env).map(|_| ())
 }
 
 #[cfg(test)]
@@ -185,6 +320,7 @@ mod tests {
         result: Result<(), CommandError>,
         out: String,
         err: String,
+        launches: Vec<MonitorLaunch>,
     }
 
     fn run_with(args: &[&str], fake: impl Fn() -> Fake, state_dir: &Path) -> Outcome {
@@ -199,6 +335,11 @@ mod tests {
             tx.send(vec![commands::CONSOLE_ESCAPE]).unwrap();
             rx
         };
+        let mut launches = Vec::new();
+        let mut spawn = |l: &MonitorLaunch| {
+            launches.push(l.clone());
+            Ok(())
+        };
         let mut env = Env {
             open: &mut open,
             out: &mut out,
@@ -206,12 +347,14 @@ mod tests {
             state_dir: state_dir.into(),
             random: &mut random,
             console_input: &mut input,
+            spawn_monitor: &mut spawn,
         };
         let result = run(cli.command, &mut env);
         Outcome {
             result,
             out: String::from_utf8(out).unwrap(),
             err: String::from_utf8(err).unwrap(),
+            launches,
         }
     }
 
@@ -271,6 +414,7 @@ mod tests {
         };
         let mut random = || [0u8; 16];
         let mut input = || mpsc::channel().1;
+        let mut spawn = |_: &MonitorLaunch| -> std::io::Result<()> { panic!("no monitor here") };
         let mut env = Env {
             open: &mut open,
             out: &mut out,
@@ -278,6 +422,7 @@ mod tests {
             state_dir: dir.clone(),
             random: &mut random,
             console_input: &mut input,
+            spawn_monitor: &mut spawn,
         };
         run(cli.command, &mut env).unwrap();
         let out = String::from_utf8(out).unwrap();
@@ -309,6 +454,49 @@ mod tests {
             o.result.err().map(|e| e.to_string())
         );
         assert_eq!(o.err, "fv: created domain g (1)\n");
+        // A monitor is left behind for the domain's actions, with what rebuilds it.
+        assert_eq!(o.launches.len(), 1);
+        let l = &o.launches[0];
+        assert_eq!(l.log, Path::new("/var/log/fv/g.log"));
+        assert!(l.file.is_absolute());
+        let args: Vec<String> = l
+            .args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(args, ["monitor", "1", "--", cfg.to_str().unwrap()]);
+        // Overrides go along; the monitor parses them back.
+        let o = run_with(
+            &["create", cfg.to_str().unwrap(), "on_crash='preserve'"],
+            Fake::new,
+            &dir,
+        );
+        let args = o.launches[0].args();
+        let cli = Cli::try_parse_from(std::iter::once("fv".into()).chain(args)).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Monitor { domain: commands::DomainRef::Id(1), overrides, .. }
+                if overrides == ["on_crash='preserve'"]
+        ));
+        // In the foreground, fv create is the monitor: the domain powers off, and
+        // on_poweroff (destroy, by default) is carried out before it returns.
+        let stops = || {
+            let mut f = Fake::new();
+            f.stop_script.push_back(("g".into(), 0));
+            f
+        };
+        let o = run_with(&["create", "-F", cfg.to_str().unwrap()], stops, &dir);
+        assert!(
+            o.result.is_ok(),
+            "{:?}",
+            o.result.err().map(|e| e.to_string())
+        );
+        assert!(o.launches.is_empty());
+        assert!(
+            o.err.contains("fv monitor: domain g (1) shut down (poweroff), noticed on @releaseDomain: on_poweroff = destroy\nfv monitor: domain g (1) destroyed\n"),
+            "{}",
+            o.err
+        );
         // A missing kernel is named.
         std::fs::remove_file(&kernel).unwrap();
         let o = run_with(&["create", cfg.to_str().unwrap()], Fake::new, &dir);
@@ -331,6 +519,7 @@ mod tests {
         };
         let mut random = || [0u8; 16];
         let mut input = || mpsc::channel().1;
+        let mut spawn = |_: &MonitorLaunch| -> std::io::Result<()> { panic!("no monitor here") };
         let mut env = Env {
             open: &mut open,
             out: &mut out,
@@ -338,6 +527,7 @@ mod tests {
             state_dir: std::env::temp_dir(),
             random: &mut random,
             console_input: &mut input,
+            spawn_monitor: &mut spawn,
         };
         let e = run(cli.command, &mut env).unwrap_err();
         assert_eq!(

@@ -189,17 +189,12 @@ pub fn info_text(p: &PhysInfo) -> String {
     out
 }
 
-/// `fv uptime`: xl's layout (name in 33 columns, id in 4). `DomainInfo` has no start
-/// time, so only the privileged domain's uptime is known (it starts with the host);
-/// other domains show `-` until the interface reports when a domain was created.
+/// `fv uptime`: xl's layout (name in 33 columns, id in 4): the host's uptime less the
+/// domain's `start_time_ns` (dom0's is 0: it starts with the host).
 pub fn uptime_table(infos: &[DomainInfo], host_uptime_ns: u64) -> String {
     let mut out = format!("{:<33} {:>4} {}\n", "Name", "ID", "Uptime");
     for i in infos {
-        let up = if i.flags & DOMINFO_PRIVILEGED != 0 {
-            uptime_string(host_uptime_ns)
-        } else {
-            "-".into()
-        };
+        let up = uptime_string(host_uptime_ns.saturating_sub(i.start_time_ns));
         out.push_str(&format!("{:<33} {:>4} {}\n", name_of(i), i.domid, up));
     }
     out
@@ -340,18 +335,21 @@ mod tests {
             "1 day, 0:00:05"
         );
         assert_eq!(uptime_string(3 * 86_400 * 1_000_000_000), "3 days, 0:00:00");
+        let mut web = info(4, "web1", 1, 1, 0, 0);
+        web.start_time_ns = 3_600 * 1_000_000_000;
+        let mut late = info(5, "late", 1, 1, 0, 0);
+        // Created after the host figure was read: 0, not an underflow.
+        late.start_time_ns = 4_000 * 1_000_000_000;
         let t = uptime_table(
-            &[
-                info(0, "Domain-0", 1, 1, DOMINFO_PRIVILEGED, 0),
-                info(4, "web1", 1, 1, 0, 0),
-            ],
+            &[info(0, "Domain-0", 1, 1, DOMINFO_PRIVILEGED, 0), web, late],
             3_723 * 1_000_000_000,
         );
         assert_eq!(
             t,
             "Name                                ID Uptime\n\
              Domain-0                             0 1:02:03\n\
-             web1                                 4 -\n"
+             web1                                 4 0:02:03\n\
+             late                                 5 0:00:00\n"
         );
     }
 

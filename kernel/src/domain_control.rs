@@ -3,7 +3,7 @@
 //! (the flags `xl list` turns into its `r b p s c d` column), and what a shutdown request
 //! writes for the guest.
 
-use alloc::string::String;
+use alloc::{collections::BTreeMap, string::String};
 
 use ferrovisor_abi::{
     domctl::{
@@ -65,6 +65,9 @@ pub struct State {
     pub blocked_vcpus: u32,
 }
 
+/// `SHUTDOWN_crash` (`sched.h`): the reason a crashed domain reports, however it crashed.
+const SHUTDOWN_CRASH: u32 = 3;
+
 /// The `DOMINFO_*` flags and the shutdown reason of a domain in `state`.
 pub fn info_flags(state: &State) -> (u32, u32) {
     let mut flags = 0;
@@ -87,9 +90,46 @@ pub fn info_flags(state: &State) -> (u32, u32) {
             flags |= DOMINFO_SHUTDOWN;
             reason = r;
         }
-        Life::Crashed => flags |= DOMINFO_SHUTDOWN | DOMINFO_CRASHED,
+        Life::Crashed => {
+            flags |= DOMINFO_SHUTDOWN | DOMINFO_CRASHED;
+            reason = SHUTDOWN_CRASH;
+        }
     }
     (flags, reason)
+}
+
+/// Which domains' shutdowns and crashes have been announced to the toolstack
+/// (`@releaseDomain`, `VIRQ_DOM_EXC`): each stop is announced once, when it is first
+/// seen; a domain that goes away is forgotten.
+#[derive(Debug, Default)]
+pub struct StopTracker {
+    announced: BTreeMap<u16, Life>,
+}
+
+impl StopTracker {
+    pub const fn new() -> Self {
+        Self {
+            announced: BTreeMap::new(),
+        }
+    }
+
+    /// Looks at every live domain's life; whether one stopped (shut down or crashed)
+    /// since the last look, which the caller then announces.
+    pub fn update(&mut self, live: impl IntoIterator<Item = (u16, Life)>) -> bool {
+        let mut seen = BTreeMap::new();
+        let mut news = false;
+        for (id, life) in live {
+            if life == Life::Running {
+                continue;
+            }
+            if self.announced.get(&id) != Some(&life) {
+                news = true;
+            }
+            seen.insert(id, life);
+        }
+        self.announced = seen;
+        news
+    }
 }
 
 /// The word a toolstack writes to a guest's `control/shutdown` for `SHUTDOWN_*` reason
@@ -190,7 +230,7 @@ mod tests {
         );
         assert_eq!(
             f(state(Life::Crashed, 0, 1, 0)),
-            (DOMINFO_BUILT | DOMINFO_SHUTDOWN | DOMINFO_CRASHED, 0)
+            (DOMINFO_BUILT | DOMINFO_SHUTDOWN | DOMINFO_CRASHED, 3)
         );
         // Created, not built: paused, nothing else.
         let fresh = State {
@@ -206,6 +246,22 @@ mod tests {
             f(dom0),
             (DOMINFO_BUILT | DOMINFO_PRIVILEGED | DOMINFO_RUNNING, 0)
         );
+    }
+
+    #[test]
+    fn each_stop_is_announced_once() {
+        let mut t = StopTracker::new();
+        assert!(!t.update([(0, Life::Running), (1, Life::Running)]));
+        assert!(t.update([(0, Life::Running), (1, Life::Shutdown(0))]));
+        assert!(!t.update([(0, Life::Running), (1, Life::Shutdown(0))]));
+        // Another domain crashing is news; the first one still stopped is not.
+        assert!(t.update([(1, Life::Shutdown(0)), (2, Life::Crashed)]));
+        assert!(!t.update([(1, Life::Shutdown(0)), (2, Life::Crashed)]));
+        // Destroyed and its id reused by a domain that stops again: news again.
+        assert!(!t.update([(2, Life::Crashed)]));
+        assert!(t.update([(1, Life::Shutdown(1)), (2, Life::Crashed)]));
+        assert!(!t.update([]));
+        assert!(t.update([(2, Life::Crashed)]));
     }
 
     #[test]

@@ -109,19 +109,49 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
     b.find(r"Name +ID +Mem VCPUs\tState\tTime\(s\)");
     // (dom0 has two vCPUs, one per physical CPU.)
     b.find(r"Domain-0 +0 +256 +2 +r----- +\d+\.\d");
+    let free = |b: &mut ferrovisor_tests::Boot, tag: &str| -> u64 {
+        let m = run(
+            b,
+            &format!("echo {tag}=$(fv info | awk '/free_memory/ {{print $3}}')"),
+            &format!(r"{tag}=(\d+)"),
+        );
+        m.group(1).parse().expect("a number")
+    };
+    let free_at_start = free(&mut b, "F0");
+    // Waits (up to 20 s) until `cond` holds in dom0's shell, then returns what `show`
+    // prints (after a `tag0=` marker the shell computes): how the test waits for a
+    // domain's monitor, which acts on its own after the domain stops.
+    let wait = |b: &mut ferrovisor_tests::Boot, cond: &str, tag: &str, show: &str| -> String {
+        let m = run(
+            b,
+            &format!(
+                "for i in $(seq 100); do {cond} && break; sleep 0.2; done; echo {tag}$((0))=$({show})"
+            ),
+            &format!(r"{tag}0=(.*)"),
+        );
+        m.group(1).trim().to_owned()
+    };
+    // on_poweroff = "preserve" (the example's): the monitor fv create leaves behind sees
+    // it power off and leaves it shut down.
     run(
         &mut b,
         "fv create /etc/fv/examples/hello.cfg && echo N=$((4*4))",
         r"N=16",
     );
-    let m = run(
+    let m = wait(
         &mut b,
-        "fv list | grep -c '^hello .*---s--'; echo P=$((5*5))",
-        r"(\d+)\nP=25",
+        "grep -q 'left shut down' /var/log/fv/hello.log",
+        "HP",
+        "fv list | grep -c '^hello .*---s--'",
     );
-    assert_eq!(m.group(1), "1", "fv list does not show hello shut down");
+    assert_eq!(m, "1", "fv list does not show hello shut down");
     // It printed its verdict before it powered off (on the hypervisor's console).
     b.find(r"\(d1\) pv-test hello: PASS");
+    run(
+        &mut b,
+        "grep -c 'hello (1) shut down (poweroff), .*: on_poweroff = preserve' /var/log/fv/hello.log; echo HL=$((9*9))",
+        r"1\s+HL=81",
+    );
     run(
         &mut b,
         "fv destroy hello && echo Q=$(fv list | grep -c hello)",
@@ -132,33 +162,96 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         "echo G=$(fv dmesg | grep -c 'destroyed .hello.')",
         r"G=[1-9]",
     );
+    // on_crash = "preserve": with another command line the hello kernel fails its check
+    // and crashes (SHUTDOWN_crash); it stays, listed as crashed, until destroyed.
+    run(
+        &mut b,
+        "fv create /etc/fv/examples/hello.cfg 'cmdline=\"pv-test=hello crash-me\"' \
+         'on_crash=\"preserve\"' && echo HC=$((2*21))",
+        r"HC=42",
+    );
+    let m = wait(
+        &mut b,
+        "grep -q 'on_crash = preserve' /var/log/fv/hello.log",
+        "CR",
+        "fv list | grep -c '^hello .*---sc-'",
+    );
+    assert_eq!(m, "1", "fv list does not show hello crashed");
+    b.find(r"\(d\d+\) pv-test hello: FAIL");
+    run(&mut b, "fv destroy hello && echo HD=$((3*11))", r"HD=33");
+    // on_poweroff = "destroy": the monitor destroys it by itself.
+    run(
+        &mut b,
+        "fv create /etc/fv/examples/hello.cfg 'on_poweroff=\"destroy\"' && echo HX=$((5*11))",
+        r"HX=55",
+    );
+    let m = wait(
+        &mut b,
+        "! fv list hello >/dev/null 2>&1",
+        "HG",
+        "fv list | grep -c hello; grep -c 'on_poweroff = destroy' /var/log/fv/hello.log",
+    );
+    assert_eq!(m, "0 1", "the monitor did not destroy hello");
+    // on_poweroff = "rename-restart": each hello that powers off is renamed hello-ID
+    // and kept, and a new hello is built; it powers off at once too, so after 5
+    // restarts in a minute the monitor stops and leaves the last one shut down.
+    run(
+        &mut b,
+        "fv create /etc/fv/examples/hello.cfg 'on_poweroff=\"rename-restart\"' && echo RR=$((6*11))",
+        r"RR=66",
+    );
+    let m = wait(
+        &mut b,
+        "grep -q 'restarted 5 times within 60 s' /var/log/fv/hello.log",
+        "RN",
+        "fv list | grep -c '^hello-[0-9]* .*---s--'; fv list | grep -c '^hello .*---s--'",
+    );
+    assert_eq!(m, "5 1", "rename-restart: renamed and kept, then stopped");
+    run(
+        &mut b,
+        "for d in $(fv list | awk '/^hello/ {print $1}'); do fv destroy $d; done; \
+         echo RD=$(fv list | grep -c hello)",
+        r"RD=0",
+    );
+    assert_eq!(
+        free(&mut b, "F1"),
+        free_at_start,
+        "free MiB after the hellos"
+    );
 
     // A Linux domU: the same kernel with its own busybox initramfs, built by fv from the
-    // example config; dom0 talks to its shell through `fv console` (what the domU prints
-    // comes back raw on dom0's console, where the hypervisor's own mirror of the domU's
-    // console would carry a `(d2) ` prefix), then destroys it and gets its memory back.
-    let free = |b: &mut ferrovisor_tests::Boot, tag: &str| -> u64 {
-        let m = run(
-            b,
-            &format!("echo {tag}=$(fv info | awk '/free_memory/ {{print $3}}')"),
-            &format!(r"{tag}=(\d+)"),
-        );
-        m.group(1).parse().expect("a number")
-    };
-    let before = free(&mut b, "F1");
-    run(
+    // example config. `fv create -c` attaches to its console at once: what the domU
+    // prints comes back raw on dom0's console (the hypervisor's own mirror of the domU's
+    // console carries a `(dN) ` prefix), and what is typed on dom0's console (its
+    // terminal in raw mode meanwhile) goes to its shell, until Ctrl-].
+    b.allow(std::time::Duration::from_secs(900));
+    let before = free(&mut b, "F2");
+    b.send("fv create /etc/fv/examples/linux-domu.cfg -c\r");
+    b.expect(r"^domU: Linux \S+ ready");
+    b.find(r"\(d\d+\) domU: Linux \S+ ready");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    // Page migration (compaction) in the domU: its migration entries are non-present
+    // PTEs with bit 62 set, which the PV MMU must not take for grant mappings.
+    b.send("echo 1 >/proc/sys/vm/compact_memory && echo CC=$((6*7))$((1+1))\r");
+    b.expect(r"^CC=422");
+    b.send("\x1d");
+    // Leaving restores dom0's terminal; what is typed next goes to dom0's shell.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    run(&mut b, "echo BACK=$((2+3))", r"BACK=5");
+    let m = run(
         &mut b,
-        "fv create /etc/fv/examples/linux-domu.cfg && echo V=$((7*7))",
-        r"V=49",
+        "fv list | awk '/^linux / {print \"LI=\" $2 \",\" $3 \",\" $4}'",
+        r"LI=(\d+),(\d+),(\d+)",
     );
-    b.expect(r"\(d2\) domU: Linux \S+ ready");
+    let first_id: u32 = m.group(1).parse().expect("a number");
+    assert_eq!(
+        (m.group(2), m.group(3)),
+        ("128", "1"),
+        "linux's MiB and vCPUs"
+    );
+    // `fv console NAME` reaches the shell too (input from a pipe, which ends it).
     b.send("(sleep 2; echo 'echo U=$((6*7))'; sleep 4) | fv console linux\r");
-    b.expect(r"(?m)^U=42");
-    run(
-        &mut b,
-        "fv list | grep -c '^linux '; echo W=$((8*8))",
-        r"1\nW=64",
-    );
+    b.expect(r"^U=42");
     // Pause and unpause show in the state column (`rbpscd`: the third letter).
     let state = "fv list | awk '/^linux / {print $5}'";
     run(
@@ -171,20 +264,109 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
         &format!("fv unpause linux && echo UN=$({state} | cut -c3)"),
         r"UN=-",
     );
+    // mem-set: the balloon target reaches the domU's balloon driver (through xenstore's
+    // memory/target), which gives memory back.
+    run(&mut b, "fv mem-set linux 96m && echo MS=$((8*8))", r"MS=64");
+    b.send(
+        "(sleep 3; echo 'echo TK=$(cat /sys/devices/system/xen_memory/xen_memory0/target_kb)'; \
+         sleep 3) | fv console linux\r",
+    );
+    b.expect(r"^TK=98304");
+    let m = wait(
+        &mut b,
+        "[ $(fv list | awk '/^linux / {print $3}') -le 96 ]",
+        "LM",
+        "fv list | awk '/^linux / {print $3}'",
+    );
+    let mib: u64 = m.parse().expect("a number");
+    assert!(mib <= 96, "linux still has {mib} MiB after mem-set 96m");
+    // vcpu-list: one line per vCPU in xl's columns.
+    run(&mut b, "fv vcpu-list linux; echo VL=$((4*5))", r"VL=20");
+    b.find(&format!(
+        r"Name +ID +VCPU +CPU +State +Time\(s\) +Affinity.*\n.*linux +{first_id} +0 +- +[-rb]{{3}} +\d+\.\d +all / all"
+    ));
+    // uptime: every domain's, from its creation time; the domU is younger than dom0.
+    let m = run(
+        &mut b,
+        "fv uptime | awk '/^Domain-0 |^linux / {print $1 \"=\" $3}' | tr '\\n' ' '; echo UT=$((6*6))",
+        r"Domain-0=(\d+):(\d\d):(\d\d) linux=(\d+):(\d\d):(\d\d) UT=36",
+    );
+    let secs = |h: usize| -> u64 {
+        (h..h + 3).fold(0, |acc, g| {
+            acc * 60 + m.group(g).parse::<u64>().expect("a number")
+        })
+    };
+    let (dom0_up, linux_up) = (secs(1), secs(4));
+    assert!(
+        linux_up > 0 && linux_up < dom0_up,
+        "uptime: linux {linux_up} s, Domain-0 {dom0_up} s"
+    );
+
+    // fv reboot: the guest reboots itself (control/shutdown), its monitor, woken by the
+    // hypervisor's @releaseDomain watch event (not its 10 s fallback look), sees
+    // SHUTDOWN_reboot and, as on_reboot = "restart" (xl's default), builds it again:
+    // the same name, a new id, booting again.
+    run(&mut b, "fv reboot linux && echo RB=$((7*8))", r"RB=56");
+    let m = b.expect(r"\(d(\d+)\) domU: Linux \S+ ready");
+    let second_id: u32 = m.group(1).parse().expect("a number");
+    assert_ne!(second_id, first_id, "the restarted domain has a new id");
+    let m = run(
+        &mut b,
+        "fv list | awk '/^linux / {print \"LR=\" $2 \",\" $3}'; echo LC=$(fv list | grep -c '^linux ')",
+        r"LR=(\d+),(\d+)\s+LC=1",
+    );
+    assert_eq!(
+        m.group(1),
+        second_id.to_string(),
+        "fv list after the reboot"
+    );
+    assert_eq!(
+        m.group(2),
+        "128",
+        "the restarted domain has its config's memory"
+    );
+    run(
+        &mut b,
+        &format!(
+            "grep -c 'linux ({first_id}) shut down (reboot), noticed on @releaseDomain: on_reboot = restart' /var/log/fv/linux.log; \
+             grep -c 'linux restarted as domain {second_id}' /var/log/fv/linux.log; echo RL=$((9*7))"
+        ),
+        r"1\s+1\s+RL=63",
+    );
     // A shutdown request reaches the guest through xenstore; it powers itself off and
-    // `fv shutdown -w` returns once it has (the fourth letter: shut down).
+    // `fv shutdown -w` returns once it has; on_poweroff = "destroy" (the example's): its
+    // monitor destroys it, and the hypervisor's free memory is back.
+    run(&mut b, "fv shutdown -w linux && echo SD=$((9*9))", r"SD=81");
+    let m = wait(
+        &mut b,
+        "! fv list linux >/dev/null 2>&1",
+        "Y",
+        "fv list | grep -c linux",
+    );
+    assert_eq!(m, "0", "the monitor did not destroy linux");
     run(
         &mut b,
-        &format!("fv shutdown -w linux && echo SD=$({state} | cut -c4)"),
-        r"SD=s",
+        "grep -c 'shut down (poweroff), noticed on @releaseDomain: on_poweroff = destroy' /var/log/fv/linux.log; echo PD=$((3*17))",
+        r"1\s+PD=51",
     );
+    let after = free(&mut b, "F3");
+    assert_eq!(after, before, "free MiB after the Linux domU went");
+    // Only Domain-0 is left, and every monitor has ended with its domain.
     run(
         &mut b,
-        "fv destroy linux && echo Y=$(fv list | grep -c linux)",
-        r"Y=0",
+        "echo OD=$(fv list | tail -n +2 | awk '{print $1}' | tr '\\n' ,); echo MO=$(ps | grep -c '[f]v monitor')",
+        r"OD=Domain-0,\s+MO=0",
     );
-    let after = free(&mut b, "F2");
-    assert_eq!(after, before, "free MiB after destroying the Linux domU");
+
+    // dom0 compacts its memory: Linux migrates pages (through migration entries in its
+    // page tables), and goes on.
+    let m = run(
+        &mut b,
+        "echo 1 >/proc/sys/vm/compact_memory; echo PM=$(awk '/^pgmigrate_success/ {print $2}' /proc/vmstat)",
+        r"PM=(\d+)",
+    );
+    let migrated: u64 = m.group(1).parse().expect("a number");
+    assert!(migrated > 0, "dom0's compaction migrated no page");
 
     b.send("poweroff -f\r");
     b.expect_dom0_poweroff();

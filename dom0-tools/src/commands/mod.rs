@@ -3,6 +3,7 @@
 //! which write to the `Write` they are given.
 
 pub mod create;
+pub mod monitor;
 
 use std::{
     io::Write,

@@ -3,14 +3,17 @@
 //! every call so tests can check the order of operations, and can be told to refuse one
 //! command with an errno.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Duration,
+};
 
 use ferrovisor_abi::{
     domctl::{
         BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo,
-        ReadLog, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd, DOMINFO_BLOCKED,
-        DOMINFO_BUILT, DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
-        FV_CONTROL_INTERFACE_VERSION,
+        ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
+        DOMINFO_BLOCKED, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_PAUSED, DOMINFO_PRIVILEGED,
+        DOMINFO_RUNNING, DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION,
     },
     xen::{DomId, XenPfn},
 };
@@ -25,6 +28,9 @@ const EACCES: i32 = 13;
 const EEXIST: i32 = 17;
 const EINVAL: i32 = 22;
 const ENOSYS: i32 = 38;
+
+/// In [`Fake::stop_script`]: the domain is destroyed (by another `fv`).
+pub const DESTROYED_ELSEWHERE: u32 = u32::MAX;
 
 /// One fake domain.
 #[derive(Clone, Debug)]
@@ -50,6 +56,7 @@ pub struct Fake {
     pub domains: BTreeMap<DomId, FakeDomain>,
     pub total_pages: u64,
     pub nr_cpus: u32,
+    /// The host's uptime (`PhysInfo`); a domain created now gets it as its start time.
     pub uptime_ns: u64,
     pub log: Vec<u8>,
     pub xenstore: BTreeMap<String, String>,
@@ -59,6 +66,12 @@ pub struct Fake {
     pub fail: Option<(String, i32)>,
     /// A request for a shutdown stops the domain at once.
     pub obey_shutdown: bool,
+    /// What each `wait_for_domain_change` does: the live domain with this name stops
+    /// with this `SHUTDOWN_*` reason (3 crashes it; [`DESTROYED_ELSEWHERE`] destroys it)
+    /// and the watch fires. With nothing left, the watch connection is closed (an error).
+    pub stop_script: VecDeque<(String, u32)>,
+    /// The watch misses the scripted stops: each wait applies one and times out.
+    pub quiet_stops: bool,
     next_id: DomId,
 }
 
@@ -87,6 +100,8 @@ impl Fake {
             calls: Vec::new(),
             fail: None,
             obey_shutdown: true,
+            stop_script: VecDeque::new(),
+            quiet_stops: false,
             next_id: 1,
         };
         f.add_domain(
@@ -171,11 +186,13 @@ impl Fake {
                     return Err(EEXIST);
                 }
                 let new = self.next_id;
+                let self_uptime = self.uptime_ns;
                 let d = self.add_domain(new, &name, 0, DOMINFO_PAUSED);
                 d.info.max_pages = c.max_pages;
                 d.info.nr_vcpus = c.max_vcpus;
                 d.info.online_vcpus = 0;
                 d.info.uuid = c.uuid;
+                d.info.start_time_ns = self_uptime;
                 d.populated.clear();
                 req.domain = new;
             }
@@ -297,6 +314,23 @@ impl Fake {
                 c.done = bytes.len() as u32;
                 self.dom(id)?.console_input.extend_from_slice(&bytes);
                 req.set_payload(&c);
+            }
+            DomctlCmd::RenameDomain => {
+                let r: RenameDomain = req.payload();
+                let name = ferrovisor_abi::domctl::name_bytes(&r.name).to_vec();
+                if id == 0 || name.is_empty() {
+                    return Err(EINVAL);
+                }
+                if self
+                    .domains
+                    .values()
+                    .any(|d| d.info.domid != id && d.info.name_bytes() == name.as_slice())
+                {
+                    return Err(EEXIST);
+                }
+                let d = self.dom(id)?;
+                d.info.name = [0; 64];
+                d.info.name[..name.len()].copy_from_slice(&name);
             }
             DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => {
                 return Err(ENOSYS);
@@ -421,5 +455,32 @@ impl Hypervisor for Fake {
 
     fn xenstore_read(&mut self, path: &str) -> Result<Option<String>, TransportError> {
         Ok(self.xenstore.get(path).cloned())
+    }
+
+    fn wait_for_domain_change(&mut self, _timeout: Duration) -> Result<bool, TransportError> {
+        self.calls.push("wait".into());
+        let Some((name, reason)) = self.stop_script.pop_front() else {
+            return Err(TransportError::Xenstore {
+                op: "watch",
+                path: "@releaseDomain".into(),
+                reason: "the fake's script is over".into(),
+            });
+        };
+        if reason == DESTROYED_ELSEWHERE {
+            self.domains
+                .retain(|_, d| d.info.name_bytes() != name.as_bytes());
+        } else if let Some(d) = self
+            .domains
+            .values_mut()
+            .find(|d| d.info.name_bytes() == name.as_bytes())
+        {
+            d.info.flags &= !(DOMINFO_RUNNING | DOMINFO_BLOCKED);
+            d.info.flags |= DOMINFO_SHUTDOWN;
+            if reason == 3 {
+                d.info.flags |= DOMINFO_CRASHED;
+            }
+            d.info.shutdown_reason = reason;
+        }
+        Ok(!self.quiet_stops)
     }
 }

@@ -19,6 +19,8 @@ use ferrovisor_abi::{
     },
     xen::{arch_x86::VcpuGuestContext, DomId, GuestHandle, XenPfn},
 };
+use std::time::Duration;
+
 use thiserror::Error;
 
 /// A buffer a request names: read by the hypervisor, or written by it.
@@ -124,6 +126,10 @@ pub trait Hypervisor {
     fn xenstore_write(&mut self, path: &str, value: &str) -> Result<(), TransportError>;
     /// Reads a xenstore node; `None` when it does not exist.
     fn xenstore_read(&mut self, path: &str) -> Result<Option<String>, TransportError>;
+    /// Waits up to `timeout` for a domain to shut down, crash or go away (xenstore's
+    /// `@releaseDomain` watch, registered on the first call); whether the watch fired.
+    /// The caller then looks at the domains: a fired watch names none.
+    fn wait_for_domain_change(&mut self, timeout: Duration) -> Result<bool, TransportError>;
 }
 
 /// One buffer a request names.

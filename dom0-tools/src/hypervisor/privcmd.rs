@@ -10,6 +10,8 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, Read, Write},
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::Duration,
 };
 
 use ferrovisor_abi::{
@@ -64,6 +66,55 @@ pub struct Privcmd {
     /// Opened on first use: the hypercall-only commands do not need xenstore.
     xenbus: Option<File>,
     req_id: u32,
+    /// `@releaseDomain` events, from a second xenbus connection read by its own thread
+    /// (watch events arrive between replies; this keeps them off the request one).
+    stop_events: Option<Receiver<()>>,
+}
+
+/// The token of `fv`'s `@releaseDomain` watch.
+const STOP_WATCH_TOKEN: &str = "fv-domain-stops";
+
+/// Opens a xenbus connection, registers the `@releaseDomain` watch on it, and starts a
+/// thread that sends one `()` per watch event (the first comes at once, as Xen fires a
+/// new watch). The channel closes when the connection does.
+fn watch_domain_stops() -> Result<Receiver<()>, TransportError> {
+    let mut bus = open(XENBUS_PATH)?;
+    let mut payload = b"@releaseDomain\0".to_vec();
+    payload.extend_from_slice(STOP_WATCH_TOKEN.as_bytes());
+    payload.push(0);
+    let header = XsdSockmsg {
+        r#type: XsType::Watch.raw(),
+        req_id: 1,
+        tx_id: 0,
+        len: payload.len() as u32,
+    };
+    let mut msg = header.as_bytes().to_vec();
+    msg.extend_from_slice(&payload);
+    bus.write_all(&msg).map_err(|e| TransportError::Xenstore {
+        op: "watch",
+        path: "@releaseDomain".into(),
+        reason: e.to_string(),
+    })?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || loop {
+        let mut head = [0u8; XSD_SOCKMSG_SIZE];
+        if bus.read_exact(&mut head).is_err() {
+            return;
+        }
+        let h = XsdSockmsg::read_from_bytes(&head).expect("16 bytes");
+        let mut body = vec![0u8; h.len as usize];
+        if bus.read_exact(&mut body).is_err() {
+            return;
+        }
+        if h.r#type == XsType::ErrorReply.raw() {
+            // The watch was refused: close the channel, the waiter reports it.
+            return;
+        }
+        if h.r#type == XsType::WatchEvent.raw() && tx.send(()).is_err() {
+            return;
+        }
+    });
+    Ok(rx)
 }
 
 impl Privcmd {
@@ -73,6 +124,7 @@ impl Privcmd {
             privcmd: open(PRIVCMD_PATH)?,
             xenbus: None,
             req_id: 0,
+            stop_events: None,
         })
     }
 
@@ -247,6 +299,28 @@ impl Hypervisor for Privcmd {
                 reason,
             }),
         }
+    }
+
+    fn wait_for_domain_change(&mut self, timeout: Duration) -> Result<bool, TransportError> {
+        if self.stop_events.is_none() {
+            self.stop_events = Some(watch_domain_stops()?);
+        }
+        let rx = self.stop_events.as_ref().expect("set above");
+        let fired = match rx.recv_timeout(timeout) {
+            Ok(()) => true,
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.stop_events = None;
+                return Err(TransportError::Xenstore {
+                    op: "watch",
+                    path: "@releaseDomain".into(),
+                    reason: format!("the watch connection on {XENBUS_PATH} closed"),
+                });
+            }
+        };
+        // One look at the domains answers every event queued so far.
+        while rx.try_recv().is_ok() {}
+        Ok(fired)
     }
 
     fn xenstore_read(&mut self, path: &str) -> Result<Option<String>, TransportError> {

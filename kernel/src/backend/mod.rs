@@ -3,11 +3,15 @@
 //! console rings. A guest's `send` on such a port runs the backend at once, in the
 //! hypercall; the backend notifies the guest's port when it has produced something.
 
-use ferrovisor::mm::frame_table::DomId;
+use ferrovisor::{domain_control::StopTracker, mm::frame_table::DomId};
+use ferrovisor_abi::xen::xen::Virq;
 
-use crate::domain::{
-    lifecycle::{SERVICE_CONSOLE, SERVICE_XENSTORE},
-    Domains,
+use crate::{
+    arch::x86_64::irq::IrqMutex,
+    domain::{
+        lifecycle::{SERVICE_CONSOLE, SERVICE_XENSTORE},
+        Domains, DOM0,
+    },
 };
 
 pub mod console;
@@ -23,5 +27,24 @@ pub fn notify(doms: &mut Domains, dom: DomId, service: u32) {
             }
         }
         _ => {}
+    }
+}
+
+/// The shutdowns and crashes already announced. Lock order: `DOMAINS`, then this.
+static STOPS: IrqMutex<StopTracker> = IrqMutex::new(StopTracker::new());
+
+/// Announces the domains that shut down or crashed since the last call, as Xen does:
+/// dom0 gets `VIRQ_DOM_EXC` and xenstore fires `@releaseDomain`, so a toolstack learns of
+/// it without polling (`fv`'s per-domain monitor watches `@releaseDomain`). Called after
+/// a guest's `SCHEDOP_shutdown` and at the start of every control operation (which
+/// catches the crashes the hypervisor imposes on a guest).
+pub fn announce_stops(doms: &mut Domains) {
+    let news = STOPS.lock().update(doms.iter().map(|d| (d.id.0, d.life)));
+    if !news {
+        return;
+    }
+    xenstore::domain_exception(doms);
+    if let Some(d0) = doms.get_mut(DOM0) {
+        d0.send_virq(Virq::DomExc.raw(), 0);
     }
 }

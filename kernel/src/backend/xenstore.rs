@@ -148,6 +148,14 @@ pub fn release(doms: &mut Domains, dom: DomId) {
     }
 }
 
+/// A domain shut down or crashed: `@releaseDomain` fires (the domain stays connected).
+pub fn domain_exception(doms: &mut Domains) {
+    let outcome = XENSTORE.lock().as_mut().map(Xenstore::domain_exception);
+    if let Some(o) = outcome {
+        deliver(doms, &o);
+    }
+}
+
 /// Domain `dom` signalled its store port: handle its requests.
 pub fn service(doms: &mut Domains, dom: DomId) {
     let Some((mut p, port)) = doms.get(dom).and_then(page) else {

@@ -1,7 +1,7 @@
 //! Domain control's heavier steps: building a created domain (`BuildPv`) and destroying
 //! one (every frame, port and reference it held comes back).
 
-use alloc::{format, string::String, vec::Vec};
+use alloc::{collections::BTreeMap, format, string::String, vec::Vec};
 
 use ferrovisor::mm::{
     frame_table::{DomId, Owner},
@@ -13,7 +13,52 @@ use super::{
     build::{self, BuildInput},
     Domain, DOM0, FRAME_TABLE,
 };
-use crate::{arch::x86_64::paging::GuestTables, hypercall::domctl::Privileged, memory};
+use crate::{
+    arch::x86_64::{irq::IrqMutex, paging::GuestTables},
+    hypercall::domctl::Privileged,
+    memory,
+};
+
+/// When each created domain was made (ns of hypervisor uptime), for `DomainInfo`'s
+/// `start_time_ns` (`fv uptime`). dom0, built at boot, has no entry: it reads as 0.
+/// The innermost lock: nothing is locked while it is held.
+static STARTED: IrqMutex<BTreeMap<u16, u64>> = IrqMutex::new(BTreeMap::new());
+
+/// Records that domain `id` was created at `now_ns`.
+pub fn record_start(id: DomId, now_ns: u64) {
+    STARTED.lock().insert(id.0, now_ns);
+}
+
+/// When domain `id` was created (0: at boot).
+pub fn start_time_ns(id: DomId) -> u64 {
+    STARTED.lock().get(&id.0).copied().unwrap_or(0)
+}
+
+/// `RenameDomain`: a new name for a domain other than dom0 (valid, and unique among the
+/// live domains), also written to its xenstore `name` key.
+pub fn rename(_: &Privileged, target: DomId, name: &[u8]) -> Result<(), XenErrno> {
+    let name = ferrovisor::domain_control::check_name(name)?;
+    if target == DOM0 {
+        return Err(XenErrno::Einval);
+    }
+    super::with_domains(|doms| {
+        if doms.iter().any(|d| d.name == name && d.id != target) {
+            return Err(XenErrno::Eexist);
+        }
+        let d = doms.get_mut(target).ok_or(XenErrno::Esrch)?;
+        log::info!("d{}: renamed \"{}\" to \"{name}\"", target.0, d.name);
+        d.name = name.clone();
+        if d.built {
+            let write = format!("/local/domain/{}/name\0{name}", target.0);
+            let _ = crate::backend::xenstore::request(
+                doms,
+                ferrovisor_abi::xen::xs_wire::XsType::Write,
+                write.as_bytes(),
+            );
+        }
+        Ok(())
+    })
+}
 
 /// The hypervisor's backends, as the service numbers their ports carry (the remote port
 /// of a channel to `DOMID_XEN`).
@@ -221,6 +266,7 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
         release_grants(doms, &mut d);
         Ok::<_, XenErrno>(d)
     })?;
+    STARTED.lock().remove(&target.0);
     let (freed, kept) = release_memory(&mut d);
     super::with_domains(|doms| doms.set_dying_frames(target, kept as u64));
     log::info!(

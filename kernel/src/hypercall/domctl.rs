@@ -11,8 +11,8 @@ use ferrovisor::{domain_control, mm::frame_table::DomId};
 use ferrovisor_abi::{
     domctl::{
         self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
-        PhysInfo, ReadLog, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
-        VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+        PhysInfo, ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl,
+        SysctlCmd, VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
     },
     errno::XenErrno,
     version::XEN_VERSION,
@@ -58,6 +58,7 @@ pub(super) fn write_out(va: u64, bytes: &[u8]) -> core::result::Result<(), XenEr
 pub fn domctl([arg, ..]: [u64; 5]) -> Result {
     let p = privileged()?;
     lifecycle::reap_dying();
+    domain::with_domains(backend::announce_stops);
     let mut req: Domctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);
@@ -115,6 +116,10 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
             let mut c: ConsoleIo = req.payload();
             console_write(&p, target, &mut c)?;
             req.set_payload(&c);
+        }
+        DomctlCmd::RenameDomain => {
+            let r: RenameDomain = req.payload();
+            lifecycle::rename(&p, target, domctl::name_bytes(&r.name))?;
         }
         DomctlCmd::BuildPv => {
             let mut b: BuildPv = req.payload();
@@ -267,6 +272,7 @@ fn create(_: &Privileged, c: &CreateDomain) -> core::result::Result<DomId, XenEr
             c.max_pages / 256
         );
         doms.insert(alloc::boxed::Box::new(d));
+        lifecycle::record_start(id, clock::now_ns());
         Ok(id)
     })
 }
@@ -293,6 +299,7 @@ pub fn info(d: &Domain) -> DomainInfo {
     i.uuid = d.uuid;
     let n = d.name.len().min(DOMAIN_NAME_MAX);
     i.name[..n].copy_from_slice(&d.name.as_bytes()[..n]);
+    i.start_time_ns = lifecycle::start_time_ns(d.id);
     i
 }
 
@@ -311,6 +318,7 @@ fn dying_info(id: DomId, d: &domain::Dying) -> DomainInfo {
 pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
     let _p = privileged()?;
     lifecycle::reap_dying();
+    domain::with_domains(backend::announce_stops);
     let mut req: Sysctl = read_in(arg)?;
     if req.interface_version != FV_CONTROL_INTERFACE_VERSION {
         return Err(XenErrno::Eacces);

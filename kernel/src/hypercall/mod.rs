@@ -290,6 +290,7 @@ fn sched_op([cmd, arg, ..]: [u64; 5]) -> Result {
                 .map_err(|_| XenErrno::Efault)?
                 .reason;
             domain::with_current(|d| d.shutdown(reason)).ok_or(XenErrno::Esrch)?;
+            domain::with_domains(crate::backend::announce_stops);
             Ok(0)
         }
         Ok(_) | Err(_) => Err(XenErrno::Enosys),

@@ -560,7 +560,9 @@ impl FrameTable {
                     return Err(MmError::HypervisorSlot);
                 }
                 let old = mem.read(table, index);
-                if level == Level::L1 && old & bits::GNTTAB != 0 {
+                // Only a present entry can be a grant mapping: a non-present one is the
+                // guest's to encode (Linux's swap and migration entries set bit 62).
+                if level == Level::L1 && old & pte::PRESENT != 0 && old & bits::GNTTAB != 0 {
                     return Err(MmError::GrantMapping);
                 }
                 let owner = if level == Level::L1 { pg_owner } else { dom };
@@ -1811,6 +1813,24 @@ mod tests {
         ft.pin(Mfn(20), D1, Level::L1, &mut mem).unwrap();
         ft.unpin(Mfn(20), D1, &mut mem).unwrap();
         assert_all_clear(&ft);
+    }
+
+    #[test]
+    fn non_present_entries_with_bit_62_are_the_guests_not_grant_mappings() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        build_tree(&mut mem);
+        ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
+        // A Linux migration entry (swap type in bits 59..63, the offset inverted below).
+        let migration = 0xefff_e7ff_ffac_0002;
+        assert_ne!(migration & bits::GNTTAB, 0);
+        ft.update_entry(Mfn(4), 7, migration, D1, &mut mem).unwrap();
+        assert_eq!(mem.read(Mfn(4), 7), migration);
+        // Migration done: the entry becomes a present mapping again.
+        ft.update_entry(Mfn(4), 7, e(12, P | RW), D1, &mut mem)
+            .unwrap();
+        assert_eq!(mem.read(Mfn(4), 7) & !0xfff & !(1 << 63), 12 << 12);
+        ft.update_entry(Mfn(4), 7, 0, D1, &mut mem).unwrap();
     }
 
     #[test]

@@ -270,6 +270,16 @@ impl Xenstore {
         Ok(out)
     }
 
+    /// A domain shut down or crashed but stays (until the toolstack destroys it): fires
+    /// `@releaseDomain`, as Xen's xenstored does on `VIRQ_DOM_EXC`, so a toolstack that
+    /// watches it learns without polling. The domain's connection and nodes stay.
+    pub fn domain_exception(&mut self) -> Outcome {
+        let mut out = Outcome::default();
+        let events = self.watches.special_events(RELEASE_DOMAIN);
+        self.deliver(events, &mut out);
+        out
+    }
+
     /// Removes `/local/domain/<dom>` and everything below it, firing watches.
     pub fn remove_domain_tree(&mut self, dom: DomId) -> Outcome {
         let mut out = Outcome::default();

@@ -24,7 +24,7 @@ mod checks {
         xen::{
             arch_x86::{VcpuGuestContext, VGCF_IN_KERNEL},
             grant_table::GrantStatus,
-            xen::{MmuUpdate, StartInfo, DOMID_SELF},
+            xen::{MmuUpdate, StartInfo, Virq, DOMID_SELF},
             DomId, GuestHandle,
         },
     };
@@ -132,6 +132,15 @@ mod checks {
         console_input(guest)?;
         // With the guest alive, the harness moves serial input around and back.
         serial_input("switch the serial input around, then type a line")?;
+        // As in Xen, a domain that stops is announced to dom0: VIRQ_DOM_EXC, and
+        // xenstore's @releaseDomain watch fires (the domain is still there).
+        let dom_exc =
+            events::bind_virq(Virq::DomExc.raw(), 0).map_err(|_| "cannot bind VIRQ_DOM_EXC")?;
+        events::set_masked(dom_exc, true);
+        events::clear_pending(dom_exc);
+        store
+            .watch("@releaseDomain", "stopped")
+            .map_err(|_| "cannot watch @releaseDomain")?;
         let r = control::domctl(
             DomctlCmd::RequestShutdown,
             guest,
@@ -139,6 +148,29 @@ mod checks {
         );
         pvrt::ensure!(r.is_ok(), "RequestShutdown failed");
         wait_for_shutdown(guest)?;
+        pvrt::ensure!(
+            events::is_pending(dom_exc),
+            "no VIRQ_DOM_EXC after the guest shut down"
+        );
+        events::clear_pending(dom_exc);
+        let mut released = false;
+        for _ in 0..16 {
+            match store.next_event(2000) {
+                Some(ev) if ev.token() == "stopped" && ev.path() == "@releaseDomain" => {
+                    released = true;
+                    break;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        pvrt::ensure!(
+            released,
+            "no @releaseDomain event after the guest shut down"
+        );
+        pvrt::println!(
+            "pv-test control: the guest's shutdown raised VIRQ_DOM_EXC and @releaseDomain"
+        );
         check_lists(guest)?;
         check_dmesg()?;
         // A foreign mapping of the guest's start_info page, as a toolstack reads a guest.
