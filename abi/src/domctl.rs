@@ -62,6 +62,9 @@ xen_enum! {
         /// among live domains, the rules of [`CreateDomain::name`]); what `on_crash =
         /// "rename-restart"` does before building the replacement.
         RenameDomain = 14,
+        /// Payload [`VcpuState`]: one vCPU's state, physical CPU and CPU time (`vcpu`
+        /// in, the rest out; Xen's `getvcpuinfo`).
+        GetVcpuInfo = 15,
     }
 }
 
@@ -351,6 +354,42 @@ pub struct VcpuContext {
 
 assert_layout!(VcpuContext, size = 16, align = 8, vcpu = 0, ctx = 8);
 
+/// `GetVcpuInfo` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct VcpuState {
+    /// Which vCPU (in).
+    pub vcpu: u32,
+    /// 1 when it is up (`VCPUOP_up`, or vCPU 0 of a built domain).
+    pub online: u8,
+    /// 1 when it waits for an event (`SCHEDOP_block`/`poll`).
+    pub blocked: u8,
+    /// 1 when it is on a physical CPU now.
+    pub running: u8,
+    pub _pad: u8,
+    /// The physical CPU it runs on, or last ran on; [`VcpuState::NO_CPU`] if it never ran.
+    pub cpu: u32,
+    pub _pad2: u32,
+    /// CPU time it has had, in nanoseconds.
+    pub cpu_time_ns: u64,
+}
+
+assert_layout!(
+    VcpuState,
+    size = 24,
+    align = 8,
+    vcpu = 0,
+    online = 4,
+    blocked = 5,
+    running = 6,
+    cpu = 8,
+    cpu_time_ns = 16
+);
+
+impl VcpuState {
+    pub const NO_CPU: u32 = u32::MAX;
+}
+
 /// `RequestShutdown` payload.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -470,6 +509,7 @@ const _: () = {
     assert!(core::mem::size_of::<BuildPv>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<ConsoleIo>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<RenameDomain>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<VcpuState>() <= DOMCTL_PAYLOAD);
     assert!(core::mem::size_of::<PhysInfo>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ListDomains>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ReadLog>() <= SYSCTL_PAYLOAD);

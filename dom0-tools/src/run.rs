@@ -159,7 +159,16 @@ pub fn run(cmd: Command, env: &mut Env<'_>) -> Result<(), CommandError> {
         Command::MemSet { domain, mem } => commands::mem_set(hv, &domain, mem).map(|_| ()),
         Command::VcpuList { domain } => {
             let infos = commands::list(hv, domain.as_slice())?;
-            print(env.out, &table::vcpu_table(&infos))
+            let mut rows = Vec::new();
+            for i in infos {
+                // A domain gone between the listing and the question is left out.
+                match commands::vcpu_states(hv, &i) {
+                    Ok(v) => rows.push((i, v)),
+                    Err(CommandError::NoSuchId(_)) if domain.is_none() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            print(env.out, &table::vcpu_table(&rows))
         }
         Command::Uptime { domain } => {
             let infos = commands::list(hv, domain.as_slice())?;

@@ -4,8 +4,9 @@
 
 use ferrovisor_abi::{
     domctl::{
-        DomainInfo, PhysInfo, DOMINFO_BLOCKED, DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED,
-        DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION,
+        DomainInfo, PhysInfo, VcpuState, DOMINFO_BLOCKED, DOMINFO_CRASHED, DOMINFO_DYING,
+        DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
+        FV_CONTROL_INTERFACE_VERSION,
     },
     xen::sched::ShutdownReason,
 };
@@ -200,40 +201,36 @@ pub fn uptime_table(infos: &[DomainInfo], host_uptime_ns: u64) -> String {
     out
 }
 
-/// `fv vcpu-list`: xl's columns. `DomainInfo` reports vCPU counts and the domain's
-/// total CPU time, not each vCPU: vCPUs below `online_vcpus` take the domain's running
-/// or blocked letter, the others are shown offline (`--p`); the CPU column is `-`, and
-/// the time is per vCPU only when there is one.
-pub fn vcpu_table(infos: &[DomainInfo]) -> String {
+/// `fv vcpu-list`: xl's columns, a line per vCPU: the physical CPU it runs on or last
+/// ran on (`-` when offline or never run), its state (`r` running, `b` blocked, `p`
+/// offline, as xl) and its own CPU time.
+pub fn vcpu_table(rows: &[(DomainInfo, Vec<VcpuState>)]) -> String {
     let mut out = format!(
         "{:<32} {:>5} {:>5} {:>5} {:>5} {:>9} {}\n",
         "Name", "ID", "VCPU", "CPU", "State", "Time(s)", "Affinity (Hard / Soft)"
     );
-    for i in infos {
-        for v in 0..i.nr_vcpus {
-            let online = v < i.online_vcpus;
-            let state = if !online {
-                "--p"
-            } else if i.flags & DOMINFO_RUNNING != 0 {
-                "r--"
-            } else if i.flags & DOMINFO_BLOCKED != 0 {
-                "-b-"
-            } else {
-                "---"
-            };
-            let time = if i.nr_vcpus == 1 {
-                format!("{:.1}", i.cpu_time_ns as f64 / 1e9)
+    for (i, vcpus) in rows {
+        for v in vcpus {
+            let online = v.online != 0;
+            let state = format!(
+                "{}{}{}",
+                if v.running != 0 { 'r' } else { '-' },
+                if v.blocked != 0 { 'b' } else { '-' },
+                if online { '-' } else { 'p' }
+            );
+            let cpu = if online && v.cpu != VcpuState::NO_CPU {
+                v.cpu.to_string()
             } else {
                 "-".into()
             };
             out.push_str(&format!(
-                "{:<32} {:>5} {:>5} {:>5} {:>5} {:>9} {}\n",
+                "{:<32} {:>5} {:>5} {:>5} {:>5} {:>9.1} {}\n",
                 name_of(i),
                 i.domid,
-                v,
-                "-",
+                v.vcpu,
+                cpu,
                 state,
-                time,
+                v.cpu_time_ns as f64 / 1e9,
                 "all / all"
             ));
         }
@@ -353,11 +350,34 @@ mod tests {
         );
     }
 
+    fn vcpu(vcpu: u32, online: bool, blocked: bool, running: bool, cpu: u32, ns: u64) -> VcpuState {
+        VcpuState {
+            vcpu,
+            online: online.into(),
+            blocked: blocked.into(),
+            running: running.into(),
+            _pad: 0,
+            cpu,
+            _pad2: 0,
+            cpu_time_ns: ns,
+        }
+    }
+
     #[test]
     fn vcpus() {
-        let mut two = info(2, "smp", 1, 2, DOMINFO_RUNNING, 10_000_000_000);
-        two.online_vcpus = 1;
-        let t = vcpu_table(&[info(1, "up", 1, 1, DOMINFO_BLOCKED, 1_500_000_000), two]);
+        let up = info(1, "up", 1, 1, DOMINFO_BLOCKED, 1_500_000_000);
+        let two = info(2, "smp", 1, 3, DOMINFO_RUNNING, 10_000_000_000);
+        let t = vcpu_table(&[
+            (up, vec![vcpu(0, true, true, false, 1, 1_500_000_000)]),
+            (
+                two,
+                vec![
+                    vcpu(0, true, false, true, 0, 7_250_000_000),
+                    vcpu(1, false, false, false, 1, 2_750_000_000),
+                    vcpu(2, true, false, false, VcpuState::NO_CPU, 0),
+                ],
+            ),
+        ]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
@@ -365,16 +385,23 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "up                                   1     0     -   -b-       1.5 all / all"
+            "up                                   1     0     1   -b-       1.5 all / all"
         );
         assert_eq!(
             lines[2],
-            "smp                                  2     0     -   r--         - all / all"
+            "smp                                  2     0     0   r--       7.2 all / all"
         );
+        // Offline: no CPU, `p`; its time so far stays.
         assert_eq!(
             lines[3],
-            "smp                                  2     1     -   --p         - all / all"
+            "smp                                  2     1     -   --p       2.8 all / all"
         );
+        // Up but never run yet.
+        assert_eq!(
+            lines[4],
+            "smp                                  2     2     -   ---       0.0 all / all"
+        );
+        assert_eq!(lines.len(), 5);
     }
 
     #[test]

@@ -560,7 +560,7 @@ fn msr_context(d: &Domain) -> MsrContext {
         vendor,
         vcpu_id: d.cur().id,
         tsc: cpu::rdtsc(),
-        fs_base: 0,
+        fs_base: cpu::guest_fs_base(),
         gs_base_kernel: kernel_gs,
         gs_base_user: user_gs,
         syscall: SyscallMsrs {

@@ -74,6 +74,7 @@ fn save_running(d: &mut Domain, frame: &TrapFrame) {
 fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
     let v = d.cur_mut();
     v.on_cpu = Some(percpu::cpu());
+    v.last_cpu = v.on_cpu;
     let l4 = if v.pv.in_kernel {
         Some(v.kernel_l4)
     } else {

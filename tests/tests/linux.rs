@@ -280,11 +280,21 @@ fn debian_linux_boots_as_dom0_to_a_shell() {
     );
     let mib: u64 = m.parse().expect("a number");
     assert!(mib <= 96, "linux still has {mib} MiB after mem-set 96m");
-    // vcpu-list: one line per vCPU in xl's columns.
+    // vcpu-list: one line per vCPU in xl's columns, each with the physical CPU it ran
+    // on last and its own time; dom0's two vCPUs have both run.
     run(&mut b, "fv vcpu-list linux; echo VL=$((4*5))", r"VL=20");
     b.find(&format!(
-        r"Name +ID +VCPU +CPU +State +Time\(s\) +Affinity.*\n.*linux +{first_id} +0 +- +[-rb]{{3}} +\d+\.\d +all / all"
+        r"Name +ID +VCPU +CPU +State +Time\(s\) +Affinity.*\n.*linux +{first_id} +0 +[01] +[-r][-b]- +\d+\.\d +all / all"
     ));
+    let m = run(
+        &mut b,
+        "fv vcpu-list 0 | awk '/^Domain-0/ {printf \"%s:%s:%s \", $3, $4, $6}'; echo VD=$((4*6))",
+        r"0:([01]):(\d+\.\d) 1:([01]):(\d+\.\d) VD=24",
+    );
+    for (vcpu, time) in [(0, m.group(2)), (1, m.group(4))] {
+        let t: f64 = time.parse().expect("a number");
+        assert!(t > 0.0, "dom0's vCPU {vcpu} has no CPU time: {}", m.text);
+    }
     // uptime: every domain's, from its creation time; the domU is younger than dom0.
     let m = run(
         &mut b,

@@ -15,7 +15,8 @@ use std::{
 use ferrovisor_abi::{
     domctl::{
         ConsoleIo, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo, ReadLog, SetMemTarget,
-        ShutdownRequest, Sysctl, SysctlCmd, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_SHUTDOWN,
+        ShutdownRequest, Sysctl, SysctlCmd, VcpuState, DOMINFO_DYING, DOMINFO_PAUSED,
+        DOMINFO_SHUTDOWN,
     },
     xen::{xen::DOMID_FIRST_RESERVED, DomId},
 };
@@ -170,6 +171,26 @@ pub fn domain_info(hv: &mut dyn Hypervisor, dom: DomId) -> Result<DomainInfo, Co
         Err(e) if e.errno() == Some(ESRCH) => Err(CommandError::NoSuchId(dom)),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Each vCPU's state (`GetVcpuInfo`), in vCPU order.
+pub fn vcpu_states(
+    hv: &mut dyn Hypervisor,
+    info: &DomainInfo,
+) -> Result<Vec<VcpuState>, CommandError> {
+    (0..info.nr_vcpus)
+        .map(|vcpu| {
+            let ask = VcpuState {
+                vcpu,
+                ..VcpuState::new_zeroed()
+            };
+            match domctl(hv, DomctlCmd::GetVcpuInfo, info.domid, &ask, &mut []) {
+                Ok((state, _)) => Ok(state),
+                Err(e) if e.errno() == Some(ESRCH) => Err(CommandError::NoSuchId(info.domid)),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .collect()
 }
 
 /// Every domain, dying ones included, by id.

@@ -12,8 +12,8 @@ use ferrovisor_abi::{
     domctl::{
         BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo,
         ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
-        DOMINFO_BLOCKED, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_PAUSED, DOMINFO_PRIVILEGED,
-        DOMINFO_RUNNING, DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION,
+        VcpuState, DOMINFO_BLOCKED, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_PAUSED,
+        DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION,
     },
     xen::{DomId, XenPfn},
 };
@@ -22,6 +22,7 @@ use zerocopy::{FromZeros, IntoBytes};
 use super::{check_buffers, domctl_buffers, sysctl_buffers, Buf, Hypervisor, TransportError};
 
 const EPERM: i32 = 1;
+const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
@@ -331,6 +332,23 @@ impl Fake {
                 let d = self.dom(id)?;
                 d.info.name = [0; 64];
                 d.info.name[..name.len()].copy_from_slice(&name);
+            }
+            DomctlCmd::GetVcpuInfo => {
+                // vCPUs below `online_vcpus` are up, on CPU `vcpu % nr_cpus`, sharing the
+                // domain's time; a running domain has them on their CPUs.
+                let nr_cpus = self.nr_cpus.max(1);
+                let mut v: VcpuState = req.payload();
+                let info = self.dom(id)?.info;
+                if v.vcpu >= info.nr_vcpus {
+                    return Err(ENOENT);
+                }
+                let online = v.vcpu < info.online_vcpus;
+                v.online = online.into();
+                v.running = (online && info.flags & DOMINFO_RUNNING != 0).into();
+                v.blocked = (online && info.flags & DOMINFO_BLOCKED != 0).into();
+                v.cpu = v.vcpu % nr_cpus;
+                v.cpu_time_ns = info.cpu_time_ns / u64::from(info.nr_vcpus.max(1));
+                req.set_payload(&v);
             }
             DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => {
                 return Err(ENOSYS);

@@ -121,6 +121,8 @@ pub struct Vcpu {
     pub ldt_entries: u32,
     /// The physical CPU it is live on, if any (a vCPU runs on one CPU at a time).
     pub on_cpu: Option<u32>,
+    /// The physical CPU it last ran on (`fv vcpu-list`'s CPU column).
+    pub last_cpu: Option<u32>,
 }
 
 pub struct Domain {
@@ -279,12 +281,25 @@ impl Vcpu {
             ldt_frames: heapless::Vec::new(),
             ldt_entries: 0,
             on_cpu: None,
+            last_cpu: None,
         }
     }
 
     /// Can be put on the CPU.
     pub fn runnable(&self) -> bool {
         self.online && !self.blocked
+    }
+
+    /// CPU time it has had (ns) up to `now`: its time in `RUNSTATE_RUNNING`, the current
+    /// stretch included.
+    pub fn cpu_time_ns(&self, now: u64) -> u64 {
+        let r = &self.runstate;
+        let current = if r.state == RUNSTATE_RUNNING {
+            now.saturating_sub(r.state_entry_time)
+        } else {
+            0
+        };
+        r.time[RUNSTATE_RUNNING as usize].saturating_add(current)
     }
 }
 

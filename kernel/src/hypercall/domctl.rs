@@ -12,7 +12,7 @@ use ferrovisor_abi::{
     domctl::{
         self, BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains,
         PhysInfo, ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl,
-        SysctlCmd, VcpuContext, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
+        SysctlCmd, VcpuContext, VcpuState, DOMAIN_NAME_MAX, FV_CONTROL_INTERFACE_VERSION,
     },
     errno::XenErrno,
     version::XEN_VERSION,
@@ -120,6 +120,32 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
         DomctlCmd::RenameDomain => {
             let r: RenameDomain = req.payload();
             lifecycle::rename(&p, target, domctl::name_bytes(&r.name))?;
+        }
+        DomctlCmd::GetVcpuInfo => {
+            let mut v: VcpuState = req.payload();
+            let now = clock::now_ns();
+            let (online, blocked, running, cpu, time) = domain::with_domain(target, |d| {
+                d.vcpus()
+                    .find(|x| x.id == v.vcpu)
+                    .map(|x| {
+                        let online = x.online && d.built;
+                        (
+                            online,
+                            online && x.blocked,
+                            x.on_cpu.is_some(),
+                            x.last_cpu,
+                            x.cpu_time_ns(now),
+                        )
+                    })
+                    .ok_or(XenErrno::Enoent)
+            })
+            .ok_or(XenErrno::Esrch)??;
+            v.online = online.into();
+            v.blocked = blocked.into();
+            v.running = running.into();
+            v.cpu = cpu.unwrap_or(VcpuState::NO_CPU);
+            v.cpu_time_ns = time;
+            req.set_payload(&v);
         }
         DomctlCmd::BuildPv => {
             let mut b: BuildPv = req.payload();
