@@ -277,12 +277,16 @@ fn handle_exception(d: &mut Domain, frame: &mut TrapFrame) {
         && frame.error_code & PFEC_CHECKED == PFEC_PRESENT_READ_SUPERVISOR
         && cpu::smap_enabled()
     {
-        log::warn!(
-            "the guest's instruction at rip {:#x} read {:#x} as a supervisor access under \
-             SMAP (QEMU TCG's IRET does so): SMAP turned off",
-            frame.rip,
-            cpu::read_cr2()
-        );
+        // Said once: every CPU meets it (each turns SMAP off for itself).
+        static SAID: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, core::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "the guest's instruction at rip {:#x} read {:#x} as a supervisor access under \
+                 SMAP (QEMU TCG's IRET does so): SMAP turned off",
+                frame.rip,
+                cpu::read_cr2()
+            );
+        }
         cpu::disable_smap();
         return;
     }
