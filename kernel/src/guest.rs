@@ -3,10 +3,7 @@
 //! when they are a privileged instruction the guest kernel may use, otherwise bounced to
 //! the guest kernel's trap table) and interrupted execution.
 
-use ferrovisor::mm::{
-    frame_table::{Owner, PageTableMemory},
-    Mfn,
-};
+use ferrovisor::mm::Mfn;
 use ferrovisor::pv::{
     bounce::{self, Bounce, BounceError, BounceState, Fault, GuestStack},
     cpuid::{self, CpuidPolicy},
@@ -358,24 +355,20 @@ fn writable_pt_write(d: &mut Domain, frame: &mut TrapFrame) -> bool {
     let Some((l1, index)) = d.l1_slot(cr2) else {
         return false;
     };
-    let mut tables = pt_tables();
-    let entry = tables.read(l1, index);
+    let mut tables = GuestTables::new();
+    // The L1 entry behind the fault, and the entry the write is aimed at, are read only
+    // through the frame table, once it has found both frames to be this domain's tables.
+    let entry = {
+        let ft = domain::FRAME_TABLE.lock();
+        let Some(Ok(entry)) = ft.as_ref().map(|t| t.read_entry(l1, index, d.id, &tables)) else {
+            return false;
+        };
+        entry
+    };
     if entry & 1 == 0 {
         return false;
     }
     let target = Mfn::containing(entry & 0x000f_ffff_ffff_f000);
-    let is_table = domain::FRAME_TABLE
-        .lock()
-        .as_ref()
-        .and_then(|t| t.info(target))
-        .is_some_and(|i| {
-            i.owner == Owner::Domain(d.id)
-                && i.type_info.ty.level().is_some()
-                && i.type_info.type_count > 0
-        });
-    if !is_table {
-        return false;
-    }
     let (bytes, n) = instruction_bytes(d, frame.rip);
     let Ok(w) = ptwr::decode_pte_write(&bytes[..n]) else {
         return false;
@@ -386,7 +379,16 @@ fn writable_pt_write(d: &mut Domain, frame: &mut TrapFrame) -> bool {
         return false;
     }
     let slot = ((ea & 0xfff) / 8) as usize;
-    let old = tables.read(target, slot);
+    let old = {
+        let ft = domain::FRAME_TABLE.lock();
+        let Some(Ok(old)) = ft
+            .as_ref()
+            .map(|t| t.read_entry(target, slot, d.id, &tables))
+        else {
+            return false;
+        };
+        old
+    };
     let Ok(r) = w.apply(old, &regs, (ea & 7) as u8) else {
         return false;
     };
@@ -408,12 +410,6 @@ fn writable_pt_write(d: &mut Domain, frame: &mut TrapFrame) -> bool {
     regs.rip = regs.rip.wrapping_add(w.len as u64);
     apply_regs(&regs, frame);
     true
-}
-
-fn pt_tables() -> GuestTables {
-    // SAFETY: used to read guest page-table entries and, through the frame table, to
-    // write validated ones.
-    unsafe { GuestTables::new() }
 }
 
 /// Emulates the privileged instruction at the guest kernel's `rip`, if it is one the PV

@@ -88,6 +88,7 @@ fn attack() {
     b.find(r"\(d0\) pv-test attack: refused: update_va_mapping of the hypervisor image \(machine 0x200000\) writable: -16");
     b.find(r"\(d0\) pv-test attack: refused: mmu_update of L4 slot 260 to 0x0: -22");
     b.find(r"\(d0\) pv-test attack: refused: call of 0xffff820000200000: #PF bounced");
+    b.find(r"\(d0\) pv-test attack: refused: \d+ PV MMU, descriptor, grant and memory requests naming hostile machine addresses");
     b.find(r"\(d0\) pv-test attack: \d+ random hypercalls returned");
     b.find(r"\(d0\) pv-test attack: unpinned its live L4 \(-?\d+\); still running");
     b.find(r"\(d0\) pv-test attack: (refused: giving back the shared-info page|Xen's rule: shared-info)");

@@ -158,8 +158,7 @@ pub fn build_into(
         for (pfn, &mfn) in p2m.iter().enumerate() {
             memory::m2p_set(mfn, pfn as u64);
         }
-        // SAFETY: the frame table only writes validated page tables of the domain.
-        let mut tables = unsafe { GuestTables::new() };
+        let mut tables = GuestTables::new();
         ft.pin(l4, dom, Level::L4, &mut tables)
             .map_err(|e| format!("{}'s bootstrap page tables are invalid: {e}", input.what))?;
         // vCPU 0's base pointer holds its own reference, so unpinning the boot root (as a

@@ -290,8 +290,7 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
         .maptrack
         .release_all(&mut crate::hypercall::grant_table::Granters(doms));
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-        // SAFETY: used only as the frame table's page-table memory.
-        let mut mem = unsafe { GuestTables::new() };
+        let mut mem = GuestTables::new();
         for u in &unmapped {
             let r = u.mapping.refs();
             let _ = ft.put_grant_refs(r.mfn, r.writable, &mut mem);
@@ -333,8 +332,7 @@ pub fn reap_dying() {
                 let Some(ft) = guard.as_mut() else {
                     return;
                 };
-                // SAFETY: used only as the frame table's page-table memory.
-                let mut mem = unsafe { GuestTables::new() };
+                let mut mem = GuestTables::new();
                 let released = ft.release_domain(id, &mut mem);
                 for &mfn in &released.freed {
                     memory::m2p_set(mfn, memory::M2P_INVALID);
@@ -358,9 +356,7 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
     let Some(ft) = guard.as_mut() else {
         return (0, 0);
     };
-    // SAFETY: used only as the frame table's page-table memory, for frames of this
-    // domain, which no CPU runs any more.
-    let mut mem = unsafe { GuestTables::new() };
+    let mut mem = GuestTables::new();
     for v in &d.vcpus {
         if v.initialised {
             let _ = ft.put_page_and_type(v.kernel_l4, &mut mem);

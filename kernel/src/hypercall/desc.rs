@@ -5,11 +5,7 @@
 //! the hypervisor's own descriptors.
 
 use ferrovisor::{
-    mm::{
-        frame_table::{FrameTable, PageTableMemory},
-        page_type::PageType,
-        Mfn,
-    },
+    mm::{frame_table::FrameTable, page_type::PageType, Mfn},
     pv::descriptor::{self, GuestGdt},
 };
 use ferrovisor_abi::errno::XenErrno;
@@ -22,9 +18,7 @@ use crate::{
 };
 
 pub(super) fn tables() -> GuestTables {
-    // SAFETY: the frame table's page memory, and writes of checked descriptors into frames
-    // typed `SegDesc` (or `Writable`) for the domain just before.
-    unsafe { GuestTables::new() }
+    GuestTables::new()
 }
 
 /// `set_gdt(frame_list, entries)`.
@@ -60,7 +54,7 @@ pub fn take_gdt(
             ft.get_page_and_type(mfn, dom, PageType::SegDesc, &mut mem)
                 .map_err(|e| e.errno())?;
             taken += 1;
-            check_frame(&mut mem, mfn)?;
+            check_frame(ft, &mut mem, dom, mfn)?;
         }
         Ok(())
     })();
@@ -89,19 +83,22 @@ fn load_gdt(d: &mut Domain, gdt: GuestGdt) -> core::result::Result<(), XenErrno>
     Ok(())
 }
 
-/// Checks (and fixes up) the 512 descriptors of a frame already typed `SegDesc`.
-pub(super) fn check_frame(mem: &mut GuestTables, mfn: Mfn) -> core::result::Result<(), XenErrno> {
-    let mut page = [0u64; 512];
-    for (i, e) in page.iter_mut().enumerate() {
-        *e = mem.read(mfn, i);
-    }
+/// Checks (and fixes up) the 512 descriptors of a frame of `dom` already typed `SegDesc`.
+pub(super) fn check_frame(
+    ft: &FrameTable,
+    mem: &mut GuestTables,
+    dom: ferrovisor::mm::frame_table::DomId,
+    mfn: Mfn,
+) -> core::result::Result<(), XenErrno> {
+    let mut page = ft.read_descriptors(mfn, dom, mem).map_err(|e| e.errno())?;
     let original = page;
     match descriptor::check_page(&mut page) {
         Ok(changed) => {
             if changed {
                 for (i, (&new, &old)) in page.iter().zip(original.iter()).enumerate() {
                     if new != old {
-                        mem.write(mfn, i, new);
+                        ft.write_descriptor(mfn, dom, i, new, mem)
+                            .map_err(|e| e.errno())?;
                     }
                 }
             }
@@ -131,8 +128,9 @@ pub fn update_descriptor([maddr, desc, ..]: [u64; 5]) -> Result {
         let mut mem = tables();
         ft.get_page_and_type(u.mfn, d.id, ty, &mut mem)
             .map_err(|e| e.errno())?;
-        mem.write(u.mfn, u.slot, u.desc.raw());
+        let written = ft.write_descriptor(u.mfn, d.id, u.slot, u.desc.raw(), &mut mem);
         let _ = ft.put_page_and_type(u.mfn, &mut mem);
+        written.map_err(|e| e.errno())?;
         Ok(0)
     })
     .ok_or(XenErrno::Esrch)?

@@ -297,8 +297,7 @@ fn map_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> {
         let m = mapped.mapping;
         let refs = m.refs();
         let installed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
-            // SAFETY: used only as the frame table's page-table memory.
-            let mut mem = unsafe { GuestTables::new() };
+            let mut mem = GuestTables::new();
             ft.map_grant(
                 table,
                 index,
@@ -339,8 +338,7 @@ fn unmap_one(doms: &mut Domains, at: u64) -> core::result::Result<(), XenErrno> 
         let (table, index) =
             pte_slot(caller, m.host_addr, m.flags).ok_or(GrantStatus::BadVirtAddr)?;
         let removed = FRAME_TABLE.lock().as_mut().is_some_and(|ft| {
-            // SAFETY: used only as the frame table's page-table memory.
-            let mut mem = unsafe { GuestTables::new() };
+            let mut mem = GuestTables::new();
             ft.unmap_grant(table, index, id, m.mfn, !m.readonly(), &mut mem)
                 .is_ok()
         });
@@ -389,8 +387,7 @@ fn copy_frames(plan: &CopyPlan, caller: DomId) -> core::result::Result<(), Grant
     let owner = |pinned: Option<(DomId, GrantRef)>| pinned.map_or(caller, |(dom, _)| dom);
     let (src, dst) = (plan.source, plan.dest);
     let (src_owner, dst_owner) = (owner(src.pinned), owner(dst.pinned));
-    // SAFETY: used only as the frame table's page-table memory.
-    let mut mem = unsafe { GuestTables::new() };
+    let mut mem = GuestTables::new();
     {
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut().ok_or(GrantStatus::GeneralError)?;

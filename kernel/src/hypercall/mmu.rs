@@ -46,9 +46,7 @@ fn pages() -> DomainPages {
 }
 
 fn tables() -> GuestTables {
-    // SAFETY: used only as the frame table's page-table memory, or for writes to frames
-    // the frame table just approved as the domain's plain pages.
-    unsafe { GuestTables::new() }
+    GuestTables::new()
 }
 
 fn with_ft<R>(
@@ -123,29 +121,18 @@ fn one_update(
             }
             let index = ((addr % PAGE_SIZE) / 8) as usize;
             with_ft(|ft| {
-                let mut mem = tables();
-                let old = {
-                    use ferrovisor::mm::frame_table::PageTableMemory;
-                    mem.read(mfn, index)
-                };
-                match ft
-                    .update_entry_as(mfn, index, req.val, d.id, pg_owner, &mut mem)
-                    .map_err(mm_errno)?
+                // The old entry is read (to know whether other CPUs may cache it) by the
+                // frame table, only once it has found `mfn` to be the caller's.
+                let updated = ft
+                    .update_entry_as(mfn, index, req.val, d.id, pg_owner, &mut tables())
+                    .map_err(mm_errno)?;
+                if matches!(updated.outcome, UpdateOutcome::Validated(_))
+                    && updated.old & PTE_PRESENT != 0
                 {
-                    UpdateOutcome::Validated(_) => {
-                        // A translation other CPUs may have cached went away or changed.
-                        if old & PTE_PRESENT != 0 {
-                            d.flush_other_cpus();
-                        }
-                        Ok(())
-                    }
-                    // Not a page table: an ordinary write to one of the domain's pages.
-                    UpdateOutcome::PlainWrite => {
-                        use ferrovisor::mm::frame_table::PageTableMemory;
-                        mem.write(mfn, index, req.val);
-                        Ok(())
-                    }
+                    // A translation other CPUs may have cached went away or changed.
+                    d.flush_other_cpus();
                 }
+                Ok(())
             })
         }
         MmuUpdateCmd::MachphysUpdate if pg_owner != d.id => Err(XenErrno::Einval),
@@ -295,10 +282,7 @@ fn set_ldt(d: &mut Domain, base: u64, entries: u64) -> core::result::Result<(), 
     for i in 0..ldt.pages() as u64 {
         let va = ldt.base() + i * PAGE_SIZE;
         let (l1, index) = d.l1_slot(va).ok_or(XenErrno::Einval)?;
-        let entry = {
-            use ferrovisor::mm::frame_table::PageTableMemory;
-            tables().read(l1, index)
-        };
+        let entry = with_ft(|ft| ft.read_entry(l1, index, d.id, &tables()).map_err(mm_errno))?;
         if entry & 1 == 0 {
             return Err(XenErrno::Einval);
         }
@@ -313,7 +297,7 @@ fn set_ldt(d: &mut Domain, base: u64, entries: u64) -> core::result::Result<(), 
                 .map_err(mm_errno)
                 .and_then(|()| {
                     taken += 1;
-                    super::desc::check_frame(&mut mem, mfn)
+                    super::desc::check_frame(ft, &mut mem, d.id, mfn)
                 });
             if let Err(e) = step {
                 super::desc::release(ft, &mut mem, &frames[..taken]);
@@ -355,17 +339,12 @@ pub fn update_va_mapping([va, val, flags, ..]: [u64; 5]) -> Result {
     domain::with_current(|d| {
         let (l1, index) = d.l1_slot(va).ok_or(XenErrno::Einval)?;
         with_ft(|ft| {
-            let mut mem = tables();
-            let old = {
-                use ferrovisor::mm::frame_table::PageTableMemory;
-                mem.read(l1, index)
-            };
-            match ft
-                .update_entry(l1, index, val, d.id, &mut mem)
-                .map_err(mm_errno)?
-            {
+            let updated = ft
+                .update_l1_entry(l1, index, val, d.id, &mut tables())
+                .map_err(mm_errno)?;
+            match updated.outcome {
                 UpdateOutcome::Validated(Level::L1) => {
-                    if old & PTE_PRESENT != 0 || flags & UVMF_ALL != 0 {
+                    if updated.old & PTE_PRESENT != 0 || flags & UVMF_ALL != 0 {
                         d.flush_other_cpus();
                     }
                     Ok(())

@@ -297,8 +297,7 @@ pub fn apply_context(
 }
 
 fn tables() -> crate::arch::x86_64::paging::GuestTables {
-    // SAFETY: used only as the frame table's page-table memory.
-    unsafe { crate::arch::x86_64::paging::GuestTables::new() }
+    crate::arch::x86_64::paging::GuestTables::new()
 }
 
 fn set_deadline(deadline: Option<u64>) -> Result {

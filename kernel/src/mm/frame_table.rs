@@ -107,11 +107,28 @@ impl FrameInfo {
     }
 }
 
-/// Access to the contents of page-table frames. The hypervisor implements it over its direct
-/// map; the tests over a map.
+/// A frame the frame table has just checked to be a domain's frame (so RAM, never the
+/// hypervisor's own memory, a free frame or device memory), for the one access it is about
+/// to make. Only this module makes one, and it never hands one out: so a
+/// [`PageTableMemory`] can only ever be asked to touch a frame the table vouched for, and
+/// reading a guest-supplied address before the check does not compile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckedFrame {
+    mfn: Mfn,
+}
+
+impl CheckedFrame {
+    pub fn mfn(self) -> Mfn {
+        self.mfn
+    }
+}
+
+/// Access to the contents of page-table (and descriptor-table) frames. The hypervisor
+/// implements it over its direct map; the tests over a map. Its methods take a
+/// [`CheckedFrame`], which only the frame table can make.
 pub trait PageTableMemory {
-    fn read(&self, table: Mfn, index: usize) -> u64;
-    fn write(&mut self, table: Mfn, index: usize, value: u64);
+    fn read(&self, table: CheckedFrame, index: usize) -> u64;
+    fn write(&mut self, table: CheckedFrame, index: usize, value: u64);
 }
 
 /// Page-table memory for operations that never validate or devalidate a table (a
@@ -119,10 +136,10 @@ pub trait PageTableMemory {
 struct NoTables;
 
 impl PageTableMemory for NoTables {
-    fn read(&self, _: Mfn, _: usize) -> u64 {
+    fn read(&self, _: CheckedFrame, _: usize) -> u64 {
         0
     }
-    fn write(&mut self, _: Mfn, _: usize, _: u64) {}
+    fn write(&mut self, _: CheckedFrame, _: usize, _: u64) {}
 }
 
 /// Why a PV MMU operation was refused. Each maps to the errno Xen returns in the same case.
@@ -229,8 +246,17 @@ pub enum UpdateOutcome {
     /// dropped.
     Validated(Level),
     /// The frame is the domain's but not a page table (type `None` or `Writable`): the update
-    /// is an ordinary memory write, which the caller does.
+    /// was an ordinary memory write of the value as given (log-dirty mode marks it dirty).
     PlainWrite,
+}
+
+/// What [`FrameTable::update_entry_as`] did, and the entry it replaced (read only after the
+/// frame was found to be the domain's): the caller flushes other CPUs' TLBs if it was
+/// present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Updated {
+    pub outcome: UpdateOutcome,
+    pub old: u64,
 }
 
 /// What [`FrameTable::release_domain`] left.
@@ -524,6 +550,7 @@ impl FrameTable {
         mem: &mut M,
     ) -> Result<UpdateOutcome, MmError> {
         self.update_entry_as(table, index, new, dom, dom, mem)
+            .map(|u| u.outcome)
     }
 
     /// [`Self::update_entry`] where an L1 entry maps frames of `pg_owner` instead of
@@ -539,7 +566,7 @@ impl FrameTable {
         dom: DomId,
         pg_owner: DomId,
         mem: &mut M,
-    ) -> Result<UpdateOutcome, MmError> {
+    ) -> Result<Updated, MmError> {
         let frame = *self.frame(table)?;
         if frame.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner);
@@ -547,9 +574,18 @@ impl FrameTable {
         if index >= ENTRIES {
             return Err(MmError::BadIndex);
         }
+        let checked = self.checked(table)?;
         let t = frame.type_info;
+        let plain = |mem: &mut M| {
+            let old = mem.read(checked, index);
+            mem.write(checked, index, new);
+            Ok(Updated {
+                outcome: UpdateOutcome::PlainWrite,
+                old,
+            })
+        };
         if t.type_count == 0 {
-            return Ok(UpdateOutcome::PlainWrite);
+            return plain(mem);
         }
         match t.ty.level() {
             Some(level) => {
@@ -559,7 +595,7 @@ impl FrameTable {
                 if !is_guest_slot(level, index) {
                     return Err(MmError::HypervisorSlot);
                 }
-                let old = mem.read(table, index);
+                let old = mem.read(checked, index);
                 // Only a present entry can be a grant mapping: a non-present one is the
                 // guest's to encode (Linux's swap and migration entries set bit 62).
                 if level == Level::L1 && old & pte::PRESENT != 0 && old & bits::GNTTAB != 0 {
@@ -567,13 +603,118 @@ impl FrameTable {
                 }
                 let owner = if level == Level::L1 { pg_owner } else { dom };
                 self.get_entry_refs(table, level, new, owner, mem)?;
-                mem.write(table, index, guest_entry(new));
+                mem.write(checked, index, guest_entry(new));
                 self.put_entry_refs(level, old, mem);
-                Ok(UpdateOutcome::Validated(level))
+                Ok(Updated {
+                    outcome: UpdateOutcome::Validated(level),
+                    old,
+                })
             }
-            None if t.ty == PageType::Writable => Ok(UpdateOutcome::PlainWrite),
+            None if t.ty == PageType::Writable => plain(mem),
             None => Err(MmError::TypeConflict),
         }
+    }
+
+    /// `update_va_mapping`'s update: like [`Self::update_entry`], but only of a validated L1
+    /// (anything else is refused before any access, never a plain write).
+    pub fn update_l1_entry<M: PageTableMemory + ?Sized>(
+        &mut self,
+        table: Mfn,
+        index: usize,
+        new: u64,
+        dom: DomId,
+        mem: &mut M,
+    ) -> Result<Updated, MmError> {
+        let t = self.frame(table)?.type_info;
+        if t.ty != PageType::L1 || !t.validated || t.type_count == 0 {
+            return Err(MmError::TypeConflict);
+        }
+        self.update_entry_as(table, index, new, dom, dom, mem)
+    }
+
+    /// Entry `index` of `table`, a validated page table (of any level) of `dom`: what the
+    /// hypervisor reads of a guest's tables outside an update (the L1 entry behind a
+    /// faulting address, an LDT's mapping).
+    pub fn read_entry<M: PageTableMemory + ?Sized>(
+        &self,
+        table: Mfn,
+        index: usize,
+        dom: DomId,
+        mem: &M,
+    ) -> Result<u64, MmError> {
+        let frame = self.frame(table)?;
+        if frame.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner);
+        }
+        if index >= ENTRIES {
+            return Err(MmError::BadIndex);
+        }
+        let t = frame.type_info;
+        if t.ty.level().is_none() || !t.validated || t.type_count == 0 {
+            return Err(MmError::TypeConflict);
+        }
+        Ok(mem.read(self.checked(table)?, index))
+    }
+
+    /// The 512 descriptors of `mfn`, a frame of `dom` the caller holds typed
+    /// [`PageType::SegDesc`].
+    pub fn read_descriptors<M: PageTableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        mem: &M,
+    ) -> Result<[u64; ENTRIES], MmError> {
+        let checked = self.checked_typed(mfn, dom, |ty| ty == PageType::SegDesc)?;
+        let mut page = [0u64; ENTRIES];
+        for (i, e) in page.iter_mut().enumerate() {
+            *e = mem.read(checked, i);
+        }
+        Ok(page)
+    }
+
+    /// Writes one (already checked) descriptor into `mfn`, a frame of `dom` the caller
+    /// holds typed [`PageType::SegDesc`] or [`PageType::Writable`]: never a page table.
+    pub fn write_descriptor<M: PageTableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        index: usize,
+        value: u64,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if index >= ENTRIES {
+            return Err(MmError::BadIndex);
+        }
+        let checked = self.checked_typed(mfn, dom, |ty| {
+            ty == PageType::SegDesc || ty == PageType::Writable
+        })?;
+        mem.write(checked, index, value);
+        Ok(())
+    }
+
+    /// The key to a frame's contents, for a frame some domain owns.
+    fn checked(&self, mfn: Mfn) -> Result<CheckedFrame, MmError> {
+        match self.frame(mfn)?.owner {
+            Owner::Domain(_) => Ok(CheckedFrame { mfn }),
+            _ => Err(MmError::NotOwner),
+        }
+    }
+
+    /// The key to a frame of `dom` that holds a type reference `ok` accepts.
+    fn checked_typed(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        ok: impl Fn(PageType) -> bool,
+    ) -> Result<CheckedFrame, MmError> {
+        let frame = self.frame(mfn)?;
+        if frame.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner);
+        }
+        if frame.type_info.type_count == 0 || !ok(frame.type_info.ty) {
+            return Err(MmError::TypeConflict);
+        }
+        self.checked(mfn)
     }
 
     /// Installs a grant mapping (`GNTTABOP_map_grant_ref` with `GNTMAP_host_map`): entry
@@ -598,8 +739,8 @@ impl FrameTable {
         flags: u64,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        self.check_grant_slot(table, index, dom)?;
-        if mem.read(table, index) & pte::PRESENT != 0 {
+        let slot = self.check_grant_slot(table, index, dom)?;
+        if mem.read(slot, index) & pte::PRESENT != 0 {
             return Err(MmError::Busy);
         }
         self.get_page(mfn, owner)?;
@@ -616,7 +757,7 @@ impl FrameTable {
         let rw = if writable { pte::WRITABLE } else { 0 };
         let keep = pte::USER | pte::ACCESSED | pte::DIRTY | pte::PWT | pte::PCD | pte::NX;
         mem.write(
-            table,
+            slot,
             index,
             mfn.addr() | pte::PRESENT | rw | (flags & keep) | bits::GNTTAB,
         );
@@ -641,8 +782,8 @@ impl FrameTable {
         writable: bool,
         mem: &mut M,
     ) -> Result<(), MmError> {
-        self.check_grant_slot(table, index, dom)?;
-        let entry = mem.read(table, index);
+        let slot = self.check_grant_slot(table, index, dom)?;
+        let entry = mem.read(slot, index);
         if entry & pte::PRESENT == 0
             || entry & bits::GNTTAB == 0
             || entry_mfn(entry) != mfn
@@ -650,7 +791,7 @@ impl FrameTable {
         {
             return Err(MmError::NotReferenced);
         }
-        mem.write(table, index, 0);
+        mem.write(slot, index, 0);
         self.put_grant_refs(mfn, entry & pte::WRITABLE != 0, mem)
     }
 
@@ -669,7 +810,12 @@ impl FrameTable {
         }
     }
 
-    fn check_grant_slot(&self, table: Mfn, index: usize, dom: DomId) -> Result<(), MmError> {
+    fn check_grant_slot(
+        &self,
+        table: Mfn,
+        index: usize,
+        dom: DomId,
+    ) -> Result<CheckedFrame, MmError> {
         let frame = self.frame(table)?;
         if frame.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner);
@@ -681,7 +827,7 @@ impl FrameTable {
         if t.ty != PageType::L1 || !t.validated || t.type_count == 0 {
             return Err(MmError::TypeConflict);
         }
-        Ok(())
+        self.checked(table)
     }
 
     /// Drops everything a dying domain holds (Xen's `domain_relinquish_resources`): its pins
@@ -836,15 +982,16 @@ impl FrameTable {
         dom: DomId,
         mem: &mut M,
     ) -> Result<(), MmError> {
+        let checked = self.checked(table)?;
         for i in 0..ENTRIES {
             if !is_guest_slot(level, i) {
                 continue;
             }
-            let entry = mem.read(table, i);
+            let entry = mem.read(checked, i);
             if let Err(e) = self.get_entry_refs(table, level, entry, dom, mem) {
                 for j in (0..i).rev() {
                     if is_guest_slot(level, j) {
-                        let taken = mem.read(table, j);
+                        let taken = mem.read(checked, j);
                         self.put_entry_refs(level, taken, mem);
                     }
                 }
@@ -852,13 +999,13 @@ impl FrameTable {
             }
             let adjusted = guest_entry(entry);
             if adjusted != entry {
-                mem.write(table, i, adjusted);
+                mem.write(checked, i, adjusted);
             }
         }
         if level == Level::L4 {
             // Whatever the guest wrote there is never used: the hypervisor's entries replace it.
             for (slot, &entry) in HYPERVISOR_L4_SLOTS.zip(self.hypervisor_l4.iter()) {
-                mem.write(table, slot, entry);
+                mem.write(checked, slot, entry);
             }
         }
         Ok(())
@@ -871,16 +1018,20 @@ impl FrameTable {
         level: Level,
         mem: &mut M,
     ) {
+        let Ok(checked) = self.checked(table) else {
+            debug_assert!(false, "devalidating {table}, which no domain owns");
+            return;
+        };
         for i in 0..ENTRIES {
             if is_guest_slot(level, i) {
-                let entry = mem.read(table, i);
+                let entry = mem.read(checked, i);
                 self.put_entry_refs(level, entry, mem);
             }
         }
         if level == Level::L4 {
             // The frame may become writable again: take the hypervisor's entries out of it.
             for slot in HYPERVISOR_L4_SLOTS {
-                mem.write(table, slot, 0);
+                mem.write(checked, slot, 0);
             }
         }
     }
@@ -903,16 +1054,25 @@ mod tests {
     #[derive(Default)]
     struct Mem(HashMap<(u64, usize), u64>);
 
-    impl PageTableMemory for Mem {
-        fn read(&self, table: Mfn, index: usize) -> u64 {
+    impl Mem {
+        fn get(&self, table: Mfn, index: usize) -> u64 {
             self.0.get(&(table.0, index)).copied().unwrap_or(0)
         }
-        fn write(&mut self, table: Mfn, index: usize, value: u64) {
+        fn set(&mut self, table: Mfn, index: usize, value: u64) {
             if value == 0 {
                 self.0.remove(&(table.0, index));
             } else {
                 self.0.insert((table.0, index), value);
             }
+        }
+    }
+
+    impl PageTableMemory for Mem {
+        fn read(&self, table: CheckedFrame, index: usize) -> u64 {
+            self.get(table.mfn, index)
+        }
+        fn write(&mut self, table: CheckedFrame, index: usize, value: u64) {
+            self.set(table.mfn, index, value)
         }
     }
 
@@ -951,12 +1111,12 @@ mod tests {
     /// L4 1 -> L3 2 -> L2 3 -> L1 4 -> frame 10 (writable) and frame 11 (read-only), plus a
     /// read-only mapping of the L1 itself (as a guest's direct map has).
     fn build_tree(mem: &mut Mem) {
-        mem.write(Mfn(1), 0, e(2, P | RW));
-        mem.write(Mfn(2), 0, e(3, P | RW));
-        mem.write(Mfn(3), 0, e(4, P | RW));
-        mem.write(Mfn(4), 0, e(10, P | RW));
-        mem.write(Mfn(4), 1, e(11, P));
-        mem.write(Mfn(4), 2, e(4, P));
+        mem.set(Mfn(1), 0, e(2, P | RW));
+        mem.set(Mfn(2), 0, e(3, P | RW));
+        mem.set(Mfn(3), 0, e(4, P | RW));
+        mem.set(Mfn(4), 0, e(10, P | RW));
+        mem.set(Mfn(4), 1, e(11, P));
+        mem.set(Mfn(4), 2, e(4, P));
     }
 
     fn typed(ty: PageType, type_count: u32, pinned: bool) -> TypeInfo {
@@ -1070,8 +1230,8 @@ mod tests {
         assert_eq!(info(&ft, 11).type_info, TypeInfo::UNTYPED);
         assert_eq!(info(&ft, 11).count, 1);
         // Accepted entries got the user bit.
-        assert_eq!(mem.read(Mfn(4), 0), e(10, P | RW | US));
-        assert_eq!(mem.read(Mfn(1), 0), e(2, P | RW | US));
+        assert_eq!(mem.get(Mfn(4), 0), e(10, P | RW | US));
+        assert_eq!(mem.get(Mfn(1), 0), e(2, P | RW | US));
         audit(&ft, &mem);
 
         ft.unpin(Mfn(1), D1, &mut mem).unwrap();
@@ -1084,7 +1244,7 @@ mod tests {
         let mut mem = Mem::default();
         build_tree(&mut mem);
         // A second L4 sharing the L3; the L3 also pinned on its own.
-        mem.write(Mfn(5), 3, e(2, P));
+        mem.set(Mfn(5), 3, e(2, P));
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
         ft.pin(Mfn(5), D1, Level::L4, &mut mem).unwrap();
         ft.pin(Mfn(2), D1, Level::L3, &mut mem).unwrap();
@@ -1106,7 +1266,7 @@ mod tests {
         let mut ft = table();
         let mut mem = Mem::default();
         build_tree(&mut mem);
-        mem.write(Mfn(4), 7, e(3, P | RW));
+        mem.set(Mfn(4), 7, e(3, P | RW));
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::WritableTable)
@@ -1114,7 +1274,7 @@ mod tests {
         assert_all_clear(&ft);
 
         // A writable mapping of the L1 in itself.
-        mem.write(Mfn(4), 7, e(4, P | RW));
+        mem.set(Mfn(4), 7, e(4, P | RW));
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::WritableTable)
@@ -1122,7 +1282,7 @@ mod tests {
         assert_all_clear(&ft);
 
         // Pinning first, then mapping: the update is refused and the entry left alone.
-        mem.write(Mfn(4), 7, 0);
+        mem.set(Mfn(4), 7, 0);
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
         for table in [1, 2, 3, 4] {
             assert_eq!(
@@ -1130,7 +1290,7 @@ mod tests {
                 Err(MmError::WritableTable)
             );
         }
-        assert_eq!(mem.read(Mfn(4), 7), 0);
+        assert_eq!(mem.get(Mfn(4), 7), 0);
         // Read-only is fine.
         assert_eq!(
             ft.update_entry(Mfn(4), 7, e(3, P), D1, &mut mem),
@@ -1159,7 +1319,7 @@ mod tests {
         let mut mem = Mem::default();
         ft.get_page_and_type(Mfn(20), D1, PageType::SegDesc, &mut mem)
             .unwrap();
-        mem.write(Mfn(4), 0, e(20, P | RW));
+        mem.set(Mfn(4), 0, e(20, P | RW));
         assert_eq!(
             ft.pin(Mfn(4), D1, Level::L1, &mut mem),
             Err(MmError::WritableTable)
@@ -1229,7 +1389,7 @@ mod tests {
         assert_all_clear(&ft);
 
         // A foreign frame deep in a tree fails the whole pin.
-        mem.write(Mfn(4), 300, e(40, P));
+        mem.set(Mfn(4), 300, e(40, P));
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::ForeignFrame)
@@ -1249,11 +1409,11 @@ mod tests {
         build_tree(&mut mem);
         // Garbage the guest left there, even a reference to a frame it owns, is ignored
         // and replaced.
-        mem.write(Mfn(1), 256, e(2, P | RW));
-        mem.write(Mfn(1), 271, u64::MAX);
+        mem.set(Mfn(1), 256, e(2, P | RW));
+        mem.set(Mfn(1), 271, u64::MAX);
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
         for (k, slot) in HYPERVISOR_L4_SLOTS.enumerate() {
-            assert_eq!(mem.read(Mfn(1), slot), xen[k]);
+            assert_eq!(mem.get(Mfn(1), slot), xen[k]);
         }
         assert_eq!(info(&ft, 2).type_info.type_count, 1);
         for slot in [256, 260, 271] {
@@ -1278,7 +1438,7 @@ mod tests {
         ft.unpin(Mfn(1), D1, &mut mem).unwrap();
         // Devalidation takes the hypervisor's entries out of the frame.
         for slot in HYPERVISOR_L4_SLOTS {
-            assert_eq!(mem.read(Mfn(1), slot), 0);
+            assert_eq!(mem.get(Mfn(1), slot), 0);
         }
         assert_all_clear(&ft);
     }
@@ -1287,12 +1447,12 @@ mod tests {
     fn superpages_and_bad_flags_are_refused() {
         let mut ft = table();
         let mut mem = Mem::default();
-        mem.write(Mfn(3), 5, e(512, P | RW | pte::HUGE));
+        mem.set(Mfn(3), 5, e(512, P | RW | pte::HUGE));
         assert_eq!(
             ft.pin(Mfn(3), D1, Level::L2, &mut mem),
             Err(MmError::Superpage)
         );
-        mem.write(Mfn(3), 5, 0);
+        mem.set(Mfn(3), 5, 0);
         ft.pin(Mfn(3), D1, Level::L2, &mut mem).unwrap();
         assert_eq!(
             ft.update_entry(Mfn(3), 5, e(4, P | pte::HUGE), D1, &mut mem),
@@ -1322,30 +1482,30 @@ mod tests {
         let mut mem = Mem::default();
         // Self references at every upper level.
         for (m, level) in [(1, Level::L4), (2, Level::L3), (3, Level::L2)] {
-            mem.write(Mfn(m), 100, e(m, P));
+            mem.set(Mfn(m), 100, e(m, P));
             assert_eq!(
                 ft.pin(Mfn(m), D1, level, &mut mem),
                 Err(MmError::LinearPageTable)
             );
-            mem.write(Mfn(m), 100, 0);
+            mem.set(Mfn(m), 100, 0);
         }
         assert_all_clear(&ft);
 
         // A cycle L4 1 -> L3 2 -> L2 3 -> back to the L3 (as an L1) or the L4.
         build_tree(&mut mem);
-        mem.write(Mfn(3), 1, e(2, P));
+        mem.set(Mfn(3), 1, e(2, P));
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::TypeConflict)
         );
         assert_all_clear(&ft);
-        mem.write(Mfn(3), 1, e(1, P));
+        mem.set(Mfn(3), 1, e(1, P));
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::TypeConflict)
         );
         assert_all_clear(&ft);
-        mem.write(Mfn(3), 1, 0);
+        mem.set(Mfn(3), 1, 0);
 
         // Through updates once validated.
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
@@ -1373,19 +1533,19 @@ mod tests {
         build_tree(&mut mem);
         // Many good entries at every level, then one bad entry in the last L1.
         for i in 1..10 {
-            mem.write(Mfn(1), i, e(12 + i as u64 % 2, P));
-            mem.write(Mfn(4), 10 + i, e(20 + i as u64, P | RW));
+            mem.set(Mfn(1), i, e(12 + i as u64 % 2, P));
+            mem.set(Mfn(4), 10 + i, e(20 + i as u64, P | RW));
         }
-        mem.write(Mfn(12), 0, e(3, P)); // L3 12 -> the L2
-        mem.write(Mfn(13), 0, e(3, P)); // L3 13 -> the L2
-        mem.write(Mfn(4), 400, e(2, P | RW)); // the L3, writable
+        mem.set(Mfn(12), 0, e(3, P)); // L3 12 -> the L2
+        mem.set(Mfn(13), 0, e(3, P)); // L3 13 -> the L2
+        mem.set(Mfn(4), 400, e(2, P | RW)); // the L3, writable
         assert_eq!(
             ft.pin(Mfn(1), D1, Level::L4, &mut mem),
             Err(MmError::WritableTable)
         );
         assert_all_clear(&ft);
         // Fixed, it pins.
-        mem.write(Mfn(4), 400, e(2, P));
+        mem.set(Mfn(4), 400, e(2, P));
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
         assert_eq!(info(&ft, 3).type_info.type_count, 3);
         audit(&ft, &mem);
@@ -1472,16 +1632,32 @@ mod tests {
     }
 
     #[test]
-    fn plain_writes_are_left_to_the_caller() {
+    fn plain_writes_are_done_only_for_the_domains_own_untyped_or_writable_frames() {
         let mut ft = table();
         let mut mem = Mem::default();
         assert_eq!(
             ft.update_entry(Mfn(7), 3, 0x1234, D1, &mut mem),
             Ok(UpdateOutcome::PlainWrite)
         );
-        assert_eq!(mem.read(Mfn(7), 3), 0, "not written by the frame table");
+        assert_eq!(mem.get(Mfn(7), 3), 0x1234, "written as given");
+        // Another domain's frame, the hypervisor's, I/O, free or beyond the table: refused,
+        // and nothing read or written.
+        for (m, err) in [
+            (33, MmError::NotOwner),
+            (48, MmError::NotOwner),
+            (50, MmError::NotOwner),
+            (60, MmError::NotOwner),
+            (1 << 40, MmError::InvalidMfn),
+        ] {
+            assert_eq!(ft.update_entry(Mfn(m), 3, 0x99, D1, &mut mem), Err(err));
+            assert_eq!(mem.get(Mfn(m), 3), 0);
+        }
+        assert_eq!(
+            ft.update_entry(Mfn(7), 512, 0x99, D1, &mut mem),
+            Err(MmError::BadIndex)
+        );
         // Mapped writable: still a plain write.
-        mem.write(Mfn(4), 0, e(7, P | RW));
+        mem.set(Mfn(4), 0, e(7, P | RW));
         ft.pin(Mfn(4), D1, Level::L1, &mut mem).unwrap();
         assert_eq!(
             ft.update_entry(Mfn(7), 3, 0x1234, D1, &mut mem),
@@ -1496,13 +1672,13 @@ mod tests {
         let mut ft = table();
         let mut mem = Mem::default();
         build_tree(&mut mem);
-        mem.write(Mfn(5), 0, e(2, P));
-        mem.write(Mfn(6), 0, e(12, P | RW));
+        mem.set(Mfn(5), 0, e(2, P));
+        mem.set(Mfn(6), 0, e(12, P | RW));
         ft.pin(Mfn(1), D1, Level::L4, &mut mem).unwrap();
         ft.pin(Mfn(5), D1, Level::L4, &mut mem).unwrap();
         ft.pin(Mfn(6), D1, Level::L1, &mut mem).unwrap();
         // A table of d2 that must survive.
-        mem.write(Mfn(33), 0, e(34, P | RW));
+        mem.set(Mfn(33), 0, e(34, P | RW));
         ft.pin(Mfn(33), D2, Level::L1, &mut mem).unwrap();
         // A base pointer still loaded: the L4 stays referenced, all under it goes.
         ft.get_page_and_type(Mfn(1), D1, PageType::L4, &mut mem)
@@ -1686,7 +1862,7 @@ mod tests {
                         let entry = random_entry(&mut rng);
                         match ft.update_entry(frame, index, entry, dom, &mut mem) {
                             Ok(UpdateOutcome::PlainWrite) => {
-                                mem.write(frame, index, entry);
+                                assert_eq!(mem.get(frame, index), entry, "written as given");
                                 "plain write"
                             }
                             Ok(UpdateOutcome::Validated(Level::L1)) => "L1 update",
@@ -1825,11 +2001,11 @@ mod tests {
         let migration = 0xefff_e7ff_ffac_0002;
         assert_ne!(migration & bits::GNTTAB, 0);
         ft.update_entry(Mfn(4), 7, migration, D1, &mut mem).unwrap();
-        assert_eq!(mem.read(Mfn(4), 7), migration);
+        assert_eq!(mem.get(Mfn(4), 7), migration);
         // Migration done: the entry becomes a present mapping again.
         ft.update_entry(Mfn(4), 7, e(12, P | RW), D1, &mut mem)
             .unwrap();
-        assert_eq!(mem.read(Mfn(4), 7) & !0xfff & !(1 << 63), 12 << 12);
+        assert_eq!(mem.get(Mfn(4), 7) & !0xfff & !(1 << 63), 12 << 12);
         ft.update_entry(Mfn(4), 7, 0, D1, &mut mem).unwrap();
     }
 
@@ -1842,7 +2018,7 @@ mod tests {
         // d1 maps d2's frame 40 writable at L1 4, slot 7.
         ft.map_grant(Mfn(4), 7, D1, Mfn(40), D2, true, US, &mut mem)
             .unwrap();
-        let entry = mem.read(Mfn(4), 7);
+        let entry = mem.get(Mfn(4), 7);
         assert_eq!(entry & !0xfff & !(1 << 63) & !bits::GNTTAB, 40 << 12);
         assert_ne!(entry & bits::GNTTAB, 0);
         assert_eq!(info(&ft, 40).count, 1);
@@ -1856,7 +2032,7 @@ mod tests {
             ft.update_entry(Mfn(4), 7, 0, D1, &mut mem),
             Err(MmError::GrantMapping)
         );
-        assert_eq!(mem.read(Mfn(4), 7), entry);
+        assert_eq!(mem.get(Mfn(4), 7), entry);
         // A guest cannot forge the marker.
         assert!(ft
             .update_entry(Mfn(4), 8, e(12, P | RW) | bits::GNTTAB, D1, &mut mem)
@@ -1871,11 +2047,11 @@ mod tests {
             ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), false, &mut mem),
             Err(MmError::NotReferenced)
         );
-        assert_eq!(mem.read(Mfn(4), 7), entry);
+        assert_eq!(mem.get(Mfn(4), 7), entry);
         assert_eq!(info(&ft, 40).count, 1);
         ft.unmap_grant(Mfn(4), 7, D1, Mfn(40), true, &mut mem)
             .unwrap();
-        assert_eq!(mem.read(Mfn(4), 7), 0);
+        assert_eq!(mem.get(Mfn(4), 7), 0);
         assert_eq!(info(&ft, 40).count, 0);
         assert_eq!(info(&ft, 40).type_info, TypeInfo::UNTYPED);
         ft.unpin(Mfn(1), D1, &mut mem).unwrap();
@@ -1899,7 +2075,7 @@ mod tests {
             Err(MmError::NotOwner)
         );
         // Writable grant of a frame in use as a page table of its owner.
-        mem.write(Mfn(33), 0, 0);
+        mem.set(Mfn(33), 0, 0);
         ft.pin(Mfn(33), D2, Level::L1, &mut mem).unwrap();
         assert_eq!(
             ft.map_grant(Mfn(4), 7, D1, Mfn(33), D2, true, US, &mut mem),

@@ -3,6 +3,7 @@
 
 use ferrovisor::mm::{
     frame_alloc::FrameAllocator,
+    frame_table::CheckedFrame,
     layout::phys_to_virt,
     paging::{TableMemory, ENTRIES},
     Mfn, PAGE_SIZE,
@@ -66,35 +67,41 @@ pub unsafe fn activate(root: Mfn) {
     unsafe { x86::controlregs::cr3_write(root.addr()) }
 }
 
-/// Guest page tables, read and written through the direct map on behalf of the PV MMU's
-/// frame table (`ferrovisor::mm::frame_table`), which decides what may be written.
+/// Guest page tables (and descriptor pages), read and written through the direct map on
+/// behalf of the PV MMU's frame table (`ferrovisor::mm::frame_table`), which decides what
+/// may be read and written: every access takes a `CheckedFrame`, which only the frame table
+/// makes, for a frame it tracks as a domain's (RAM, all direct-mapped). So making one is
+/// safe: there is nothing it can be pointed at but what the frame table vouched for.
 pub struct GuestTables(());
 
 impl GuestTables {
-    /// # Safety
-    /// Only the frame table may use it, and it must only be asked to read and write frames
-    /// of RAM (frames the frame table tracks: all are direct-mapped) that are page tables of
-    /// a domain, never the hypervisor's own.
-    pub unsafe fn new() -> GuestTables {
+    pub fn new() -> GuestTables {
         GuestTables(())
     }
 }
 
+impl Default for GuestTables {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl ferrovisor::mm::frame_table::PageTableMemory for GuestTables {
-    fn read(&self, table: Mfn, index: usize) -> u64 {
+    fn read(&self, table: CheckedFrame, index: usize) -> u64 {
         assert!(index < ENTRIES);
-        let p = (phys_to_virt(table.addr()) as *const u64).wrapping_add(index);
-        // SAFETY: `new`'s contract: `table` is a direct-mapped frame of RAM; the index is
-        // inside it. The guest may write it concurrently (it is its memory): the volatile,
-        // aligned 8-byte read sees either value.
+        let p = (phys_to_virt(table.mfn().addr()) as *const u64).wrapping_add(index);
+        // SAFETY: a `CheckedFrame` names a frame the frame table tracks as a domain's: RAM,
+        // direct-mapped; the index is inside it. The guest may write it concurrently (it is
+        // its memory): the volatile, aligned 8-byte read sees either value.
         unsafe { p.read_volatile() }
     }
 
-    fn write(&mut self, table: Mfn, index: usize, value: u64) {
+    fn write(&mut self, table: CheckedFrame, index: usize, value: u64) {
         assert!(index < ENTRIES);
-        let p = (phys_to_virt(table.addr()) as *mut u64).wrapping_add(index);
-        // SAFETY: `new`'s contract: a domain's page-table frame, which the frame table
-        // validated and which the guest can only map read-only.
+        let p = (phys_to_virt(table.mfn().addr()) as *mut u64).wrapping_add(index);
+        // SAFETY: as in `read`: a domain's frame of RAM, direct-mapped. What is written (a
+        // validated entry, a checked descriptor, a plain write to the domain's own page) is
+        // the frame table's decision.
         unsafe { p.write_volatile(value) }
     }
 }

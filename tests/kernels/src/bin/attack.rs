@@ -12,6 +12,7 @@
 //! | pin an L2 with a superpage (PSE) entry | `-EINVAL` |
 //! | `update_va_mapping` of a hypervisor address | `-EINVAL` |
 //! | hypercall buffers in hypervisor memory, or a result written into its own read-only page table | `-EFAULT` |
+//! | well-formed requests in its own memory naming hostile machine addresses and frames (random 64-bit values, non-canonical direct-map addresses, MMIO, the hypervisor image, beyond RAM) in `mmu_update` (every command), `mmuext_op` (every frame command), `update_va_mapping`, `update_descriptor`, grant `map`/`unmap` by PTE address and `decrease_reservation` | an errno every time (the hypervisor once read the old entry of an `mmu_update` target before checking it: a #GP that stopped the machine) |
 //! | `set_gdt` with a TSS descriptor, or too many entries | `-EINVAL` (`-ENOSYS` where `set_gdt` is not implemented yet, reported as such) |
 //! | read, execute, write hypervisor memory (image, direct map, the read-only M2P) | a #PF bounced to the kernel's handler with that address in `vcpu_info.arch.cr2` |
 //!
@@ -59,6 +60,9 @@ const HC_SET_DEBUGREG: u64 = 8;
 const HC_UPDATE_DESCRIPTOR: u64 = 10;
 /// Random hypercalls to make.
 const RANDOM_CALLS: u32 = 400;
+/// Random machine addresses per PV MMU request kind in `hostile_machine_addresses`.
+const RANDOM_MADDRS: u32 = 200;
+const HC_GRANT_TABLE_OP: u64 = 20;
 /// `FIRST_RESERVED_GDT_ENTRY`: the guest's GDT may not reach the hypervisor's entries.
 const FIRST_RESERVED_GDT_ENTRY: u64 = 14 * 512;
 
@@ -125,6 +129,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     hypervisor_addresses(si);
     bad_gdt(si)?;
     review_regressions(si, &tables)?;
+    hostile_machine_addresses()?;
     random_hypercalls(si);
     still_alive(&victim)
 }
@@ -205,6 +210,168 @@ fn review_regressions(si: &StartInfo, tables: &pvrt::region::Tables) -> Result<(
     pvrt::ensure!(rc == 0, "unpinning it returned {}", rc);
     pvrt::println!(
         "pv-test attack: refused: writing a freshly pinned L1 through a stale translation (#PF)"
+    );
+    Ok(())
+}
+
+/// Machine addresses a hostile guest hands to the PV MMU: the one from the crash report
+/// (a direct-map address far beyond RAM, non-canonical once translated), MMIO, the
+/// hypervisor image, frame 0, beyond RAM, the top of the address space.
+fn hostile_maddr(rng: &mut Rng, i: u32) -> u64 {
+    const FIXED: [u64; 9] = [
+        0xf7b3_d8a0_e2c8_d000,
+        0xf7b4_55a0_e2c8_d000,
+        0xfee0_0000,
+        0xfec0_0000,
+        HV_IMAGE_MFN * region::PAGE_SIZE,
+        0,
+        BEYOND_RAM_MFN * region::PAGE_SIZE,
+        0xffff_ffff_ffff_f000,
+        0x000f_ffff_ffff_f000,
+    ];
+    match FIXED.get(i as usize) {
+        Some(&a) => a,
+        // A random address, always far above this machine's RAM (bit 40 set).
+        None => (rng.next() | 1 << 40) & !7,
+    }
+}
+
+/// Well-formed requests in the kernel's own memory whose machine addresses and frames are
+/// hostile: every one must be refused with an errno (never success, never a hypervisor
+/// fault). The regression test of the `mmu_update` crash (the old entry was read at the
+/// guest's address before the frame table had checked it).
+fn hostile_machine_addresses() -> Result<(), &'static str> {
+    let mut rng = Rng(0x0bad_add7_e55e_5eed);
+    let mut refusals = 0u32;
+    let mut check = |what: &str, ret: i64| -> Result<(), &'static str> {
+        if ret >= 0 {
+            pvrt::println!("pv-test attack: {what} succeeded ({ret})");
+            pvrt::fail!("a request with a hostile machine address succeeded");
+        }
+        refusals += 1;
+        Ok(())
+    };
+    for i in 0..RANDOM_MADDRS {
+        let maddr = hostile_maddr(&mut rng, i);
+        // mmu_update: a normal update, the M2P update and the A/D-preserving update.
+        for cmd in 0..3u64 {
+            let req = [MmuUpdate {
+                ptr: maddr | cmd,
+                val: rng.next(),
+            }];
+            let mut done = 0u32;
+            // SAFETY: the request is in this kernel's memory; the target is hostile.
+            let ret = unsafe { pvrt::mmu_update(&req, Some(&mut done), DOMID_SELF) };
+            check("mmu_update of a hostile machine address", ret)?;
+            pvrt::ensure!(done == 0, "a refused mmu_update counted {} done", done);
+        }
+        // Every mmuext command that names a frame.
+        for cmd in [
+            MmuextCmd::PinL1Table,
+            MmuextCmd::PinL2Table,
+            MmuextCmd::PinL3Table,
+            MmuextCmd::PinL4Table,
+            MmuextCmd::UnpinTable,
+            MmuextCmd::NewBaseptr,
+            MmuextCmd::ClearPage,
+            MmuextCmd::CopyPage,
+        ] {
+            let op = [MmuextOp {
+                cmd: cmd.raw(),
+                _cpad0: 0,
+                arg1: maddr >> 12,
+                // CopyPage's source frame: hostile too.
+                arg2: hostile_maddr(&mut rng, RANDOM_MADDRS) >> 12,
+            }];
+            // SAFETY: the op is in this kernel's memory; the frames are hostile.
+            let ret = unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) };
+            check("mmuext_op on a hostile frame", ret)?;
+        }
+        if maddr != 0 {
+            let op = [MmuextOp {
+                cmd: MmuextCmd::NewUserBaseptr.raw(),
+                _cpad0: 0,
+                arg1: maddr >> 12,
+                arg2: 0,
+            }];
+            // SAFETY: as above.
+            let ret = unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) };
+            check("new user base pointer on a hostile frame", ret)?;
+        }
+        // update_descriptor into a hostile machine address, with a harmless descriptor.
+        // SAFETY: the hypervisor checks the frame.
+        let ret = unsafe { pvrt::hypercall2(HC_UPDATE_DESCRIPTOR, maddr & !7, 0) };
+        check("update_descriptor at a hostile machine address", ret)?;
+        // update_va_mapping of an address in the hypervisor's range or non-canonical, with
+        // a PTE naming a hostile frame.
+        let va = HOSTILE[(rng.next() % HOSTILE.len() as u64) as usize] & !0xfff;
+        // SAFETY: refused: not the kernel's address space.
+        let ret = unsafe { pvrt::update_va_mapping(va, maddr | PTE_RW, UVMF_INVLPG) };
+        check("update_va_mapping of a hostile address", ret)?;
+        // Giving back a hostile frame.
+        let mut frames = [maddr >> 12];
+        let mut r = ferrovisor_abi::xen::memory::XenMemoryReservation {
+            extent_start: ferrovisor_abi::xen::GuestHandle(frames.as_mut_ptr() as u64),
+            nr_extents: 1,
+            extent_order: 0,
+            mem_flags: 0,
+            domid: DOMID_SELF,
+            _cpad0: [0; 6],
+        };
+        // SAFETY: the hypervisor reads `r` and `frames`, both in this kernel's memory.
+        let ret = unsafe {
+            pvrt::memory_op(
+                ferrovisor_abi::xen::memory::MemoryOp::DecreaseReservation,
+                (&raw mut r).cast(),
+            )
+        };
+        // Returns how many extents it gave back: none.
+        pvrt::ensure!(
+            ret <= 0,
+            "decrease_reservation of a hostile frame returned {}",
+            ret
+        );
+        // Grant operations: map at a hostile PTE address (host map with
+        // GNTMAP_contains_pte), unmap of it, and setup_table. Each answers in its own
+        // status field.
+        use ferrovisor_abi::xen::grant_table::{
+            GnttabMapGrantRef, GnttabUnmapGrantRef, GNTMAP_CONTAINS_PTE, GNTMAP_HOST_MAP,
+        };
+        let mut map = GnttabMapGrantRef {
+            host_addr: maddr,
+            flags: GNTMAP_HOST_MAP | GNTMAP_CONTAINS_PTE,
+            r#ref: (rng.next() % 64) as u32,
+            dom: DOMID_SELF,
+            status: 0,
+            handle: 0,
+            dev_bus_addr: 0,
+        };
+        // SAFETY: the op is in this kernel's memory; the PTE address is hostile.
+        let ret = unsafe { pvrt::hypercall3(HC_GRANT_TABLE_OP, 0, (&raw mut map) as u64, 1) };
+        check(
+            "grant map at a hostile PTE address",
+            if ret < 0 { ret } else { i64::from(map.status) },
+        )?;
+        let mut unmap = GnttabUnmapGrantRef {
+            host_addr: maddr,
+            dev_bus_addr: 0,
+            handle: (rng.next() % 4) as u32,
+            status: 0,
+            _cpad0: 0,
+        };
+        // SAFETY: as above.
+        let ret = unsafe { pvrt::hypercall3(HC_GRANT_TABLE_OP, 1, (&raw mut unmap) as u64, 1) };
+        check(
+            "grant unmap at a hostile PTE address",
+            if ret < 0 {
+                ret
+            } else {
+                i64::from(unmap.status)
+            },
+        )?;
+    }
+    pvrt::println!(
+        "pv-test attack: refused: {refusals} PV MMU, descriptor, grant and memory requests naming hostile machine addresses"
     );
     Ok(())
 }
