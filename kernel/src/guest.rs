@@ -633,9 +633,16 @@ fn user_selector_base(d: &Domain, sel: u16) -> Option<u32> {
         return None;
     }
     let mfn = *frames.get(index / descriptor::ENTRIES_PER_PAGE)?;
-    // SAFETY: a descriptor-table frame of the running vCPU, typed `SegDesc` and referenced
-    // while it is installed; only its descriptors, checked when written, are in it.
-    let page = unsafe { crate::arch::x86_64::phys::SharedFrame::new(mfn) };
-    let raw = page.load_u64((index % descriptor::ENTRIES_PER_PAGE) * 8);
+    // A descriptor-table frame of the running vCPU, typed `SegDesc` while it is installed:
+    // read through the frame table, which checks that it still is.
+    let raw = domain::FRAME_TABLE.lock().as_ref().and_then(|ft| {
+        ft.read_descriptor(
+            mfn,
+            d.id,
+            index % descriptor::ENTRIES_PER_PAGE,
+            &GuestTables::new(),
+        )
+        .ok()
+    })?;
     descriptor::segment_base(raw)
 }

@@ -184,7 +184,9 @@ pub fn poll(frame: &mut TrapFrame) {
     };
     frame.rax = 0;
     domain::with_current(|d| {
-        let ready = ferrovisor::evtchn::poll_ready(&d.event_words(), &p.ports);
+        let ready = d
+            .event_words()
+            .is_none_or(|w| ferrovisor::evtchn::poll_ready(&w, &p.ports));
         if !ready && p.deadline.is_none_or(|t| t > clock::now_ns()) {
             d.cur_mut().blocked = true;
             d.cur_mut().poll = Some(p);
@@ -209,7 +211,9 @@ fn wake_running(d: &mut Domain) {
         return;
     }
     let woken = match &d.cur().poll {
-        Some(p) => ferrovisor::evtchn::poll_ready(&d.event_words(), &p.ports),
+        Some(p) => d
+            .event_words()
+            .is_none_or(|w| ferrovisor::evtchn::poll_ready(&w, &p.ports)),
         None => d.upcall_pending(),
     };
     if woken {

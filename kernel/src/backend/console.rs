@@ -91,9 +91,9 @@ pub fn poll_serial() {
 }
 
 /// A domain's console page.
-struct ConsolePage(SharedFrame);
+struct ConsolePage<'a>(SharedFrame<'a>);
 
-impl ConsoleRing for ConsolePage {
+impl ConsoleRing for ConsolePage<'_> {
     fn out_prod(&self) -> XenconsRingIdx {
         self.0.load_acquire_u32(XENCONS_OUT_PROD_OFFSET)
     }
@@ -123,13 +123,13 @@ impl ConsoleRing for ConsolePage {
 /// Moves output out of and queued input into the domain's console ring, and signals its
 /// port if anything moved.
 pub fn service(d: &mut Domain) {
-    let Some((mfn, port)) = d.console_ring else {
+    // The console ring frame is held writable (`build::hold_ring`: never a page or
+    // descriptor table) from the build until the domain is destroyed.
+    let Some((frame, port)) = d.console_ring.as_ref() else {
         return;
     };
-    // SAFETY: the console ring frame is the domain's, held by a general and a `Writable`
-    // type reference (`build::hold_ring`: never a page or descriptor table) taken when it
-    // was built and dropped only when the domain is destroyed.
-    let page = ConsolePage(unsafe { SharedFrame::new(mfn) });
+    let port = *port;
+    let page = ConsolePage(SharedFrame::new(frame));
     let raw = d.id == DOM0;
     let done = d.console.service(&page, &mut |text| {
         if raw {

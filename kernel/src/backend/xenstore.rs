@@ -32,9 +32,9 @@ pub fn init() {
 }
 
 /// A domain's store page.
-struct StorePage(SharedFrame);
+struct StorePage<'a>(SharedFrame<'a>);
 
-impl RingAccess for StorePage {
+impl RingAccess for StorePage<'_> {
     fn req_cons(&self) -> u32 {
         self.0.read_u32(XENSTORE_REQ_CONS_OFFSET)
     }
@@ -64,12 +64,11 @@ impl RingAccess for StorePage {
     }
 }
 
-fn page(d: &Domain) -> Option<(StorePage, u32)> {
-    let (mfn, port) = d.store_ring?;
-    // SAFETY: the store ring frame is the domain's, held by a general and a `Writable`
-    // type reference (`build::hold_ring`: never a page or descriptor table) taken when it
-    // was built and dropped only when the domain is destroyed.
-    Some((StorePage(unsafe { SharedFrame::new(mfn) }), port))
+fn page(d: &Domain) -> Option<(StorePage<'_>, u32)> {
+    // The store ring frame is held writable (`build::hold_ring`: never a page or
+    // descriptor table) from the build until the domain is destroyed.
+    let (frame, port) = d.store_ring.as_ref()?;
+    Some((StorePage(SharedFrame::new(frame)), *port))
 }
 
 /// Prepares a new domain's store page (the service offers the `error` field) and connects

@@ -13,7 +13,7 @@ use ferrovisor::{
     guest_console::GuestConsole,
     guest_image::{self, GuestImage},
     mm::{
-        frame_table::{DomId, Owner},
+        frame_table::{DomId, Owner, WritableFrame},
         page_type::Level,
         Mfn, PhysRange, PAGE_SIZE,
     },
@@ -195,22 +195,21 @@ pub fn build_into(
 /// A fresh shared-info frame for `dom`, with the permanent references that keep the
 /// guest from giving it back or making it a page or descriptor table (the hypervisor
 /// writes it for as long as the domain lives; `FrameTable::get_writable`).
-pub fn new_shared_info(dom: DomId) -> Result<Mfn, String> {
+pub fn new_shared_info(dom: DomId) -> Result<WritableFrame, String> {
     let frame = memory::alloc_frame().ok_or("out of memory for a shared info page")?;
     let mfn = frame.into_mfn();
     let mut ft = FRAME_TABLE.lock();
     let ft = ft.as_mut().ok_or("no frame table")?;
     ft.assign(mfn, Owner::Domain(dom))
         .and_then(|()| ft.get_writable(mfn, dom))
-        .map_err(|e| format!("the shared info page {mfn}: {e}"))?;
-    Ok(mfn)
+        .map_err(|e| format!("the shared info page {mfn}: {e}"))
 }
 
 /// Takes the references that keep a ring frame (xenstore, console) the domain's, and
 /// ordinary memory, while the hypervisor's backend writes it (`FrameTable::get_writable`:
 /// were it a page table, the backend's writes would be PTEs the guest chose);
 /// `lifecycle::destroy` drops them.
-pub fn hold_ring(dom: DomId, mfn: Mfn) -> Result<(), String> {
+pub fn hold_ring(dom: DomId, mfn: Mfn) -> Result<WritableFrame, String> {
     FRAME_TABLE
         .lock()
         .as_mut()
@@ -220,11 +219,8 @@ pub fn hold_ring(dom: DomId, mfn: Mfn) -> Result<(), String> {
 }
 
 /// vCPU 0 starts with event delivery masked, as in Xen.
-pub fn mask_vcpu0_events(shared_info: Mfn) {
-    // SAFETY: the domain's shared-info frame, allocated for it and never freed while it
-    // exists; it holds only guest-visible data.
-    let shared = unsafe { SharedFrame::new(shared_info) };
-    shared.write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
+pub fn mask_vcpu0_events(shared_info: &WritableFrame) {
+    SharedFrame::new(shared_info).write_u8(offset_of!(VcpuInfo, evtchn_upcall_mask), 1);
 }
 
 /// A domain with nothing built in it yet: no memory, vCPUs offline, paused once (it
@@ -235,15 +231,15 @@ pub fn new_domain(
     uuid: [u8; 16],
     max_pages: u64,
     nr_vcpus: u32,
-    shared_info: Mfn,
+    shared_info: WritableFrame,
 ) -> Domain {
     let nr_vcpus = nr_vcpus.clamp(1, MAX_VCPUS as u32);
     Domain {
         id,
         p2m: Vec::new(),
-        shared_info,
+        shared_info: Some(shared_info),
         vcpus: (0..nr_vcpus)
-            .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0, shared_info))
+            .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0))
             .collect(),
         cur: 0,
         console: GuestConsole::new(id.0),
@@ -272,7 +268,7 @@ impl Domain {
         self.vcpus[0] = Vcpu {
             online: true,
             initialised: true,
-            ..Vcpu::new(0, built.regs, built.l4, built.stack_top, self.shared_info)
+            ..Vcpu::new(0, built.regs, built.l4, built.stack_top)
         };
         self.built = true;
     }
@@ -308,6 +304,8 @@ pub fn build_dom0(
         }
     }
     let shared_info = new_shared_info(DOM0)?;
+    let shared_info_mfn = shared_info.mfn();
+    mask_vcpu0_events(&shared_info);
     let max_pages = p2m.len() as u64;
     let mut d = new_domain(
         DOM0,
@@ -338,14 +336,13 @@ pub fn build_dom0(
         what: "dom0",
         source: "module 0",
     };
-    let built = build_into(DOM0, &p2m, shared_info, &input)?;
-    mask_vcpu0_events(shared_info);
-    hold_ring(DOM0, built.store_mfn)?;
-    hold_ring(DOM0, built.console_mfn)?;
+    let built = build_into(DOM0, &p2m, shared_info_mfn, &input)?;
+    let store = hold_ring(DOM0, built.store_mfn)?;
+    let console = hold_ring(DOM0, built.console_mfn)?;
     d.p2m = p2m;
     d.start_vcpu0(&built);
-    d.store_ring = Some((built.store_mfn, store_port));
-    d.console_ring = Some((built.console_mfn, console_port));
+    d.store_ring = Some((store, store_port));
+    d.console_ring = Some((console, console_port));
     d.console.set_raw_ring_mirror(true);
     // Paused until `run_dom0` lets the CPUs pick it.
     d.pause_count = 1;

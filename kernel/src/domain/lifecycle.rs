@@ -177,7 +177,10 @@ fn build_into_domain(
         what: &what,
         source: "passed to BuildPv",
     };
-    let built = match build::build_into(d.id, &d.p2m, d.shared_info, &input) {
+    let Some(shared_info) = d.shared_info_mfn() else {
+        return Err(XenErrno::Esrch);
+    };
+    let built = match build::build_into(d.id, &d.p2m, shared_info, &input) {
         Ok(built) => built,
         Err(e) => {
             log::warn!("{e}");
@@ -186,24 +189,29 @@ fn build_into_domain(
             return Err(XenErrno::Einval);
         }
     };
-    build::mask_vcpu0_events(d.shared_info);
+    if let Some(shared) = d.shared_info.as_ref() {
+        build::mask_vcpu0_events(shared);
+    }
     let hold = |mfn| {
         build::hold_ring(d.id, mfn).map_err(|e| {
             log::warn!("{e}");
             XenErrno::Einval
         })
     };
-    hold(built.store_mfn)?;
-    if let Err(e) = hold(built.console_mfn) {
-        // Not recorded in the domain yet: `destroy` would never drop it.
-        if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-            let _ = ft.put_writable(built.store_mfn);
+    let store = hold(built.store_mfn)?;
+    let console = match hold(built.console_mfn) {
+        Ok(console) => console,
+        Err(e) => {
+            // Not recorded in the domain yet: `destroy` would never drop it.
+            if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+                let _ = ft.put_writable(store);
+            }
+            return Err(e);
         }
-        return Err(e);
-    }
+    };
     d.start_vcpu0(&built);
-    d.store_ring = Some((built.store_mfn, store_port));
-    d.console_ring = Some((built.console_mfn, console_port));
+    d.store_ring = Some((store, store_port));
+    d.console_ring = Some((console, console_port));
     b.store_mfn = built.store_mfn.0;
     b.console_mfn = built.console_mfn.0;
     b.store_port = store_port;
@@ -315,7 +323,7 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
         .unwrap_or_else(|| d.grants.frames().to_vec());
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
         for mfn in frames {
-            let _ = ft.put_writable(mfn);
+            let _ = ft.put_kept_writable(mfn);
         }
     }
 }
@@ -357,7 +365,7 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
         return (0, 0);
     };
     let mut mem = GuestTables::new();
-    for v in &d.vcpus {
+    for v in d.vcpus.iter_mut() {
         if v.initialised {
             let _ = ft.put_page_and_type(v.kernel_l4, &mut mem);
         }
@@ -367,13 +375,17 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
         for &f in v.gdt.frames().iter().chain(v.ldt_frames.iter()) {
             let _ = ft.put_page_and_type(f, &mut mem);
         }
-        if v.vcpu_info_registered {
-            let _ = ft.put_writable(v.vcpu_info.0);
+        if let Some(frame) = v.vcpu_info_frame.take() {
+            let _ = ft.put_writable(frame);
         }
     }
-    let _ = ft.put_writable(d.shared_info);
-    for (mfn, _) in d.store_ring.iter().chain(d.console_ring.iter()) {
-        let _ = ft.put_writable(*mfn);
+    let held = [
+        d.shared_info.take(),
+        d.store_ring.take().map(|(f, _)| f),
+        d.console_ring.take().map(|(f, _)| f),
+    ];
+    for frame in held.into_iter().flatten() {
+        let _ = ft.put_writable(frame);
     }
     let released = ft.release_domain(d.id, &mut mem);
     for &mfn in &released.freed {

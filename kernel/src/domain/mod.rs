@@ -18,7 +18,7 @@ use ferrovisor::{
     grant_table::{GrantTable, Maptrack},
     guest_console::GuestConsole,
     mm::{
-        frame_table::{DomId, FrameTable, Owner},
+        frame_table::{DomId, FrameTable, Owner, WritableFrame},
         Mfn, PAGE_SIZE,
     },
     pv::{
@@ -98,9 +98,11 @@ pub struct Vcpu {
     pub cr2: u64,
     /// The version of the last `vcpu_time_info` published (even when complete).
     pub time_version: u32,
-    /// Where its `vcpu_info` is: in the shared-info page, or where the guest moved it
-    /// (`VCPUOP_register_vcpu_info`).
-    pub vcpu_info: (Mfn, usize),
+    /// Where its `vcpu_info` is: at this offset in the shared-info page, or in the frame
+    /// the guest moved it to (`VCPUOP_register_vcpu_info`, once per vCPU as `vcpu.h`
+    /// says), held writable while it is there.
+    pub vcpu_info_frame: Option<WritableFrame>,
+    pub vcpu_info_offset: usize,
     /// Single-shot timer deadline (system time, ns).
     pub timer_deadline: Option<u64>,
     /// Periodic timer: period and next deadline.
@@ -109,8 +111,6 @@ pub struct Vcpu {
     pub runstate_area: Option<u64>,
     /// Its run-state accounting (what the runstate area shows).
     pub runstate: VcpuRunstateInfo,
-    /// `register_vcpu_info` may be used once per vCPU (`vcpu.h`).
-    pub vcpu_info_registered: bool,
     /// Its GDT (`set_gdt`): the frames mapped into the CPU's GDT window while it runs.
     pub gdt: GuestGdt,
     /// Its virtual I/O privilege level (`PHYSDEVOP_set_iopl`, 0 to 3): at 1 or more its
@@ -129,7 +129,8 @@ pub struct Domain {
     pub id: DomId,
     /// Pseudo-physical to machine frames.
     pub p2m: Vec<Mfn>,
-    pub shared_info: Mfn,
+    /// Its shared-info page, held writable from creation until its memory is released.
+    pub shared_info: Option<WritableFrame>,
     /// Its vCPUs, indexed by id (never empty). A vCPU on a physical CPU has its
     /// registers, segment bases and FPU state live there (`Vcpu::on_cpu`).
     pub vcpus: Vec<Vcpu>,
@@ -165,21 +166,21 @@ pub struct Domain {
     pub grants: GrantTable,
     pub maptrack: Maptrack,
     /// Its xenstore and console rings (frame, the guest's port), once built.
-    pub store_ring: Option<(Mfn, u32)>,
-    pub console_ring: Option<(Mfn, u32)>,
+    pub store_ring: Option<(WritableFrame, u32)>,
+    pub console_ring: Option<(WritableFrame, u32)>,
 }
 
 /// The 2-level event bitmaps of a domain: `evtchn_pending`/`evtchn_mask` in shared info,
 /// the selector and the upcall flags in the vCPU's `vcpu_info`. Every update is an atomic
 /// operation on the shared page, since the guest changes the same words.
-pub struct SharedWords {
-    shared: SharedFrame,
+pub struct SharedWords<'a> {
+    shared: SharedFrame<'a>,
     /// Each vCPU's `vcpu_info`: (vCPU id, frame, offset).
-    vcpu_infos: heapless::Vec<(u32, SharedFrame, usize), MAX_VCPUS>,
+    vcpu_infos: heapless::Vec<(u32, SharedFrame<'a>, usize), MAX_VCPUS>,
 }
 
-impl SharedWords {
-    fn info(&self, vcpu: u32) -> Option<(SharedFrame, usize)> {
+impl SharedWords<'_> {
+    fn info(&self, vcpu: u32) -> Option<(SharedFrame<'_>, usize)> {
         self.vcpu_infos
             .iter()
             .find(|(id, _, _)| *id == vcpu)
@@ -194,7 +195,7 @@ impl SharedWords {
     }
 }
 
-impl EventWords for SharedWords {
+impl EventWords for SharedWords<'_> {
     fn pending_fetch_or(&self, word: usize, mask: u64) -> u64 {
         self.shared
             .fetch_or_u64(offset_of!(SharedInfo, evtchn_pending) + word * 8, mask)
@@ -246,7 +247,7 @@ pub const MAX_POLL_PORTS: usize = 128;
 impl Vcpu {
     /// A vCPU that is not running yet, with vCPU `id`'s default `vcpu_info` slot in the
     /// shared-info page.
-    pub fn new(id: u32, regs: TrapFrame, l4: Mfn, kernel_sp: u64, shared_info: Mfn) -> Vcpu {
+    pub fn new(id: u32, regs: TrapFrame, l4: Mfn, kernel_sp: u64) -> Vcpu {
         Vcpu {
             id,
             online: false,
@@ -264,7 +265,8 @@ impl Vcpu {
             fpu_ts: false,
             cr2: 0,
             time_version: 0,
-            vcpu_info: (shared_info, id as usize * core::mem::size_of::<VcpuInfo>()),
+            vcpu_info_frame: None,
+            vcpu_info_offset: id as usize * core::mem::size_of::<VcpuInfo>(),
             timer_deadline: None,
             // Xen starts every vCPU with a 10 ms periodic timer (Linux stops it).
             periodic: Some((10_000_000, 10_000_000)),
@@ -275,7 +277,6 @@ impl Vcpu {
                 state_entry_time: 0,
                 time: [0; 4],
             },
-            vcpu_info_registered: false,
             gdt: GuestGdt::EMPTY,
             iopl: 0,
             ldt_frames: heapless::Vec::new(),
@@ -304,19 +305,19 @@ impl Vcpu {
 }
 
 impl Domain {
-    /// The event bitmaps, for the event-channel operations.
-    pub fn event_words(&self) -> SharedWords {
+    /// The event bitmaps, for the event-channel operations; `None` once the domain's
+    /// memory is released (events to it go nowhere then).
+    pub fn event_words(&self) -> Option<SharedWords<'_>> {
         let mut infos = heapless::Vec::new();
         for v in &self.vcpus {
-            let (mfn, off) = v.vcpu_info;
-            // SAFETY: as in `vcpu_info`: the shared-info page or a registered frame of the
-            // domain, kept referenced and typed `Writable`.
-            let _ = infos.push((v.id, unsafe { SharedFrame::new(mfn) }, off));
+            if let Some((f, off)) = self.vcpu_info_of(v) {
+                let _ = infos.push((v.id, f, off));
+            }
         }
-        SharedWords {
-            shared: self.shared(),
+        Some(SharedWords {
+            shared: self.shared()?,
             vcpu_infos: infos,
-        }
+        })
     }
 
     pub fn vcpu_by_id_mut(&mut self, id: u32) -> Option<&mut Vcpu> {
@@ -373,7 +374,9 @@ impl Domain {
     /// Marks `port` pending for vCPU `vcpu`: a blocked vCPU becomes runnable, and so does
     /// any vCPU polling that port.
     pub fn notify(&mut self, port: u32, vcpu: u32) {
-        let _ = evtchn::set_pending(&self.event_words(), port, vcpu);
+        if let Some(words) = self.event_words() {
+            let _ = evtchn::set_pending(&words, port, vcpu);
+        }
         self.wake_if_pending(vcpu);
         for v in self.vcpus.iter_mut() {
             if v.poll.as_ref().is_some_and(|p| p.ports.contains(&port)) {
@@ -414,7 +417,9 @@ impl Domain {
     /// A vCPU blocked in `SCHEDOP_block` with an event pending becomes runnable (a
     /// polling vCPU waits for its ports instead).
     pub fn wake_if_pending(&mut self, vcpu: u32) {
-        let pending = self.event_words().upcall_pending_swap_peek(vcpu);
+        let pending = self
+            .event_words()
+            .is_some_and(|w| w.upcall_pending_swap_peek(vcpu));
         if let Some(v) = self.vcpu_by_id_mut(vcpu) {
             if v.blocked && v.poll.is_none() && pending {
                 v.blocked = false;
@@ -467,7 +472,9 @@ pub fn init_frame_table(max_addr: u64) {
 pub fn run_dom0() -> ! {
     let started = with_domain(DOM0, |d| {
         d.publish_wallclock();
-        log::info!("dom0: shared info page at {}", d.shared_info);
+        if let Some(mfn) = d.shared_info_mfn() {
+            log::info!("dom0: shared info page at {mfn}");
+        }
         log::info!("dom0: starting at {:#x} in ring 3", d.vcpus[0].regs.rip);
         // Built paused: from here any CPU may pick its first vCPU.
         d.pause_count = 0;
@@ -508,31 +515,39 @@ impl Domain {
         unsafe { GuestSpace::new(self.cur().kernel_l4, self.owns()) }
     }
 
-    /// The shared-info page.
-    pub fn shared(&self) -> SharedFrame {
-        // SAFETY: the shared-info frame was allocated for this domain and is never freed
-        // while it exists; it holds only guest-visible data and, held `Writable`
-        // (`build::new_shared_info`), is never a page or descriptor table.
-        unsafe { SharedFrame::new(self.shared_info) }
+    /// The shared-info page (held writable from creation until the domain's memory is
+    /// released).
+    pub fn shared(&self) -> Option<SharedFrame<'_>> {
+        self.shared_info.as_ref().map(SharedFrame::new)
     }
 
-    /// The current vCPU's `vcpu_info`: the frame and the offset of the structure in it.
-    pub fn vcpu_info(&self) -> (SharedFrame, usize) {
-        let (mfn, offset) = self.cur().vcpu_info;
-        // SAFETY: either the shared-info page, or a frame of the domain that
-        // `register_vcpu_info` checked it owns; either is held with a `Writable` type
-        // reference (`FrameTable::get_writable`), so never a page or descriptor table.
-        (unsafe { SharedFrame::new(mfn) }, offset)
+    /// The shared-info page's machine frame.
+    pub fn shared_info_mfn(&self) -> Option<Mfn> {
+        self.shared_info.as_ref().map(WritableFrame::mfn)
+    }
+
+    /// Where `v`'s `vcpu_info` is: the frame and the offset of the structure in it.
+    fn vcpu_info_of<'a>(&'a self, v: &'a Vcpu) -> Option<(SharedFrame<'a>, usize)> {
+        let frame = v.vcpu_info_frame.as_ref().or(self.shared_info.as_ref())?;
+        Some((SharedFrame::new(frame), v.vcpu_info_offset))
+    }
+
+    /// The current vCPU's `vcpu_info`.
+    pub fn vcpu_info(&self) -> Option<(SharedFrame<'_>, usize)> {
+        self.vcpu_info_of(self.cur())
     }
 
     pub fn set_upcall_mask(&self, mask: u8) {
-        let (f, base) = self.vcpu_info();
-        f.write_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask), mask);
+        if let Some((f, base)) = self.vcpu_info() {
+            f.write_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask), mask);
+        }
     }
 
+    /// Its events are masked (as they are once the domain's memory is gone).
     pub fn upcall_mask(&self) -> u8 {
-        let (f, base) = self.vcpu_info();
-        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+        self.vcpu_info().map_or(1, |(f, base)| {
+            f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_mask))
+        })
     }
 
     /// An event is pending for the vCPU and its events are not masked.
@@ -542,8 +557,9 @@ impl Domain {
 
     /// The vCPU has an event pending, masked or not (what wakes a blocked vCPU).
     pub fn upcall_pending(&self) -> bool {
-        let (f, base) = self.vcpu_info();
-        f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending)) != 0
+        self.vcpu_info().is_some_and(|(f, base)| {
+            f.read_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending)) != 0
+        })
     }
 
     /// Publishes the current vCPU's `vcpu_time_info` (system time now, TSC scale) under the version
@@ -556,22 +572,29 @@ impl Domain {
         };
         let mut info = VcpuTimeInfo::new_zeroed();
         pv_time::write_fields(&mut info, &fields);
-        let (shared, vi) = self.vcpu_info();
-        let base = vi + offset_of!(VcpuInfo, time);
-        let version_at = base + offset_of!(VcpuTimeInfo, version);
-        self.cur_mut().time_version = self.cur().time_version.wrapping_add(1) | 1;
-        shared.write_u32(version_at, self.cur().time_version);
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        let fields_at = offset_of!(VcpuTimeInfo, tsc_timestamp);
-        shared.write_bytes(base + fields_at, &info.as_bytes()[fields_at..]);
-        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        self.cur_mut().time_version = self.cur().time_version.wrapping_add(1);
-        shared.write_u32(version_at, self.cur().time_version);
+        let odd = self.cur().time_version.wrapping_add(1) | 1;
+        let even = odd.wrapping_add(1);
+        {
+            let Some((shared, vi)) = self.vcpu_info() else {
+                return;
+            };
+            let base = vi + offset_of!(VcpuInfo, time);
+            let version_at = base + offset_of!(VcpuTimeInfo, version);
+            shared.write_u32(version_at, odd);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            let fields_at = offset_of!(VcpuTimeInfo, tsc_timestamp);
+            shared.write_bytes(base + fields_at, &info.as_bytes()[fields_at..]);
+            core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+            shared.write_u32(version_at, even);
+        }
+        self.cur_mut().time_version = even;
     }
 
     /// Publishes the wall-clock time at system time 0 in `shared_info`.
     pub fn publish_wallclock(&self) {
-        let shared = self.shared();
+        let Some(shared) = self.shared() else {
+            return;
+        };
         let version = shared.read_u32(offset_of!(SharedInfo, wc_version));
         shared.write_u32(
             offset_of!(SharedInfo, wc_version),
@@ -592,8 +615,9 @@ impl Domain {
     /// Marks an event as pending for the vCPU (delivered on its next return to the guest
     /// if not masked).
     pub fn raise_upcall(&self) {
-        let (f, base) = self.vcpu_info();
-        f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), 1);
+        if let Some((f, base)) = self.vcpu_info() {
+            f.swap_u8(base + offset_of!(VcpuInfo, evtchn_upcall_pending), 1);
+        }
     }
 
     /// Moves the vCPU to run state `state` (`RUNSTATE_*`), accounting the time spent in
@@ -668,11 +692,12 @@ impl Domain {
     }
 
     pub fn set_cr2(&self, cr2: u64) {
-        let (f, base) = self.vcpu_info();
-        f.write_u64(
-            base + offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2),
-            cr2,
-        );
+        if let Some((f, base)) = self.vcpu_info() {
+            f.write_u64(
+                base + offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2),
+                cr2,
+            );
+        }
     }
 
     /// Changes between guest-kernel and guest-user mode: the page tables and the GS base

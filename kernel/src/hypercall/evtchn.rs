@@ -115,7 +115,9 @@ fn send(doms: &mut Domains, arg: u64) -> Result {
 fn close_port(doms: &mut Domains, dom: DomId, port: u32) -> core::result::Result<(), XenErrno> {
     let d = doms.get_mut(dom).ok_or(XenErrno::Esrch)?;
     let closed = d.evtchn.close(port)?;
-    evtchn::clear_pending(&d.event_words(), closed.port);
+    if let Some(words) = d.event_words() {
+        evtchn::clear_pending(&words, closed.port);
+    }
     if let Some(peer) = closed.peer.filter(|p| p.dom != DOMID_XEN) {
         if let Some(p) = doms.get_mut(DomId(peer.dom)) {
             p.evtchn.peer_closed(peer.port, dom.0, closed.port);
@@ -140,9 +142,10 @@ fn reset(doms: &mut Domains, arg: u64) -> Result {
     let dom = super::named_domain(caller.id, r.dom)?;
     let d = doms.get_mut(dom).ok_or(XenErrno::Esrch)?;
     let closed = d.evtchn.reset();
-    let words = d.event_words();
-    for c in &closed {
-        evtchn::clear_pending(&words, c.port);
+    if let Some(words) = d.event_words() {
+        for c in &closed {
+            evtchn::clear_pending(&words, c.port);
+        }
     }
     for c in closed {
         if let Some(peer) = c.peer.filter(|p| p.dom != DOMID_XEN) {
@@ -176,7 +179,9 @@ fn one(d: &mut Domain, op: EvtchnOp, arg: u64) -> Result {
                 return Err(XenErrno::Einval);
             }
             let vcpu = d.evtchn.notify_vcpu(u.port).unwrap_or(0);
-            let _ = evtchn::unmask(&d.event_words(), u.port, vcpu);
+            if let Some(words) = d.event_words() {
+                let _ = evtchn::unmask(&words, u.port, vcpu);
+            }
             d.wake_if_pending(vcpu);
         }
         EvtchnOp::Status => {

@@ -11,7 +11,6 @@ use ferrovisor::{
     },
     mm::{
         frame_table::{DomId, Owner},
-        page_type::PageType,
         Mfn, PAGE_SIZE,
     },
 };
@@ -31,7 +30,7 @@ use super::{read_struct as read, write_struct as write, Result};
 use crate::{
     arch::x86_64::{
         paging::{self as hw_paging, GuestTables},
-        phys::{self, SharedFrame},
+        phys::{FrameReader, SharedFrame},
     },
     domain::{self, Domain, Domains, FRAME_TABLE},
     memory,
@@ -48,14 +47,17 @@ pub struct EntryFrames {
 }
 
 impl EntryFrames {
-    fn slot(&self, gref: GrantRef) -> (SharedFrame, usize) {
+    fn slot(&self, gref: GrantRef) -> (SharedFrame<'_>, usize) {
         let per = GRANT_ENTRIES_V1_PER_FRAME;
         let mfn = self.frames[(gref / per) as usize];
         // SAFETY: a grant frame of the domain: allocated for its table, held by permanent
-        // general and `Writable` type references until the table is torn down (so never
-        // a page or descriptor table), and holding only entries the guest shares with
-        // the hypervisor.
-        (unsafe { SharedFrame::new(mfn) }, (gref % per) as usize * 8)
+        // general and `Writable` type references (`WritableFrame::keep`) until the table
+        // is torn down, which cannot happen while this view (made and dropped within one
+        // grant operation, under the domain registry's lock) exists.
+        (
+            unsafe { SharedFrame::held_by_number(mfn) },
+            (gref % per) as usize * 8,
+        )
     }
 }
 
@@ -124,12 +126,17 @@ impl GrantFrameAlloc for FrameAlloc {
         let mfn = memory::alloc_frame()?.into_mfn();
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut()?;
-        if ft.assign(mfn, Owner::Domain(dom)).is_err() || ft.get_writable(mfn, dom).is_err() {
-            let _ = ft.assign(mfn, Owner::Free);
-            let _ = memory::free_frame(mfn);
-            return None;
+        match ft
+            .assign(mfn, Owner::Domain(dom))
+            .and_then(|()| ft.get_writable(mfn, dom))
+        {
+            Ok(frame) => Some(frame.keep()),
+            Err(_) => {
+                let _ = ft.assign(mfn, Owner::Free);
+                let _ = memory::free_frame(mfn);
+                None
+            }
         }
-        Some(mfn)
     }
     fn free_grant_frame(&mut self, mfn: Mfn) {
         release_grant_frame(mfn);
@@ -139,7 +146,7 @@ impl GrantFrameAlloc for FrameAlloc {
 /// Gives a grant frame back to the free pool (the permanent references go).
 pub fn release_grant_frame(mfn: Mfn) {
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-        let _ = ft.put_writable(mfn);
+        let _ = ft.put_kept_writable(mfn);
         if ft.info(mfn).is_some_and(|i| i.is_unreferenced()) && ft.assign(mfn, Owner::Free).is_ok()
         {
             let _ = memory::free_frame(mfn);
@@ -387,31 +394,34 @@ fn copy_frames(plan: &CopyPlan, caller: DomId) -> core::result::Result<(), Grant
     let owner = |pinned: Option<(DomId, GrantRef)>| pinned.map_or(caller, |(dom, _)| dom);
     let (src, dst) = (plan.source, plan.dest);
     let (src_owner, dst_owner) = (owner(src.pinned), owner(dst.pinned));
-    let mut mem = GuestTables::new();
-    {
+    // The bytes move only through views of the handles the frame table gives out after
+    // its checks: a general reference on the source, a `Writable` type reference on the
+    // destination (so a page or descriptor table is never written this way).
+    let (from, to) = {
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut().ok_or(GrantStatus::GeneralError)?;
-        ft.get_page(src.mfn, src_owner)
+        let from = ft
+            .get_page_ref(src.mfn, src_owner)
             .map_err(|_| GrantStatus::BadPage)?;
-        if let Err(e) = ft.get_page_and_type(dst.mfn, dst_owner, PageType::Writable, &mut mem) {
-            let _ = ft.put_page(src.mfn);
-            log::debug!("grant copy: destination {}: {e}", dst.mfn);
-            return Err(GrantStatus::BadPage);
+        match ft.get_writable(dst.mfn, dst_owner) {
+            Ok(to) => (from, to),
+            Err(e) => {
+                let _ = ft.put_page_ref(from);
+                log::debug!("grant copy: destination {}: {e}", dst.mfn);
+                return Err(GrantStatus::BadPage);
+            }
         }
-    }
+    };
     let len = usize::from(plan.len);
     let mut buf = [0u8; PAGE_SIZE as usize];
-    // SAFETY: the source frame is RAM referenced above (it cannot be freed meanwhile);
-    // `offset + len` stays within it (checked by `acquire_copy`).
-    let from = unsafe { phys::slice(src.mfn.addr() + u64::from(src.offset), len) };
-    buf[..len].copy_from_slice(from);
-    // SAFETY: the destination frame is RAM held with a `Writable` type reference (so it
-    // is no page or descriptor table), within one page as above.
-    unsafe { phys::write_bytes(dst.mfn.addr() + u64::from(dst.offset), &buf[..len]) };
+    // `offset + len` stays within each page (checked by `acquire_copy`; the views check
+    // again).
+    FrameReader::new(&from).read_bytes(usize::from(src.offset), &mut buf[..len]);
+    SharedFrame::new(&to).write_bytes(usize::from(dst.offset), &buf[..len]);
     let mut ft = FRAME_TABLE.lock();
     if let Some(ft) = ft.as_mut() {
-        let _ = ft.put_page_and_type(dst.mfn, &mut mem);
-        let _ = ft.put_page(src.mfn);
+        let _ = ft.put_writable(to);
+        let _ = ft.put_page_ref(from);
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ use super::Result;
 use crate::{
     arch::x86_64::{
         paging::{self as hw_paging, GuestTables},
-        phys::DomainPages,
+        phys::{FrameReader, SharedFrame},
     },
     domain::{self, Domain, FRAME_TABLE},
     memory,
@@ -37,12 +37,6 @@ const MAX_BATCH: u64 = 512;
 
 fn mm_errno(e: MmError) -> XenErrno {
     e.errno()
-}
-
-fn pages() -> DomainPages {
-    // SAFETY: used only on frames just typed `Writable` (or referenced, for a copy's
-    // source) for the calling domain by the frame table.
-    unsafe { DomainPages::new() }
 }
 
 fn tables() -> GuestTables {
@@ -243,25 +237,29 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
         }
         MmuextCmd::FlushCache | MmuextCmd::FlushCacheGlobal => Ok(()),
         // `highmem_assist`: whole-page clear and copy of the domain's ordinary pages.
+        // The frames are written only through views of the handles the frame table gives
+        // out after its checks (a `Writable` type reference: never a page or descriptor
+        // table of anyone).
         MmuextCmd::ClearPage => with_ft(|ft| {
-            let mut mem = tables();
-            ft.get_page_and_type(mfn, d.id, PageType::Writable, &mut mem)
-                .map_err(mm_errno)?;
-            pages().zero(mfn);
-            let _ = ft.put_page_and_type(mfn, &mut mem);
+            let page = ft.get_writable(mfn, d.id).map_err(mm_errno)?;
+            SharedFrame::new(&page).zero();
+            let _ = ft.put_writable(page);
             Ok(())
         }),
         MmuextCmd::CopyPage => with_ft(|ft| {
-            let src = Mfn(op.src_mfn());
-            let mut mem = tables();
-            ft.get_page(src, d.id).map_err(mm_errno)?;
-            if let Err(e) = ft.get_page_and_type(mfn, d.id, PageType::Writable, &mut mem) {
-                let _ = ft.put_page(src);
-                return Err(mm_errno(e));
-            }
-            pages().copy(mfn, src);
-            let _ = ft.put_page_and_type(mfn, &mut mem);
-            let _ = ft.put_page(src);
+            let src = ft.get_page_ref(Mfn(op.src_mfn()), d.id).map_err(mm_errno)?;
+            let dst = match ft.get_writable(mfn, d.id) {
+                Ok(dst) => dst,
+                Err(e) => {
+                    let _ = ft.put_page_ref(src);
+                    return Err(mm_errno(e));
+                }
+            };
+            let mut bytes = [0u8; PAGE_SIZE as usize];
+            FrameReader::new(&src).read_bytes(0, &mut bytes);
+            SharedFrame::new(&dst).write_bytes(0, &bytes);
+            let _ = ft.put_writable(dst);
+            let _ = ft.put_page_ref(src);
             Ok(())
         }),
         // An empty LDT (what Linux sets) is accepted; loading a real LDT is not offered yet.

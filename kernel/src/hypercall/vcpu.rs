@@ -77,24 +77,25 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 return Err(XenErrno::Einval);
             }
             on_target(&mut |d| {
-                if d.cur().vcpu_info_registered {
+                if d.cur().vcpu_info_frame.is_some() {
                     return Err(XenErrno::Einval);
                 }
                 // The guest names its frame by machine frame number (a PV guest's view).
                 // A general and a `Writable` type reference keep it the domain's, and no
                 // page or descriptor table, while the hypervisor writes it (Xen takes
-                // the same).
-                let mfn = Mfn(reg.mfn);
-                FRAME_TABLE
+                // the same); the handle holding them is what the hypervisor's view of
+                // the frame is made from.
+                let frame = FRAME_TABLE
                     .lock()
                     .as_mut()
                     .ok_or(XenErrno::Esrch)?
-                    .get_writable(mfn, d.id)
+                    .get_writable(Mfn(reg.mfn), d.id)
                     .map_err(|_| XenErrno::Einval)?;
-                d.cur_mut().vcpu_info_registered = true;
                 let mask = d.upcall_mask();
                 let pending = d.upcall_pending();
-                d.cur_mut().vcpu_info = (mfn, reg.offset as usize);
+                let v = d.cur_mut();
+                v.vcpu_info_frame = Some(frame);
+                v.vcpu_info_offset = reg.offset as usize;
                 // The moved structure starts with the old state (Xen copies it).
                 d.set_upcall_mask(mask);
                 if pending {
@@ -284,16 +285,10 @@ pub fn apply_context(
         if ctx.flags & VGCF_ONLINE != 0 {
             v.online = true;
         }
-        // The vCPU starts with its events masked, as vCPU 0 did.
-        let (f, base) = v.vcpu_info;
-        // SAFETY: the shared-info page (or a registered frame of the domain).
-        let shared = unsafe { crate::arch::x86_64::phys::SharedFrame::new(f) };
-        shared.write_u8(
-            base + core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask),
-            1,
-        );
-        Ok(0)
     }
+    // The vCPU starts with its events masked, as vCPU 0 did.
+    d.acting_for(vcpu, |d| d.set_upcall_mask(1));
+    Ok(0)
 }
 
 fn tables() -> crate::arch::x86_64::paging::GuestTables {

@@ -123,6 +123,57 @@ impl CheckedFrame {
     }
 }
 
+/// A frame of a domain that the hypervisor holds as ordinary writable memory: made only by
+/// [`FrameTable::get_writable`], after its checks, with a general and a `Writable` type
+/// reference that stay held for as long as this value lives; they go back only through
+/// [`FrameTable::put_writable`], which consumes it. Neither `Clone` nor `Copy`, so there is
+/// one holder. The hypervisor's views of such a frame (`SharedFrame`: shared info, a
+/// registered `vcpu_info`, the rings) borrow it, so no view outlives the references, and
+/// while they are held the frame can become neither a page table nor a descriptor table,
+/// nor change owner. Dropping one without giving it back only keeps the frame referenced
+/// (its domain's memory is then never freed): never unsound.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "dropping a WritableFrame leaks its references: give it back with put_writable"]
+pub struct WritableFrame {
+    mfn: Mfn,
+    owner: DomId,
+}
+
+impl WritableFrame {
+    pub fn mfn(&self) -> Mfn {
+        self.mfn
+    }
+
+    /// The domain that owns the frame (and keeps owning it while this lives).
+    pub fn owner(&self) -> DomId {
+        self.owner
+    }
+
+    /// Keeps the references held for good, by frame number only: for the grant table,
+    /// whose frames live in `grant_table::GrantTable` as numbers until the table is torn
+    /// down; [`FrameTable::put_kept_writable`] gives them back.
+    pub fn keep(self) -> Mfn {
+        self.mfn
+    }
+}
+
+/// A general reference to a frame of a domain, held for as long as this value lives:
+/// made only by [`FrameTable::get_page_ref`], given back only by
+/// [`FrameTable::put_page_ref`]. While it is held the frame cannot change owner (so it is
+/// never freed or given to the hypervisor or another domain); it may have any type, so
+/// the hypervisor's view of it (`FrameReader`) only reads.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "dropping a PageRef leaks its reference: give it back with put_page_ref"]
+pub struct PageRef {
+    mfn: Mfn,
+}
+
+impl PageRef {
+    pub fn mfn(&self) -> Mfn {
+        self.mfn
+    }
+}
+
 /// Access to the contents of page-table (and descriptor-table) frames. The hypervisor
 /// implements it over its direct map; the tests over a map. Its methods take a
 /// [`CheckedFrame`], which only the frame table can make.
@@ -350,6 +401,18 @@ impl FrameTable {
         Ok(())
     }
 
+    /// [`Self::get_page`], as a handle the hypervisor's read-only view of the frame is
+    /// made from.
+    pub fn get_page_ref(&mut self, mfn: Mfn, dom: DomId) -> Result<PageRef, MmError> {
+        self.get_page(mfn, dom)?;
+        Ok(PageRef { mfn })
+    }
+
+    /// Gives back what [`Self::get_page_ref`] took.
+    pub fn put_page_ref(&mut self, page: PageRef) -> Result<(), MmError> {
+        self.put_page(page.mfn)
+    }
+
     /// Drops a general reference. The references backing type references stay.
     pub fn put_page(&mut self, mfn: Mfn) -> Result<(), MmError> {
         let frame = self.frame_mut(mfn)?;
@@ -472,21 +535,32 @@ impl FrameTable {
     /// rings, grant-table frames: while held, the guest can make it neither a page table
     /// nor a descriptor table, so those writes can never forge a PTE or a descriptor.
     /// Refused while the frame has another type.
-    pub fn get_writable(&mut self, mfn: Mfn, dom: DomId) -> Result<(), MmError> {
+    pub fn get_writable(&mut self, mfn: Mfn, dom: DomId) -> Result<WritableFrame, MmError> {
         self.get_page_and_type(mfn, dom, PageType::Writable, &mut NoTables)
             .map_err(|e| match e {
                 MmError::TypeConflict => MmError::WritableTable,
                 e => e,
-            })
+            })?;
+        Ok(WritableFrame { mfn, owner: dom })
     }
 
-    /// Drops what [`Self::get_writable`] took.
-    pub fn put_writable(&mut self, mfn: Mfn) -> Result<(), MmError> {
-        let frame = self.frame(mfn)?;
-        if frame.type_info.ty != PageType::Writable {
+    /// Gives back the references of a frame whose [`WritableFrame`] was kept by number
+    /// ([`WritableFrame::keep`]).
+    pub fn put_kept_writable(&mut self, mfn: Mfn) -> Result<(), MmError> {
+        let info = self.frame(mfn)?;
+        let Owner::Domain(owner) = info.owner else {
+            return Err(MmError::NotReferenced);
+        };
+        self.put_writable(WritableFrame { mfn, owner })
+    }
+
+    /// Gives back what [`Self::get_writable`] took.
+    pub fn put_writable(&mut self, frame: WritableFrame) -> Result<(), MmError> {
+        let info = self.frame(frame.mfn)?;
+        if info.type_info.ty != PageType::Writable || info.owner != Owner::Domain(frame.owner) {
             return Err(MmError::NotReferenced);
         }
-        self.put_page_and_type(mfn, &mut NoTables)
+        self.put_page_and_type(frame.mfn, &mut NoTables)
     }
 
     /// `MMUEXT_PIN_L{1,2,3,4}_TABLE`: makes `mfn` a table of `level` (validating it if it had
@@ -670,6 +744,22 @@ impl FrameTable {
             *e = mem.read(checked, i);
         }
         Ok(page)
+    }
+
+    /// Descriptor `index` of `mfn`, a frame of `dom` the caller holds typed
+    /// [`PageType::SegDesc`] (a loaded GDT or LDT frame).
+    pub fn read_descriptor<M: PageTableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        index: usize,
+        mem: &M,
+    ) -> Result<u64, MmError> {
+        if index >= ENTRIES {
+            return Err(MmError::BadIndex);
+        }
+        let checked = self.checked_typed(mfn, dom, |ty| ty == PageType::SegDesc)?;
+        Ok(mem.read(checked, index))
     }
 
     /// Writes one (already checked) descriptor into `mfn`, a frame of `dom` the caller
@@ -1961,7 +2051,8 @@ mod tests {
         let mut mem = Mem::default();
         // Held (a ring, shared info, a grant frame): it may be mapped writable but never
         // pinned or used as a page or descriptor table.
-        ft.get_writable(Mfn(20), D1).unwrap();
+        let held = ft.get_writable(Mfn(20), D1).unwrap();
+        assert_eq!((held.mfn(), held.owner()), (Mfn(20), D1));
         for level in Level::ALL {
             assert_eq!(
                 ft.pin(Mfn(20), D1, level, &mut mem),
@@ -1974,18 +2065,18 @@ mod tests {
         ft.get_page_and_type(Mfn(20), D1, PageType::Writable, &mut mem)
             .unwrap();
         ft.put_page_and_type(Mfn(20), &mut mem).unwrap();
+        // Nor can it change owner while held.
+        assert_eq!(ft.assign(Mfn(20), Owner::Domain(D2)), Err(MmError::Busy));
         // Another domain's frame, or one that is a table now, cannot be held.
         assert_eq!(ft.get_writable(Mfn(40), D1), Err(MmError::NotOwner));
         ft.pin(Mfn(21), D1, Level::L1, &mut mem).unwrap();
         assert_eq!(ft.get_writable(Mfn(21), D1), Err(MmError::WritableTable));
         assert_eq!(info(&ft, 21).count, 1, "only the pin's reference");
-        assert_eq!(ft.put_writable(Mfn(21)), Err(MmError::NotReferenced));
         ft.unpin(Mfn(21), D1, &mut mem).unwrap();
         // Released, it is an ordinary frame again.
-        ft.put_writable(Mfn(20)).unwrap();
+        ft.put_writable(held).unwrap();
         assert_eq!(info(&ft, 20).count, 0);
         assert_eq!(info(&ft, 20).type_info, TypeInfo::UNTYPED);
-        assert_eq!(ft.put_writable(Mfn(20)), Err(MmError::NotReferenced));
         ft.pin(Mfn(20), D1, Level::L1, &mut mem).unwrap();
         ft.unpin(Mfn(20), D1, &mut mem).unwrap();
         assert_all_clear(&ft);

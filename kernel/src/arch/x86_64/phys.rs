@@ -1,7 +1,10 @@
 //! Access to physical memory through the direct map (`mm::layout`). This is the only
 //! place that turns a physical address into a Rust reference.
 
-use ferrovisor::mm::layout::phys_to_virt;
+use ferrovisor::mm::{
+    frame_table::{PageRef, WritableFrame},
+    layout::phys_to_virt,
+};
 
 /// The bytes at `[paddr, paddr + len)`.
 ///
@@ -75,19 +78,36 @@ pub unsafe fn write_bytes(paddr: u64, bytes: &[u8]) {
     }
 }
 
-/// A frame the hypervisor shares with a guest (its shared-info page): both sides write
-/// it, so every access is a single volatile load or store.
+/// A frame the hypervisor shares with a guest (shared info, a `vcpu_info`, a ring, a grant
+/// frame): both sides write it, so every access is a single volatile or atomic load or
+/// store. Made from the [`WritableFrame`] the frame table gave out, which it borrows: the
+/// frame stays the domain's ordinary RAM (never a page or descriptor table, never freed
+/// or given to another owner) for as long as any view of it exists.
 #[derive(Clone, Copy, Debug)]
-pub struct SharedFrame {
+pub struct SharedFrame<'a> {
     mfn: ferrovisor::mm::Mfn,
+    _held: core::marker::PhantomData<&'a WritableFrame>,
 }
 
-impl SharedFrame {
+impl<'a> SharedFrame<'a> {
+    pub fn new(frame: &'a WritableFrame) -> SharedFrame<'a> {
+        SharedFrame {
+            mfn: frame.mfn(),
+            _held: core::marker::PhantomData,
+        }
+    }
+
+    /// A view of a frame the grant table holds by a permanent `Writable` reference it keeps
+    /// as a frame number (`grant_table::GrantTable`'s frames).
+    ///
     /// # Safety
-    /// `mfn` must be a frame of RAM (direct-mapped) that stays allocated for as long as this
-    /// value is used, and that holds no hypervisor data other than what is shared.
-    pub unsafe fn new(mfn: ferrovisor::mm::Mfn) -> SharedFrame {
-        SharedFrame { mfn }
+    /// `mfn` must be a frame held by a general and a `Writable` type reference for as long
+    /// as `'a`.
+    pub unsafe fn held_by_number(mfn: ferrovisor::mm::Mfn) -> SharedFrame<'a> {
+        SharedFrame {
+            mfn,
+            _held: core::marker::PhantomData,
+        }
     }
 
     fn ptr(&self, offset: usize, size: usize) -> *mut u8 {
@@ -96,7 +116,8 @@ impl SharedFrame {
     }
 
     pub fn read_u8(&self, offset: usize) -> u8 {
-        // SAFETY: inside the frame (checked), which `new`'s contract keeps valid.
+        // SAFETY: inside the frame (checked), which the borrowed `WritableFrame` keeps the
+        // domain's RAM (direct-mapped) for as long as `self`.
         unsafe { self.ptr(offset, 1).read_volatile() }
     }
 
@@ -129,6 +150,13 @@ impl SharedFrame {
         }
     }
 
+    /// Fills the whole frame with zeroes (`MMUEXT_CLEAR_PAGE`).
+    pub fn zero(&self) {
+        for offset in (0..4096).step_by(8) {
+            self.write_u64(offset, 0);
+        }
+    }
+
     /// Byte-wise volatile copy out of the frame.
     pub fn read_bytes(&self, offset: usize, out: &mut [u8]) {
         assert!(offset + out.len() <= 4096);
@@ -140,7 +168,7 @@ impl SharedFrame {
     fn atomic_u32(&self, offset: usize) -> &core::sync::atomic::AtomicU32 {
         let p = self.ptr(offset, 4) as *mut u32;
         // SAFETY: 4-byte aligned memory inside the frame (checked), valid for as long as
-        // `self` (the contract of `new`); the guest shares the word by design of the ring
+        // `self` (the borrowed `WritableFrame`); the guest shares the word by design of the ring
         // protocols, which atomic accesses tolerate.
         unsafe { core::sync::atomic::AtomicU32::from_ptr(p) }
     }
@@ -175,7 +203,7 @@ impl SharedFrame {
     fn atomic_u64(&self, offset: usize) -> &core::sync::atomic::AtomicU64 {
         let p = self.ptr(offset, 8) as *mut u64;
         // SAFETY: 8-byte aligned memory inside the frame (checked), valid for as long as
-        // `self` (the contract of `new`); the guest only ever accesses it atomically or
+        // `self` (the borrowed `WritableFrame`); the guest only ever accesses it atomically or
         // racily by design of the shared-info ABI, which atomic RMWs tolerate.
         unsafe { core::sync::atomic::AtomicU64::from_ptr(p) }
     }
@@ -203,34 +231,32 @@ impl SharedFrame {
     }
 }
 
-/// Whole-frame operations on a domain's ordinary pages (`MMUEXT_CLEAR_PAGE`,
-/// `MMUEXT_COPY_PAGE`).
-pub struct DomainPages(());
+/// A read-only view of a domain's frame the hypervisor holds a general reference to (a
+/// grant copy's or `MMUEXT_COPY_PAGE`'s source): the borrowed [`PageRef`] keeps the frame
+/// the domain's RAM while the view exists.
+#[derive(Clone, Copy, Debug)]
+pub struct FrameReader<'a> {
+    mfn: ferrovisor::mm::Mfn,
+    _held: core::marker::PhantomData<&'a PageRef>,
+}
 
-impl DomainPages {
-    /// # Safety
-    /// Only used on frames the frame table has just typed `Writable` (or referenced, for a
-    /// copy's source) for the calling domain: RAM, never a page table or hypervisor frame.
-    pub unsafe fn new() -> DomainPages {
-        DomainPages(())
-    }
-
-    pub fn zero(&mut self, mfn: ferrovisor::mm::Mfn) {
-        // SAFETY: `new`'s contract: a direct-mapped RAM frame of the domain, writable for it.
-        unsafe { zero(mfn.addr(), 4096) }
-    }
-
-    pub fn copy(&mut self, dst: ferrovisor::mm::Mfn, src: ferrovisor::mm::Mfn) {
-        if dst == src {
-            return;
+impl<'a> FrameReader<'a> {
+    pub fn new(page: &'a PageRef) -> FrameReader<'a> {
+        FrameReader {
+            mfn: page.mfn(),
+            _held: core::marker::PhantomData,
         }
-        // SAFETY: `new`'s contract for both frames; distinct frames do not overlap.
-        unsafe {
-            core::ptr::copy_nonoverlapping(
-                phys_to_virt(src.addr()) as *const u8,
-                phys_to_virt(dst.addr()) as *mut u8,
-                4096,
-            )
+    }
+
+    /// Copies `out.len()` bytes at `offset` out of the frame (the guest may be writing
+    /// them: each byte is read once, with a volatile load).
+    pub fn read_bytes(&self, offset: usize, out: &mut [u8]) {
+        assert!(offset.checked_add(out.len()).is_some_and(|end| end <= 4096));
+        let base = (phys_to_virt(self.mfn.addr()) + offset as u64) as *const u8;
+        for (i, b) in out.iter_mut().enumerate() {
+            // SAFETY: inside the frame (checked), which the borrowed `PageRef` keeps the
+            // domain's RAM (direct-mapped) for as long as `self`.
+            *b = unsafe { base.add(i).read_volatile() };
         }
     }
 }
