@@ -26,7 +26,7 @@ use crate::{
         trap::{self, TrapFrame},
     },
     clock,
-    domain::{self, Domain, OwnsFrame},
+    domain::{self, Domain, DomainFrames},
     fatal, hypercall, sched, selftest,
 };
 
@@ -181,16 +181,18 @@ pub fn apply_regs(r: &CpuUserRegs, f: &mut TrapFrame) {
 }
 
 /// The guest kernel's memory, for bounce frames and `iret` contexts.
-pub struct KernelStack {
-    space: GuestSpace<OwnsFrame>,
+pub struct KernelStack<'a> {
+    space: Option<GuestSpace<'a, DomainFrames>>,
 }
 
-impl GuestStack for KernelStack {
+impl GuestStack for KernelStack<'_> {
     fn write(&mut self, va: u64, bytes: &[u8]) -> Result<(), Fault> {
-        self.space.write(va, bytes).map_err(|_| Fault { va })
+        let space = self.space.as_ref().ok_or(Fault { va })?;
+        space.write(va, bytes).map_err(|_| Fault { va })
     }
     fn read(&mut self, va: u64, out: &mut [u8]) -> Result<(), Fault> {
-        self.space.read(va, out).map_err(|_| Fault { va })
+        let space = self.space.as_ref().ok_or(Fault { va })?;
+        space.read(va, out).map_err(|_| Fault { va })
     }
 }
 
@@ -207,11 +209,19 @@ pub fn deliver(
     ) -> Result<Bounce, BounceError>,
 ) {
     let mut regs = to_regs(frame);
+    let (id, upcall_mask) = (d.id, d.upcall_mask());
+    let cur = d.cur;
+    let v = &mut d.vcpus[cur];
+    v.pv.upcall_mask = upcall_mask;
+    // The kernel's held root and the bounce state are separate parts of the vCPU.
     let mut stack = KernelStack {
-        space: d.kernel_space(),
+        space: v
+            .kernel_l4
+            .as_ref()
+            .map(|l4| GuestSpace::new(l4, DomainFrames(id))),
     };
-    d.cur_mut().pv.upcall_mask = d.upcall_mask();
-    match step(&mut regs, &mut d.cur_mut().pv, &mut stack) {
+    let result = step(&mut regs, &mut v.pv, &mut stack);
+    match result {
         Ok(b) => {
             apply_regs(&regs, frame);
             if b.entered_kernel {
@@ -513,11 +523,11 @@ fn guest_cr(d: &Domain, cr: u8) -> Option<u64> {
         2 => Some(d.cur().cr2),
         3 => {
             let l4 = if d.cur().pv.in_kernel {
-                Some(d.cur().kernel_l4)
+                d.cur().kernel_l4.as_ref()
             } else {
-                d.cur().user_l4
+                d.cur().user_l4.as_ref()
             };
-            Some(l4.map_or(0, |m| m.addr()))
+            Some(l4.map_or(0, |l4| l4.mfn().addr()))
         }
         4 => Some(CR4_GUEST),
         _ => None,

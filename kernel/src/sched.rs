@@ -76,14 +76,12 @@ fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
     v.on_cpu = Some(percpu::cpu());
     v.last_cpu = v.on_cpu;
     let l4 = if v.pv.in_kernel {
-        Some(v.kernel_l4)
+        v.kernel_l4.as_ref()
     } else {
-        v.user_l4
+        v.user_l4.as_ref()
     };
     if let Some(l4) = l4 {
-        // SAFETY: a validated L4 of the domain (typed by the frame table while it is a
-        // vCPU's base pointer), whose hypervisor slots map the hypervisor.
-        unsafe { crate::arch::x86_64::paging::activate(l4) };
+        crate::arch::x86_64::paging::activate_guest(l4);
     }
     let _ = cpu::set_guest_fs_base(v.fs_base);
     let _ = percpu::set_guest_gs_base(v.saved_gs_base_active);
@@ -278,11 +276,9 @@ pub fn run_idle() -> ! {
         });
         if picked.is_some() {
             crate::guest::before_return(&mut frame);
-            // SAFETY: the frame is a vCPU's saved ring-3 context (its registers with the
-            // guest's flat selectors and IF set, as every guest frame is kept), and its
-            // address space was just loaded by `switch_to` (or by `reschedule`, if
-            // `before_return` moved to another vCPU).
-            unsafe { trap::return_to(&frame) }
+            // The vCPU's saved ring-3 context; its address space was just loaded by
+            // `switch_to` (or by `reschedule`, if `before_return` moved to another vCPU).
+            trap::return_to_ring3(&frame)
         }
         idle_wait();
     }

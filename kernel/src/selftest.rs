@@ -205,9 +205,8 @@ fn ring3_start() -> ! {
         ss: FLAT_RING3_SS64 as u64,
         ..TrapFrame::default()
     };
-    // SAFETY: the frame enters ring 3 with the guest flat selectors, IF set, IOPL 0, at
-    // code and a stack just mapped user-accessible in the current address space.
-    unsafe { trap::return_to(&frame) }
+    // Code and a stack just mapped user-accessible in the current address space.
+    trap::return_to_ring3(&frame)
 }
 
 fn ring3_fail(what: core::fmt::Arguments) -> ! {

@@ -13,7 +13,7 @@ use ferrovisor::{
     guest_console::GuestConsole,
     guest_image::{self, GuestImage},
     mm::{
-        frame_table::{DomId, Owner, WritableFrame},
+        frame_table::{DomId, L4Ref, Owner, WritableFrame},
         page_type::Level,
         Mfn, PhysRange, PAGE_SIZE,
     },
@@ -98,7 +98,8 @@ pub struct BuildInput<'a> {
 /// put the rings.
 pub struct Built {
     pub regs: TrapFrame,
-    pub l4: Mfn,
+    /// vCPU 0's base pointer (taken by `Domain::start_vcpu0`).
+    pub l4: Option<L4Ref>,
     pub stack_top: u64,
     pub store_mfn: Mfn,
     pub console_mfn: Mfn,
@@ -152,7 +153,7 @@ pub fn build_into(
     drop(image);
 
     let l4 = p2m[built.l4_pfn as usize];
-    {
+    let l4 = {
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut().ok_or("no frame table")?;
         for (pfn, &mfn) in p2m.iter().enumerate() {
@@ -163,9 +164,9 @@ pub fn build_into(
             .map_err(|e| format!("{}'s bootstrap page tables are invalid: {e}", input.what))?;
         // vCPU 0's base pointer holds its own reference, so unpinning the boot root (as a
         // guest may) can never devalidate the tables CR3 points at.
-        ft.get_page_and_type(l4, dom, Level::L4.page_type(), &mut tables)
-            .map_err(|e| format!("{}'s bootstrap page tables are invalid: {e}", input.what))?;
-    }
+        ft.get_l4_ref(l4, dom, &mut tables)
+            .map_err(|e| format!("{}'s bootstrap page tables are invalid: {e}", input.what))?
+    };
     log::info!(
         "{}: built: {} pages, start info at {:#x}, {} page-table frames, stack top {:#x}",
         input.what,
@@ -185,7 +186,7 @@ pub fn build_into(
     };
     Ok(Built {
         regs,
-        l4,
+        l4: Some(l4),
         stack_top: built.stack_top,
         store_mfn: p2m[built.store_pfn as usize],
         console_mfn: p2m[built.console_pfn as usize],
@@ -239,7 +240,7 @@ pub fn new_domain(
         p2m: Vec::new(),
         shared_info: Some(shared_info),
         vcpus: (0..nr_vcpus)
-            .map(|v| Vcpu::new(v, TrapFrame::default(), Mfn(0), 0))
+            .map(|v| Vcpu::new(v, TrapFrame::default(), None, 0))
             .collect(),
         cur: 0,
         console: GuestConsole::new(id.0),
@@ -264,11 +265,11 @@ pub fn new_domain(
 
 impl Domain {
     /// Vcpu 0 starts where the builder left it; the others wait for `VCPUOP_initialise`.
-    pub fn start_vcpu0(&mut self, built: &Built) {
+    pub fn start_vcpu0(&mut self, built: &mut Built) {
         self.vcpus[0] = Vcpu {
             online: true,
             initialised: true,
-            ..Vcpu::new(0, built.regs, built.l4, built.stack_top)
+            ..Vcpu::new(0, built.regs, built.l4.take(), built.stack_top)
         };
         self.built = true;
     }
@@ -336,11 +337,11 @@ pub fn build_dom0(
         what: "dom0",
         source: "module 0",
     };
-    let built = build_into(DOM0, &p2m, shared_info_mfn, &input)?;
+    let mut built = build_into(DOM0, &p2m, shared_info_mfn, &input)?;
     let store = hold_ring(DOM0, built.store_mfn)?;
     let console = hold_ring(DOM0, built.console_mfn)?;
     d.p2m = p2m;
-    d.start_vcpu0(&built);
+    d.start_vcpu0(&mut built);
     d.store_ring = Some((store, store_port));
     d.console_ring = Some((console, console_port));
     d.console.set_raw_ring_mirror(true);

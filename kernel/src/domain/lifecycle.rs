@@ -180,7 +180,7 @@ fn build_into_domain(
     let Some(shared_info) = d.shared_info_mfn() else {
         return Err(XenErrno::Esrch);
     };
-    let built = match build::build_into(d.id, &d.p2m, shared_info, &input) {
+    let mut built = match build::build_into(d.id, &d.p2m, shared_info, &input) {
         Ok(built) => built,
         Err(e) => {
             log::warn!("{e}");
@@ -209,7 +209,7 @@ fn build_into_domain(
             return Err(e);
         }
     };
-    d.start_vcpu0(&built);
+    d.start_vcpu0(&mut built);
     d.store_ring = Some((store, store_port));
     d.console_ring = Some((console, console_port));
     b.store_mfn = built.store_mfn.0;
@@ -366,11 +366,8 @@ fn release_memory(d: &mut Domain) -> (usize, usize) {
     };
     let mut mem = GuestTables::new();
     for v in d.vcpus.iter_mut() {
-        if v.initialised {
-            let _ = ft.put_page_and_type(v.kernel_l4, &mut mem);
-        }
-        if let Some(u) = v.user_l4 {
-            let _ = ft.put_page_and_type(u, &mut mem);
+        for l4 in [v.kernel_l4.take(), v.user_l4.take()].into_iter().flatten() {
+            let _ = ft.put_l4_ref(l4, &mut mem);
         }
         for &f in v.gdt.frames().iter().chain(v.ldt_frames.iter()) {
             let _ = ft.put_page_and_type(f, &mut mem);

@@ -10,7 +10,7 @@ pub use build::build_dom0;
 pub use ferrovisor::domain_control::Life;
 pub use registry::{with_current, with_domain, with_domains, Domains, Dying};
 
-use alloc::{boxed::Box, string::String, vec::Vec};
+use alloc::{string::String, vec::Vec};
 use core::mem::offset_of;
 
 use ferrovisor::{
@@ -18,7 +18,7 @@ use ferrovisor::{
     grant_table::{GrantTable, Maptrack},
     guest_console::GuestConsole,
     mm::{
-        frame_table::{DomId, FrameTable, Owner, WritableFrame},
+        frame_table::{DomId, FrameTable, L4Ref, PageRef, WritableFrame},
         Mfn, PAGE_SIZE,
     },
     pv::{
@@ -38,7 +38,7 @@ use crate::{
     arch::x86_64::{
         cpu::FpuState,
         debug_exit::Verdict,
-        guest_memory::{GuestFault, GuestSpace},
+        guest_memory::{GuestFault, GuestFrames, GuestSpace},
         irq::IrqMutex,
         paging as hw_paging, percpu,
         phys::SharedFrame,
@@ -61,8 +61,37 @@ const MAX_PORTS: u32 = 1024;
 pub const MAX_VCPUS: usize = 8;
 const VIRQ_TIMER: u32 = 0;
 
-/// The test guest-memory copies apply to each frame: is it the domain's?
-pub type OwnsFrame = Box<dyn Fn(Mfn) -> bool>;
+/// How guest-memory copies hold the frames of domain `.0` they touch: through the frame
+/// table, refused while this CPU itself holds it (a copy must not run inside its lock;
+/// another CPU holding it is waited for).
+pub struct DomainFrames(pub DomId);
+
+impl GuestFrames for DomainFrames {
+    fn hold_read(&self, mfn: Mfn) -> Option<PageRef> {
+        FRAME_TABLE
+            .lock_unless_held_here()?
+            .as_mut()?
+            .get_page_ref(mfn, self.0)
+            .ok()
+    }
+    fn hold_write(&self, mfn: Mfn) -> Option<WritableFrame> {
+        FRAME_TABLE
+            .lock_unless_held_here()?
+            .as_mut()?
+            .get_writable(mfn, self.0)
+            .ok()
+    }
+    fn release_read(&self, page: PageRef) {
+        if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+            let _ = ft.put_page_ref(page);
+        }
+    }
+    fn release_write(&self, page: WritableFrame) {
+        if let Some(ft) = FRAME_TABLE.lock().as_mut() {
+            let _ = ft.put_writable(page);
+        }
+    }
+}
 
 /// A virtual CPU: its saved registers and PV state.
 pub struct Vcpu {
@@ -87,9 +116,9 @@ pub struct Vcpu {
     /// Guest-kernel vs user mode, kernel stack, trap table, callbacks, upcall mask.
     pub pv: BounceState,
     /// The kernel's page-table root (`cr3` while in kernel mode).
-    pub kernel_l4: Mfn,
+    pub kernel_l4: Option<L4Ref>,
     /// The user page-table root (`MMUEXT_NEW_USER_BASEPTR`), `cr3` in user mode.
-    pub user_l4: Option<Mfn>,
+    pub user_l4: Option<L4Ref>,
     /// The GS base of the mode that is not running (swapped on each mode change).
     pub saved_gs_base: u64,
     /// The guest's virtual CR0.TS (`fpu_taskswitch`).
@@ -247,7 +276,7 @@ pub const MAX_POLL_PORTS: usize = 128;
 impl Vcpu {
     /// A vCPU that is not running yet, with vCPU `id`'s default `vcpu_info` slot in the
     /// shared-info page.
-    pub fn new(id: u32, regs: TrapFrame, l4: Mfn, kernel_sp: u64) -> Vcpu {
+    pub fn new(id: u32, regs: TrapFrame, l4: Option<L4Ref>, kernel_sp: u64) -> Vcpu {
         Vcpu {
             id,
             online: false,
@@ -487,32 +516,28 @@ pub fn run_dom0() -> ! {
 }
 
 impl Domain {
-    /// Whether a frame is this domain's (what guest-memory copies check). Refused while
-    /// this CPU itself holds the frame table (a copy must not run inside its lock); another
-    /// CPU holding it is waited for.
-    fn owns(&self) -> OwnsFrame {
-        let id = self.id;
-        Box::new(move |mfn: Mfn| {
-            FRAME_TABLE
-                .lock_unless_held_here()
-                .and_then(|ft| ft.as_ref().and_then(|t| t.info(mfn).map(|i| i.owner)))
-                == Some(Owner::Domain(id))
-        })
+    /// The held base pointer of one of its vCPUs whose frame is `mfn`.
+    fn held_root(&self, mfn: Mfn) -> Option<&L4Ref> {
+        self.vcpus
+            .iter()
+            .flat_map(|v| [v.kernel_l4.as_ref(), v.user_l4.as_ref()])
+            .flatten()
+            .find(|l4| l4.mfn() == mfn)
     }
 
-    /// The current guest address space, for copying to and from guest memory.
-    pub fn space(&self) -> GuestSpace<OwnsFrame> {
-        let l4 = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
-        // SAFETY: CR3 holds this domain's validated L4 while its trap is handled; `owns`
-        // accepts only frames the frame table gives to this domain (all RAM).
-        unsafe { GuestSpace::new(l4, self.owns()) }
+    /// The current guest address space (the one CR3 holds while the domain's trap is
+    /// handled), for copying to and from guest memory; `None` (every access faults) if CR3
+    /// is not one of its vCPUs' held roots.
+    pub fn space(&self) -> Option<GuestSpace<'_, DomainFrames>> {
+        let cr3 = Mfn::containing(crate::arch::x86_64::cpu::read_cr3());
+        let l4 = self.held_root(cr3)?;
+        Some(GuestSpace::new(l4, DomainFrames(self.id)))
     }
 
     /// The guest kernel's address space (bounce frames always go on a kernel stack).
-    pub fn kernel_space(&self) -> GuestSpace<OwnsFrame> {
-        // SAFETY: `kernel_l4` is this domain's validated L4 (typed L4 by the frame table
-        // while it is the base pointer); `owns` accepts only this domain's frames.
-        unsafe { GuestSpace::new(self.cur().kernel_l4, self.owns()) }
+    pub fn kernel_space(&self) -> Option<GuestSpace<'_, DomainFrames>> {
+        let l4 = self.cur().kernel_l4.as_ref()?;
+        Some(GuestSpace::new(l4, DomainFrames(self.id)))
     }
 
     /// The shared-info page (held writable from creation until the domain's memory is
@@ -639,9 +664,9 @@ impl Domain {
             return;
         };
         // A bad area is the guest's problem (Xen ignores write failures here too).
-        let _ = self
-            .kernel_space()
-            .write(va, self.cur().runstate.as_bytes());
+        if let Some(space) = self.kernel_space() {
+            let _ = space.write(va, self.cur().runstate.as_bytes());
+        }
     }
 
     /// Sends virtual IRQ `virq` of vCPU `vcpu` if the guest bound it to a port.
@@ -703,15 +728,14 @@ impl Domain {
     /// Changes between guest-kernel and guest-user mode: the page tables and the GS base
     /// follow (Xen's `toggle_guest_mode`).
     pub fn switch_mode(&mut self, to_kernel: bool) {
+        let v = self.cur();
         let l4 = if to_kernel {
-            Some(self.cur().kernel_l4)
+            v.kernel_l4.as_ref()
         } else {
-            self.cur().user_l4
+            v.user_l4.as_ref()
         };
         if let Some(l4) = l4 {
-            // SAFETY: both roots are validated L4s of this domain (typed by the frame
-            // table), whose hypervisor slots map the hypervisor.
-            unsafe { hw_paging::activate(l4) };
+            hw_paging::activate_guest(l4);
         }
         let active = percpu::guest_gs_base();
         let _ = percpu::set_guest_gs_base(self.cur().saved_gs_base);
@@ -719,16 +743,18 @@ impl Domain {
     }
 
     pub fn read_guest(&self, va: u64, out: &mut [u8]) -> Result<(), GuestFault> {
-        self.space().read(va, out)
+        self.space().ok_or(GuestFault::NotMapped(va))?.read(va, out)
     }
 
     pub fn write_guest(&self, va: u64, bytes: &[u8]) -> Result<(), GuestFault> {
-        self.space().write(va, bytes)
+        self.space()
+            .ok_or(GuestFault::NotMapped(va))?
+            .write(va, bytes)
     }
 
     /// The L1 table and index mapping `va` in the current address space.
     pub fn l1_slot(&self, va: u64) -> Option<(Mfn, usize)> {
-        self.space().l1_slot(va).ok()
+        self.space()?.l1_slot(va).ok()
     }
 
     /// Console output written through `console_io` (dom0): kept in its history and

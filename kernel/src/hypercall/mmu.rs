@@ -202,21 +202,21 @@ fn one_ext(d: &mut Domain, op: &MmuextOp) -> core::result::Result<(), XenErrno> 
         MmuextCmd::NewBaseptr => new_baseptr(d, mfn),
         MmuextCmd::NewUserBaseptr => {
             // A zero frame means "no user page tables".
-            let new = (op.arg1 != 0).then_some(mfn);
+            // Called from guest kernel mode, so CR3 holds the kernel root, never the old
+            // user one, which can go at once.
             with_ft(|ft| {
                 let mut mem = tables();
-                if let Some(new) = new {
-                    ft.get_page_and_type(new, d.id, Level::L4.page_type(), &mut mem)
-                        .map_err(mm_errno)?;
-                }
-                if let Some(old) = d.cur_mut().user_l4 {
-                    let _ = ft.put_page_and_type(old, &mut mem);
+                let new = match op.arg1 {
+                    0 => None,
+                    _ => Some(ft.get_l4_ref(mfn, d.id, &mut mem).map_err(mm_errno)?),
+                };
+                let v = d.cur_mut();
+                v.pv.has_user_page_tables = new.is_some();
+                if let Some(old) = core::mem::replace(&mut v.user_l4, new) {
+                    let _ = ft.put_l4_ref(old, &mut mem);
                 }
                 Ok(())
-            })?;
-            d.cur_mut().user_l4 = new;
-            d.cur_mut().pv.has_user_page_tables = new.is_some();
-            Ok(())
+            })
         }
         MmuextCmd::TlbFlushLocal => {
             hw_paging::flush_tlb_local();
@@ -315,19 +315,22 @@ fn set_ldt(d: &mut Domain, base: u64, entries: u64) -> core::result::Result<(), 
 pub fn new_baseptr(d: &mut Domain, mfn: Mfn) -> core::result::Result<(), XenErrno> {
     with_ft(|ft| {
         let mut mem = tables();
-        ft.get_page_and_type(mfn, d.id, Level::L4.page_type(), &mut mem)
-            .map_err(mm_errno)?;
-        let old = d.cur_mut().kernel_l4;
-        // The old root's references go only after the new one's are held.
-        let _ = ft.put_page_and_type(old, &mut mem);
+        let new = ft.get_l4_ref(mfn, d.id, &mut mem).map_err(mm_errno)?;
+        let v = d.cur_mut();
+        let in_kernel = v.pv.in_kernel;
+        let old = v.kernel_l4.replace(new);
+        if in_kernel {
+            if let Some(l4) = v.kernel_l4.as_ref() {
+                hw_paging::activate_guest(l4);
+            }
+        }
+        // The old root's references go only once the new one is held and loaded, so CR3
+        // never points at a table that was just devalidated.
+        if let Some(old) = old {
+            let _ = ft.put_l4_ref(old, &mut mem);
+        }
         Ok(())
     })?;
-    d.cur_mut().kernel_l4 = mfn;
-    if d.cur_mut().pv.in_kernel {
-        // SAFETY: the new L4 is a validated L4 of this domain (just typed above), so its
-        // hypervisor slots map the hypervisor.
-        unsafe { hw_paging::activate(mfn) };
-    }
     Ok(())
 }
 

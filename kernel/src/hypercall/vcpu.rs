@@ -2,10 +2,7 @@
 //! and `set_timer_op`; plus `sched_op`'s blocking.
 
 use ferrovisor::mm::{Mfn, PAGE_SIZE};
-use ferrovisor::{
-    mm::page_type::PageType,
-    pv::{bounce, descriptor},
-};
+use ferrovisor::pv::{bounce, descriptor};
 use ferrovisor_abi::xen::sched::SchedPoll;
 use ferrovisor_abi::{
     errno::XenErrno,
@@ -184,7 +181,7 @@ pub fn apply_context(
         if !replace && (v.online || v.initialised) {
             return Err(XenErrno::Eexist);
         }
-        let old = v.initialised.then_some((v.kernel_l4, v.gdt));
+        let old_gdt = v.initialised.then_some(v.gdt);
         let l4 = Mfn(ctx.ctrlreg[3] >> 12);
         let gdt_frames: heapless::Vec<u64, 16> = ctx
             .gdt_frames
@@ -217,14 +214,17 @@ pub fn apply_context(
             let mut guard = FRAME_TABLE.lock();
             let ft = guard.as_mut().ok_or(XenErrno::Esrch)?;
             let mut mem = tables();
-            ft.get_page_and_type(l4, dom, PageType::L4, &mut mem)
-                .map_err(|e| e.errno())?;
+            let new_l4 = ft.get_l4_ref(l4, dom, &mut mem).map_err(|e| e.errno())?;
             if let Err(e) = super::desc::take_gdt(ft, dom, &gdt) {
-                let _ = ft.put_page_and_type(l4, &mut mem);
+                let _ = ft.put_l4_ref(new_l4, &mut mem);
                 return Err(e);
             }
-            if let Some((old_l4, old_gdt)) = old {
-                let _ = ft.put_page_and_type(old_l4, &mut mem);
+            // The vCPU runs on no CPU (never started, or its domain is paused): its old
+            // root and GDT can go once the new ones are held.
+            if let Some(old_l4) = v.kernel_l4.replace(new_l4) {
+                let _ = ft.put_l4_ref(old_l4, &mut mem);
+            }
+            if let Some(old_gdt) = old_gdt {
                 super::desc::release(ft, &mut mem, old_gdt.frames());
             }
         }
@@ -253,7 +253,6 @@ pub fn apply_context(
             rsp: r.rsp,
             ss: FLAT_RING3_SS64 as u64,
         };
-        v.kernel_l4 = l4;
         v.pv = bounce::BounceState::new(ctx.kernel_sp);
         v.pv.trap_table = trap_table;
         v.pv.callbacks.event = ctx.event_callback_eip;
@@ -373,9 +372,9 @@ pub fn context_of(
     ctx.kernel_ss = u64::from(FLAT_RING3_SS64);
     ctx.kernel_sp = v.pv.kernel_sp;
     if v.initialised {
-        ctx.ctrlreg[3] = v.kernel_l4.addr();
+        ctx.ctrlreg[3] = v.kernel_l4.as_ref().map_or(0, |l4| l4.mfn().addr());
     }
-    ctx.ctrlreg[1] = v.user_l4.map_or(0, |m| m.addr());
+    ctx.ctrlreg[1] = v.user_l4.as_ref().map_or(0, |l4| l4.mfn().addr());
     ctx.event_callback_eip = v.pv.callbacks.event;
     ctx.failsafe_callback_eip = v.pv.callbacks.failsafe;
     ctx.syscall_callback_eip = v.pv.callbacks.syscall;

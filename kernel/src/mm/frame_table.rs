@@ -174,6 +174,24 @@ impl PageRef {
     }
 }
 
+/// A general and an L4 type reference on a validated L4 of a domain: what a vCPU's base
+/// pointers hold (Xen's `get_page_and_type(PGT_l4_page_table)` in `new_guest_cr3`). Made
+/// only by [`FrameTable::get_l4_ref`], given back only by [`FrameTable::put_l4_ref`]; while
+/// it is held the table stays validated, its hypervisor slots map the hypervisor, and the
+/// guest cannot write it. The proof from which the CPU's CR3 may be loaded with it and the
+/// guest's address space walked.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "dropping an L4Ref leaks its references: give it back with put_l4_ref"]
+pub struct L4Ref {
+    mfn: Mfn,
+}
+
+impl L4Ref {
+    pub fn mfn(&self) -> Mfn {
+        self.mfn
+    }
+}
+
 /// Access to the contents of page-table (and descriptor-table) frames. The hypervisor
 /// implements it over its direct map; the tests over a map. Its methods take a
 /// [`CheckedFrame`], which only the frame table can make.
@@ -399,6 +417,28 @@ impl FrameTable {
         }
         frame.count = frame.count.checked_add(1).ok_or(MmError::RefOverflow)?;
         Ok(())
+    }
+
+    /// Takes a base pointer's references on `mfn`, which becomes (or already is) a
+    /// validated L4 of `dom`.
+    pub fn get_l4_ref<M: PageTableMemory + ?Sized>(
+        &mut self,
+        mfn: Mfn,
+        dom: DomId,
+        mem: &mut M,
+    ) -> Result<L4Ref, MmError> {
+        self.get_page_and_type(mfn, dom, PageType::L4, mem)?;
+        Ok(L4Ref { mfn })
+    }
+
+    /// Gives back what [`Self::get_l4_ref`] took (the table is devalidated if nothing else
+    /// holds it). The caller must have moved every CPU off it first.
+    pub fn put_l4_ref<M: PageTableMemory + ?Sized>(
+        &mut self,
+        l4: L4Ref,
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        self.put_page_and_type(l4.mfn, mem)
     }
 
     /// [`Self::get_page`], as a handle the hypervisor's read-only view of the frame is

@@ -3,10 +3,17 @@
 //! The hypervisor never dereferences a guest address. It walks the guest's page tables in
 //! software (through the direct map), requires every level to be present and reachable
 //! from ring 3 (a guest kernel runs in ring 3, so anything it can touch is user-mapped),
-//! asks the caller whether the final frame belongs to the domain, and copies through the
-//! direct map. So SMAP stays on, a bad address is an error (`-EFAULT`), never a fault.
+//! has the caller hold the final frame (a general reference to read it, a `Writable` type
+//! reference to write it: so it is the domain's, and no page or descriptor table, for the
+//! whole copy), and copies through views of that handle. So SMAP stays on, a bad address is an error (`-EFAULT`), never a fault.
 
-use ferrovisor::mm::{layout::phys_to_virt, Mfn, PAGE_SIZE};
+use ferrovisor::mm::{
+    frame_table::{L4Ref, PageRef, WritableFrame},
+    layout::phys_to_virt,
+    Mfn, PAGE_SIZE,
+};
+
+use super::phys::{FrameReader, SharedFrame};
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
@@ -24,24 +31,44 @@ pub enum GuestFault {
     NotOwned(u64),
 }
 
-/// A guest address space: its L4 and the test that a frame is the domain's.
-pub struct GuestSpace<F: Fn(Mfn) -> bool> {
-    l4: Mfn,
-    owns: F,
+/// How a guest access holds the frame it copies to or from, for the duration of the copy:
+/// a general reference for a read, a `Writable` type reference for a write (refused if
+/// the frame is not the domain's, or is a page or descriptor table now). Held, the frame
+/// can be neither freed, nor given to another owner, nor (for a write) retyped by another
+/// vCPU between the translation and the copy.
+pub trait GuestFrames {
+    fn hold_read(&self, mfn: Mfn) -> Option<PageRef>;
+    fn hold_write(&self, mfn: Mfn) -> Option<WritableFrame>;
+    fn release_read(&self, page: PageRef);
+    fn release_write(&self, page: WritableFrame);
 }
 
-impl<F: Fn(Mfn) -> bool> GuestSpace<F> {
-    /// # Safety
-    /// `l4` must be a validated L4 of the domain whose frames `owns` accepts, and `owns`
-    /// must only accept frames of RAM (the frame table's domain frames).
-    pub unsafe fn new(l4: Mfn, owns: F) -> Self {
-        GuestSpace { l4, owns }
+/// A guest address space: a held L4 of the domain (borrowed, so the walk never outlives the
+/// base pointer's references) and how its frames are held.
+pub struct GuestSpace<'a, H: GuestFrames> {
+    l4: Mfn,
+    frames: H,
+    _l4: core::marker::PhantomData<&'a L4Ref>,
+}
+
+impl<'a, H: GuestFrames> GuestSpace<'a, H> {
+    pub fn new(l4: &'a L4Ref, frames: H) -> Self {
+        GuestSpace {
+            l4: l4.mfn(),
+            frames,
+            _l4: core::marker::PhantomData,
+        }
     }
 
     fn entry(&self, table: Mfn, index: usize) -> u64 {
-        let p = (phys_to_virt(table.addr()) as *const u64).wrapping_add(index);
-        // SAFETY: `table` is the validated L4 or a table it references (validated page
-        // tables of the domain, so RAM, direct-mapped); index < 512.
+        let p = (phys_to_virt(table.addr()) as *const u64).wrapping_add(index % 512);
+        // SAFETY: `table` is the held, validated L4, or a frame named by a present entry of
+        // a table reached from it. The frame table only ever lets validated entries into
+        // such tables (the guest maps them read-only), and a validated entry names a frame
+        // of the domain, so RAM, which stays direct-mapped whatever becomes of it; another
+        // CPU changing the tables meanwhile only changes which RAM frame is read (the
+        // final frame is then held and checked before any copy). The aligned 8-byte read
+        // sees either value of a concurrent update.
         unsafe { p.read_volatile() }
     }
 
@@ -55,9 +82,6 @@ impl<F: Fn(Mfn) -> bool> GuestSpace<F> {
                 return Err(GuestFault::NotMapped(va));
             }
             table = Mfn::containing(e & ADDR);
-        }
-        if !(self.owns)(table) {
-            return Err(GuestFault::NotOwned(va));
         }
         Ok(table)
     }
@@ -81,14 +105,14 @@ impl<F: Fn(Mfn) -> bool> GuestSpace<F> {
         while done < out.len() {
             let addr = va.wrapping_add(done as u64);
             let mfn = self.translate(addr, false)?;
+            let page = self
+                .frames
+                .hold_read(mfn)
+                .ok_or(GuestFault::NotOwned(addr))?;
             let off = (addr % PAGE_SIZE) as usize;
             let n = (PAGE_SIZE as usize - off).min(out.len() - done);
-            let src = (phys_to_virt(mfn.addr()) + off as u64) as *const u8;
-            for (i, b) in out[done..done + n].iter_mut().enumerate() {
-                // SAFETY: a frame of the domain (checked by `translate`), direct-mapped;
-                // volatile because the guest may write it concurrently.
-                *b = unsafe { src.wrapping_add(i).read_volatile() };
-            }
+            FrameReader::new(&page).read_bytes(off, &mut out[done..done + n]);
+            self.frames.release_read(page);
             done += n;
         }
         Ok(())
@@ -100,14 +124,14 @@ impl<F: Fn(Mfn) -> bool> GuestSpace<F> {
         while done < bytes.len() {
             let addr = va.wrapping_add(done as u64);
             let mfn = self.translate(addr, true)?;
+            let page = self
+                .frames
+                .hold_write(mfn)
+                .ok_or(GuestFault::NotOwned(addr))?;
             let off = (addr % PAGE_SIZE) as usize;
             let n = (PAGE_SIZE as usize - off).min(bytes.len() - done);
-            let dst = (phys_to_virt(mfn.addr()) + off as u64) as *mut u8;
-            for (i, b) in bytes[done..done + n].iter().enumerate() {
-                // SAFETY: a frame of the domain mapped writable for it, so never one of its
-                // page tables (the PV MMU forbids writable mappings of those); direct-mapped.
-                unsafe { dst.wrapping_add(i).write_volatile(*b) };
-            }
+            SharedFrame::new(&page).write_bytes(off, &bytes[done..done + n]);
+            self.frames.release_write(page);
             done += n;
         }
         Ok(())

@@ -3,7 +3,7 @@
 
 use ferrovisor::mm::{
     frame_alloc::FrameAllocator,
-    frame_table::CheckedFrame,
+    frame_table::{CheckedFrame, L4Ref},
     layout::phys_to_virt,
     paging::{TableMemory, ENTRIES},
     Mfn, PAGE_SIZE,
@@ -65,6 +65,15 @@ impl TableMemory for DirectMapTables<'_, '_> {
 pub unsafe fn activate(root: Mfn) {
     // SAFETY: as the caller guarantees.
     unsafe { x86::controlregs::cr3_write(root.addr()) }
+}
+
+/// Loads a guest address space: `l4` is a validated L4 of a domain, held, whose hypervisor
+/// slots map the hypervisor (the frame table writes them at validation), so the running
+/// code, its stacks and everything it references stay mapped. The holder must keep the
+/// reference until this CPU has loaded another root.
+pub fn activate_guest(l4: &L4Ref) {
+    // SAFETY: as above: every hypervisor mapping is present in a validated L4.
+    unsafe { activate(l4.mfn()) }
 }
 
 /// Guest page tables (and descriptor pages), read and written through the direct map on

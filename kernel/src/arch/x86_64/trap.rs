@@ -124,6 +124,25 @@ pub unsafe fn return_to(frame: &TrapFrame) -> ! {
     }
 }
 
+/// Resumes a ring-3 context (a guest vCPU, or the ring-3 selftest). Whatever `frame`
+/// holds, it cannot harm the hypervisor: the selectors are forced to RPL 3 and RFLAGS to
+/// IF set and IOPL 0, so the CPU either runs ring-3 code in the current address space
+/// (which, a validated guest root or the hypervisor's own, maps the hypervisor's exit
+/// path) or refuses the `iretq`, which `interrupts::dispatch` turns into a fault for the
+/// guest (`guest::failed_return`).
+pub fn return_to_ring3(frame: &TrapFrame) -> ! {
+    const IF: u64 = 1 << 9;
+    const IOPL: u64 = 3 << 12;
+    let sanitized = TrapFrame {
+        cs: frame.cs | 3,
+        ss: frame.ss | 3,
+        rflags: (frame.rflags | IF) & !IOPL,
+        ..*frame
+    };
+    // SAFETY: a ring-3 context, made so above; nothing on this stack is needed after.
+    unsafe { return_to(&sanitized) }
+}
+
 /// The entry point of `vector`'s stub.
 pub fn stub_address(vector: u8) -> u64 {
     // SAFETY: only the address of the assembly label is taken.
