@@ -232,10 +232,24 @@ pub fn build<M: DomainMemory>(
         });
     }
     let nr_pages = mem.nr_pages();
+    // Everything laid out below stays under `kernel_end` plus the initrd, the p2m, the
+    // start-of-day pages, at most `nr_pages` page tables, the stack, the padding and the
+    // rounding: refused if that passes the top of the address space (an image placed at
+    // its very end), so none of the arithmetic below can wrap.
+    let initrd_len = spec.initrd.map_or(0, |i| i.len() as u64);
+    let worst = nr_pages
+        .checked_mul(8 + PAGE)
+        .and_then(|n| n.checked_add(initrd_len))
+        .and_then(|n| n.checked_add(PADDING + 2 * REGION_ALIGN + 8 * PAGE))
+        .and_then(|n| n.checked_add(kernel_end));
+    if worst.is_none() || kernel_end < base {
+        return Err(BuildError::BadImage(
+            "the image, initrd and start-of-day data pass the end of the address space",
+        ));
+    }
 
     // The layout, each element page aligned, in xen.h's order.
     let kernel_end = page_up(kernel_end);
-    let initrd_len = spec.initrd.map_or(0, |i| i.len() as u64);
     let initrd_va = kernel_end;
     let p2m_va = page_up(initrd_va + initrd_len);
     let start_info_va = page_up(p2m_va + nr_pages * 8);
@@ -251,6 +265,12 @@ pub fn build<M: DomainMemory>(
         let needed = tables_for(base, end);
         if needed <= pt_count {
             break (stack_va, end);
+        }
+        if needed > nr_pages {
+            return Err(BuildError::TooSmall {
+                needed_pages: needed,
+                nr_pages,
+            });
         }
         pt_count = needed;
     };
@@ -611,6 +631,24 @@ mod tests {
         };
         assert!(matches!(
             build(&below, &spec(None), &mut mem),
+            Err(BuildError::BadImage(_))
+        ));
+        // An image placed at the very top of the address space: the layout after it would
+        // wrap (it used to overflow: a panic in a debug build, garbage in a release one).
+        let top = 0xffff_ffff_ff80_0000;
+        let at_top = [Segment {
+            virt: top,
+            data: &text,
+            mem_size: 0x7f_f000,
+        }];
+        let at_top = KernelImage {
+            segments: &at_top,
+            virt_base: top,
+            entry: top,
+            hypercall_page: None,
+        };
+        assert!(matches!(
+            build(&at_top, &spec(None), &mut mem),
             Err(BuildError::BadImage(_))
         ));
         let long = "x".repeat(MAX_GUEST_CMDLINE);

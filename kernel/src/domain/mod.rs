@@ -702,7 +702,8 @@ impl Domain {
                 if next <= now {
                     // Skip missed periods rather than firing a burst.
                     let behind = (now - next) / period + 1;
-                    v.periodic = Some((period, next + behind * period));
+                    let next = next.saturating_add(behind.saturating_mul(period));
+                    v.periodic = Some((period, next));
                     fire = true;
                 }
             }

@@ -51,9 +51,11 @@ fn with_ft<R>(
     f(ft)
 }
 
-/// `mmuext_op` works on the domain's own tables only.
+/// `mmuext_op` works on the domain's own tables only: `DOMID_SELF` or the caller's id.
 fn check_self(foreigndom: u64) -> core::result::Result<(), XenErrno> {
-    if foreigndom_fd(foreigndom as u32) == DOMID_SELF || foreigndom as u16 == 0 {
+    let caller = domain::with_current(|d| d.id).ok_or(XenErrno::Esrch)?;
+    let fd = foreigndom_fd(foreigndom as u32);
+    if fd == DOMID_SELF || fd == caller.0 {
         Ok(())
     } else {
         Err(XenErrno::Esrch)

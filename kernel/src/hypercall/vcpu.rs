@@ -121,7 +121,8 @@ pub fn vcpu_op([cmd, vcpu, arg, ..]: [u64; 5]) -> Result {
                 return Err(XenErrno::Einval);
             }
             on_target(&mut |d| {
-                d.cur_mut().periodic = Some((t.period_ns, clock::now_ns() + t.period_ns));
+                d.cur_mut().periodic =
+                    Some((t.period_ns, clock::now_ns().saturating_add(t.period_ns)));
                 Ok(0)
             })
         }

@@ -21,6 +21,15 @@ const USER: u64 = 1 << 2;
 const HUGE: u64 = 1 << 7;
 const ADDR: u64 = 0x000f_ffff_ffff_f000;
 
+/// A canonical address outside the range Xen's PV ABI reserves for the hypervisor
+/// (`HYPERVISOR_VIRT_START`..`HYPERVISOR_VIRT_END`, PML4 slots 256..=271): the walks never
+/// enter the hypervisor's own tables.
+fn is_guest_va(va: u64) -> bool {
+    const LOWER_END: u64 = 0x0000_8000_0000_0000;
+    const HYPERVISOR_VIRT_END: u64 = 0xffff_8800_0000_0000;
+    !(LOWER_END..HYPERVISOR_VIRT_END).contains(&va)
+}
+
 /// Why an access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestFault {
@@ -74,6 +83,9 @@ impl<'a, H: GuestFrames> GuestSpace<'a, H> {
 
     /// The frame `va` maps to, checked for ring-3 access (and writability if `write`).
     fn translate(&self, va: u64, write: bool) -> Result<Mfn, GuestFault> {
+        if !is_guest_va(va) {
+            return Err(GuestFault::NotMapped(va));
+        }
         let mut table = self.l4;
         for shift in [39u32, 30, 21, 12] {
             let e = self.entry(table, ((va >> shift) & 0x1ff) as usize);
@@ -88,6 +100,9 @@ impl<'a, H: GuestFrames> GuestSpace<'a, H> {
 
     /// The L1 table and index holding the entry for `va` (the tables above must be present).
     pub fn l1_slot(&self, va: u64) -> Result<(Mfn, usize), GuestFault> {
+        if !is_guest_va(va) {
+            return Err(GuestFault::NotMapped(va));
+        }
         let mut table = self.l4;
         for shift in [39u32, 30, 21] {
             let e = self.entry(table, ((va >> shift) & 0x1ff) as usize);
