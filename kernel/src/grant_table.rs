@@ -75,14 +75,17 @@ pub trait GrantFrames {
 
 /// Finds granting domains.
 pub trait GrantDomains {
-    type Frames: GrantFrames;
+    /// The shared entries, as a view that may borrow the granting domain beside its table.
+    type Frames<'a>: GrantFrames
+    where
+        Self: 'a;
     /// Runs `f` on the grant table and shared entries of `dom`; `None` if there is no such
     /// domain. A dying domain whose table still has pins must still be found (unmaps of
     /// its grants go there); its table refuses new pins itself.
     fn with_granter<R>(
         &mut self,
         dom: DomId,
-        f: impl FnOnce(&mut GrantTable, &Self::Frames) -> R,
+        f: impl FnOnce(&mut GrantTable, &Self::Frames<'_>) -> R,
     ) -> Option<R>;
 }
 
@@ -958,7 +961,7 @@ mod tests {
     }
 
     impl GrantDomains for World {
-        type Frames = FakeFrames;
+        type Frames<'a> = FakeFrames;
 
         fn with_granter<R>(
             &mut self,

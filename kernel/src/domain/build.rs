@@ -257,6 +257,7 @@ pub fn new_domain(
         cpu_time_ns: 0,
         target_pages: max_pages,
         grants: GrantTable::new(id, grant_table::DEFAULT_MAX_FRAMES),
+        grant_frames: Vec::new(),
         maptrack: Maptrack::new(id, MAX_GRANT_MAPS),
         store_ring: None,
         console_ring: None,

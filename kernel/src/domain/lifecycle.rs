@@ -317,13 +317,10 @@ fn release_grants(doms: &mut super::Domains, d: &mut Domain) {
     // other domains' unmaps of its grants find no granter to update): their permanent
     // references go now, and frames still mapped elsewhere come back with the dying
     // domain's other frames once unmapped.
-    let frames = d
-        .grants
-        .take_frames()
-        .unwrap_or_else(|| d.grants.frames().to_vec());
+    let _ = d.grants.take_frames();
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-        for mfn in frames {
-            let _ = ft.put_kept_writable(mfn);
+        for frame in d.grant_frames.drain(..) {
+            let _ = ft.put_writable(frame);
         }
     }
 }

@@ -193,6 +193,8 @@ pub struct Domain {
     pub target_pages: u64,
     /// The grants it offers, and the grants of others it maps.
     pub grants: GrantTable,
+    /// Its grant frames, held writable, in table order (`grants.frames()` names the same).
+    pub grant_frames: Vec<WritableFrame>,
     pub maptrack: Maptrack,
     /// Its xenstore and console rings (frame, the guest's port), once built.
     pub store_ring: Option<(WritableFrame, u32)>,

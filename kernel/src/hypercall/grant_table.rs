@@ -10,7 +10,7 @@ use ferrovisor::{
         self, CopyPlan, GrantDomains, GrantFrameAlloc, GrantFrames, GrantTable, Maptrack,
     },
     mm::{
-        frame_table::{DomId, Owner},
+        frame_table::{DomId, Owner, WritableFrame},
         Mfn, PAGE_SIZE,
     },
 };
@@ -40,30 +40,30 @@ use crate::{
 /// guest's batches are far smaller).
 const MAX_BATCH: u64 = 1024;
 
-/// One granting domain's shared entries, in its grant frames.
-pub struct EntryFrames {
-    frames: Vec<Mfn>,
+/// One granting domain's shared entries, in its grant frames: views of the handles the
+/// domain holds for them (`Domain::grant_frames`, in table order), borrowed beside its grant
+/// table.
+pub struct EntryFrames<'a> {
+    frames: &'a [WritableFrame],
     owner: DomId,
 }
 
-impl EntryFrames {
-    fn slot(&self, gref: GrantRef) -> (SharedFrame<'_>, usize) {
+impl EntryFrames<'_> {
+    /// The frame and offset of entry `gref`. The logic asks only for references below the
+    /// table's size, whose frames the domain holds; anything else (a hypervisor bug) reads
+    /// as an empty entry and takes no update.
+    fn slot(&self, gref: GrantRef) -> Option<(SharedFrame<'_>, usize)> {
         let per = GRANT_ENTRIES_V1_PER_FRAME;
-        let mfn = self.frames[(gref / per) as usize];
-        // SAFETY: a grant frame of the domain: allocated for its table, held by permanent
-        // general and `Writable` type references (`WritableFrame::keep`) until the table
-        // is torn down, which cannot happen while this view (made and dropped within one
-        // grant operation, under the domain registry's lock) exists.
-        (
-            unsafe { SharedFrame::held_by_number(mfn) },
-            (gref % per) as usize * 8,
-        )
+        let frame = self.frames.get((gref / per) as usize)?;
+        Some((SharedFrame::new(frame), (gref % per) as usize * 8))
     }
 }
 
-impl GrantFrames for EntryFrames {
+impl GrantFrames for EntryFrames<'_> {
     fn read_entry(&self, gref: GrantRef) -> GrantEntryV1 {
-        let (f, off) = self.slot(gref);
+        let Some((f, off)) = self.slot(gref) else {
+            return GrantEntryV1::default();
+        };
         let header = f.load_acquire_u32(off);
         GrantEntryV1 {
             flags: header_flags(header),
@@ -72,11 +72,15 @@ impl GrantFrames for EntryFrames {
         }
     }
     fn cmpxchg_header(&self, gref: GrantRef, old: u32, new: u32) -> u32 {
-        let (f, off) = self.slot(gref);
-        f.compare_exchange_u32(off, old, new)
+        match self.slot(gref) {
+            Some((f, off)) => f.compare_exchange_u32(off, old, new),
+            None => !old,
+        }
     }
     fn clear_flags(&self, gref: GrantRef, bits: u16) {
-        let (f, off) = self.slot(gref);
+        let Some((f, off)) = self.slot(gref) else {
+            return;
+        };
         let mut cur = f.load_acquire_u32(off);
         loop {
             let new = cur & !u32::from(bits);
@@ -99,27 +103,33 @@ impl GrantFrames for EntryFrames {
 /// The domain set, as the grant logic finds granting domains in it.
 pub struct Granters<'a>(pub &'a mut Domains);
 
-impl GrantDomains for Granters<'_> {
-    type Frames = EntryFrames;
+impl<'d> GrantDomains for Granters<'d> {
+    type Frames<'a>
+        = EntryFrames<'a>
+    where
+        Self: 'a;
     fn with_granter<R>(
         &mut self,
         dom: DomId,
-        f: impl FnOnce(&mut GrantTable, &EntryFrames) -> R,
+        f: impl FnOnce(&mut GrantTable, &EntryFrames<'_>) -> R,
     ) -> Option<R> {
         let d = self.0.get_mut(dom)?;
         let frames = EntryFrames {
-            frames: d.grants.frames().to_vec(),
+            frames: &d.grant_frames,
             owner: dom,
         };
         Some(f(&mut d.grants, &frames))
     }
 }
 
-/// Grant frames: fresh zeroed frames of the domain, held by permanent general and
-/// `Writable` type references (the hypervisor reads and updates them for as long as the
-/// table lives, so they must never become page or descriptor tables; the guest maps
-/// them itself).
-struct FrameAlloc;
+/// Grant frames: fresh zeroed frames of the domain, held writable for as long as the table
+/// lives (the hypervisor reads and updates them, so they must never become page or
+/// descriptor tables; the guest maps them itself). The handles made during one
+/// `setup_table` are kept here until it succeeds, then move to `Domain::grant_frames`.
+#[derive(Default)]
+struct FrameAlloc {
+    made: Vec<WritableFrame>,
+}
 
 impl GrantFrameAlloc for FrameAlloc {
     fn alloc_grant_frame(&mut self, dom: DomId) -> Option<Mfn> {
@@ -130,7 +140,10 @@ impl GrantFrameAlloc for FrameAlloc {
             .assign(mfn, Owner::Domain(dom))
             .and_then(|()| ft.get_writable(mfn, dom))
         {
-            Ok(frame) => Some(frame.keep()),
+            Ok(frame) => {
+                self.made.push(frame);
+                Some(mfn)
+            }
             Err(_) => {
                 let _ = ft.assign(mfn, Owner::Free);
                 let _ = memory::free_frame(mfn);
@@ -139,14 +152,17 @@ impl GrantFrameAlloc for FrameAlloc {
         }
     }
     fn free_grant_frame(&mut self, mfn: Mfn) {
-        release_grant_frame(mfn);
+        if let Some(i) = self.made.iter().position(|f| f.mfn() == mfn) {
+            release_grant_frame(self.made.swap_remove(i));
+        }
     }
 }
 
-/// Gives a grant frame back to the free pool (the permanent references go).
-pub fn release_grant_frame(mfn: Mfn) {
+/// Gives a grant frame back to the free pool (its references go with its handle).
+pub fn release_grant_frame(frame: WritableFrame) {
     if let Some(ft) = FRAME_TABLE.lock().as_mut() {
-        let _ = ft.put_kept_writable(mfn);
+        let mfn = frame.mfn();
+        let _ = ft.put_writable(frame);
         if ft.info(mfn).is_some_and(|i| i.is_unreferenced()) && ft.assign(mfn, Owner::Free).is_ok()
         {
             let _ = memory::free_frame(mfn);
@@ -214,6 +230,7 @@ fn setup_table(doms: &mut Domains, arg: u64) -> Result {
     let caller = doms.current().ok_or(XenErrno::Esrch)?;
     let mut s: GnttabSetupTable = read(caller, arg)?;
     let list = s.frame_list.0;
+    let mut alloc = FrameAlloc::default();
     let frames = match target(doms, s.dom) {
         Err(_) => {
             s.status = GrantStatus::BadDomain.raw();
@@ -224,10 +241,12 @@ fn setup_table(doms: &mut Domains, arg: u64) -> Result {
                 s.status = GrantStatus::BadDomain.raw();
                 Vec::new()
             }
-            Some(d) => match d.grants.setup_table(s.nr_frames, &mut FrameAlloc) {
+            Some(d) => match d.grants.setup_table(s.nr_frames, &mut alloc) {
                 Ok(frames) => {
                     s.status = GrantStatus::Okay.raw();
-                    frames.to_vec()
+                    let frames = frames.to_vec();
+                    d.grant_frames.append(&mut alloc.made);
+                    frames
                 }
                 Err(e) => {
                     s.status = e.raw();

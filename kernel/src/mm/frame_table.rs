@@ -148,13 +148,6 @@ impl WritableFrame {
     pub fn owner(&self) -> DomId {
         self.owner
     }
-
-    /// Keeps the references held for good, by frame number only: for the grant table,
-    /// whose frames live in `grant_table::GrantTable` as numbers until the table is torn
-    /// down; [`FrameTable::put_kept_writable`] gives them back.
-    pub fn keep(self) -> Mfn {
-        self.mfn
-    }
 }
 
 /// A general reference to a frame of a domain, held for as long as this value lives:
@@ -582,16 +575,6 @@ impl FrameTable {
                 e => e,
             })?;
         Ok(WritableFrame { mfn, owner: dom })
-    }
-
-    /// Gives back the references of a frame whose [`WritableFrame`] was kept by number
-    /// ([`WritableFrame::keep`]).
-    pub fn put_kept_writable(&mut self, mfn: Mfn) -> Result<(), MmError> {
-        let info = self.frame(mfn)?;
-        let Owner::Domain(owner) = info.owner else {
-            return Err(MmError::NotReferenced);
-        };
-        self.put_writable(WritableFrame { mfn, owner })
     }
 
     /// Gives back what [`Self::get_writable`] took.

@@ -97,21 +97,8 @@ impl<'a> SharedFrame<'a> {
         }
     }
 
-    /// A view of a frame the grant table holds by a permanent `Writable` reference it keeps
-    /// as a frame number (`grant_table::GrantTable`'s frames).
-    ///
-    /// # Safety
-    /// `mfn` must be a frame held by a general and a `Writable` type reference for as long
-    /// as `'a`.
-    pub unsafe fn held_by_number(mfn: ferrovisor::mm::Mfn) -> SharedFrame<'a> {
-        SharedFrame {
-            mfn,
-            _held: core::marker::PhantomData,
-        }
-    }
-
     fn ptr(&self, offset: usize, size: usize) -> *mut u8 {
-        assert!(offset + size <= 4096 && offset % size == 0);
+        assert!(offset.checked_add(size).is_some_and(|end| end <= 4096) && offset % size == 0);
         (phys_to_virt(self.mfn.addr()) + offset as u64) as *mut u8
     }
 
@@ -144,7 +131,9 @@ impl<'a> SharedFrame<'a> {
     /// Byte-wise volatile copy into the frame (for records published under a version
     /// protocol, where the version stores order the copy).
     pub fn write_bytes(&self, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= 4096);
+        assert!(offset
+            .checked_add(bytes.len())
+            .is_some_and(|end| end <= 4096));
         for (i, &b) in bytes.iter().enumerate() {
             self.write_u8(offset + i, b);
         }
@@ -159,7 +148,7 @@ impl<'a> SharedFrame<'a> {
 
     /// Byte-wise volatile copy out of the frame.
     pub fn read_bytes(&self, offset: usize, out: &mut [u8]) {
-        assert!(offset + out.len() <= 4096);
+        assert!(offset.checked_add(out.len()).is_some_and(|end| end <= 4096));
         for (i, b) in out.iter_mut().enumerate() {
             *b = self.read_u8(offset + i);
         }
