@@ -10,11 +10,7 @@ use core::{
 use ferrovisor::{cmdline::ConsoleSet, logring::LogRing};
 
 use crate::{
-    arch::x86_64::{
-        irq::IrqMutex,
-        serial::{Serial, COM1},
-        vga::Vga,
-    },
+    arch::x86_64::{irq::IrqMutex, serial::Serial, vga::Vga},
     clock,
 };
 
@@ -63,13 +59,10 @@ static READY: AtomicBool = AtomicBool::new(false);
 pub fn init(set: ConsoleSet, baud: u32) {
     let mut c = CONSOLE.lock();
     if set.com1 {
-        // SAFETY: COM1 belongs to the hypervisor (it is never given to a guest).
-        c.serial = Some(unsafe { Serial::init(COM1, baud) });
+        c.serial = Some(Serial::com1(baud));
     }
     if set.vga {
-        // SAFETY: the VGA text buffer belongs to the hypervisor; the low 1 MiB is mapped
-        // in both the early and the final direct map.
-        c.vga = Some(unsafe { Vga::init() });
+        c.vga = Some(Vga::text_console());
     }
     READY.store(true, Ordering::SeqCst);
 }
@@ -135,9 +128,9 @@ pub fn take_over() -> FatalWriter {
         Some(c) => c.serial.is_some() || !READY.load(Ordering::SeqCst),
         None => true,
     };
-    // SAFETY: COM1 belongs to the hypervisor and every other writer has stopped; the UART
-    // is already programmed (or absent, in which case the bytes go nowhere).
-    let serial = has_serial.then(|| unsafe { Serial::attach(COM1) });
+    // Every other writer has stopped; the UART is already programmed (or absent, in which
+    // case the bytes go nowhere).
+    let serial = has_serial.then(Serial::attach_com1);
     let mut w = FatalWriter { serial };
     let _ = w.write_str("\n");
     w

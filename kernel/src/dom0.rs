@@ -9,7 +9,7 @@ use ferrovisor::{
     multiboot2::{BootInfo, Module},
 };
 
-use crate::memory::FRAMES;
+use crate::arch::x86_64::memory::FRAMES;
 
 /// Frames set aside for dom0, as contiguous extents.
 pub const MAX_DOM0_EXTENTS: usize = 64;

@@ -8,13 +8,14 @@ use core::{
 };
 
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{
         cpu,
         debug_exit::{self, Verdict},
         irq, smp,
         trap::TrapFrame,
     },
-    console, memory,
+    console,
 };
 
 /// Set by the first panic or fatal exception: a second one only stops the CPU.

@@ -20,12 +20,9 @@ pub static NMIS: AtomicU64 = AtomicU64::new(0);
 
 pub fn dispatch(frame: &mut TrapFrame) {
     let from_guest = frame.cs & 3 == 3;
-    if !from_guest && frame.vector < 32 && frame.vector != NMI && frame.rip == trap::iretq_address()
-    {
-        // The CPU refused to resume the guest with the state it was given.
-        // SAFETY: exactly the case `recover_gs_after_failed_return` is for.
-        unsafe { percpu::recover_gs_after_failed_return() };
-        // `frame` becomes the guest's entry into its trap-table handler for the fault.
+    if trap::recover_failed_return(frame) {
+        // The CPU refused to resume the guest with the state it was given: `frame` becomes
+        // the guest's entry into its trap-table handler for the fault.
         guest::failed_return(frame);
         return;
     }

@@ -32,7 +32,6 @@ mod hypercall;
 #[cfg(target_os = "none")]
 mod interrupts;
 #[cfg(target_os = "none")]
-mod memory;
 #[cfg(target_os = "none")]
 mod sched;
 #[cfg(target_os = "none")]

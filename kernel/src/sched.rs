@@ -13,13 +13,13 @@
 use ferrovisor::mm::frame_table::DomId;
 
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{
         cpu, irq, percpu, smp,
         trap::{self, TrapFrame},
     },
     clock,
     domain::{self, Domain, Domains},
-    memory,
 };
 
 /// Ticks a vCPU runs before another runnable one gets the CPU (30 ms at 100 Hz).

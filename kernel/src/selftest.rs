@@ -13,12 +13,13 @@ use ferrovisor::{
 use ferrovisor_abi::layout::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{
         debug_exit::Verdict,
         irq, percpu,
         trap::{self, TrapFrame},
     },
-    clock, dom0, fatal, memory,
+    clock, dom0, fatal,
 };
 
 pub fn run(test: SelfTest) -> ! {

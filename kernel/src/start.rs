@@ -10,6 +10,7 @@ use ferrovisor::{
 };
 
 use crate::{
+    arch::x86_64::memory::{self, CpuSpace, KernelSpace},
     arch::x86_64::{
         apic, boot,
         cpu::{self, Features},
@@ -19,9 +20,7 @@ use crate::{
         percpu::{self, PerCpu},
         phys, pit, rtc as cmos, smp, syscall,
     },
-    clock, console, dom0, domain, fatal,
-    memory::{self, CpuSpace, KernelSpace},
-    selftest,
+    clock, console, dom0, domain, fatal, selftest,
 };
 
 /// The hypervisor's version, as the boot banner shows it.

@@ -13,7 +13,7 @@ use ferrovisor::{
     guest_console::GuestConsole,
     guest_image::{self, GuestImage},
     mm::{
-        frame_table::{DomId, L4Ref, Owner, WritableFrame},
+        frame_table::{DomId, L4Ref, MmError, Owner, WritableFrame},
         page_type::Level,
         Mfn, PhysRange, PAGE_SIZE,
     },
@@ -29,12 +29,8 @@ use super::{
     Domain, Life, Vcpu, DOM0, FRAME_TABLE, MAX_PORTS, MAX_VCPUS,
 };
 use crate::{
-    arch::x86_64::{
-        paging::GuestTables,
-        phys::{self, SharedFrame},
-        trap::TrapFrame,
-    },
-    memory,
+    arch::x86_64::memory,
+    arch::x86_64::{paging::GuestTables, phys::SharedFrame, trap::TrapFrame},
 };
 
 /// Grant mappings one domain may hold at once.
@@ -43,9 +39,14 @@ const MAX_GRANT_MAPS: u32 = 16 * 1024;
 /// Largest kernel image (decompressed) the builder accepts.
 const MAX_KERNEL_IMAGE: usize = 128 << 20;
 
-/// A domain's memory while it is being built: its frames in pseudo-physical order.
+/// A domain's memory while it is being built: its frames in pseudo-physical order. Every
+/// write goes through the frame table, which allows it only into a frame of the domain
+/// that nothing references and that has no type (a domain that has never run); the first
+/// refusal is kept and fails the build.
 struct BuildMemory<'a> {
+    dom: DomId,
     p2m: &'a [Mfn],
+    refused: Option<String>,
 }
 
 impl DomainMemory for BuildMemory<'_> {
@@ -53,14 +54,20 @@ impl DomainMemory for BuildMemory<'_> {
         self.p2m.len() as u64
     }
     fn mfn(&self, pfn: u64) -> Mfn {
-        self.p2m[pfn as usize]
+        // The builder asks only for pfns below `nr_pages` (its layout is checked against
+        // it); anything else names no frame.
+        self.p2m.get(pfn as usize).copied().unwrap_or(Mfn(u64::MAX))
     }
     fn write(&mut self, pfn: u64, offset: usize, bytes: &[u8]) {
-        assert!(offset + bytes.len() <= PAGE_SIZE as usize);
-        // SAFETY: the frames of a domain being built belong to the builder alone: the
-        // domain has never run, and the frame table holds no reference or type on them
-        // (checked by `check_unused` before building); all are direct-mapped RAM.
-        unsafe { phys::write_bytes(self.p2m[pfn as usize].addr() + offset as u64, bytes) };
+        let mfn = self.mfn(pfn);
+        let written = FRAME_TABLE
+            .lock()
+            .as_ref()
+            .ok_or(MmError::InvalidMfn)
+            .and_then(|ft| ft.write_unused(mfn, self.dom, offset, bytes, &mut GuestTables::new()));
+        if let (Err(e), None) = (written, &self.refused) {
+            self.refused = Some(format!("pfn {pfn:#x} ({mfn}): {e}"));
+        }
     }
 }
 
@@ -148,8 +155,19 @@ pub fn build_into(
         store_evtchn: input.store_evtchn,
         console_evtchn: input.console_evtchn,
     };
-    let built = domain_builder::build(&kimage, &spec, &mut BuildMemory { p2m })
+    let mut mem = BuildMemory {
+        dom,
+        p2m,
+        refused: None,
+    };
+    let built = domain_builder::build(&kimage, &spec, &mut mem)
         .map_err(|e| format!("building {}: {e}", input.what))?;
+    if let Some(why) = mem.refused {
+        return Err(format!(
+            "building {}: a write into its memory was refused: {why}",
+            input.what
+        ));
+    }
     drop(image);
 
     let l4 = p2m[built.l4_pfn as usize];
@@ -283,25 +301,25 @@ pub fn build_dom0(
     extents: &[PhysRange],
     nr_vcpus: u32,
 ) -> Result<(), String> {
-    // SAFETY: boot modules are RAM the frame allocator never hands out and nothing writes.
-    let module = unsafe { phys::slice(kernel.start, (kernel.end - kernel.start) as usize) };
-    // SAFETY: as for the kernel module.
-    let initrd_bytes = initrd.map(|m| unsafe { phys::slice(m.start, (m.end - m.start) as usize) });
+    let module = memory::boot_module_bytes(kernel.range()).ok_or("dom0's kernel module")?;
+    let initrd_bytes = match initrd {
+        Some(m) => Some(memory::boot_module_bytes(m.range()).ok_or("dom0's initrd module")?),
+        None => None,
+    };
 
     let p2m: Vec<Mfn> = extents
         .iter()
         .flat_map(|r| (r.start / PAGE_SIZE..r.end / PAGE_SIZE).map(Mfn))
         .collect();
-    for r in extents {
-        // SAFETY: dom0's reserved frames, owned by the builder until dom0 runs. Scrubbing
-        // them keeps whatever was there before from reaching the guest.
-        unsafe { phys::zero(r.start, r.len()) };
-    }
     {
         let mut ft = FRAME_TABLE.lock();
         let ft = ft.as_mut().ok_or("no frame table")?;
+        // Scrubbed once dom0's (and unused): whatever was there before never reaches it.
+        let zero = [0u8; PAGE_SIZE as usize];
+        let mut mem = GuestTables::new();
         for &mfn in &p2m {
             ft.assign(mfn, Owner::Domain(DOM0))
+                .and_then(|()| ft.write_unused(mfn, DOM0, 0, &zero, &mut mem))
                 .map_err(|e| format!("giving {mfn} to dom0: {e}"))?;
         }
     }

@@ -14,9 +14,9 @@ use super::{
     Domain, DOM0, FRAME_TABLE,
 };
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{irq::IrqMutex, paging::GuestTables},
     hypercall::domctl::Privileged,
-    memory,
 };
 
 /// When each created domain was made (ns of hypervisor uptime), for `DomainInfo`'s

@@ -12,9 +12,9 @@ use ferrovisor_abi::errno::XenErrno;
 
 use super::Result;
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::paging::GuestTables,
     domain::{self, Domain, FRAME_TABLE},
-    memory,
 };
 
 pub(super) fn tables() -> GuestTables {

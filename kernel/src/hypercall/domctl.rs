@@ -22,9 +22,9 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use super::Result;
 use crate::{
+    arch::x86_64::memory,
     backend, clock,
     domain::{self, lifecycle, Domain, DOM0},
-    memory,
 };
 
 /// Proof that the caller is the privileged domain: only [`privileged`] makes one, and

@@ -28,12 +28,12 @@ use ferrovisor_abi::{
 
 use super::{read_struct as read, write_struct as write, Result};
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{
         paging::{self as hw_paging, GuestTables},
         phys::{FrameReader, SharedFrame},
     },
     domain::{self, Domain, Domains, FRAME_TABLE},
-    memory,
 };
 
 /// Most operations one call runs (Xen preempts longer batches with a continuation; the

@@ -23,8 +23,8 @@ use ferrovisor::mm::{
 };
 
 use crate::{
+    arch::x86_64::memory,
     domain::{self, Domain, Domains},
-    memory,
 };
 
 const E820_RAM: u32 = 1;

@@ -21,12 +21,12 @@ use zerocopy::FromBytes;
 
 use super::Result;
 use crate::{
+    arch::x86_64::memory,
     arch::x86_64::{
         paging::{self as hw_paging, GuestTables},
         phys::{FrameReader, SharedFrame},
     },
     domain::{self, Domain, FRAME_TABLE},
-    memory,
 };
 
 const PTE_PRESENT: u64 = 1;

@@ -191,6 +191,20 @@ impl L4Ref {
 pub trait PageTableMemory {
     fn read(&self, table: CheckedFrame, index: usize) -> u64;
     fn write(&mut self, table: CheckedFrame, index: usize, value: u64);
+    /// Writes `bytes` at byte `offset` of the frame (`offset + len <= 4096`): the
+    /// builder's writes into a domain's unused frames. By whole words by default.
+    fn write_bytes(&mut self, frame: CheckedFrame, offset: usize, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = offset + i;
+            let shift = (at % 8) * 8;
+            let word = self.read(frame, at / 8);
+            self.write(
+                frame,
+                at / 8,
+                (word & !(0xff << shift)) | (u64::from(b) << shift),
+            );
+        }
+    }
 }
 
 /// Page-table memory for operations that never validate or devalidate a table (a
@@ -727,6 +741,34 @@ impl FrameTable {
             return Err(MmError::TypeConflict);
         }
         self.update_entry_as(table, index, new, dom, dom, mem)
+    }
+
+    /// Writes `bytes` at `offset` of `mfn`, a frame of `dom` that nothing references and
+    /// that has no type (checked now, under the caller's hold on the table): the domain
+    /// builder's writes into a domain that has never run.
+    pub fn write_unused<M: PageTableMemory + ?Sized>(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        offset: usize,
+        bytes: &[u8],
+        mem: &mut M,
+    ) -> Result<(), MmError> {
+        if offset
+            .checked_add(bytes.len())
+            .is_none_or(|end| end > ENTRIES * 8)
+        {
+            return Err(MmError::BadIndex);
+        }
+        let frame = self.frame(mfn)?;
+        if frame.owner != Owner::Domain(dom) {
+            return Err(MmError::NotOwner);
+        }
+        if !frame.is_unreferenced() {
+            return Err(MmError::Busy);
+        }
+        mem.write_bytes(self.checked(mfn)?, offset, bytes);
+        Ok(())
     }
 
     /// Entry `index` of `table`, a validated page table (of any level) of `dom`: what the
@@ -1776,6 +1818,53 @@ mod tests {
             ft.update_entry(Mfn(7), 3, 0x1234, D1, &mut mem),
             Ok(UpdateOutcome::PlainWrite)
         );
+        ft.unpin(Mfn(4), D1, &mut mem).unwrap();
+        assert_all_clear(&ft);
+    }
+
+    #[test]
+    fn the_builder_writes_only_unused_frames_of_the_domain() {
+        let mut ft = table();
+        let mut mem = Mem::default();
+        ft.write_unused(Mfn(7), D1, 8, &[1, 2, 3], &mut mem)
+            .unwrap();
+        assert_eq!(mem.get(Mfn(7), 1), 0x03_02_01);
+        // Not the domain's, not RAM, referenced or typed, or past the page: refused, and
+        // nothing written.
+        assert_eq!(
+            ft.write_unused(Mfn(33), D1, 0, &[9], &mut mem),
+            Err(MmError::NotOwner)
+        );
+        assert_eq!(
+            ft.write_unused(Mfn(48), D1, 0, &[9], &mut mem),
+            Err(MmError::NotOwner)
+        );
+        assert_eq!(
+            ft.write_unused(Mfn(50), D1, 0, &[9], &mut mem),
+            Err(MmError::NotOwner)
+        );
+        ft.pin(Mfn(4), D1, Level::L1, &mut mem).unwrap();
+        assert_eq!(
+            ft.write_unused(Mfn(4), D1, 0, &[9], &mut mem),
+            Err(MmError::Busy)
+        );
+        let held = ft.get_page_ref(Mfn(5), D1).unwrap();
+        assert_eq!(
+            ft.write_unused(Mfn(5), D1, 0, &[9], &mut mem),
+            Err(MmError::Busy)
+        );
+        assert_eq!(
+            ft.write_unused(Mfn(7), D1, 4095, &[9, 9], &mut mem),
+            Err(MmError::BadIndex)
+        );
+        assert_eq!(
+            ft.write_unused(Mfn(7), D1, usize::MAX, &[9], &mut mem),
+            Err(MmError::BadIndex)
+        );
+        for m in [33, 48, 50, 4, 5] {
+            assert_eq!(mem.get(Mfn(m), 0), 0);
+        }
+        ft.put_page_ref(held).unwrap();
         ft.unpin(Mfn(4), D1, &mut mem).unwrap();
         assert_all_clear(&ft);
     }

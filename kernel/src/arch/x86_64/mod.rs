@@ -1,5 +1,6 @@
 //! x86-64: boot glue, CPU control, descriptor tables, traps, interrupt controller, timers,
-//! legacy devices and the direct map of physical memory.
+//! legacy devices, the direct map of physical memory and the hypervisor's own memory
+//! (`memory`: frame allocator, page tables, stacks, heap, M2P, GDT/LDT windows).
 
 pub mod apic;
 pub mod boot;
@@ -9,6 +10,7 @@ pub mod gdt;
 pub mod guest_memory;
 pub mod idt;
 pub mod irq;
+pub mod memory;
 pub mod msr;
 pub mod paging;
 pub mod percpu;

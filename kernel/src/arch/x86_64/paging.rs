@@ -113,6 +113,16 @@ impl ferrovisor::mm::frame_table::PageTableMemory for GuestTables {
         // the frame table's decision.
         unsafe { p.write_volatile(value) }
     }
+
+    fn write_bytes(&mut self, frame: CheckedFrame, offset: usize, bytes: &[u8]) {
+        assert!(offset
+            .checked_add(bytes.len())
+            .is_some_and(|end| end <= PAGE_SIZE as usize));
+        let p = (phys_to_virt(frame.mfn().addr()) + offset as u64) as *mut u8;
+        // SAFETY: inside a domain's frame (checked above, and by the frame table, which
+        // allows this only on a frame nothing references or maps).
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len()) }
+    }
 }
 
 /// The hypervisor's entries for PML4 slots 256..=271, to be copied into every guest L4.

@@ -36,6 +36,20 @@ impl Serial {
         Serial { base }
     }
 
+    /// COM1, programmed for `baud`. COM1 belongs to the hypervisor: no domain is given
+    /// port I/O (`physdev_op` refuses it, and a guest kernel's `in`/`out` under a virtual
+    /// IOPL reach no device), so nothing else drives it.
+    pub fn com1(baud: u32) -> Serial {
+        // SAFETY: as above, the hypervisor owns COM1.
+        unsafe { Serial::init(COM1, baud) }
+    }
+
+    /// COM1 as it is programmed (the fatal path, once every other writer has stopped).
+    pub fn attach_com1() -> Serial {
+        // SAFETY: as in `com1`.
+        unsafe { Serial::attach(COM1) }
+    }
+
     fn reg(&self, offset: u16) -> Port {
         // SAFETY: `init`'s caller owns the UART's eight registers.
         unsafe { Port::new(self.base + offset) }

@@ -124,6 +124,24 @@ pub unsafe fn return_to(frame: &TrapFrame) -> ! {
     }
 }
 
+/// Whether `frame` is a fault the CPU raised on the exit path's `iretq` back to a guest
+/// (it refused the state it was given); if so, the hypervisor's GS base is made active
+/// again (the exit path had already swapped the guest's in) and the caller turns the frame
+/// into the guest's fault.
+pub fn recover_failed_return(frame: &TrapFrame) -> bool {
+    const NMI: u64 = 2;
+    let failed = frame.cs & 3 == 0
+        && frame.vector < 32
+        && frame.vector != NMI
+        && frame.rip == iretq_address();
+    if failed {
+        // SAFETY: exactly that case: the entry from ring 0 did not swap GS, and the guest's
+        // base is the active one.
+        unsafe { super::percpu::recover_gs_after_failed_return() };
+    }
+    failed
+}
+
 /// Resumes a ring-3 context (a guest vCPU, or the ring-3 selftest). Whatever `frame`
 /// holds, it cannot harm the hypervisor: the selectors are forced to RPL 3 and RFLAGS to
 /// IF set and IOPL 0, so the CPU either runs ring-3 code in the current address space

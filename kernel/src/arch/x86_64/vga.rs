@@ -22,6 +22,13 @@ impl Vga {
         v
     }
 
+    /// The text screen, cleared. Only the console opens it (once, at `console=vga`), and
+    /// the low 1 MiB that holds it is in the early and the final direct map (`memory`).
+    pub fn text_console() -> Vga {
+        // SAFETY: as above.
+        unsafe { Vga::init() }
+    }
+
     fn cell(&self, row: usize, col: usize) -> *mut u16 {
         (phys_to_virt(0xb8000) as *mut u16).wrapping_add(row * COLS + col)
     }

@@ -102,6 +102,20 @@ pub fn reserved_ranges() -> Reserved {
     RESERVED.lock().clone()
 }
 
+/// The bytes of a boot module: `range` must lie inside one of the boot modules
+/// `init_frames` kept out of the allocator (RAM nothing is ever given and nothing writes,
+/// direct-mapped); anything else is `None`.
+pub fn boot_module_bytes(range: PhysRange) -> Option<&'static [u8]> {
+    let inside = RESERVED.lock().iter().any(|(name, r)| {
+        name.starts_with("boot module") && r.start <= range.start && range.end <= r.end
+    });
+    if !inside || range.end < range.start {
+        return None;
+    }
+    // SAFETY: as above: a reserved boot module, never written, in the direct map.
+    Some(unsafe { phys::slice(range.start, range.len() as usize) })
+}
+
 /// Builds the frame allocator over usable RAM minus the firmware's first MiB, the
 /// hypervisor image, the boot information and every boot module.
 pub fn init_frames(
