@@ -102,6 +102,7 @@ fn unload(doms: &mut Domains, frame: &TrapFrame) {
     }
     doms.set_running_here(None);
     memory::enter_idle_address_space();
+    memory::clear_guest_windows();
 }
 
 /// Puts vCPU `to` on this CPU in place of the running one; `frame` becomes its registers.

@@ -202,6 +202,14 @@ pub fn enter_idle_address_space() {
     }
 }
 
+/// Points this CPU's GDT and LDT windows at the zero frame and unloads the LDT: what a CPU
+/// that runs no vCPU shows, so its windows never map frames of a vCPU it no longer runs
+/// (they may be freed and reused once that vCPU's tables are released).
+pub fn clear_guest_windows() {
+    let _ = map_guest_gdt(&[]);
+    let _ = load_guest_ldt(&[], 0);
+}
+
 /// Maps a vCPU's GDT frames into this CPU's GDT window (pages 0..14, writable for the
 /// hypervisor only: the CPU sets descriptors' accessed bits); pages past them show the
 /// zero frame.
@@ -228,13 +236,14 @@ pub fn map_guest_gdt(frames: &[Mfn]) -> Result<(), MemoryError> {
 }
 
 /// Maps a vCPU's LDT frames into this CPU's LDT window (writable for the hypervisor only,
-/// like the GDT window) and loads the LDT, or unloads it when there are none.
+/// like the GDT window) and loads the LDT, or unloads it (the window showing the zero
+/// frame) when there are none.
 pub fn load_guest_ldt(frames: &[Mfn], entries: u32) -> Result<(), MemoryError> {
     let Some((root, zero)) = *GDT_STATE.lock() else {
         return Err(MemoryError::NoUsableRam);
     };
     let window = ldt_window(crate::arch::x86_64::percpu::cpu());
-    if !frames.is_empty() {
+    {
         let mut guard = FRAMES.lock();
         let alloc = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
         // SAFETY: the hypervisor's own L4; only the LDT window's leaves (slot 261, shared
