@@ -395,7 +395,10 @@ fn copy_frames(plan: &CopyPlan, caller: DomId) -> core::result::Result<(), Grant
             .map_err(|_| GrantStatus::BadPage)?;
         if let Err(e) = ft.get_page_and_type(dst.mfn, dst_owner, PageType::Writable, &mut mem) {
             let _ = ft.put_page(src.mfn);
-            log::debug!("grant copy: destination {}: {e}", dst.mfn);
+            crate::guest_log::debug(
+                caller,
+                format_args!("grant copy: destination {}: {e}", dst.mfn),
+            );
             return Err(GrantStatus::BadPage);
         }
     }
