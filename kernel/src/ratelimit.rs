@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn the_default_is_sensible() {
-        assert!(GUEST_LOG.burst >= 10 && GUEST_LOG.per_sec >= 1);
+        const { assert!(GUEST_LOG.burst >= 10 && GUEST_LOG.per_sec >= 1) };
         let mut b = TokenBucket::new(GUEST_LOG, 0);
         let (passed, _) = feed(&mut b, 0, 5000);
         assert_eq!(passed, GUEST_LOG.burst);
