@@ -518,6 +518,10 @@ pub struct Cmdline<'a> {
     pub selftest: Option<SelfTest>,
     /// The QEMU `isa-debug-exit` port the hypervisor reports its test verdict to.
     pub debug_exit: Option<u16>,
+    /// `guest_console_mirror=`: domUs' console output also goes to the hypervisor's
+    /// serial line and log ring as `(d<id>)` lines (rate-limited). Off by default: as in
+    /// Xen, a domU's console is its own (`fv console`, the domain's history).
+    pub guest_console_mirror: bool,
     pub diagnostics: heapless::Vec<Diagnostic<'a>, MAX_DIAGNOSTICS>,
     /// Diagnostics beyond [`MAX_DIAGNOSTICS`], counted so the log can say some were lost.
     pub diagnostics_dropped: usize,
@@ -534,11 +538,17 @@ enum Key {
     Com1,
     SelfTest,
     DebugExit,
+    GuestConsoleMirror,
 }
 
 impl Key {
+    /// Booleans, which Xen also takes as a bare name (on) or with `no-` before it (off).
+    const fn is_boolean(self) -> bool {
+        matches!(self, Key::GuestConsoleMirror)
+    }
+
     fn lookup(name: &str) -> Option<Key> {
-        const KEYS: [(&str, Key); 8] = [
+        const KEYS: [(&str, Key); 9] = [
             ("dom0_mem", Key::Dom0Mem),
             ("dom0_max_vcpus", Key::Dom0MaxVcpus),
             ("maxcpus", Key::MaxCpus),
@@ -547,6 +557,7 @@ impl Key {
             ("com1", Key::Com1),
             ("selftest", Key::SelfTest),
             ("debug_exit", Key::DebugExit),
+            ("guest_console_mirror", Key::GuestConsoleMirror),
         ];
         KEYS.iter()
             .find(|(known, _)| same_option_name(known, name))
@@ -616,6 +627,15 @@ fn parse_selftest(value: &str) -> Result<SelfTest, &'static str> {
     }
 }
 
+/// Xen's boolean values.
+fn parse_boolean(value: &str) -> Result<bool, &'static str> {
+    match value {
+        "yes" | "on" | "true" | "enable" | "1" => Ok(true),
+        "no" | "off" | "false" | "disable" | "0" => Ok(false),
+        _ => Err("expected on or off (also yes/no, true/false, enable/disable, 1/0)"),
+    }
+}
+
 fn parse_debug_exit(value: &str) -> Result<u16, &'static str> {
     parse_number(value)
         .and_then(|n| u16::try_from(n).ok())
@@ -636,6 +656,7 @@ impl<'a> Cmdline<'a> {
             com1_baud: None,
             selftest: None,
             debug_exit: None,
+            guest_console_mirror: false,
             diagnostics: heapless::Vec::new(),
             diagnostics_dropped: 0,
         }
@@ -654,12 +675,19 @@ impl<'a> Cmdline<'a> {
             Some((name, value)) => (name, Some(value)),
             None => (option, None),
         };
-        let Some(key) = Key::lookup(name) else {
-            self.report(Diagnostic::Unknown { option });
-            return;
+        let (key, value) = match Key::lookup(name) {
+            Some(key) => (key, value),
+            None => match name.strip_prefix("no-").and_then(Key::lookup) {
+                Some(key) if key.is_boolean() && value.is_none() => (key, Some("off")),
+                _ => {
+                    self.report(Diagnostic::Unknown { option });
+                    return;
+                }
+            },
         };
         let value = match value {
             Some(value) if !value.is_empty() => value,
+            None if key.is_boolean() => "on",
             _ => {
                 self.report(Diagnostic::Malformed {
                     option,
@@ -677,6 +705,9 @@ impl<'a> Cmdline<'a> {
             Key::Com1 => parse_com1(value).map(|b| self.com1_baud = Some(b)),
             Key::SelfTest => parse_selftest(value).map(|t| self.selftest = Some(t)),
             Key::DebugExit => parse_debug_exit(value).map(|p| self.debug_exit = Some(p)),
+            Key::GuestConsoleMirror => {
+                parse_boolean(value).map(|on| self.guest_console_mirror = on)
+            }
         };
         if let Err(reason) = result {
             self.report(Diagnostic::Malformed { option, reason });
@@ -1559,5 +1590,46 @@ mod tests {
     fn value_may_contain_equals() {
         // Only the first '=' splits; the rest belongs to the value.
         assert_eq!(only_malformed("maxcpus=4=5"), "expected a positive number");
+    }
+
+    #[test]
+    fn guest_console_mirror_is_a_xen_boolean_off_by_default() {
+        assert!(!parse("").guest_console_mirror);
+        for on in [
+            "guest_console_mirror=on",
+            "guest-console-mirror=yes",
+            "guest_console_mirror=1",
+            "guest_console_mirror",
+        ] {
+            let c = parse(on);
+            assert!(c.guest_console_mirror && c.diagnostics.is_empty(), "{on}");
+        }
+        for off in [
+            "guest_console_mirror=on guest_console_mirror=off",
+            "guest_console_mirror no-guest_console_mirror",
+            "guest_console_mirror=disable",
+        ] {
+            let c = parse(off);
+            assert!(!c.guest_console_mirror && c.diagnostics.is_empty(), "{off}");
+        }
+        // A bad value keeps the earlier setting; `no-` is for booleans only.
+        let c = parse("guest_console_mirror=on guest_console_mirror=maybe");
+        assert!(c.guest_console_mirror);
+        assert_eq!(
+            only_malformed("guest_console_mirror=maybe"),
+            "expected on or off (also yes/no, true/false, enable/disable, 1/0)"
+        );
+        assert_eq!(
+            parse("no-maxcpus").diagnostics[0],
+            Diagnostic::Unknown {
+                option: "no-maxcpus"
+            }
+        );
+        assert_eq!(
+            parse("no-guest_console_mirror=on").diagnostics[0],
+            Diagnostic::Unknown {
+                option: "no-guest_console_mirror=on"
+            }
+        );
     }
 }

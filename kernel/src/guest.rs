@@ -82,13 +82,16 @@ pub fn failed_return(frame: &mut TrapFrame) {
         ss,
         ..*frame
     };
-    log::debug!(
-        "the CPU refused to resume the guest at rip={rip:#x} cs={cs:#x} rsp={rsp:#x} \
-         (exception {vector}, error code {:#x}): bouncing it to the guest",
-        frame.error_code
-    );
     let what = "the exception the CPU raised on the return to it";
     let entered = domain::with_current(|d| {
+        crate::guest_log::debug(
+            d.id,
+            format_args!(
+                "the CPU refused to resume the guest at rip={rip:#x} cs={cs:#x} rsp={rsp:#x} \
+                 (exception {vector}, error code {:#x}): bouncing it to the guest",
+                frame.error_code
+            ),
+        );
         deliver(d, &mut refused, &what, |regs, state, stack| {
             bounce::bounce_exception(regs, vector as u8, error_code, None, state, stack)
         })

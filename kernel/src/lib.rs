@@ -17,5 +17,6 @@ pub mod logring;
 pub mod mm;
 pub mod multiboot2;
 pub mod pv;
+pub mod ratelimit;
 pub mod time;
 pub mod xenstore;

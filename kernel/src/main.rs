@@ -28,6 +28,8 @@ mod fatal;
 #[cfg(target_os = "none")]
 mod guest;
 #[cfg(target_os = "none")]
+mod guest_log;
+#[cfg(target_os = "none")]
 mod hypercall;
 #[cfg(target_os = "none")]
 mod interrupts;

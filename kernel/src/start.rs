@@ -78,6 +78,7 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
     let cmdline = cmdline::parse(raw_cmdline);
     console::init(cmdline.console, cmdline.com1_baud.unwrap_or(115_200));
     console::init_log(cmdline.loglvl.to_filter());
+    crate::guest_log::set_mirror(cmdline.guest_console_mirror);
     if let Some(port) = cmdline.debug_exit {
         // SAFETY: `debug_exit=` is the test harness's option naming QEMU's isa-debug-exit
         // device; the administrator asked for writes to that port.

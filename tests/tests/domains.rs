@@ -2,7 +2,10 @@
 //! kernel as its second module, builds a domain from it through Ferrovisor's control
 //! interface, cooperates with it through xenstore, an event channel, a grant and its
 //! console, and destroys it (see `tests/kernels/src/bin/control.rs` and `guest.rs`). Domain
-//! ids rise as in Xen: the scratch domain is d1, the guest d2, the pair d3 and d4.
+//! ids rise as in Xen: the scratch domain is d1, the guest d2, the pair d3 and d4, the
+//! flooding guest d5. The hypervisor mirrors domU consoles to its log
+//! (`guest_console_mirror=on`, off by default) so that the guests' lines can be checked
+//! here, as the administrator would see them.
 //! Ferrovisor only: the control interface is its own.
 
 use ferrovisor_tests::{boot, test_kernel, Modules};
@@ -18,7 +21,7 @@ mod contract;
 fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     let mut b = boot(
         "domains-control",
-        "dom0_mem=32M console=com1 loglvl=info debug_exit=0xf4",
+        "dom0_mem=32M console=com1 loglvl=info debug_exit=0xf4 guest_console_mirror=on",
         Modules::Dom0KernelAndModule {
             kernel: test_kernel("control"),
             cmdline: "",
@@ -78,6 +81,31 @@ fn dom0_builds_a_guest_that_cooperates_and_is_torn_down_without_leaks() {
     b.find(r"\(d\d+\) pv-test guest: pair a found d\d+'s answer in its page");
     b.find(r"\(d0\) pv-test control: d\d+ and d\d+ cooperated through xenstore, an event channel and a grant, and were destroyed with every frame back");
     b.find(r"d1: destroyed .scratch.: 513 frames freed\n");
+    // A guest flooding its console: dom0 found the log ring still holding the boot and
+    // only a burst of the flood; the serial line shows the same.
+    let m = b.find(&format!(
+        r"\(d0\) pv-test control: flood: d(\d+) wrote {} lines in \d+ ms; the log kept (\d+), said (\d+) were suppressed",
+        contract::FLOOD_LINES + 1
+    ));
+    let (id, kept, suppressed): (u32, usize, u64) = (
+        m.group(1).parse().expect("a number"),
+        m.group(2).parse().expect("a number"),
+        m.group(3).parse().expect("a number"),
+    );
+    let log = b.session.stripped_output();
+    let mirrored = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("(d{id}) ")))
+        .count();
+    assert_eq!(mirrored, kept, "d{id}'s lines on the serial line");
+    assert!(
+        kept >= contract::GUEST_LOG_BURST as usize && kept < 100,
+        "d{id}: {kept} lines of {} mirrored",
+        contract::FLOOD_LINES
+    );
+    assert!(suppressed >= u64::from(contract::FLOOD_LINES) + 1 - 100);
+    b.find(&format!(r"warning: \(d{id}\) \.\.\. \d+ lines suppressed"));
+    b.find(&format!(r"d{id}: destroyed .flood.: \d+ frames freed"));
     b.assert_absent("FAIL");
     b.assert_absent("PANIC");
     b.assert_dom0_not_crashed();

@@ -1,7 +1,8 @@
 //! The console backend: each domain's console ring (`io/console.h`, the page and port
 //! `start_info.console.domU` names) is drained into the domain's console history
 //! (`ferrovisor::guest_console`), mirrored to the hypervisor's log with a `(d<id>)`
-//! prefix, and fed with input the privileged domain writes (`domctl ConsoleWrite`).
+//! prefix (a domU's only with `guest_console_mirror=on`, and rate-limited: `guest_log`),
+//! and fed with input the privileged domain writes (`domctl ConsoleWrite`).
 
 use ferrovisor::{
     guest_console::{
@@ -40,6 +41,7 @@ pub fn attach(dom: DomId) {
 
 /// `dom` is gone: input that went to it goes to dom0.
 pub fn detach(dom: DomId) {
+    crate::guest_log::forget(dom);
     if let Some(t) = SWITCH.lock().remove_domain(dom.0) {
         log::info!("*** serial input to {}", name(t));
     }
@@ -130,19 +132,22 @@ pub fn service(d: &mut Domain) {
     };
     let port = *port;
     let page = ConsolePage(SharedFrame::new(frame));
-    let raw = d.id == DOM0;
+    let (id, raw) = (d.id, d.id == DOM0);
     let done = d.console.service(&page, &mut |text| {
         if raw {
             crate::console::write_raw(text);
         } else {
-            crate::console::write_line(text);
+            crate::guest_log::console_line(id, text);
         }
     });
     if done.consumed > 0 {
         d.console_ring_used = true;
     }
     if let Some(e) = done.error {
-        log::warn!("d{}: console ring is broken ({e:?}); ignoring it", d.id.0);
+        crate::guest_log::warn(
+            id,
+            format_args!("console ring is broken ({e:?}); ignoring it"),
+        );
     }
     if done.notify() {
         let vcpu = d.evtchn.notify_vcpu(port).unwrap_or(0);

@@ -172,7 +172,10 @@ pub fn service(doms: &mut Domains, dom: DomId) {
             deliver(doms, &outcome);
         }
         Some(Err(fault)) => {
-            log::warn!("d{}: xenstore ring fault ({fault:?}); ring closed", dom.0);
+            crate::guest_log::warn(
+                dom,
+                format_args!("xenstore ring fault ({fault:?}); ring closed"),
+            );
             p.set_error(fault.error_code());
         }
         None => {}

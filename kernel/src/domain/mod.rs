@@ -760,11 +760,12 @@ impl Domain {
         self.space()?.l1_slot(va).ok()
     }
 
-    /// Console output written through `console_io` (dom0): kept in its history and
-    /// mirrored to the log, whole lines prefixed `(d<id>)`.
+    /// Console output written through `console_io`: kept in its history and mirrored to
+    /// the log, whole lines prefixed `(d<id>)` (a domU's as `guest_log` allows).
     pub fn console_write(&mut self, bytes: &[u8]) {
+        let id = self.id;
         self.console
-            .record_output(bytes, &mut |line| crate::console::write_line(line));
+            .record_output(bytes, &mut |line| crate::guest_log::console_line(id, line));
     }
 }
 

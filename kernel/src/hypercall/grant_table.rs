@@ -426,7 +426,10 @@ fn copy_frames(plan: &CopyPlan, caller: DomId) -> core::result::Result<(), Grant
             Ok(to) => (from, to),
             Err(e) => {
                 let _ = ft.put_page_ref(from);
-                log::debug!("grant copy: destination {}: {e}", dst.mfn);
+                crate::guest_log::debug(
+                    caller,
+                    format_args!("grant copy: destination {}: {e}", dst.mfn),
+                );
                 return Err(GrantStatus::BadPage);
             }
         }

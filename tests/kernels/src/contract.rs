@@ -19,3 +19,13 @@ pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 
 /// Where `linker.ld` links the kernel: `VIRT_BASE` + its load address 0x200000.
 pub const IMAGE_START: u64 = VIRT_BASE + 0x20_0000;
+
+/// The `guest` kernel's command line that makes it flood its console: it writes
+/// [`FLOOD_LINES`] lines through `console_io` as fast as it can, then passes.
+pub const FLOOD_CMDLINE: &str = "flood";
+/// How many lines the flooding guest writes.
+pub const FLOOD_LINES: u32 = 5000;
+/// Ferrovisor's limit on a domU's lines in its log (`ferrovisor::ratelimit::GUEST_LOG`):
+/// a burst, then a steady rate per second.
+pub const GUEST_LOG_BURST: u32 = 20;
+pub const GUEST_LOG_PER_SEC: u32 = 2;

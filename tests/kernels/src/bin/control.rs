@@ -205,7 +205,135 @@ mod checks {
             "free frames {free_after} after destroy, {free_before} before"
         );
         pvrt::println!("pv-test control: guest destroyed, all {free_after} free frames back");
-        pair(si, &mut store, free_before)
+        pair(si, &mut store, free_before)?;
+        flood(si)
+    }
+
+    /// A guest floods its console (booted with `guest_console_mirror=on`, so its lines go
+    /// to the hypervisor's log): the log keeps at most the burst plus the steady rate
+    /// over the flood, accounts for every other line in `... N lines suppressed`, and
+    /// still holds the hypervisor's boot messages and those after the flood.
+    fn flood(si: &StartInfo) -> Result<(), &'static str> {
+        use pvrt::contract::{FLOOD_CMDLINE, FLOOD_LINES, GUEST_LOG_BURST, GUEST_LOG_PER_SEC};
+        let id = control::create("flood", GUEST_PAGES * 2).map_err(|_| "CreateDomain failed")?;
+        control::populate(id, GUEST_PAGES, &mut [])?;
+        control::build_from_module(si, id, FLOOD_CMDLINE.as_bytes())?;
+        let start = pvrt::time::now();
+        unpause(id)?;
+        wait_for_shutdown(id)?;
+        let ms = (pvrt::time::now() - start) / 1_000_000;
+        destroy(id)?;
+        let log = scan_log(id)?;
+        pvrt::ensure!(
+            log.boot_banner,
+            "the log ring lost the hypervisor's boot messages"
+        );
+        pvrt::ensure!(
+            log.destroyed,
+            "the log ring has no 'destroyed \"flood\"' after the flood"
+        );
+        pvrt::ensure!(log.reports > 0, "the log never says lines were suppressed");
+        // Every line it wrote (and its PASS line) either is in the log or was counted.
+        pvrt::ensure!(
+            log.kept + log.suppressed == u64::from(FLOOD_LINES) + 1,
+            "d{id}: {} lines kept and {} suppressed of {}",
+            log.kept,
+            log.suppressed,
+            FLOOD_LINES + 1
+        );
+        // The burst, the rate over the time it ran, and one for rounding.
+        let allowed = u64::from(GUEST_LOG_BURST) + u64::from(GUEST_LOG_PER_SEC) * ms / 1000 + 1;
+        pvrt::ensure!(
+            log.kept <= allowed,
+            "d{id}: the log kept {} lines in {ms} ms, more than {allowed}",
+            log.kept
+        );
+        pvrt::println!(
+            "pv-test control: flood: d{id} wrote {} lines in {ms} ms; the log kept {}, said {} \
+             were suppressed ({} reports), and kept the boot and later messages",
+            FLOOD_LINES + 1,
+            log.kept,
+            log.suppressed,
+            log.reports
+        );
+        Ok(())
+    }
+
+    /// What the log ring says about domain `dom` and the hypervisor.
+    #[derive(Default)]
+    struct LogScan {
+        boot_banner: bool,
+        destroyed: bool,
+        kept: u64,
+        suppressed: u64,
+        reports: u64,
+    }
+
+    impl LogScan {
+        fn line(&mut self, line: &[u8], prefix: &[u8]) {
+            let text = core::str::from_utf8(line).unwrap_or("");
+            self.boot_banner |= text.contains("] command line: ");
+            self.destroyed |= text.contains("destroyed \"flood\"");
+            let Ok(prefix) = core::str::from_utf8(prefix) else {
+                return;
+            };
+            if text.starts_with(prefix) {
+                self.kept += 1;
+            } else if let Some(at) = text.find(prefix) {
+                let rest = &text[at + prefix.len()..];
+                if let Some(n) = rest
+                    .strip_prefix("... ")
+                    .and_then(|r| r.strip_suffix(" lines suppressed"))
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
+                    self.suppressed += n;
+                    self.reports += 1;
+                }
+            }
+        }
+    }
+
+    /// Reads the whole log ring (`ReadLog` from offset 0, which must not have been
+    /// overwritten) line by line.
+    fn scan_log(dom: DomId) -> Result<LogScan, &'static str> {
+        let mut prefix_buf = [0u8; 12];
+        let mut num = [0u8; 20];
+        let digits = pvrt::decimal(dom.into(), &mut num).as_bytes();
+        let plen = 3 + digits.len();
+        prefix_buf[..2].copy_from_slice(b"(d");
+        prefix_buf[2..2 + digits.len()].copy_from_slice(digits);
+        prefix_buf[plen - 1..plen + 1].copy_from_slice(b") ");
+        let prefix = &prefix_buf[..plen + 1];
+        let mut scan = LogScan::default();
+        let mut buf = [0u8; 2048];
+        let mut line = [0u8; 1200];
+        let mut len = 0;
+        let mut offset = 0;
+        loop {
+            let r = ReadLog {
+                offset,
+                buffer: GuestHandle(buf.as_mut_ptr() as u64),
+                len: buf.len() as u32,
+                done: 0,
+                missed: 0,
+            };
+            let r = control::sysctl(SysctlCmd::ReadLog, &r).map_err(|_| "ReadLog failed")?;
+            pvrt::ensure!(r.missed == 0, "the log ring overwrote {} bytes", r.missed);
+            let chunk = &buf[..r.done as usize];
+            for &b in chunk {
+                if b == b'\n' {
+                    scan.line(&line[..len], prefix);
+                    len = 0;
+                } else if len < line.len() {
+                    line[len] = b;
+                    len += 1;
+                }
+            }
+            offset = r.offset;
+            if chunk.is_empty() {
+                return Ok(scan);
+            }
+        }
     }
 
     /// Two guests built from the same module cooperate by themselves (`pair=a` offers,

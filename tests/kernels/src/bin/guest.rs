@@ -23,6 +23,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     match pvrt::cmdline(si) {
         Some(c) if c.contains("pair=a") => return pair::offer(si),
         Some(c) if c.contains("pair=b") => return pair::take(si),
+        Some(c) if c == pvrt::contract::FLOOD_CMDLINE => return flood(),
         _ => {}
     }
     let mut store = pvrt::xenstore::Store::open(si).ok_or("no xenstore ring in start_info")?;
@@ -353,6 +354,15 @@ mod checks {
         pvrt::ensure!(r == 0, "signalling the console port returned {r}");
         Ok(())
     }
+}
+
+/// A guest in an oops loop: its console floods the hypervisor's log, which keeps only a
+/// burst and a trickle of it (dom0 checks, reading the log).
+fn flood() -> Result<(), &'static str> {
+    for i in 0..pvrt::contract::FLOOD_LINES {
+        pvrt::println!("guest flood: line {i} of an oops loop");
+    }
+    Ok(())
 }
 
 /// Two guests working together with dom0 only as their toolstack: `pair=a` offers a
