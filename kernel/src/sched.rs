@@ -75,16 +75,17 @@ fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
     let v = d.cur_mut();
     v.on_cpu = Some(percpu::cpu());
     v.last_cpu = v.on_cpu;
+    // User mode without user page tables runs on the kernel's, as `switch_mode` leaves
+    // it: CR3 must never keep the previous vCPU's root, which may be another domain's
+    // (freed and reused once that domain is destroyed).
     let l4 = if v.pv.in_kernel {
-        Some(v.kernel_l4)
+        v.kernel_l4
     } else {
-        v.user_l4
+        v.user_l4.unwrap_or(v.kernel_l4)
     };
-    if let Some(l4) = l4 {
-        // SAFETY: a validated L4 of the domain (typed by the frame table while it is a
-        // vCPU's base pointer), whose hypervisor slots map the hypervisor.
-        unsafe { crate::arch::x86_64::paging::activate(l4) };
-    }
+    // SAFETY: a validated L4 of the domain (typed by the frame table while it is a vCPU's
+    // base pointer), whose hypervisor slots map the hypervisor.
+    unsafe { crate::arch::x86_64::paging::activate(l4) };
     let _ = cpu::set_guest_fs_base(v.fs_base);
     let _ = percpu::set_guest_gs_base(v.saved_gs_base_active);
     cpu::restore_fpu(&v.fpu);
