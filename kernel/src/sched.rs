@@ -75,10 +75,13 @@ fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
     let v = d.cur_mut();
     v.on_cpu = Some(percpu::cpu());
     v.last_cpu = v.on_cpu;
+    // User mode without user page tables runs on the kernel's, as `switch_mode` leaves
+    // it: CR3 must never keep the previous vCPU's root, which may be another domain's
+    // (freed and reused once that domain is destroyed).
     let l4 = if v.pv.in_kernel {
         v.kernel_l4.as_ref()
     } else {
-        v.user_l4.as_ref()
+        v.user_l4.as_ref().or(v.kernel_l4.as_ref())
     };
     if let Some(l4) = l4 {
         crate::arch::x86_64::paging::activate_guest(l4);

@@ -154,21 +154,15 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
         }
         DomctlCmd::GetVcpuContext => {
             let c: VcpuContext = req.payload();
-            let ctx = domain::with_domain(target, |d| {
-                stopped(d)?;
-                super::vcpu::context_of(d, c.vcpu)
-            })
-            .ok_or(XenErrno::Esrch)??;
+            let ctx = on_stopped(target, |d| super::vcpu::context_of(d, c.vcpu))?;
             write_out(c.ctx.0, ctx.as_bytes())?;
         }
         DomctlCmd::SetVcpuContext => {
             let c: VcpuContext = req.payload();
             let ctx = super::vcpu::read_context(c.ctx.0)?;
-            domain::with_domain(target, |d| {
-                stopped(d)?;
+            on_stopped(target, |d| {
                 super::vcpu::apply_context(d, c.vcpu, &ctx, true)
-            })
-            .ok_or(XenErrno::Esrch)??;
+            })?;
         }
     }
     write_out(arg, req.as_bytes())?;
@@ -181,6 +175,35 @@ fn stopped(d: &Domain) -> core::result::Result<(), XenErrno> {
         Err(XenErrno::Ebusy)
     } else {
         Ok(())
+    }
+}
+
+/// Runs `f` on a stopped domain once none of its vCPUs is on a CPU: one that stopped
+/// itself (shutdown, crash) may still be live on another CPU for a moment, its registers,
+/// segment bases and page-table root in that CPU rather than in its saved state (which
+/// `f` reads or replaces, and which that CPU's switch away would overwrite).
+fn on_stopped<R>(
+    target: DomId,
+    f: impl FnOnce(&mut Domain) -> core::result::Result<R, XenErrno>,
+) -> core::result::Result<R, XenErrno> {
+    let mut f = Some(f);
+    loop {
+        let done = domain::with_domain(target, |d| {
+            stopped(d)?;
+            if d.vcpus().any(|v| v.on_cpu.is_some()) {
+                d.kick_vcpus();
+                return Ok(None);
+            }
+            f.take().map(|f| f(d)).transpose()
+        })
+        .ok_or(XenErrno::Esrch)??;
+        if let Some(r) = done {
+            return Ok(r);
+        }
+        for _ in 0..1000 {
+            crate::arch::x86_64::smp::serve_flush();
+            core::hint::spin_loop();
+        }
     }
 }
 

@@ -42,8 +42,10 @@ static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MA
 static ONLINE: AtomicU64 = AtomicU64::new(0);
 /// CPUs idling with nothing to run (bit per CPU index).
 static IDLE: AtomicU64 = AtomicU64::new(0);
-/// CPUs asked to flush their TLB that have not yet done so (bit per CPU index).
-static FLUSH_PENDING: AtomicU64 = AtomicU64::new(0);
+/// TLB-flush requests made to each CPU (by CPU index), counted.
+static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// The last request each CPU has served: it flushed after that request was made.
+static FLUSH_SERVED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 pub const KICK_VECTOR: u8 = 0xf1;
 pub const FLUSH_VECTOR: u8 = 0xf2;
@@ -214,15 +216,22 @@ pub fn flush_tlbs(mask: u64) {
     if others == 0 {
         return;
     }
-    FLUSH_PENDING.fetch_or(others, Ordering::SeqCst);
-    for cpu in 0..MAX_CPUS as u32 {
+    // Each destination's request number: it is served by a flush that starts after the
+    // destination has seen it. (A single pending bit per CPU is not enough: a request
+    // made while the destination is already flushing for an earlier one would be cleared
+    // with it, unserved, and its sender would go on with the old translation cached.)
+    let mut tickets = [0u64; MAX_CPUS];
+    for (cpu, ticket) in tickets.iter_mut().enumerate() {
         if others & (1 << cpu) != 0 {
-            send_to(cpu, FLUSH_VECTOR);
+            *ticket = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::SeqCst) + 1;
+            send_to(cpu as u32, FLUSH_VECTOR);
         }
     }
-    while FLUSH_PENDING.load(Ordering::SeqCst) & others != 0 {
-        serve_flush();
-        core::hint::spin_loop();
+    for (cpu, &ticket) in tickets.iter().enumerate() {
+        while ticket != 0 && FLUSH_SERVED[cpu].load(Ordering::SeqCst) < ticket {
+            serve_flush();
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -232,9 +241,16 @@ pub fn serve_flush() {
     let Some(cpu) = super::percpu::try_cpu() else {
         return; // a CPU still starting: it flushes when it loads its page tables
     };
-    let bit = 1u64 << cpu;
-    if FLUSH_PENDING.load(Ordering::SeqCst) & bit != 0 {
+    let (Some(requested), Some(served)) = (
+        FLUSH_REQUESTED.get(cpu as usize),
+        FLUSH_SERVED.get(cpu as usize),
+    ) else {
+        return;
+    };
+    // Every request up to `upto` was made before this flush starts.
+    let upto = requested.load(Ordering::SeqCst);
+    if served.load(Ordering::SeqCst) < upto {
         paging::flush_tlb_local();
-        FLUSH_PENDING.fetch_and(!bit, Ordering::SeqCst);
+        served.fetch_max(upto, Ordering::SeqCst);
     }
 }
