@@ -338,7 +338,6 @@ pub fn dispatch(frame: &mut ExceptionFrame) {
     if depth >= MAX_DEPTH {
         // Reporting faulted again and again: stop with one fixed line.
         let _ = hypercall::console_write(b"pv-test: exceptions nested too deep; crashing\n");
-        crate::println!("DEBUG depth {depth} vector {} rip {:#x} err {:#x} rsp {:#x}", frame.vector, frame.rip, frame.error_code, frame.rsp);
         let _ = hypercall::sched_shutdown(ferrovisor_abi::xen::sched::ShutdownReason::Crash);
     }
     let cr2 = (frame.vector == u64::from(vector::PF))

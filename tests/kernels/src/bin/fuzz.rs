@@ -450,6 +450,7 @@ mod fuzzer {
 
         own_frames(si)?;
         let ro = (layout::image_start(), layout::data_start());
+        make_read_only(si, ro)?;
         let text_sum = checksum(ro);
         let env = Env {
             seed,
@@ -572,6 +573,24 @@ mod fuzzer {
         Ok(())
     }
 
+    /// The start-of-day mappings are all writable (as in Xen); the fuzzer's text and
+    /// rodata become read-only, so that a hypervisor write there for a hypercall argument
+    /// must fail, and the text checksum shows whether one did not.
+    fn make_read_only(si: &StartInfo, (lo, hi): (u64, u64)) -> Result<(), &'static str> {
+        let mut va = lo;
+        while va < hi {
+            let mfn = region::mfn_of(si, va);
+            // SAFETY: the same frame stays mapped at the same address, only read-only; the
+            // kernel never writes its text or rodata.
+            let r = unsafe {
+                pvrt::update_va_mapping(va, mfn * PAGE_SIZE | region::PTE_RO, UVMF_INVLPG)
+            };
+            pvrt::ensure!(r == 0, "remapping {va:#x} read-only returned {r}");
+            va += PAGE_SIZE;
+        }
+        Ok(())
+    }
+
     fn checksum((lo, hi): (u64, u64)) -> u64 {
         let mut sum = 0xcbf2_9ce4_8422_2325u64;
         let mut a = lo;
@@ -679,14 +698,16 @@ mod fuzzer {
             rng: Rng::new(env.seed.wrapping_add(vcpu as u64).wrapping_mul(0x2545_f491)),
             pool: env.pools[vcpu],
             bump: 0,
+            tracing: false,
         };
         let mut stats = Stats::default();
         let n = env.calls[vcpu];
         let every = (n / 10).max(1);
         for i in 0..n {
             f.bump = 0;
+            f.tracing = i >= env.trace;
             let (nr, a) = f.call(0);
-            if i >= env.trace {
+            if f.tracing {
                 pvrt::println!(
                     "pv-test fuzz: vCPU {vcpu} call {i}: hypercall {nr}({:#x}, {:#x}, {:#x}, \
                      {:#x}, {:#x})",
@@ -775,6 +796,8 @@ mod fuzzer {
         /// This vCPU's pool and how much of it the current call has used.
         pool: u64,
         bump: u64,
+        /// Print the entries of multicalls too.
+        tracing: bool,
     }
 
     const POOL_BYTES: u64 = POOL_PAGES as u64 * PAGE_SIZE;
@@ -1019,6 +1042,17 @@ mod fuzzer {
                     self.rng.below(64)
                 };
                 if let Some(a) = self.args(nr, depth) {
+                    if self.tracing && depth > 0 {
+                        pvrt::println!(
+                            "pv-test fuzz:   multicall entry: hypercall {nr}({:#x}, {:#x}, \
+                             {:#x}, {:#x}, {:#x})",
+                            a[0],
+                            a[1],
+                            a[2],
+                            a[3],
+                            a[4]
+                        );
+                    }
                     return (nr, a);
                 }
             }
@@ -1506,6 +1540,9 @@ mod fuzzer {
                     17 => (self.target_mfn(), self.mfn()),
                     _ => (self.r(), self.rptr(8)),
                 };
+                if self.tracing {
+                    pvrt::println!("pv-test fuzz:     mmuext {cmd} {arg1:#x} {arg2:#x}");
+                }
                 put32(ops, i * 24, cmd as u32);
                 put64(ops, i * 24 + 8, arg1);
                 put64(ops, i * 24 + 16, arg2);
