@@ -20,13 +20,13 @@
 //!
 //! | what | why |
 //! |---|---|
-//! | `set_trap_table`, `set_callbacks`, `callback_op` register of the event, failsafe and syscall callbacks | the next exception or event would jump to a random address |
+//! | `set_trap_table`, `set_callbacks`, `callback_op` register or unregister of the event, failsafe and syscall callbacks | the next exception or event would jump to a random address, or could not be delivered (the hypervisor crashes the domain) |
 //! | `iret` | returns to a random frame |
 //! | `sched_op` `shutdown` (and the compat form), `watchdog` | stops the domain (the fuzzer shuts down only at the end) |
 //! | `sched_op` `block`, a `poll` without a timeout | sleeps forever when nothing is pending |
 //! | `vcpu_op` `down`, `send_nmi` | stops a fuzzing vCPU; an NMI has no handler |
 //! | page-table updates (`mmu_update` targets, `update_va_mapping` and grant-map addresses) inside the kernel's own bootstrap region and page tables | would unmap or remap its own text, data or stack |
-//! | `mmuext` `new_baseptr` to any own frame but the current L4 | a zeroed own page validates as an empty L4: no kernel left to run |
+//! | `mmuext` `new_baseptr` to any own frame but the current L4 (the peer's frames are used instead) | a zeroed own page (from `populate_physmap` too) validates as an empty L4: no kernel left to run |
 //! | writes into own frames the kernel uses (`clear_page`, `copy_page` destination, `update_descriptor`, grant-copy destination frames): only its pool, scratch and descriptor frames, never text, data or tables | would overwrite its own code or data |
 //! | hypervisor-written pointers into its own data, bss or stack | the hypervisor may write there legitimately; pointers go to the pool, read-only pages or hostile addresses only |
 //! | `console_io` write of its own text | the log would carry its rodata (verdict strings included) |
@@ -255,7 +255,7 @@ mod fuzzer {
     };
 
     use ferrovisor_abi::xen::{
-        arch_x86::{FLAT_KERNEL_SS, _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW},
+        arch_x86::{_PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, FLAT_KERNEL_SS},
         hypercall::Hypercall as H,
         xen::{MmuUpdate, MmuextCmd, MmuextOp, StartInfo, DOMID_SELF, UVMF_INVLPG},
         DomId,
@@ -550,18 +550,21 @@ mod fuzzer {
             *f = p.mfn;
         }
         let [l3, l2, l1] = frames;
-        set_entry(l2 * PAGE_SIZE, l1 * PAGE_SIZE | PTE_TABLE)?;
-        set_entry(l3 * PAGE_SIZE, l2 * PAGE_SIZE | PTE_TABLE)?;
+        set_entry(l2 * PAGE_SIZE, (l1 * PAGE_SIZE) | PTE_TABLE)?;
+        set_entry(l3 * PAGE_SIZE, (l2 * PAGE_SIZE) | PTE_TABLE)?;
         set_entry(
             tables.l4_mfn * PAGE_SIZE + WINDOW_L4_SLOT * 8,
-            l3 * PAGE_SIZE | PTE_TABLE,
+            (l3 * PAGE_SIZE) | PTE_TABLE,
         )?;
         Ok(frames)
     }
 
     fn own_frames(si: &StartInfo) -> Result<(), &'static str> {
         let n = si.nr_pages as usize;
-        pvrt::ensure!(n <= MAX_OWN, "{n} pages: more than the fuzzer keeps a list of");
+        pvrt::ensure!(
+            n <= MAX_OWN,
+            "{n} pages: more than the fuzzer keeps a list of"
+        );
         // SAFETY: vCPU 1 is not started yet: nothing else reads the list.
         let (list, len) = unsafe { &mut *OWN.0.get() };
         for (pfn, slot) in list.iter_mut().take(n).enumerate() {
@@ -583,7 +586,7 @@ mod fuzzer {
             // SAFETY: the same frame stays mapped at the same address, only read-only; the
             // kernel never writes its text or rodata.
             let r = unsafe {
-                pvrt::update_va_mapping(va, mfn * PAGE_SIZE | region::PTE_RO, UVMF_INVLPG)
+                pvrt::update_va_mapping(va, (mfn * PAGE_SIZE) | region::PTE_RO, UVMF_INVLPG)
             };
             pvrt::ensure!(r == 0, "remapping {va:#x} read-only returned {r}");
             va += PAGE_SIZE;
@@ -855,9 +858,7 @@ mod fuzzer {
                     let (lo, hi) = self.env.ro;
                     lo + self.rng.below(hi - lo)
                 }
-                8 => {
-                    self.env.pt_base + self.rng.below(self.env.nr_pt_frames * PAGE_SIZE) & !7
-                }
+                8 => (self.env.pt_base + self.rng.below(self.env.nr_pt_frames * PAGE_SIZE)) & !7,
                 _ => self.hostile(),
             }
         }
@@ -915,7 +916,9 @@ mod fuzzer {
                 0 => 0,
                 1..=6 => 1 + self.rng.below(4),
                 7 => self.rng.below(64),
-                8 => self.rng.pick(&[255, 256, 1 << 16, 1 << 31, u32::MAX as u64]),
+                8 => self
+                    .rng
+                    .pick(&[255, 256, 1 << 16, 1 << 31, u32::MAX as u64]),
                 _ => self.r(),
             }
         }
@@ -933,7 +936,11 @@ mod fuzzer {
         fn own_mfn(&mut self) -> u64 {
             let pfn = self.rng.below(self.env.nr_pages);
             // SAFETY: the p2m list has nr_pages entries, mapped for the kernel's life.
-            unsafe { (self.env.mfn_list as *const u64).add(pfn as usize).read_volatile() }
+            unsafe {
+                (self.env.mfn_list as *const u64)
+                    .add(pfn as usize)
+                    .read_volatile()
+            }
         }
 
         /// Any machine frame: own, the peer's, the hypervisor's, random.
@@ -944,7 +951,9 @@ mod fuzzer {
                 5 => self.rng.pick(&self.env.window_tables),
                 6 => self.env.l4_mfn,
                 7 => self.rng.pick(&self.env.peer_mfns),
-                8 => self.rng.pick(&[HV_IMAGE_MFN, 0, 0xfee00, 0xfec00, BEYOND_RAM_MFN]),
+                8 => self
+                    .rng
+                    .pick(&[HV_IMAGE_MFN, 0, 0xfee00, 0xfec00, BEYOND_RAM_MFN]),
                 9 => self.rng.below(RAM_MFNS),
                 10 => self.r() >> 12,
                 _ => self.r(),
@@ -1087,9 +1096,21 @@ mod fuzzer {
                         put64(reqs, i * 16 + 8, val);
                     }
                     a = [
-                        if self.rng.chance(7, 8) { reqs } else { self.rptr(64) },
-                        if self.rng.chance(7, 8) { n } else { self.count() },
-                        if self.rng.chance(1, 2) { 0 } else { self.wptr(4) },
+                        if self.rng.chance(7, 8) {
+                            reqs
+                        } else {
+                            self.rptr(64)
+                        },
+                        if self.rng.chance(7, 8) {
+                            n
+                        } else {
+                            self.count()
+                        },
+                        if self.rng.chance(1, 2) {
+                            0
+                        } else {
+                            self.wptr(4)
+                        },
                         self.dom(),
                         0,
                     ];
@@ -1105,7 +1126,11 @@ mod fuzzer {
                         };
                         put64(frames, i * 8, m);
                     }
-                    a[0] = if self.rng.chance(7, 8) { frames } else { self.rptr(64) };
+                    a[0] = if self.rng.chance(7, 8) {
+                        frames
+                    } else {
+                        self.rptr(64)
+                    };
                     a[1] = match self.rng.below(4) {
                         0 => n * 512,
                         1 => self.rng.below(n * 512 + 1),
@@ -1124,11 +1149,19 @@ mod fuzzer {
                 H::FpuTaskswitch => a[0] = self.rng.below(3),
                 H::SchedOpCompat => {
                     // Only yield and unknown commands: block and shutdown are excluded.
-                    a[0] = if self.rng.chance(1, 2) { 0 } else { 3 + self.rng.below(8) };
+                    a[0] = if self.rng.chance(1, 2) {
+                        0
+                    } else {
+                        3 + self.rng.below(8)
+                    };
                 }
                 H::SetDebugreg => {
                     a[0] = self.rng.below(10);
-                    a[1] = if self.rng.chance(1, 2) { self.va_any() } else { self.r() };
+                    a[1] = if self.rng.chance(1, 2) {
+                        self.va_any()
+                    } else {
+                        self.r()
+                    };
                 }
                 H::GetDebugreg => a[0] = self.rng.below(10),
                 H::UpdateDescriptor => {
@@ -1151,16 +1184,28 @@ mod fuzzer {
                 H::MemoryOp => a = self.memory_op(),
                 H::Multicall => {
                     let n = if depth == 0 { self.entries() } else { 2 };
+                    // The entries first, the list last: no later buffer can overwrite it.
+                    let mut calls = [(0u64, [0u64; 5]); 32];
+                    for c in calls.iter_mut().take(n as usize) {
+                        *c = self.call(depth + 1);
+                    }
                     let list = self.slot(n * 64);
-                    for i in 0..n {
-                        let (nr, args) = self.call(depth + 1);
-                        put64(list, i * 64, nr);
+                    for (i, (nr, args)) in calls.iter().take(n as usize).enumerate() {
+                        let i = i as u64;
+                        put64(list, i * 64, *nr);
                         for (j, &v) in args.iter().enumerate() {
                             put64(list, i * 64 + 16 + j as u64 * 8, v);
                         }
                     }
-                    a[0] = if self.rng.chance(7, 8) { list } else { self.rptr(64) };
-                    a[1] = if self.rng.chance(7, 8) { n } else { self.count() };
+                    // Only the entries made here: random memory read as entries would
+                    // carry excluded calls (set_trap_table, iret, ...) past the generator.
+                    if self.rng.chance(7, 8) {
+                        a[0] = list;
+                        a[1] = n;
+                    } else {
+                        a[0] = self.hostile();
+                        a[1] = self.count();
+                    }
                 }
                 H::UpdateVaMapping | H::UpdateVaMappingOtherdomain => {
                     a[0] = self.map_va();
@@ -1178,18 +1223,34 @@ mod fuzzer {
                     let cmd = self.rng.below(15);
                     put32(op, 0, cmd as u32);
                     self.evtchn_fields(cmd, op + 8);
-                    a[0] = if self.rng.chance(7, 8) { op } else { self.rptr(32) };
+                    a[0] = if self.rng.chance(7, 8) {
+                        op
+                    } else {
+                        self.rptr(32)
+                    };
                 }
                 H::XenVersion => {
-                    a[0] = if self.rng.chance(7, 8) { self.rng.below(16) } else { self.r() };
-                    a[1] = if self.rng.chance(1, 8) { 0 } else { self.wptr(1024) };
+                    a[0] = if self.rng.chance(7, 8) {
+                        self.rng.below(16)
+                    } else {
+                        self.r()
+                    };
+                    a[1] = if self.rng.chance(1, 8) {
+                        0
+                    } else {
+                        self.wptr(1024)
+                    };
                 }
                 H::ConsoleIo => {
                     a[0] = self.rng.below(3);
                     if a[0] == 0 {
                         // A write: random bytes from the pool (or hostile), never its text.
                         a[1] = self.rng.below(64);
-                        a[2] = if self.rng.chance(1, 2) { self.slot(64) } else { self.hostile() };
+                        a[2] = if self.rng.chance(1, 2) {
+                            self.slot(64)
+                        } else {
+                            self.hostile()
+                        };
                         if self.rng.chance(3, 4) {
                             // Mostly a zero-length write: the log stays readable.
                             a[1] = 0;
@@ -1212,30 +1273,40 @@ mod fuzzer {
                 H::VcpuOp => a = self.vcpu_op()?,
                 H::SetSegmentBase => {
                     a[0] = self.rng.below(6);
-                    a[1] = if self.rng.chance(1, 2) { self.r() & 0xffff } else { self.va_any() };
+                    a[1] = if self.rng.chance(1, 2) {
+                        self.r() & 0xffff
+                    } else {
+                        self.va_any()
+                    };
                 }
                 H::MmuextOp => a = self.mmuext_op(),
                 H::SchedOp => a = self.sched_op()?,
                 H::CallbackOp => {
                     let cb = self.slot(16);
                     let cmd = self.rng.below(3);
-                    // Register only types that are not the event, failsafe, syscall ones.
-                    let ty = if cmd == 0 {
-                        3 + self.rng.below(8)
-                    } else {
-                        self.rng.below(10)
-                    };
+                    // Register or unregister only types other than the event, failsafe
+                    // and syscall callbacks.
+                    let ty = 3 + self.rng.below(8);
                     put16(cb, 0, ty as u16);
                     put64(cb, 8, self.va_any());
                     a[0] = cmd;
-                    a[1] = if self.rng.chance(7, 8) { cb } else { self.rptr(16) };
+                    // Never random memory: its type could name the event callback.
+                    a[1] = if self.rng.chance(7, 8) {
+                        cb
+                    } else {
+                        self.hostile()
+                    };
                 }
                 H::EventChannelOp => {
                     let cmd = self.rng.below(15);
                     let op = self.slot(32);
                     self.evtchn_fields(cmd, op);
                     a[0] = cmd;
-                    a[1] = if self.rng.chance(7, 8) { op } else { self.rptr(32) };
+                    a[1] = if self.rng.chance(7, 8) {
+                        op
+                    } else {
+                        self.rptr(32)
+                    };
                 }
                 H::PhysdevOp => {
                     a[0] = self.rng.below(32);
@@ -1244,7 +1315,11 @@ mod fuzzer {
                         // PHYSDEVOP_set_iopl
                         put32(op, 0, self.rng.below(5) as u32);
                     }
-                    a[1] = if self.rng.chance(7, 8) { op } else { self.rptr(64) };
+                    a[1] = if self.rng.chance(7, 8) {
+                        op
+                    } else {
+                        self.rptr(64)
+                    };
                 }
                 H::Domctl | H::Sysctl => {
                     let req = self.slot(256);
@@ -1255,7 +1330,11 @@ mod fuzzer {
                     let cmds = if h == H::Domctl { 100 } else { 30 };
                     put32(req, 4, self.rng.below(cmds) as u32);
                     put16(req, 8, self.dom() as u16);
-                    a[0] = if self.rng.chance(7, 8) { req } else { self.rptr(256) };
+                    a[0] = if self.rng.chance(7, 8) {
+                        req
+                    } else {
+                        self.rptr(256)
+                    };
                 }
                 _ => {
                     // Everything else: a command and a random buffer.
@@ -1267,9 +1346,17 @@ mod fuzzer {
         }
 
         fn memory_op(&mut self) -> [u64; 5] {
-            let cmd = if self.rng.chance(7, 8) { self.rng.below(26) } else { self.r() & 0xffff_ffff };
+            let cmd = if self.rng.chance(7, 8) {
+                self.rng.below(26)
+            } else {
+                self.r() & 0xffff_ffff
+            };
             // The extent-start continuation lives in the command's high bits.
-            let cmd = if self.rng.chance(1, 16) { cmd | self.rng.below(64) << 6 } else { cmd };
+            let cmd = if self.rng.chance(1, 16) {
+                cmd | self.rng.below(64) << 6
+            } else {
+                cmd
+            };
             let arg = match cmd & 0x3f {
                 0 | 1 | 6 => self.reservation(cmd & 0x3f),
                 2 | 3 | 4 | 14 => {
@@ -1333,12 +1420,32 @@ mod fuzzer {
                 };
                 put64(list, i * 8, v);
             }
-            put64(res, 0, if self.rng.chance(7, 8) { list } else { self.wptr(64) });
-            put64(res, 8, if self.rng.chance(7, 8) { n } else { self.count() });
+            put64(
+                res,
+                0,
+                if self.rng.chance(7, 8) {
+                    list
+                } else {
+                    self.wptr(64)
+                },
+            );
+            put64(
+                res,
+                8,
+                if self.rng.chance(7, 8) {
+                    n
+                } else {
+                    self.count()
+                },
+            );
             put32(
                 res,
                 16,
-                if self.rng.chance(3, 4) { 0 } else { self.rng.below(20) as u32 },
+                if self.rng.chance(3, 4) {
+                    0
+                } else {
+                    self.rng.below(20) as u32
+                },
             );
             if self.rng.chance(3, 4) {
                 put32(res, 20, 0);
@@ -1391,7 +1498,11 @@ mod fuzzer {
         }
 
         fn grant_table_op(&mut self) -> [u64; 5] {
-            let cmd = if self.rng.chance(7, 8) { self.rng.below(13) } else { self.r() & 0xffff_ffff };
+            let cmd = if self.rng.chance(7, 8) {
+                self.rng.below(13)
+            } else {
+                self.r() & 0xffff_ffff
+            };
             let n = self.entries();
             let (size, list) = match cmd {
                 0 => (32, self.slot(n * 32)),
@@ -1413,14 +1524,30 @@ mod fuzzer {
                             self.map_va()
                         };
                         put64(e, 0, host);
-                        put32(e, 8, if self.rng.chance(3, 4) { flags | 1 } else { flags });
+                        put32(
+                            e,
+                            8,
+                            if self.rng.chance(3, 4) {
+                                flags | 1
+                            } else {
+                                flags
+                            },
+                        );
                         put32(e, 12, self.gref() as u32);
                         put16(e, 16, self.dom() as u16);
                     }
                     1 | 7 => {
                         // unmap (and replace): host_addr, dev_bus_addr / new_addr, handle.
                         put64(e, 0, self.map_va());
-                        put64(e, 8, if cmd == 7 { self.map_va() } else { self.r() & 0xfff });
+                        put64(
+                            e,
+                            8,
+                            if cmd == 7 {
+                                self.map_va()
+                            } else {
+                                self.r() & 0xfff
+                            },
+                        );
                         put32(e, 16, self.rng.below(8) as u32);
                     }
                     2 => {
@@ -1468,13 +1595,25 @@ mod fuzzer {
                     _ => {}
                 }
             }
-            let arg = if self.rng.chance(7, 8) { list } else { self.rptr(64) };
-            let count = if self.rng.chance(7, 8) { n.max(1) } else { self.count() };
+            let arg = if self.rng.chance(7, 8) {
+                list
+            } else {
+                self.rptr(64)
+            };
+            let count = if self.rng.chance(7, 8) {
+                n.max(1)
+            } else {
+                self.count()
+            };
             [cmd, arg, count, 0, 0]
         }
 
         fn vcpu_op(&mut self) -> Option<[u64; 5]> {
-            let cmd = if self.rng.chance(7, 8) { self.rng.below(14) } else { self.r() & 0xffff_ffff };
+            let cmd = if self.rng.chance(7, 8) {
+                self.rng.below(14)
+            } else {
+                self.r() & 0xffff_ffff
+            };
             if matches!(cmd, 2 | 11) {
                 return None;
             }
@@ -1518,14 +1657,23 @@ mod fuzzer {
             let n = self.entries();
             let ops = self.slot(n * 24);
             for i in 0..n {
-                let cmd = if self.rng.chance(7, 8) { self.rng.below(21) } else { self.r() & 0xffff_ffff };
+                let cmd = if self.rng.chance(7, 8) {
+                    self.rng.below(21)
+                } else {
+                    self.r() & 0xffff_ffff
+                };
                 let (arg1, arg2) = match cmd {
                     // Pins, unpin, superpage marks: any frame.
                     0..=4 | 19 | 20 => (self.mfn(), self.r()),
-                    // new_baseptr: the current L4 or a frame not its own.
+                    // new_baseptr: the current L4 or a frame not its own (frames it
+                    // populated later are its own too, and a zeroed one pins as an L4).
                     5 => {
-                        let m = self.mfn();
-                        (if is_own(m) { self.env.l4_mfn } else { m }, self.r())
+                        let m = if self.rng.chance(1, 2) {
+                            self.env.l4_mfn
+                        } else {
+                            self.rng.pick(&self.env.peer_mfns)
+                        };
+                        (m, self.r())
                     }
                     15 => (self.mfn(), self.r()),
                     // invlpg (local, all), the TLB flush and invlpg of a vCPU mask.
@@ -1533,7 +1681,11 @@ mod fuzzer {
                     8 => (self.r(), self.rptr(8)),
                     9 => (self.va_any(), self.rptr(8)),
                     13 => (
-                        if self.rng.chance(1, 2) { self.map_va() } else { self.rptr(64) },
+                        if self.rng.chance(1, 2) {
+                            self.map_va()
+                        } else {
+                            self.rptr(64)
+                        },
                         self.count(),
                     ),
                     16 => (self.target_mfn(), self.r()),
@@ -1548,16 +1700,32 @@ mod fuzzer {
                 put64(ops, i * 24 + 16, arg2);
             }
             [
-                if self.rng.chance(7, 8) { ops } else { self.rptr(64) },
-                if self.rng.chance(7, 8) { n } else { self.count() },
-                if self.rng.chance(1, 2) { 0 } else { self.wptr(4) },
+                if self.rng.chance(7, 8) {
+                    ops
+                } else {
+                    self.rptr(64)
+                },
+                if self.rng.chance(7, 8) {
+                    n
+                } else {
+                    self.count()
+                },
+                if self.rng.chance(1, 2) {
+                    0
+                } else {
+                    self.wptr(4)
+                },
                 self.dom(),
                 0,
             ]
         }
 
         fn sched_op(&mut self) -> Option<[u64; 5]> {
-            let cmd = if self.rng.chance(7, 8) { self.rng.below(8) } else { self.r() & 0xffff_ffff };
+            let cmd = if self.rng.chance(7, 8) {
+                self.rng.below(8)
+            } else {
+                self.r() & 0xffff_ffff
+            };
             let arg = match cmd {
                 // block, shutdown, watchdog: excluded.
                 1 | 2 | 6 => return None,
@@ -1570,8 +1738,24 @@ mod fuzzer {
                         put32(ports, i * 4, self.port() as u32);
                     }
                     let p = self.slot(24);
-                    put64(p, 0, if self.rng.chance(7, 8) { ports } else { self.rptr(16) });
-                    put32(p, 8, if self.rng.chance(7, 8) { n as u32 } else { self.count() as u32 });
+                    put64(
+                        p,
+                        0,
+                        if self.rng.chance(7, 8) {
+                            ports
+                        } else {
+                            self.rptr(16)
+                        },
+                    );
+                    put32(
+                        p,
+                        8,
+                        if self.rng.chance(7, 8) {
+                            n as u32
+                        } else {
+                            self.count() as u32
+                        },
+                    );
                     put64(p, 16, pvrt::time::now().max(1) + self.rng.below(2_000_000));
                     p
                 }

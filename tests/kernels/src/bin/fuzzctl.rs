@@ -187,7 +187,10 @@ mod checks {
         round_trip(page, to_peer, 0x600d_f00d)?;
         pvrt::println!("pv-test fuzzctl: peer d{peer} still answers after the fuzz");
         let version = pvrt::xen_version(XenVersionOp::Version);
-        pvrt::ensure!(version >> 16 == 4, "dom0's xen_version returned {version:#x}");
+        pvrt::ensure!(
+            version >> 16 == 4,
+            "dom0's xen_version returned {version:#x}"
+        );
         let (r, status) = pvrt::grant::unmap(page.0, page.1);
         pvrt::ensure!(
             r == 0 && status == 0,
@@ -196,7 +199,11 @@ mod checks {
 
         // Tear down; the peer keeps one of the fuzzer's frames mapped, so the fuzzer may
         // stay dying until the peer is gone.
-        control::expect0(DomctlCmd::DestroyDomain, fuzzer, "destroying the fuzzer failed")?;
+        control::expect0(
+            DomctlCmd::DestroyDomain,
+            fuzzer,
+            "destroying the fuzzer failed",
+        )?;
         control::expect0(DomctlCmd::DestroyDomain, peer, "destroying the peer failed")?;
         for dom in [fuzzer, peer] {
             gone(dom)?;
@@ -207,9 +214,7 @@ mod checks {
             "free frames {free_after} after destroying both, {free_before} before: {} leaked",
             free_before as i64 - free_after as i64
         );
-        pvrt::println!(
-            "pv-test fuzzctl: both destroyed, all {free_after} free frames back"
-        );
+        pvrt::println!("pv-test fuzzctl: both destroyed, all {free_after} free frames back");
         Ok(())
     }
 
