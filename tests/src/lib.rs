@@ -173,12 +173,27 @@ pub fn boot_with_memory(
     let mut cfg = QemuConfig::new(iso);
     cfg.memory_mib = memory_mib;
     cfg.log_name = Some(name.to_owned());
+    cfg.extra_args = qemu_debug_args();
     let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
     Boot {
         session,
         deadline: Instant::now() + BOOT_TIMEOUT,
         reported: false,
         on_xen: false,
+    }
+}
+
+/// With `FERROVISOR_QEMU_DEBUG_LOG=<file>` in the environment (`cargo xtask stress` sets
+/// it), QEMU logs interrupts, exceptions and CPU resets there (`-d int,cpu_reset -D`).
+fn qemu_debug_args() -> Vec<String> {
+    match env::var_os("FERROVISOR_QEMU_DEBUG_LOG") {
+        Some(path) if !path.is_empty() => vec![
+            "-d".into(),
+            "int,cpu_reset".into(),
+            "-D".into(),
+            path.to_string_lossy().into_owned(),
+        ],
+        _ => Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`xen`]: Xen 4.17 from Debian's package, the reference the test kernels also boot on.
 //! - [`qemu`]: the QEMU command line, and a [`qemu::Session`] that reads the serial log.
 //! - [`bench`]: `cargo xtask bench`, the benchmark kernel's figures as a table.
+//! - [`stress`]: `cargo xtask stress`, long fuzzer runs and repeated Linux boots.
 
 use std::{
     env,
@@ -25,6 +26,7 @@ pub mod initramfs;
 pub mod iso;
 pub mod linux;
 pub mod qemu;
+pub mod stress;
 pub mod testrun;
 pub mod xen;
 

@@ -51,6 +51,11 @@ enum Cmd {
     /// bounce, mmu_update batch, context switch, QEMU start to dom0's first output);
     /// `--against-xen` adds Xen 4.17's column and the ratio. Never part of `test`.
     Bench(xtask::bench::BenchArgs),
+    /// Long runs: the hypercall fuzzer for --calls calls (boots of --calls-per-boot with
+    /// consecutive seeds), then the Linux dom0 + domU test --linux-runs times; --hogs runs
+    /// every second boot beside busy loops on the host. Logs of failing runs go to
+    /// target/stress/. Never part of `test`.
+    Stress(xtask::stress::StressArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +159,7 @@ fn dispatch(command: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Test(_) => test()?,
         Cmd::Lint => lint()?,
         Cmd::Bench(args) => return xtask::bench::run(&args),
+        Cmd::Stress(args) => return xtask::stress::run(&args),
     }
     Ok(ExitCode::SUCCESS)
 }

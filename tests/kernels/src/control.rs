@@ -73,11 +73,16 @@ pub fn domain_info(dom: DomId) -> Result<DomainInfo, &'static str> {
 
 /// `CreateDomain` with one vCPU: the new domain's id, or the error.
 pub fn create(name: &str, max_pages: u64) -> Result<DomId, i64> {
+    create_with_vcpus(name, max_pages, 1)
+}
+
+/// `CreateDomain` with `max_vcpus` vCPUs: the new domain's id, or the error.
+pub fn create_with_vcpus(name: &str, max_pages: u64, max_vcpus: u32) -> Result<DomId, i64> {
     let mut c = CreateDomain {
         uuid: [0x42; 16],
         name: [0; DOMAIN_NAME_MAX],
         max_pages,
-        max_vcpus: 1,
+        max_vcpus,
         flags: 0,
     };
     let n = name.len().min(DOMAIN_NAME_MAX);

@@ -20,6 +20,15 @@ pub fn image_start() -> u64 {
     return 0;
 }
 
+/// End of the read-only part of the image (text, rodata, notes; page aligned): where the
+/// writable data starts.
+pub fn data_start() -> u64 {
+    #[cfg(target_os = "none")]
+    return symbol_addr!(__pvrt_data_start);
+    #[cfg(not(target_os = "none"))]
+    return 0;
+}
+
 /// End of the image (page aligned, past the bss and the stack): where the domain
 /// builder's start-of-day data (initrd, p2m list, start_info, page tables) begins.
 pub fn image_end() -> u64 {

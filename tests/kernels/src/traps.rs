@@ -336,7 +336,8 @@ extern "C" fn pvrt_trap_dispatch(frame: &mut ExceptionFrame) {
 pub fn dispatch(frame: &mut ExceptionFrame) {
     let depth = DEPTH.fetch_add(1, Ordering::SeqCst);
     if depth >= MAX_DEPTH {
-        // Reporting faulted again and again: stop without printing.
+        // Reporting faulted again and again: stop with one fixed line.
+        let _ = hypercall::console_write(b"pv-test: exceptions nested too deep; crashing\n");
         let _ = hypercall::sched_shutdown(ferrovisor_abi::xen::sched::ShutdownReason::Crash);
     }
     let cr2 = (frame.vector == u64::from(vector::PF))
