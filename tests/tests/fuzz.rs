@@ -54,7 +54,9 @@ fn unprivileged_hypercall_fuzzer_leaves_the_machine_up_and_leaks_nothing() {
     let mut b = boot(
         "fuzz",
         &format!(
-            "dom0_mem=32M console=com1 loglvl={} debug_exit=0xf4",
+            // The domUs' consoles are mirrored (rate-limited) for whoever reads a failing
+            // log; the verdicts are dom0's, whose console is not limited.
+            "dom0_mem=32M console=com1 loglvl={} debug_exit=0xf4 guest_console_mirror=on",
             env::var("FERROVISOR_FUZZ_LOGLVL").unwrap_or_else(|_| "info".into())
         ),
         Modules::Dom0KernelAndModule {
@@ -66,9 +68,6 @@ fn unprivileged_hypercall_fuzzer_leaves_the_machine_up_and_leaks_nothing() {
     b.allow(Duration::from_secs(fuzz_secs + 120));
     b.expect(&format!(
         r"\(d0\) pv-test fuzzctl: built peer d(\d+) and fuzzer d(\d+) \(2 vCPUs\): seed {seed:#x}, {calls} calls"
-    ));
-    b.expect(&format!(
-        r"\(d\d+\) pv-test fuzz: seed {seed:#x}, {calls} calls on 2 vCPUs"
     ));
     b.expect(r"\(d0\) pv-test fuzzctl: peer d\d+ answers");
     let outcome = b.expect(
@@ -89,12 +88,9 @@ fn unprivileged_hypercall_fuzzer_leaves_the_machine_up_and_leaks_nothing() {
             .find(&ferrovisor_tests::re(r"\(d\d+\) pv-test fuzz: FAIL: .*"))
             .map_or_else(|| "no reason printed".to_owned(), |m| m.text);
         eprintln!("fuzz seed {seed:#x}: the fuzzer died: {why}");
-    } else {
-        b.find(&format!(
-            r"\(d\d+\) pv-test fuzz: seed {seed:#x}: {calls} calls done; .* text unchanged"
-        ));
-        b.find(r"\(d\d+\) pv-test fuzz: PASS");
     }
+    // A fuzzer that finished powered itself off, which it does only after its own checks
+    // (every call returned, its read-only text unchanged) passed.
     b.assert_absent("FATAL");
     b.assert_absent("PANIC");
     b.assert_absent(r"\(d0\) .*FAIL");
