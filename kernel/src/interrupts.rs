@@ -6,7 +6,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{
     arch::x86_64::{
-        apic, percpu, smp,
+        apic, percpu, segments, smp,
         syscall::SYSCALL_VECTOR,
         trap::{self, TrapFrame},
     },
@@ -20,6 +20,10 @@ pub static NMIS: AtomicU64 = AtomicU64::new(0);
 
 pub fn dispatch(frame: &mut TrapFrame) {
     let from_guest = frame.cs & 3 == 3;
+    if segments::recover_refused_load(frame) {
+        // A vCPU's saved selector the CPU refused to load again: it gets null instead.
+        return;
+    }
     if trap::recover_failed_return(frame) {
         // The CPU refused to resume the guest with the state it was given: `frame` becomes
         // the guest's entry into its trap-table handler for the fault.

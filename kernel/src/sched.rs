@@ -13,9 +13,10 @@
 use ferrovisor::mm::frame_table::DomId;
 
 use crate::{
-    arch::x86_64::memory,
     arch::x86_64::{
-        cpu, irq, percpu, smp,
+        cpu, irq, memory, percpu,
+        segments::DataSelectors,
+        smp,
         trap::{self, TrapFrame},
     },
     clock,
@@ -52,6 +53,7 @@ fn save_running(d: &mut Domain, frame: &TrapFrame) {
     let v = d.cur_mut();
     v.regs = *frame;
     v.fs_base = cpu::guest_fs_base();
+    v.selectors = DataSelectors::read();
     v.saved_gs_base_active = percpu::guest_gs_base();
     cpu::save_fpu(&mut v.fpu);
     v.on_cpu = None;
@@ -86,12 +88,15 @@ fn load_running(d: &mut Domain, frame: &mut TrapFrame) {
     if let Some(l4) = l4 {
         crate::arch::x86_64::paging::activate_guest(l4);
     }
-    let _ = cpu::set_guest_fs_base(v.fs_base);
     let _ = percpu::set_guest_gs_base(v.saved_gs_base_active);
     cpu::restore_fpu(&v.fpu);
     cpu::set_task_switched(v.fpu_ts);
     let _ = memory::map_guest_gdt(v.gdt.frames());
     let _ = memory::load_guest_ldt(&v.ldt_frames, v.ldt_entries);
+    // Its own selectors once its descriptor tables are mapped (never the previous vCPU's),
+    // then its FS base, which the FS load replaced.
+    let _ = v.selectors.load();
+    let _ = cpu::set_guest_fs_base(v.fs_base);
     d.set_runstate(domain::RUNSTATE_RUNNING);
     d.publish_time();
     *frame = d.cur().regs;

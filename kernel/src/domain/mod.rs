@@ -42,6 +42,7 @@ use crate::{
         irq::IrqMutex,
         paging as hw_paging, percpu,
         phys::SharedFrame,
+        segments::DataSelectors,
         trap::TrapFrame,
     },
     clock, fatal,
@@ -119,6 +120,8 @@ pub struct Vcpu {
     pub kernel_l4: Option<L4Ref>,
     /// The user page-table root (`MMUEXT_NEW_USER_BASEPTR`), `cr3` in user mode.
     pub user_l4: Option<L4Ref>,
+    /// Its DS, ES and FS selectors while it is off the CPU (`arch::x86_64::segments`).
+    pub selectors: DataSelectors,
     /// The GS base of the mode that is not running (swapped on each mode change).
     pub saved_gs_base: u64,
     /// The guest's virtual CR0.TS (`fpu_taskswitch`).
@@ -292,6 +295,7 @@ impl Vcpu {
             pv: BounceState::new(kernel_sp),
             kernel_l4: l4,
             user_l4: None,
+            selectors: DataSelectors::default(),
             saved_gs_base: 0,
             fpu_ts: false,
             cr2: 0,

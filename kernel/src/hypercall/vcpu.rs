@@ -254,6 +254,12 @@ pub fn apply_context(
             rsp: r.rsp,
             ss: FLAT_RING3_SS64 as u64,
         };
+        // Its data selectors as given (a stale one loads as null when it first runs).
+        v.selectors = crate::arch::x86_64::segments::DataSelectors {
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+        };
         v.pv = bounce::BounceState::new(ctx.kernel_sp);
         v.pv.trap_table = trap_table;
         v.pv.callbacks.event = ctx.event_callback_eip;
@@ -361,6 +367,9 @@ pub fn context_of(
         ctx.flags |= VGCF_SYSCALL_DISABLES_EVENTS;
     }
     ctx.user_regs = crate::guest::to_regs(&v.regs);
+    ctx.user_regs.ds = v.selectors.ds;
+    ctx.user_regs.es = v.selectors.es;
+    ctx.user_regs.fs = v.selectors.fs;
     for vector in 0..=255u8 {
         if let Some(t) = v.pv.trap_table.get(vector) {
             ctx.trap_ctxt[usize::from(vector)] = *t;

@@ -18,6 +18,7 @@ pub mod phys;
 pub mod pit;
 pub mod port;
 pub mod rtc;
+pub mod segments;
 pub mod serial;
 pub mod smp;
 pub mod syscall;

@@ -9,7 +9,13 @@ use ferrovisor_abi::xen::{
     hypercall::Hypercall,
     xen::{MmuextCmd, MmuextOp, StartInfo, DOMID_SELF, UVMF_INVLPG},
 };
-use pvrt::region::{self, PTE_RO, PTE_RW};
+use pvrt::{
+    events::{self, VIRQ_TIMER},
+    region::{self, PTE_RO, PTE_RW},
+    shared_info,
+    time::{self, NS_PER_MS},
+    traps,
+};
 
 pvrt::test_kernel!(name: "gdt", main: test_main);
 
@@ -40,6 +46,75 @@ fn mmuext(cmd: MmuextCmd, arg1: u64, arg2: u64) -> i64 {
 fn update_descriptor(maddr: u64, desc: u64) -> i64 {
     // SAFETY: the hypervisor checks the frame and the descriptor.
     unsafe { pvrt::hypercall2(Hypercall::UpdateDescriptor as u64, maddr, desc) }
+}
+
+/// Entry 2 rewritten as not present: a selector loaded from it can no longer be loaded.
+const DATA_NOT_PRESENT: u64 = DATA_DPL0 & !(1 << 47);
+
+/// A selector the vCPU holds whose descriptor goes away while it is loaded: the vCPU
+/// blocks (so it leaves the CPU and its selectors are saved), and when it runs again the
+/// CPU refuses to reload it. Ferrovisor loads the null selector instead (its rule; Xen
+/// enters the guest's failsafe callback, which this kernel does not take), and the
+/// hypervisor must survive the refused load.
+fn stale_selector(si: &StartInfo, entry: u64) -> Result<(), &'static str> {
+    if !pvrt::on_ferrovisor() {
+        pvrt::println!(
+            "pv-test gdt: Xen's rule: a selector that no longer loads enters the failsafe \
+             callback (not exercised)"
+        );
+        return Ok(());
+    }
+    if let Err(ret) = shared_info::map(si) {
+        pvrt::fail!("update_va_mapping of shared_info returned {ret}");
+    }
+    traps::install().map_err(|_| "cannot install the trap table and callbacks")?;
+    traps::set_event_handler(return_masked);
+    let timer = events::bind_virq(VIRQ_TIMER, 0).map_err(|_| "cannot bind VIRQ_TIMER")?;
+    // SAFETY: ES is unused in 64-bit mode.
+    unsafe {
+        core::arch::asm!("mov es, {0:x}", in(reg) DATA_SEL as u64, options(nostack));
+    }
+    let rc = update_descriptor(entry, DATA_NOT_PRESENT);
+    pvrt::ensure!(rc == 0, "update_descriptor(not present) returned {}", rc);
+    let es_before = es();
+    // Off the CPU until the timer: the hypervisor saves ES and must reload it after.
+    let rc = time::set_singleshot_timer(time::now() + 2 * NS_PER_MS, 0);
+    pvrt::ensure!(rc == 0, "VCPUOP_set_singleshot_timer returned {}", rc);
+    let rc = pvrt::sched_block();
+    pvrt::ensure!(rc == 0, "SCHEDOP_block returned {}", rc);
+    events::mask_events();
+    events::clear_pending(timer);
+    let es_after = es();
+    pvrt::ensure!(
+        es_before == DATA_SEL && es_after == 0,
+        "ES was {:#x} before the block and {:#x} after; expected {:#x}, then null",
+        es_before,
+        es_after,
+        DATA_SEL
+    );
+    let rc = update_descriptor(entry, DATA_DPL0);
+    pvrt::ensure!(rc == 0, "update_descriptor(present again) returned {}", rc);
+    pvrt::println!(
+        "pv-test gdt: a selector whose descriptor went away loads as null after a block \
+         ({es_before:#x} -> {es_after:#x})"
+    );
+    Ok(())
+}
+
+/// The timer's upcall ends the block: return from it with events masked again (the
+/// saved upcall mask in `cs` bit 32, and IF clear).
+fn return_masked(frame: &mut traps::ExceptionFrame) {
+    frame.cs |= 1 << 32;
+    frame.rflags &= !(1 << 9);
+}
+
+fn es() -> u16 {
+    let es: u16;
+    // SAFETY: reading a segment register has no side effects.
+    unsafe {
+        core::arch::asm!("mov {0:x}, es", out(reg) es, options(nomem, nostack, preserves_flags))
+    };
+    es
 }
 
 fn test_main(si: &StartInfo) -> Result<(), &'static str> {
@@ -119,6 +194,8 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
         rc
     );
     pvrt::println!("pv-test gdt: update_descriptor accepted a segment and refused a TSS (-22)");
+
+    stale_selector(si, page.maddr() + 2 * 8)?;
 
     // An LDT: a page with one data segment, read-only, loaded with MMUEXT_SET_LDT; its
     // selector (index 0, table bit, RPL 3) loads.

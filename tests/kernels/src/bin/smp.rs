@@ -39,7 +39,10 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use ferrovisor_abi::{
     errno::XenErrno,
-    xen::{arch_x86::SegBase, xen::StartInfo},
+    xen::{
+        arch_x86::{SegBase, FLAT_RING3_DS32},
+        xen::StartInfo,
+    },
 };
 use pvrt::{
     events::{self, VIRQ_TIMER},
@@ -291,6 +294,60 @@ fn segment_words() -> (u64, u64, u64) {
 }
 
 /// Fails unless vCPU `v`'s GS and FS bases are its own.
+/// The data selectors (DS, ES, FS) each vCPU loads for the yield rounds: each its own, so
+/// a hypervisor that let one vCPU's selectors leak to the next vCPU on the CPU (instead of
+/// saving and restoring them, as Xen does) is caught when they share a CPU.
+const SELECTORS: [[u16; 3]; 2] = [
+    [FLAT_RING3_DS32, 0, 0],
+    [0, FLAT_RING3_DS32, FLAT_RING3_DS32],
+];
+
+/// Loads vCPU `v`'s selectors, then its FS base again (the FS load replaced it).
+fn load_selectors(v: usize) -> Result<(), &'static str> {
+    let [ds, es, fs] = SELECTORS[v];
+    // SAFETY: flat ring-3 data segments or null; nothing in this kernel addresses through
+    // DS or ES (ignored in 64-bit mode), and FS is used only through its base, set again
+    // below.
+    unsafe {
+        core::arch::asm!(
+            "mov ds, {0:x}",
+            "mov es, {1:x}",
+            "mov fs, {2:x}",
+            in(reg) ds,
+            in(reg) es,
+            in(reg) fs,
+            options(nostack, preserves_flags)
+        );
+    }
+    // SAFETY: as at start: nothing uses FS but `segment_words`.
+    let ret =
+        unsafe { smp::set_segment_base(SegBase::Fs, core::ptr::from_ref(&FS_MARK[v]) as u64) };
+    pvrt::ensure!(ret == 0, "set_segment_base(Fs) returned {ret}");
+    Ok(())
+}
+
+/// vCPU `v` still has its own DS, ES and FS selectors.
+fn check_selectors(v: usize, after: &str) {
+    let (ds, es, fs): (u16, u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        core::arch::asm!(
+            "mov {0:x}, ds",
+            "mov {1:x}, es",
+            "mov {2:x}, fs",
+            out(reg) ds,
+            out(reg) es,
+            out(reg) fs,
+            options(nomem, nostack, preserves_flags)
+        );
+    }
+    pvrt::ensure!(
+        [ds, es, fs] == SELECTORS[v],
+        "vCPU {v}: DS/ES/FS {ds:#x}/{es:#x}/{fs:#x} {after}, expected {:#x?}: another          vCPU's selectors leaked in",
+        SELECTORS[v]
+    );
+}
+
 fn check_segments(v: usize, after: &str) {
     let (gs0, gs8, fs0) = segment_words();
     pvrt::ensure!(
@@ -411,12 +468,16 @@ extern "C" fn smp_vcpu1_main(rdi: u64, rsi: u64, rsp: u64) -> ! {
     READY1.store(true, Ordering::SeqCst);
 
     wait_phase(PHASE_YIELD);
+    if let Err(e) = load_selectors(1) {
+        pvrt::fail!("vCPU 1: {e}");
+    }
     let (rounds, switches) = yield_together(1);
     check_sse(1, "the yield rounds");
     check_segments(1, "after the yield rounds");
+    check_selectors(1, "after the yield rounds");
     pvrt::println!(
         "pv-test smp: vCPU 1: {rounds} yields, vCPU 0 progressed across {switches} of \
-         them; xmm, MXCSR {:#x} and gs/fs bases intact",
+         them; xmm, MXCSR {:#x}, gs/fs bases and DS/ES/FS selectors intact",
         MXCSR[1]
     );
     YIELD_DONE1.store(true, Ordering::SeqCst);
@@ -682,6 +743,7 @@ fn start_vcpu1(si: &StartInfo) -> Result<(u64, u64, u64), &'static str> {
 
 /// Step 4: turns with `SCHEDOP_yield`; each keeps its SSE registers and segment bases.
 fn yield_rounds() -> Result<(), &'static str> {
+    load_selectors(0)?;
     PHASE.store(PHASE_YIELD, Ordering::SeqCst);
     let (rounds, switches) = yield_together(0);
     wait_for("vCPU 1 to finish its yield rounds", || {
@@ -689,9 +751,10 @@ fn yield_rounds() -> Result<(), &'static str> {
     });
     check_sse(0, "the yield rounds");
     check_segments(0, "after the yield rounds");
+    check_selectors(0, "after the yield rounds");
     pvrt::println!(
         "pv-test smp: vCPU 0: {rounds} yields, vCPU 1 progressed across {switches} of \
-         them; xmm, MXCSR {:#x} and gs/fs bases intact",
+         them; xmm, MXCSR {:#x}, gs/fs bases and DS/ES/FS selectors intact",
         MXCSR[0]
     );
     pvrt::ensure!(
