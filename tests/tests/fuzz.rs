@@ -10,6 +10,7 @@
 
 use std::{
     env,
+    io::Write,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -38,7 +39,11 @@ fn unprivileged_hypercall_fuzzer_leaves_the_machine_up_and_leaks_nothing() {
         (t.as_secs() << 20) ^ u64::from(t.subsec_micros())
     });
     let calls = env_u64("FERROVISOR_FUZZ_CALLS").unwrap_or(DEFAULT_CALLS);
-    eprintln!("fuzz seed {seed:#x}; replay with FERROVISOR_FUZZ_SEED={seed:#x} ({calls} calls)");
+    // Straight to the terminal (libtest captures `eprintln!`): the seed of every run shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "fuzz seed {seed:#x}; replay with FERROVISOR_FUZZ_SEED={seed:#x} ({calls} calls)"
+    );
     // dom0's own deadline for the fuzzer, well inside the harness's.
     let fuzz_secs = 120 + calls / 20_000;
     let mut cmdline = format!("seed={seed:#x} calls={calls} timeout={fuzz_secs}");
