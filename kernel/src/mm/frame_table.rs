@@ -781,18 +781,8 @@ impl FrameTable {
         dom: DomId,
         mem: &M,
     ) -> Result<u64, MmError> {
-        let frame = self.frame(table)?;
-        if frame.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner);
-        }
-        if index >= ENTRIES {
-            return Err(MmError::BadIndex);
-        }
-        let t = frame.type_info;
-        if t.ty.level().is_none() || !t.validated || t.type_count == 0 {
-            return Err(MmError::TypeConflict);
-        }
-        Ok(mem.read(self.checked(table)?, index))
+        let table = self.checked_table(table, index, dom, |ty| ty.level().is_some())?;
+        Ok(mem.read(table, index))
     }
 
     /// The 512 descriptors of `mfn`, a frame of `dom` the caller holds typed
@@ -862,11 +852,21 @@ impl FrameTable {
         dom: DomId,
         ok: impl Fn(PageType) -> bool,
     ) -> Result<CheckedFrame, MmError> {
+        self.checked_held(mfn, dom, |t| ok(t.ty))
+    }
+
+    /// The key to a frame of `dom` whose type references (at least one) `ok` accepts.
+    fn checked_held(
+        &self,
+        mfn: Mfn,
+        dom: DomId,
+        ok: impl Fn(&TypeInfo) -> bool,
+    ) -> Result<CheckedFrame, MmError> {
         let frame = self.frame(mfn)?;
         if frame.owner != Owner::Domain(dom) {
             return Err(MmError::NotOwner);
         }
-        if frame.type_info.type_count == 0 || !ok(frame.type_info.ty) {
+        if frame.type_info.type_count == 0 || !ok(&frame.type_info) {
             return Err(MmError::TypeConflict);
         }
         self.checked(mfn)
@@ -971,18 +971,22 @@ impl FrameTable {
         index: usize,
         dom: DomId,
     ) -> Result<CheckedFrame, MmError> {
-        let frame = self.frame(table)?;
-        if frame.owner != Owner::Domain(dom) {
-            return Err(MmError::NotOwner);
-        }
+        self.checked_table(table, index, dom, |ty| ty == PageType::L1)
+    }
+
+    /// The key to entry `index` of `table`: a validated, referenced page table of `dom`
+    /// whose type `ok` accepts.
+    fn checked_table(
+        &self,
+        table: Mfn,
+        index: usize,
+        dom: DomId,
+        ok: impl Fn(PageType) -> bool,
+    ) -> Result<CheckedFrame, MmError> {
         if index >= ENTRIES {
             return Err(MmError::BadIndex);
         }
-        let t = frame.type_info;
-        if t.ty != PageType::L1 || !t.validated || t.type_count == 0 {
-            return Err(MmError::TypeConflict);
-        }
-        self.checked(table)
+        self.checked_held(table, dom, |t| ok(t.ty) && t.validated)
     }
 
     /// Drops everything a dying domain holds (Xen's `domain_relinquish_resources`): its pins

@@ -284,6 +284,35 @@ impl Store {
             .map(|_| ())
     }
 
+    /// Writes `n` in decimal.
+    pub fn write_number(&mut self, path: &str, n: u64) -> Result<(), XsError> {
+        let mut num = [0u8; 20];
+        self.write(path, crate::decimal(n, &mut num).as_bytes())
+    }
+
+    /// Publishes `data/offer/{port,gref}` (relative to the caller's home) readable by
+    /// `peer` only: the node first, owned by `me` and readable by `peer`, so that its
+    /// children inherit that.
+    pub fn offer(
+        &mut self,
+        me: DomId,
+        peer: DomId,
+        port: u32,
+        gref: u32,
+    ) -> Result<(), &'static str> {
+        self.write("data/offer", b"")
+            .map_err(|_| "cannot write data/offer")?;
+        let (mut p0, mut p1) = ([0u8; 24], [0u8; 24]);
+        let owner = perm(b'n', me, &mut p0);
+        let reader = perm(b'r', peer, &mut p1);
+        self.set_perms("data/offer", &[owner, reader])
+            .map_err(|_| "cannot set data/offer's permissions")?;
+        self.write_number("data/offer/port", port.into())
+            .map_err(|_| "cannot write data/offer/port")?;
+        self.write_number("data/offer/gref", gref.into())
+            .map_err(|_| "cannot write data/offer/gref")
+    }
+
     /// Reads a decimal number.
     pub fn read_number(&mut self, path: &str) -> Result<u64, &'static str> {
         let mut buf = [0u8; 24];
@@ -362,4 +391,13 @@ impl Default for DomainPath {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A permission as xenstore spells it: `letter` (`n`, `r`, `w`, `b`) and the domain id.
+fn perm(letter: u8, dom: DomId, buf: &mut [u8; 24]) -> &str {
+    let mut num = [0u8; 20];
+    let num = crate::decimal(dom.into(), &mut num);
+    buf[0] = letter;
+    buf[1..1 + num.len()].copy_from_slice(num.as_bytes());
+    core::str::from_utf8(&buf[..1 + num.len()]).unwrap_or("")
 }

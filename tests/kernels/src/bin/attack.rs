@@ -163,22 +163,7 @@ fn review_regressions(si: &StartInfo, tables: &pvrt::region::Tables) -> Result<(
     pvrt::ensure!(rc == 0, "re-pinning the L4 returned {}", rc);
 
     // The shared-info page cannot be given back.
-    let mut frames = [si.shared_info >> 12];
-    let mut r = ferrovisor_abi::xen::memory::XenMemoryReservation {
-        extent_start: ferrovisor_abi::xen::GuestHandle(frames.as_mut_ptr() as u64),
-        nr_extents: 1,
-        extent_order: 0,
-        mem_flags: 0,
-        domid: DOMID_SELF,
-        _cpad0: [0; 6],
-    };
-    // SAFETY: the hypervisor reads `r` and `frames`.
-    let rc = unsafe {
-        pvrt::memory_op(
-            ferrovisor_abi::xen::memory::MemoryOp::DecreaseReservation,
-            (&raw mut r).cast(),
-        )
-    };
+    let rc = give_back(si.shared_info >> 12);
     if pvrt::on_ferrovisor() {
         pvrt::ensure!(
             rc == 0,
@@ -212,6 +197,26 @@ fn review_regressions(si: &StartInfo, tables: &pvrt::region::Tables) -> Result<(
         "pv-test attack: refused: writing a freshly pinned L1 through a stale translation (#PF)"
     );
     Ok(())
+}
+
+/// `decrease_reservation` of one frame: how many extents went back (0 or 1), or an errno.
+fn give_back(mfn: u64) -> i64 {
+    let mut frames = [mfn];
+    let mut r = ferrovisor_abi::xen::memory::XenMemoryReservation {
+        extent_start: ferrovisor_abi::xen::GuestHandle(frames.as_mut_ptr() as u64),
+        nr_extents: 1,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _cpad0: [0; 6],
+    };
+    // SAFETY: the hypervisor reads `r` and `frames`, both in this kernel's memory.
+    unsafe {
+        pvrt::memory_op(
+            ferrovisor_abi::xen::memory::MemoryOp::DecreaseReservation,
+            (&raw mut r).cast(),
+        )
+    }
 }
 
 /// Machine addresses a hostile guest hands to the PV MMU: the one from the crash report
@@ -309,22 +314,7 @@ fn hostile_machine_addresses() -> Result<(), &'static str> {
         let ret = unsafe { pvrt::update_va_mapping(va, maddr | PTE_RW, UVMF_INVLPG) };
         check("update_va_mapping of a hostile address", ret)?;
         // Giving back a hostile frame.
-        let mut frames = [maddr >> 12];
-        let mut r = ferrovisor_abi::xen::memory::XenMemoryReservation {
-            extent_start: ferrovisor_abi::xen::GuestHandle(frames.as_mut_ptr() as u64),
-            nr_extents: 1,
-            extent_order: 0,
-            mem_flags: 0,
-            domid: DOMID_SELF,
-            _cpad0: [0; 6],
-        };
-        // SAFETY: the hypervisor reads `r` and `frames`, both in this kernel's memory.
-        let ret = unsafe {
-            pvrt::memory_op(
-                ferrovisor_abi::xen::memory::MemoryOp::DecreaseReservation,
-                (&raw mut r).cast(),
-            )
-        };
+        let ret = give_back(maddr >> 12);
         // Returns how many extents it gave back: none.
         pvrt::ensure!(
             ret <= 0,

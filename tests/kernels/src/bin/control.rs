@@ -349,20 +349,13 @@ mod checks {
             control::build_from_module(si, ids[i], cmdline)?;
         }
         let mut path = DomainPath::new();
-        let mut num = [0u8; 20];
         for (me, peer) in [(ids[0], ids[1]), (ids[1], ids[0])] {
             // What a toolstack writes for every domain, and whom it should talk to.
             store
-                .write(
-                    path.of(me, "domid"),
-                    pvrt::decimal(me.into(), &mut num).as_bytes(),
-                )
+                .write_number(path.of(me, "domid"), me.into())
                 .map_err(|_| "cannot write domid")?;
             store
-                .write(
-                    path.of(me, "data/peer"),
-                    pvrt::decimal(peer.into(), &mut num).as_bytes(),
-                )
+                .write_number(path.of(me, "data/peer"), peer.into())
                 .map_err(|_| "cannot write data/peer")?;
             store
                 .watch(path.of(me, "data/result"), "result")

@@ -97,35 +97,7 @@ mod common {
         port: u32,
         gref: u32,
     ) -> Result<(), &'static str> {
-        store
-            .write("data/offer", b"")
-            .map_err(|_| "cannot write data/offer")?;
-        let (mut a, mut b) = ([0u8; 20], [0u8; 20]);
-        let (mut p0, mut p1) = ([0u8; 24], [0u8; 24]);
-        let owner = join(b'n', pvrt::decimal(me.into(), &mut a), &mut p0);
-        let reader = join(b'r', pvrt::decimal(peer.into(), &mut b), &mut p1);
-        store
-            .set_perms("data/offer", &[owner, reader])
-            .map_err(|_| "cannot set data/offer's permissions")?;
-        let mut num = [0u8; 20];
-        store
-            .write(
-                "data/offer/port",
-                pvrt::decimal(port.into(), &mut num).as_bytes(),
-            )
-            .map_err(|_| "cannot write data/offer/port")?;
-        store
-            .write(
-                "data/offer/gref",
-                pvrt::decimal(gref.into(), &mut num).as_bytes(),
-            )
-            .map_err(|_| "cannot write data/offer/gref")
-    }
-
-    fn join<'a>(letter: u8, num: &str, buf: &'a mut [u8; 24]) -> &'a str {
-        buf[0] = letter;
-        buf[1..1 + num.len()].copy_from_slice(num.as_bytes());
-        core::str::from_utf8(&buf[..1 + num.len()]).unwrap_or("")
+        store.offer(me, peer, port, gref)
     }
 
     /// Waits for `peer`'s offer: its (port, gref); a port of 0 means none was offered.

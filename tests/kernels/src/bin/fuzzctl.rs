@@ -95,19 +95,12 @@ mod checks {
         );
 
         let mut path = DomainPath::new();
-        let mut num = [0u8; 20];
         for (me, other) in [(peer, fuzzer), (fuzzer, peer)] {
             store
-                .write(
-                    path.of(me, "domid"),
-                    pvrt::decimal(me.into(), &mut num).as_bytes(),
-                )
+                .write_number(path.of(me, "domid"), me.into())
                 .map_err(|_| "cannot write domid")?;
             store
-                .write(
-                    path.of(me, "data/peer"),
-                    pvrt::decimal(other.into(), &mut num).as_bytes(),
-                )
+                .write_number(path.of(me, "data/peer"), other.into())
                 .map_err(|_| "cannot write data/peer")?;
             store
                 .watch(path.of(me, "data/ready"), "ready")
@@ -115,10 +108,7 @@ mod checks {
         }
         let to_peer = control::alloc_unbound(peer)?;
         store
-            .write(
-                path.of(peer, "data/dom0-port"),
-                pvrt::decimal(to_peer.into(), &mut num).as_bytes(),
-            )
+            .write_number(path.of(peer, "data/dom0-port"), to_peer.into())
             .map_err(|_| "cannot write data/dom0-port")?;
         // Told when a domain stops.
         let dom_exc =

@@ -410,32 +410,7 @@ mod pair {
         // SAFETY: the scratch page is mapped writable and used by nobody else.
         unsafe { core::ptr::copy_nonoverlapping(OFFER.as_ptr(), page.va as *mut u8, OFFER.len()) };
         table.grant(GREF, peer, &page, false);
-        // The offer's node first, readable by the peer; its children inherit that.
-        store
-            .write("data/offer", b"")
-            .map_err(|_| "cannot write data/offer")?;
-        let (mut own, mut other) = ([0u8; 20], [0u8; 20]);
-        let own = pvrt::decimal(me.into(), &mut own);
-        let other = pvrt::decimal(peer.into(), &mut other);
-        let (mut p0, mut p1) = ([0u8; 24], [0u8; 24]);
-        let owner = join(b'n', own, &mut p0);
-        let reader = join(b'r', other, &mut p1);
-        store
-            .set_perms("data/offer", &[owner, reader])
-            .map_err(|_| "cannot set data/offer's permissions")?;
-        let mut num = [0u8; 20];
-        store
-            .write(
-                "data/offer/port",
-                pvrt::decimal(port.into(), &mut num).as_bytes(),
-            )
-            .map_err(|_| "cannot write data/offer/port")?;
-        store
-            .write(
-                "data/offer/gref",
-                pvrt::decimal(GREF.into(), &mut num).as_bytes(),
-            )
-            .map_err(|_| "cannot write data/offer/gref")?;
+        store.offer(me, peer, port, GREF)?;
         pvrt::println!("pv-test guest: pair a offers port {port} and grant {GREF} to d{peer}");
         wait_for(port)?;
         // SAFETY: the granted page stays mapped writable here.
@@ -447,12 +422,6 @@ mod pair {
         store
             .write("data/result", b"ok")
             .map_err(|_| "cannot write data/result")
-    }
-
-    fn join<'a>(letter: u8, num: &str, buf: &'a mut [u8; 24]) -> &'a str {
-        buf[0] = letter;
-        buf[1..1 + num.len()].copy_from_slice(num.as_bytes());
-        core::str::from_utf8(&buf[..1 + num.len()]).unwrap_or("")
     }
 
     pub fn take(si: &StartInfo) -> Result<(), &'static str> {
