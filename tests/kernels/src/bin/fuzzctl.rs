@@ -32,6 +32,38 @@ mod checks {
         xenstore::{DomainPath, Store},
     };
 
+    /// What a wedged fuzzer looks like from outside: its flags and each vCPU's state (up,
+    /// waiting for an event, on a CPU, its CPU time), for whoever reads the failing log.
+    fn describe_wedged(fuzzer: DomId, info: &ferrovisor_abi::domctl::DomainInfo) {
+        pvrt::println!(
+            "pv-test fuzzctl: wedged fuzzer d{fuzzer}: flags {:#x}, {} of {} vCPUs online, {} ms \
+             of CPU time",
+            info.flags,
+            info.online_vcpus,
+            info.nr_vcpus,
+            info.cpu_time_ns / NS_PER_MS
+        );
+        for vcpu in 0..info.nr_vcpus {
+            let mut state =
+                <ferrovisor_abi::domctl::VcpuState as zerocopy::FromZeros>::new_zeroed();
+            state.vcpu = vcpu;
+            match control::domctl(DomctlCmd::GetVcpuInfo, fuzzer, &state) {
+                Ok((v, _)) => pvrt::println!(
+                    "pv-test fuzzctl:   vCPU {vcpu}: online {}, blocked {}, running {}, cpu {}, \
+                     {} ms",
+                    v.online,
+                    v.blocked,
+                    v.running,
+                    v.cpu,
+                    v.cpu_time_ns / NS_PER_MS
+                ),
+                Err(e) => {
+                    pvrt::println!("pv-test fuzzctl:   vCPU {vcpu}: GetVcpuInfo returned {e}")
+                }
+            }
+        }
+    }
+
     /// Each domain's size: 8 MiB; the fuzzer may grow to twice that.
     const GUEST_PAGES: u64 = 2048;
     /// What the peer grants dom0 and how it answers (`fuzz.rs`, `wire`).
@@ -143,6 +175,7 @@ mod checks {
                 peer_info.shutdown_reason
             );
             if time::now() > deadline {
+                describe_wedged(fuzzer, &info);
                 pvrt::fail!(
                     "the fuzzer (seed {seed:#x}) neither finished nor died within {timeout} s: \
                      wedged"
