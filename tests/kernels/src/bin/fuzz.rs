@@ -672,6 +672,7 @@ mod fuzzer {
             env,
             rng: Rng::new(env.seed.wrapping_add(vcpu as u64).wrapping_mul(0x2545_f491)),
             pool: env.pools[vcpu],
+            vcpu,
             bump: 0,
             tracing: false,
         };
@@ -770,6 +771,8 @@ mod fuzzer {
         rng: Rng,
         /// This vCPU's pool and how much of it the current call has used.
         pool: u64,
+        /// Which vCPU this is (0 or 1).
+        vcpu: usize,
         bump: u64,
         /// Print the entries of multicalls too.
         tracing: bool,
@@ -932,18 +935,32 @@ mod fuzzer {
             }
         }
 
-        /// A frame whose contents may be written: own pool/scratch frames, the peer's,
-        /// foreign or hostile frames; never another own frame.
+        /// A frame whose contents may be written: this vCPU's pool frames, the shared
+        /// scratch frames, the peer's, foreign or hostile frames; never another own frame,
+        /// and never the other vCPU's pool (whose argument structures are being built and
+        /// read concurrently: a poll argument cleared there is a poll without timeout on
+        /// no port, which waits for ever, as in Xen).
         fn target_mfn(&mut self) -> u64 {
+            let other_pool = (1 - self.vcpu) * POOL_PAGES..(2 - self.vcpu) * POOL_PAGES;
             let m = match self.rng.below(8) {
-                0..=3 => self.rng.pick(&self.env.writable),
+                0..=3 => {
+                    let i = self.rng.below(self.env.writable.len() as u64) as usize;
+                    let i = if other_pool.contains(&i) {
+                        i - other_pool.start + self.vcpu * POOL_PAGES
+                    } else {
+                        i
+                    };
+                    self.env.writable[i]
+                }
                 4 => self.rng.pick(&self.env.peer_mfns),
                 5 => self.rng.below(RAM_MFNS),
                 6 => self.rng.pick(&[HV_IMAGE_MFN, 0, 0xfee00, BEYOND_RAM_MFN]),
                 _ => self.r() >> 12,
             };
-            if is_own(m) && !self.env.writable.contains(&m) {
-                self.env.writable[0]
+            if is_own(m) && !self.env.writable.contains(&m)
+                || self.env.writable[other_pool].contains(&m)
+            {
+                self.env.writable[self.vcpu * POOL_PAGES]
             } else {
                 m
             }
