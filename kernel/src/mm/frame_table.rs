@@ -651,7 +651,7 @@ impl FrameTable {
     /// For a validated page table the new entry is checked at the table's level and its
     /// references taken before the old entry's are dropped (so rewriting an entry with the
     /// same target never devalidates the target). Any other frame of the domain that is not
-    /// a descriptor table in use is an ordinary write, left to the caller.
+    /// a descriptor table in use takes an ordinary write of `new`, done here too.
     pub fn update_entry<M: PageTableMemory + ?Sized>(
         &mut self,
         table: Mfn,
@@ -736,10 +736,7 @@ impl FrameTable {
         dom: DomId,
         mem: &mut M,
     ) -> Result<Updated, MmError> {
-        let t = self.frame(table)?.type_info;
-        if t.ty != PageType::L1 || !t.validated || t.type_count == 0 {
-            return Err(MmError::TypeConflict);
-        }
+        self.checked_table(table, index, dom, |ty| ty == PageType::L1)?;
         self.update_entry_as(table, index, new, dom, dom, mem)
     }
 

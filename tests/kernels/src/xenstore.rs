@@ -313,6 +313,23 @@ impl Store {
             .map_err(|_| "cannot write data/offer/gref")
     }
 
+    /// Waits (up to a minute) for `peer`'s offer ([`Self::offer`]): its (port, gref).
+    pub fn take_offer(&mut self, peer: DomId) -> Result<(u32, u32), &'static str> {
+        let mut path = DomainPath::new();
+        self.watch(path.of(peer, "data/offer/gref"), "offer")
+            .map_err(|_| "cannot watch the peer's offer")?;
+        let deadline = crate::time::now() + 60 * crate::time::NS_PER_SEC;
+        let gref = loop {
+            if let Ok(g) = self.read_number(path.of(peer, "data/offer/gref")) {
+                break g as u32;
+            }
+            crate::ensure!(crate::time::now() < deadline, "the peer never offered");
+            let _ = self.next_event(1000);
+        };
+        let port = self.read_number(path.of(peer, "data/offer/port"))? as u32;
+        Ok((port, gref))
+    }
+
     /// Reads a decimal number.
     pub fn read_number(&mut self, path: &str) -> Result<u64, &'static str> {
         let mut buf = [0u8; 24];

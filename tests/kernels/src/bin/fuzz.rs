@@ -76,10 +76,7 @@ mod common {
         xen::StartInfo,
         DomId,
     };
-    use pvrt::{
-        events,
-        xenstore::{DomainPath, Store},
-    };
+    use pvrt::{events, xenstore::Store};
 
     pub fn setup(si: &StartInfo) -> Result<(Store, DomId, DomId), &'static str> {
         pvrt::shared_info::map(si).map_err(|_| "cannot map shared_info")?;
@@ -87,35 +84,6 @@ mod common {
         let me = store.read_number("domid")? as DomId;
         let peer = store.read_number("data/peer")? as DomId;
         Ok((store, me, peer))
-    }
-
-    /// Publishes `data/offer/{port,gref}` readable by `peer` only.
-    pub fn offer(
-        store: &mut Store,
-        me: DomId,
-        peer: DomId,
-        port: u32,
-        gref: u32,
-    ) -> Result<(), &'static str> {
-        store.offer(me, peer, port, gref)
-    }
-
-    /// Waits for `peer`'s offer: its (port, gref); a port of 0 means none was offered.
-    pub fn take_offer(store: &mut Store, peer: DomId) -> Result<(u32, u32), &'static str> {
-        let mut path = DomainPath::new();
-        store
-            .watch(path.of(peer, "data/offer/gref"), "offer")
-            .map_err(|_| "cannot watch the peer's offer")?;
-        let deadline = pvrt::time::now() + 60 * pvrt::time::NS_PER_SEC;
-        let gref = loop {
-            if let Ok(g) = store.read_number(path.of(peer, "data/offer/gref")) {
-                break g as u32;
-            }
-            pvrt::ensure!(pvrt::time::now() < deadline, "the peer never offered");
-            let _ = store.next_event(1000);
-        };
-        let port = store.read_number(path.of(peer, "data/offer/port"))? as u32;
-        Ok((port, gref))
     }
 
     /// `EVTCHNOP_bind_interdomain` to `remote_port` of `dom`: the local port.
@@ -159,11 +127,11 @@ mod peer {
         let fuzzer_page = region::alloc_scratch(si).ok_or("no scratch page")?;
         table.grant(wire::PEER_GREF_DOM0, 0, &dom0_page, false);
         table.grant(wire::PEER_GREF_FUZZER, fuzzer, &fuzzer_page, false);
-        common::offer(&mut store, me, fuzzer, to_fuzzer, wire::PEER_GREF_FUZZER)?;
+        store.offer(me, fuzzer, to_fuzzer, wire::PEER_GREF_FUZZER)?;
 
         // The fuzzer's page, mapped for good: the fuzzer's frame stays referenced by this
         // domain while it is fuzzed and destroyed.
-        let (_, gref) = common::take_offer(&mut store, fuzzer)?;
+        let (_, gref) = store.take_offer(fuzzer)?;
         let at = region::alloc_scratch(si).ok_or("no scratch page")?;
         // SAFETY: the scratch page is the kernel's and unused; the grant goes there.
         let r = unsafe { pvrt::update_va_mapping(at.va, 0, 0) };
@@ -360,7 +328,7 @@ mod fuzzer {
         let window_tables = build_window(si, &tables)?;
 
         // The peer's offer: bind its port, map its page into the window.
-        let (remote, peer_gref) = common::take_offer(&mut store, peer)?;
+        let (remote, peer_gref) = store.take_offer(peer)?;
         let peer_port = common::bind(peer, remote)?;
         let (r, map) = pvrt::grant::map(PEER_MAP_VA, peer_gref, peer, false);
         pvrt::ensure!(
@@ -372,7 +340,7 @@ mod fuzzer {
         let table = pvrt::grant::GrantTable::setup(si)?;
         let granted = region::alloc_scratch(si).ok_or("no scratch page")?;
         table.grant(wire::FUZZER_GREF, peer, &granted, false);
-        common::offer(&mut store, me, peer, 0, wire::FUZZER_GREF)?;
+        store.offer(me, peer, 0, wire::FUZZER_GREF)?;
         store
             .write("data/ready", b"1")
             .map_err(|_| "cannot write data/ready")?;
@@ -1084,25 +1052,7 @@ mod fuzzer {
                         put64(reqs, i * 16, (ptr & !7) | cmd);
                         put64(reqs, i * 16 + 8, val);
                     }
-                    a = [
-                        if self.rng.chance(7, 8) {
-                            reqs
-                        } else {
-                            self.rptr(64)
-                        },
-                        if self.rng.chance(7, 8) {
-                            n
-                        } else {
-                            self.count()
-                        },
-                        if self.rng.chance(1, 2) {
-                            0
-                        } else {
-                            self.wptr(4)
-                        },
-                        self.dom(),
-                        0,
-                    ];
+                    a = self.batch_args(reqs, n);
                 }
                 H::SetGdt => {
                     let n = self.entries();
@@ -1688,9 +1638,16 @@ mod fuzzer {
                 put64(ops, i * 24 + 8, arg1);
                 put64(ops, i * 24 + 16, arg2);
             }
+            self.batch_args(ops, n)
+        }
+
+        /// `mmu_update`/`mmuext_op`'s arguments for the `n` requests at `list`: mostly
+        /// those, sometimes another list or count; a done-count pointer half the time; a
+        /// random page owner.
+        fn batch_args(&mut self, list: u64, n: u64) -> [u64; 5] {
             [
                 if self.rng.chance(7, 8) {
-                    ops
+                    list
                 } else {
                     self.rptr(64)
                 },

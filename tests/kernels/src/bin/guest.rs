@@ -372,10 +372,7 @@ fn flood() -> Result<(), &'static str> {
 /// reports `data/result` = `ok` and powers off.
 mod pair {
     use ferrovisor_abi::xen::{xen::StartInfo, DomId};
-    use pvrt::{
-        events, region,
-        xenstore::{DomainPath, Store},
-    };
+    use pvrt::{events, region, xenstore::Store};
 
     const GREF: u32 = 9;
     const OFFER: &[u8] = b"page offered by pair a";
@@ -426,20 +423,7 @@ mod pair {
 
     pub fn take(si: &StartInfo) -> Result<(), &'static str> {
         let (mut store, _me, peer) = setup(si)?;
-        let mut path = DomainPath::new();
-        let gref_path = path.of(peer, "data/offer/gref");
-        store
-            .watch(gref_path, "offer")
-            .map_err(|_| "cannot watch the peer's offer")?;
-        let deadline = pvrt::time::now() + 60 * pvrt::time::NS_PER_SEC;
-        let gref = loop {
-            if let Ok(g) = store.read_number(path.of(peer, "data/offer/gref")) {
-                break g as u32;
-            }
-            pvrt::ensure!(pvrt::time::now() < deadline, "the peer never offered");
-            let _ = store.next_event(1000);
-        };
-        let remote = store.read_number(path.of(peer, "data/offer/port"))? as u32;
+        let (remote, gref) = store.take_offer(peer)?;
         let mut b = ferrovisor_abi::xen::event_channel::EvtchnBindInterdomain {
             remote_dom: peer,
             _cpad0: 0,
