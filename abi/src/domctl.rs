@@ -65,6 +65,16 @@ xen_enum! {
         /// Payload [`VcpuState`]: one vCPU's state, physical CPU and CPU time (`vcpu`
         /// in, the rest out; Xen's `getvcpuinfo`).
         GetVcpuInfo = 15,
+        /// Payload [`DeviceAttach`]: gives the domain a vif or a vbd served by the
+        /// hypervisor's backends (xenstore nodes of both ends written, backend in
+        /// InitWait); the device id comes back in `devid`.
+        DeviceAttach = 16,
+        /// Payload [`DeviceDetach`]: starts closing a device (the frontend is asked to
+        /// close, as `xl *-detach` does) or, with [`DETACH_FORCE`], removes it at once.
+        DeviceDetach = 17,
+        /// Payload [`ListDevices`]: fills a guest array of [`DeviceInfo`], the domain's
+        /// vifs and vbds.
+        ListDevices = 18,
     }
 }
 
@@ -77,6 +87,12 @@ xen_enum! {
         ListDomains = 2,
         /// Payload [`ReadLog`]: the hypervisor's log ring (`dmesg`).
         ReadLog = 3,
+        /// Payload [`ListDisks`]: fills a guest array of [`DiskInfo`], the machine's
+        /// disks and their partitions (the `phy:` targets).
+        ListDisks = 4,
+        /// Payload [`ListSwitchPorts`]: fills a guest array of [`SwitchPort`], every
+        /// port of every virtual switch with its counters.
+        ListSwitchPorts = 5,
     }
 }
 
@@ -502,6 +518,320 @@ assert_layout!(
     missed = 24
 );
 
+/// [`DeviceAttach::kind`] and friends: a virtual network interface (`io/netif.h`).
+pub const DEVICE_VIF: u32 = 1;
+/// A virtual block device (`io/blkif.h`).
+pub const DEVICE_VBD: u32 = 2;
+/// [`DeviceAttach::devid`] in: let the hypervisor choose the lowest free id.
+pub const DEVID_AUTO: u32 = u32::MAX;
+/// Longest switch (bridge) name, in bytes, NUL-padded.
+pub const BRIDGE_NAME_MAX: usize = 16;
+/// Longest `phy:` target name (`vda`, `vda2`), NUL-padded.
+pub const TARGET_NAME_MAX: usize = 32;
+/// Longest guest device name (`xvda`, `sdb`), NUL-padded.
+pub const VDEV_NAME_MAX: usize = 16;
+
+/// [`DeviceAttach::mode`]: read-only (`r`).
+pub const VBD_MODE_READ: u32 = 0;
+/// Writable (`w`): refused while another running domain has the target writable.
+pub const VBD_MODE_WRITE: u32 = 1;
+/// Writable and shared on purpose (`w!`): no exclusivity check.
+pub const VBD_MODE_WRITE_SHARED: u32 = 2;
+
+/// [`DeviceAttach::device_type`]: a disk.
+pub const VBD_TYPE_DISK: u32 = 0;
+/// A CD-ROM (read-only, removable).
+pub const VBD_TYPE_CDROM: u32 = 1;
+
+xen_enum! {
+    /// Why a [`DeviceAttach`] was refused ([`DeviceAttach::reason`], out), so that the
+    /// toolstack can say what to do about it.
+    pub enum DeviceRefusal: u32 {
+        /// Accepted.
+        None = 0,
+        /// No switch of that name ([`DeviceAttach::bridge`]).
+        NoSuchBridge = 1,
+        /// No disk or partition of that name ([`DeviceAttach::target`]).
+        NoSuchTarget = 2,
+        /// The target (or a disk or partition overlapping it) is writable in the running
+        /// domain [`DeviceAttach::conflict_domain`]; `w!` shares it on purpose.
+        TargetInUse = 3,
+        /// The domain already has a device of that kind with that id.
+        DevidInUse = 4,
+        /// The domain already has a vbd with that virtual device number.
+        VdevInUse = 5,
+        /// The domain has as many devices of that kind as it may.
+        TooManyDevices = 6,
+        /// A malformed field (a mode, type, multicast MAC, unknown flags).
+        BadSpec = 7,
+        /// The domain cannot take devices now (dying, or not yet built).
+        DomainNotReady = 8,
+        /// The target is read-only on the machine and `w` was asked.
+        TargetReadOnly = 9,
+    }
+}
+
+/// `DeviceAttach` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DeviceAttach {
+    /// [`DEVICE_VIF`] or [`DEVICE_VBD`].
+    pub kind: u32,
+    /// The device id (vif `handle`, the vbd's xenstore index; in, or [`DEVID_AUTO`]),
+    /// the one given (out). For a vbd the toolstack passes the virtual device number,
+    /// as xl does.
+    pub devid: u32,
+    /// Out: a [`DeviceRefusal`] when the call fails with a reason the user can act on.
+    pub reason: u32,
+    /// Out, with [`DeviceRefusal::TargetInUse`]: the domain holding the target.
+    pub conflict_domain: DomId,
+    pub _pad: u16,
+    /// vif: its MAC address (unicast).
+    pub mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    /// vif: the switch to plug it into (`xenbr0`), NUL-padded.
+    pub bridge: [u8; BRIDGE_NAME_MAX],
+    /// vbd: the `phy:` target (`vda`, `vda2`), NUL-padded.
+    pub target: [u8; TARGET_NAME_MAX],
+    /// vbd: the guest's name for it (`xvda`, `sdb`), NUL-padded.
+    pub vdev_name: [u8; VDEV_NAME_MAX],
+    /// vbd: the virtual device number (`virtual-device`: xvda is 51712).
+    pub vdev: u32,
+    /// vbd: a `VBD_MODE_*`.
+    pub mode: u32,
+    /// vbd: a `VBD_TYPE_*`.
+    pub device_type: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+assert_layout!(
+    DeviceAttach,
+    size = 104,
+    align = 4,
+    kind = 0,
+    devid = 4,
+    reason = 8,
+    conflict_domain = 12,
+    mac = 16,
+    bridge = 24,
+    target = 40,
+    vdev_name = 72,
+    vdev = 88,
+    mode = 92,
+    device_type = 96,
+    flags = 100
+);
+
+/// [`DeviceDetach::flags`]: remove the device at once, whatever its frontend does (what
+/// `xl *-detach --force` does; the frontend sees its backend vanish).
+pub const DETACH_FORCE: u32 = 1;
+
+/// `DeviceDetach` payload.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DeviceDetach {
+    /// [`DEVICE_VIF`] or [`DEVICE_VBD`].
+    pub kind: u32,
+    pub devid: u32,
+    /// `DETACH_*`.
+    pub flags: u32,
+}
+
+assert_layout!(
+    DeviceDetach,
+    size = 12,
+    align = 4,
+    kind = 0,
+    devid = 4,
+    flags = 8
+);
+
+/// `ListDevices` payload (also the shape of the other list calls below).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ListDevices {
+    /// Room in `buffer`, in entries (in).
+    pub max_entries: u32,
+    /// Entries written (out).
+    pub nr_entries: u32,
+    pub buffer: GuestHandle,
+}
+
+assert_layout!(
+    ListDevices,
+    size = 16,
+    align = 8,
+    max_entries = 0,
+    nr_entries = 4,
+    buffer = 8
+);
+
+/// `ListDisks` payload.
+pub type ListDisks = ListDevices;
+/// `ListSwitchPorts` payload.
+pub type ListSwitchPorts = ListDevices;
+
+/// One entry of [`ListDevices`].
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DeviceInfo {
+    /// [`DEVICE_VIF`] or [`DEVICE_VBD`].
+    pub kind: u32,
+    pub devid: u32,
+    /// xenbus states (`XenbusState*`: 1 Initialising … 6 Closed) of both ends.
+    pub backend_state: u32,
+    pub frontend_state: u32,
+    /// The frontend's event channel port (0 until connected).
+    pub evtchn: u32,
+    /// The first ring grant references (vif: tx, rx; vbd: ring-ref0, unused).
+    pub ring_ref: [u32; 2],
+    /// vbd: `VBD_MODE_*`, `VBD_TYPE_*` and the virtual device number.
+    pub mode: u32,
+    pub device_type: u32,
+    pub vdev: u32,
+    /// vif: MAC address.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+    /// vif: switch; vbd: `phy:` target; NUL-padded.
+    pub bridge: [u8; BRIDGE_NAME_MAX],
+    pub target: [u8; TARGET_NAME_MAX],
+    pub vdev_name: [u8; VDEV_NAME_MAX],
+    /// Requests (vbd) or packets (vif) served, and refused as malformed.
+    pub requests: u64,
+    pub errors: u64,
+}
+
+assert_layout!(
+    DeviceInfo,
+    size = 128,
+    align = 8,
+    kind = 0,
+    devid = 4,
+    backend_state = 8,
+    frontend_state = 12,
+    evtchn = 16,
+    ring_ref = 20,
+    mode = 28,
+    device_type = 32,
+    vdev = 36,
+    mac = 40,
+    bridge = 48,
+    target = 64,
+    vdev_name = 96,
+    requests = 112,
+    errors = 120
+);
+
+/// [`DiskInfo::flags`]: the disk refuses writes.
+pub const DISK_READ_ONLY: u32 = 1 << 0;
+/// It supports discard.
+pub const DISK_DISCARD: u32 = 1 << 1;
+/// It has a volatile write cache (flushes mean something).
+pub const DISK_FLUSH: u32 = 1 << 2;
+/// This entry is a partition of the disk [`DiskInfo::parent`] names.
+pub const DISK_PARTITION: u32 = 1 << 3;
+
+/// One entry of [`ListDisks`]: a disk or a partition.
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct DiskInfo {
+    /// `vda`, `vda1`, NUL-padded.
+    pub name: [u8; TARGET_NAME_MAX],
+    /// The whole disk's name for a partition, else empty.
+    pub parent: [u8; TARGET_NAME_MAX],
+    /// First sector on the disk (0 for a disk) and length, in 512-byte sectors.
+    pub start_sector: u64,
+    pub sectors: u64,
+    /// The disk's logical block size in bytes.
+    pub sector_size: u32,
+    /// `DISK_*`.
+    pub flags: u32,
+    /// Running domains that have it attached writable (`w` or `w!`), and read-only.
+    pub writers: u32,
+    pub readers: u32,
+}
+
+assert_layout!(
+    DiskInfo,
+    size = 96,
+    align = 8,
+    name = 0,
+    parent = 32,
+    start_sector = 64,
+    sectors = 72,
+    sector_size = 80,
+    flags = 84,
+    writers = 88,
+    readers = 92
+);
+
+/// [`SwitchPort::kind`]: a domain's vif.
+pub const PORT_VIF: u32 = 1;
+/// The machine's NIC (the uplink).
+pub const PORT_UPLINK: u32 = 2;
+
+/// One entry of [`ListSwitchPorts`]; counters as seen from the switch (`rx`: frames the
+/// switch received from the port, `tx`: frames it sent to the port).
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct SwitchPort {
+    /// The switch (`xenbr0`) and the port (`vif3.0`, `eth0` for the uplink).
+    pub bridge: [u8; BRIDGE_NAME_MAX],
+    pub name: [u8; BRIDGE_NAME_MAX],
+    /// `PORT_*`.
+    pub kind: u32,
+    /// The vif's domain and device id.
+    pub domid: DomId,
+    pub _pad: u16,
+    pub devid: u32,
+    /// MAC addresses learned on this port.
+    pub learned: u32,
+    pub mac: [u8; 6],
+    pub _pad2: [u8; 2],
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_drops: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub tx_drops: u64,
+}
+
+assert_layout!(
+    SwitchPort,
+    size = 104,
+    align = 8,
+    bridge = 0,
+    name = 16,
+    kind = 32,
+    domid = 36,
+    devid = 40,
+    learned = 44,
+    mac = 48,
+    rx_packets = 56,
+    rx_bytes = 64,
+    rx_drops = 72,
+    tx_packets = 80,
+    tx_bytes = 88,
+    tx_drops = 96
+);
+
+/// A NUL-padded fixed-size string field's bytes (names of bridges, targets, devices).
+pub fn padded_str<const N: usize>(field: &[u8; N]) -> &[u8] {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(N);
+    &field[..end]
+}
+
+/// Fills a NUL-padded field from `s`; `None` when it does not fit with room for none.
+pub fn set_padded<const N: usize>(field: &mut [u8; N], s: &[u8]) -> Option<()> {
+    if s.len() > N || s.contains(&0) {
+        return None;
+    }
+    *field = [0; N];
+    field[..s.len()].copy_from_slice(s);
+    Some(())
+}
+
 // Every payload fits its request.
 const _: () = {
     assert!(core::mem::size_of::<CreateDomain>() <= DOMCTL_PAYLOAD);
@@ -513,6 +843,9 @@ const _: () = {
     assert!(core::mem::size_of::<PhysInfo>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ListDomains>() <= SYSCTL_PAYLOAD);
     assert!(core::mem::size_of::<ReadLog>() <= SYSCTL_PAYLOAD);
+    assert!(core::mem::size_of::<DeviceAttach>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<DeviceDetach>() <= DOMCTL_PAYLOAD);
+    assert!(core::mem::size_of::<ListDevices>() <= DOMCTL_PAYLOAD);
 };
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod evtchn;
 pub mod grant_table;
 pub mod guest_console;
 pub mod guest_image;
+pub mod io_ring;
 pub mod logring;
 pub mod mm;
 pub mod multiboot2;

@@ -99,6 +99,7 @@ pub mod event_channel;
 pub mod features;
 pub mod grant_table;
 pub mod hypercall;
+pub mod io;
 pub mod memory;
 pub mod physdev;
 pub mod platform;

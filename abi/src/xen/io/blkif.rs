@@ -1,0 +1,1 @@
+//! `io/blkif.h`: the block device ring (requests, segments, responses, operations).

@@ -1,0 +1,1 @@
+//! `io/netif.h`: the network device rings (tx and rx requests and responses, extra info).
