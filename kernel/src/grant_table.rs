@@ -834,6 +834,54 @@ fn release_side<D: GrantDomains>(domains: &mut D, side: &CopySide, readonly: boo
     }
 }
 
+/// A grant the hypervisor's own backends hold (user `DOMID_XEN`): for one copy, or for
+/// as long as a ring stays connected. Not `Clone`: it is given back exactly once with
+/// [`release_backend_pin`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a backend pin must be released"]
+pub struct BackendPin {
+    pub granter: DomId,
+    pub gref: GrantRef,
+    /// The frame the grant named when pinned (later edits of the entry do not move it).
+    pub mfn: Mfn,
+    pub readonly: bool,
+}
+
+/// Pins grant `gref` of `granter` for a hypervisor backend acting as `user` (the entry
+/// must grant `user` full-page access; writable unless `readonly`). Checked like a map:
+/// `GNTST_bad_domain` for no such domain (or one dying), `GNTST_bad_gntref` beyond the
+/// table, `GNTST_general_error` for an entry not granted to `user`,
+/// `GNTST_permission_denied` for a writable pin of a read-only grant, `GNTST_bad_page`
+/// for a frame the granter does not own.
+pub fn acquire_backend_pin<D: GrantDomains>(
+    domains: &mut D,
+    user: DomId,
+    granter: DomId,
+    gref: GrantRef,
+    readonly: bool,
+) -> Result<BackendPin, GrantStatus> {
+    let (mfn, _) = domains
+        .with_granter(granter, |table, frames| {
+            table.pin(frames, user, gref, readonly, false)
+        })
+        .ok_or(GrantStatus::BadDomain)??;
+    Ok(BackendPin {
+        granter,
+        gref,
+        mfn,
+        readonly,
+    })
+}
+
+/// Gives back a pin [`acquire_backend_pin`] took. A granter that has gone entirely
+/// (which cannot happen while pins are held: its table stays until they come back) is
+/// ignored.
+pub fn release_backend_pin<D: GrantDomains>(domains: &mut D, pin: BackendPin) {
+    domains.with_granter(pin.granter, |table, frames| {
+        table.unpin(frames, pin.gref, pin.readonly, false);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use core::cell::{Cell, RefCell};
@@ -1513,6 +1561,51 @@ mod tests {
             flags,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn backend_pins_check_the_entry_and_hold_it() {
+        const XEN: DomId = DomId(0x7ff2);
+        let mut w = world();
+        w.frames(FRONT).grant(3, XEN, FRONT_PAGE + 2, ACCESS);
+        w.frames(FRONT)
+            .grant(4, XEN, FRONT_PAGE + 3, ACCESS | GTF_READONLY);
+        w.frames(FRONT).grant(5, BACK, FRONT_PAGE + 4, ACCESS);
+        let pin = acquire_backend_pin(&mut w, XEN, FRONT, 3, false).unwrap();
+        assert_eq!(pin.mfn, Mfn(FRONT_PAGE + 2));
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS | GTF_READING | GTF_WRITING);
+        // The guest cannot move the pinned frame by editing its entry.
+        w.frames(FRONT).grant(3, XEN, FRONT_PAGE + 9, ACCESS);
+        let again = acquire_backend_pin(&mut w, XEN, FRONT, 3, true).unwrap();
+        assert_eq!(again.mfn, Mfn(FRONT_PAGE + 2));
+        release_backend_pin(&mut w, again);
+        // A read-only grant refuses a writable pin, and a grant to someone else any pin.
+        assert_eq!(
+            acquire_backend_pin(&mut w, XEN, FRONT, 4, false),
+            Err(GrantStatus::PermissionDenied)
+        );
+        assert!(
+            acquire_backend_pin(&mut w, XEN, FRONT, 4, true).is_ok_and(|p| {
+                release_backend_pin(&mut w, p);
+                true
+            })
+        );
+        assert_eq!(
+            acquire_backend_pin(&mut w, XEN, FRONT, 5, true),
+            Err(GrantStatus::GeneralError)
+        );
+        assert_eq!(
+            acquire_backend_pin(&mut w, XEN, FRONT, 100_000, true),
+            Err(GrantStatus::BadGntref)
+        );
+        assert_eq!(
+            acquire_backend_pin(&mut w, XEN, DomId(77), 3, true),
+            Err(GrantStatus::BadDomain)
+        );
+        assert!(!w.table(FRONT).is_quiescent());
+        release_backend_pin(&mut w, pin);
+        assert!(w.table(FRONT).is_quiescent());
+        assert_eq!(w.frames(FRONT).flags(3), ACCESS);
     }
 
     #[test]

@@ -42,7 +42,7 @@ use self::{
     watch::{Event, Watch, Watches, INTRODUCE_DOMAIN, RELEASE_DOMAIN},
 };
 pub use self::{
-    perms::{is_privileged, Access, Perms},
+    perms::{is_privileged, Access, Perms, HYPERVISOR_DOMID},
     quota::Quota,
     ring::{RingAccess, RingFault},
 };
@@ -66,6 +66,9 @@ pub struct Outcome {
     pub introduced: Vec<Introduction>,
     /// Domains the privileged domain released over the wire: unmap and unbind.
     pub released: Vec<DomId>,
+    /// The hypervisor's own watches that fired (path, token), in order: its backends
+    /// react to their frontends' nodes.
+    pub internal: Vec<(String, String)>,
 }
 
 impl Outcome {
@@ -81,6 +84,7 @@ impl Outcome {
         }
         self.introduced.extend(other.introduced);
         self.released.extend(other.released);
+        self.internal.extend(other.internal);
     }
 }
 
@@ -294,6 +298,10 @@ impl Xenstore {
     /// (see [`Quota::queued_messages`]).
     fn deliver(&mut self, events: Vec<Event>, out: &mut Outcome) {
         for ev in events {
+            if ev.dom == HYPERVISOR_DOMID {
+                out.internal.push((ev.path, ev.token));
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(&ev.dom) else {
                 continue;
             };
@@ -311,6 +319,28 @@ impl Xenstore {
                 .push_back(message(XsType::WatchEvent.raw(), 0, 0, &payload));
             out.wake(ev.dom);
         }
+    }
+
+    /// Registers a watch of the hypervisor itself on the absolute `path` (and everything
+    /// below it): its events come back in [`Outcome::internal`] instead of a ring. Unlike
+    /// a guest's watch it does not fire once at registration. The same path and token
+    /// twice is `EEXIST`.
+    pub fn watch_internal(&mut self, path: &str, token: &str) -> Result<(), XsErrorCode> {
+        if !path::is_valid_absolute(path) {
+            return Err(XsErrorCode::Einval);
+        }
+        self.watches.add(Watch {
+            dom: HYPERVISOR_DOMID,
+            wpath: String::from(path),
+            abs: String::from(path),
+            token: String::from(token),
+            relative: false,
+        })
+    }
+
+    /// Removes a watch [`Self::watch_internal`] registered; `ENOENT` if there is none.
+    pub fn unwatch_internal(&mut self, path: &str, token: &str) -> Result<(), XsErrorCode> {
+        self.watches.remove(HYPERVISOR_DOMID, path, token)
     }
 
     /// Runs one request (type and payload) on behalf of the hypervisor itself, with the

@@ -13,9 +13,14 @@ use ferrovisor_abi::xen::{xs_wire::XsErrorCode, DomId};
 /// INTRODUCE/RELEASE and to change a node's owner.
 pub const PRIVILEGED_DOMID: DomId = 0;
 
-/// Whether `dom` bypasses permission checks. Ferrovisor has one control domain, dom0.
+/// The hypervisor itself, as the owner of its backends' nodes and the watcher of their
+/// frontends (`DOMID_XEN`). It has no connection: it never sends a message.
+pub const HYPERVISOR_DOMID: DomId = ferrovisor_abi::xen::xen::DOMID_XEN;
+
+/// Whether `dom` bypasses permission checks: the one control domain, dom0, and the
+/// hypervisor's own watches.
 pub const fn is_privileged(dom: DomId) -> bool {
-    dom == PRIVILEGED_DOMID
+    dom == PRIVILEGED_DOMID || dom == HYPERVISOR_DOMID
 }
 
 /// One access letter (xenstore.txt `<perm-as-string>`).
