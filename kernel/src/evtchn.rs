@@ -252,6 +252,22 @@ impl EventChannels {
         Ok(port)
     }
 
+    /// Connects the guest's `port`, which it allocated unbound for `DOMID_XEN` (a
+    /// frontend's `alloc_unbound` with the backend id it read from xenstore), to the
+    /// hypervisor backend `service`: what a backend domain's `bind_interdomain` does in
+    /// Xen. `-EINVAL` unless the port is unbound for `DOMID_XEN`. The backend lets go of
+    /// it with [`Self::peer_closed`]`(port, DOMID_XEN, service)`.
+    pub fn connect_backend(&mut self, port: u32, service: u32) -> Result<(), XenErrno> {
+        if !self.is_unbound_for(port, DOMID_XEN) {
+            return Err(XenErrno::Einval);
+        }
+        self.slot_mut(port).state = PortState::Interdomain {
+            remote: DOMID_XEN,
+            remote_port: service,
+        };
+        Ok(())
+    }
+
     /// `EVTCHNOP_bind_virq`. `-EINVAL` for a number at or past `NR_VIRQS` or a global
     /// VIRQ on a vCPU other than 0 (global ones bind on vCPU 0 and move with
     /// `bind_vcpu`), `-ENOENT` for a vCPU the domain lacks, `-EEXIST` when the VIRQ is
@@ -695,6 +711,31 @@ mod tests {
 
     fn table(dom: DomId) -> EventChannels {
         EventChannels::new(dom, 2, 64)
+    }
+
+    #[test]
+    fn a_frontends_port_connects_to_a_backend_and_back() {
+        let mut t = table(A);
+        let p = t.alloc_unbound(DOMID_XEN).unwrap();
+        let other = t.alloc_unbound(B).unwrap();
+        assert_eq!(t.connect_backend(other, 0x100), Err(XenErrno::Einval));
+        assert_eq!(t.connect_backend(0, 0x100), Err(XenErrno::Einval));
+        assert_eq!(t.connect_backend(9999, 0x100), Err(XenErrno::Einval));
+        t.connect_backend(p, 0x100).unwrap();
+        assert_eq!(
+            t.send(p),
+            Ok(SendTarget::Remote {
+                dom: DOMID_XEN,
+                port: 0x100
+            })
+        );
+        // Connected once: a second connect is refused.
+        assert_eq!(t.connect_backend(p, 0x101), Err(XenErrno::Einval));
+        // The backend lets go: unbound for DOMID_XEN again, ready for a reconnect.
+        assert!(!t.peer_closed(p, DOMID_XEN, 0x101));
+        assert!(t.peer_closed(p, DOMID_XEN, 0x100));
+        assert_eq!(t.send(p), Ok(SendTarget::Dropped));
+        t.connect_backend(p, 0x102).unwrap();
     }
 
     #[test]

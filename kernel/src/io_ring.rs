@@ -21,6 +21,10 @@
 pub trait RingMemory {
     /// Bytes of shared memory (the header plus the entries).
     fn len(&self) -> usize;
+    /// No memory at all (never a usable ring).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     fn load_acquire_u32(&self, offset: usize) -> u32;
     fn store_release_u32(&mut self, offset: usize, value: u32);
     /// Copies `buf.len()` bytes out from `offset` (`offset + buf.len() <= len()`).
@@ -321,8 +325,8 @@ mod tests {
         let mut ring = BackRing::new(4 * 4096, 112).unwrap();
         assert_eq!(ring.size(), 128);
         // Entry 72 runs from 64 + 72 * 112 = 8128 to 8240, across the second page's end.
-        assert!(RING_ENTRIES_OFFSET + 72 * 112 < 2 * 4096);
-        assert!(RING_ENTRIES_OFFSET + 73 * 112 > 2 * 4096);
+        const { assert!(RING_ENTRIES_OFFSET + 72 * 112 < 2 * 4096) };
+        const { assert!(RING_ENTRIES_OFFSET + 73 * 112 > 2 * 4096) };
         let mut buf = [0u8; 112];
         for i in 0..80u32 {
             let off = RING_ENTRIES_OFFSET + i as usize * 112;

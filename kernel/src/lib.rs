@@ -20,4 +20,5 @@ pub mod multiboot2;
 pub mod pv;
 pub mod ratelimit;
 pub mod time;
+pub mod xenbus;
 pub mod xenstore;

@@ -333,6 +333,10 @@ impl Fake {
                 d.info.name = [0; 64];
                 d.info.name[..name.len()].copy_from_slice(&name);
             }
+            // As the hypervisor today: no device backends yet.
+            DomctlCmd::DeviceAttach | DomctlCmd::DeviceDetach | DomctlCmd::ListDevices => {
+                return Err(ENOSYS)
+            }
             DomctlCmd::GetVcpuInfo => {
                 // vCPUs below `online_vcpus` are up, on CPU `vcpu % nr_cpus`, sharing the
                 // domain's time; a running domain has them on their CPUs.
@@ -393,6 +397,7 @@ impl Fake {
                 l.nr_entries = n as u32;
                 req.set_payload(&l);
             }
+            SysctlCmd::ListDisks | SysctlCmd::ListSwitchPorts => return Err(ENOSYS),
             SysctlCmd::ReadLog => {
                 let mut r: ReadLog = req.payload();
                 let idx = check_buffers("log", &sysctl_buffers(req), bufs).map_err(|_| EINVAL)?;
