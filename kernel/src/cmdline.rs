@@ -502,6 +502,126 @@ impl fmt::Display for Diagnostic<'_> {
     }
 }
 
+/// The switch dom0's vif goes on unless `dom0_vif=` names another.
+pub const DEFAULT_BRIDGE: &str = "xenbr0";
+
+/// `dom0_vif=`: `none` (or `off`, `no`, `0`), `on` (the default: `vif0.0` on
+/// [`DEFAULT_BRIDGE`] with a MAC made from the machine's), or xl's vif form
+/// `mac=00:16:3e:..,bridge=NAME` (either key may be left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dom0Vif<'a> {
+    Off,
+    On {
+        mac: Option<[u8; 6]>,
+        bridge: &'a str,
+    },
+}
+
+impl Default for Dom0Vif<'_> {
+    fn default() -> Self {
+        Dom0Vif::On {
+            mac: None,
+            bridge: DEFAULT_BRIDGE,
+        }
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (also with `-`), refusing multicast and all-zero addresses.
+pub fn parse_unicast_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+        return None;
+    }
+    Some(mac)
+}
+
+impl<'a> Dom0Vif<'a> {
+    fn parse(value: &'a str) -> Result<Self, &'static str> {
+        match value {
+            "none" | "off" | "no" | "0" | "false" => return Ok(Dom0Vif::Off),
+            "on" | "yes" | "1" | "true" | "default" => return Ok(Dom0Vif::default()),
+            _ => {}
+        }
+        let (mut mac, mut bridge) = (None, DEFAULT_BRIDGE);
+        for item in value.split(',') {
+            match item.split_once('=') {
+                Some(("mac", m)) => {
+                    mac = Some(
+                        parse_unicast_mac(m).ok_or("expected a unicast mac=xx:xx:xx:xx:xx:xx")?,
+                    )
+                }
+                Some(("bridge", b)) if is_device_name(b) => bridge = b,
+                Some(("bridge", _)) => {
+                    return Err("expected bridge=NAME (letters, digits, '-', '_', '.', at most 15)")
+                }
+                _ => return Err("expected none, on, or mac=..,bridge=.."),
+            }
+        }
+        Ok(Dom0Vif::On { mac, bridge })
+    }
+}
+
+/// A name of a disk, partition, bridge or guest device: 1 to 15 of `[A-Za-z0-9._-]`.
+fn is_device_name(s: &str) -> bool {
+    (1..=15).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `dom0_disk=[phy:]TARGET[,VDEV[,MODE]]`: the `phy:` target (`vda`, `vda1`) dom0 gets as
+/// VDEV (default `xvda`, so that the brief's `root=/dev/xvda` finds it), MODE `w`
+/// (default), `r` or `w!`. `none` attaches nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dom0Disk<'a> {
+    pub target: &'a str,
+    pub vdev: &'a str,
+    pub writable: bool,
+    /// `w!`: writable even if another domain has it writable.
+    pub shared: bool,
+}
+
+impl<'a> Dom0Disk<'a> {
+    fn parse(value: &'a str) -> Result<Option<Self>, &'static str> {
+        if value == "none" {
+            return Ok(None);
+        }
+        let value = value.strip_prefix("phy:").unwrap_or(value);
+        let mut parts = value.split(',');
+        let target = parts
+            .next()
+            .filter(|t| is_device_name(t))
+            .ok_or("expected [phy:]TARGET[,VDEV[,r|w|w!]], e.g. phy:vda1,xvda,w")?;
+        let vdev = match parts.next() {
+            None | Some("") => "xvda",
+            Some(v) if is_device_name(v) => v,
+            Some(_) => return Err("expected a guest device name such as xvda after the target"),
+        };
+        let (writable, shared) = match parts.next() {
+            None | Some("w") | Some("rw") => (true, false),
+            Some("r") | Some("ro") => (false, false),
+            Some("w!") => (true, true),
+            Some(_) => return Err("expected the mode r, w or w! after the guest device"),
+        };
+        if parts.next().is_some() {
+            return Err("expected at most TARGET,VDEV,MODE");
+        }
+        Ok(Some(Dom0Disk {
+            target,
+            vdev,
+            writable,
+            shared,
+        }))
+    }
+}
+
 /// The parsed command line. Fields hold their defaults unless an option set them.
 #[derive(Clone, Debug)]
 pub struct Cmdline<'a> {
@@ -522,6 +642,10 @@ pub struct Cmdline<'a> {
     /// serial line and log ring as `(d<id>)` lines (rate-limited). Off by default: as in
     /// Xen, a domU's console is its own (`fv console`, the domain's history).
     pub guest_console_mirror: bool,
+    /// `dom0_vif=`: dom0's network interface on a switch (default: `vif0.0` on `xenbr0`).
+    pub dom0_vif: Dom0Vif<'a>,
+    /// `dom0_disk=`: a `phy:` target attached to dom0 (default: none).
+    pub dom0_disk: Option<Dom0Disk<'a>>,
     pub diagnostics: heapless::Vec<Diagnostic<'a>, MAX_DIAGNOSTICS>,
     /// Diagnostics beyond [`MAX_DIAGNOSTICS`], counted so the log can say some were lost.
     pub diagnostics_dropped: usize,
@@ -539,6 +663,8 @@ enum Key {
     SelfTest,
     DebugExit,
     GuestConsoleMirror,
+    Dom0Vif,
+    Dom0Disk,
 }
 
 impl Key {
@@ -548,7 +674,9 @@ impl Key {
     }
 
     fn lookup(name: &str) -> Option<Key> {
-        const KEYS: [(&str, Key); 9] = [
+        const KEYS: [(&str, Key); 11] = [
+            ("dom0_vif", Key::Dom0Vif),
+            ("dom0_disk", Key::Dom0Disk),
             ("dom0_mem", Key::Dom0Mem),
             ("dom0_max_vcpus", Key::Dom0MaxVcpus),
             ("maxcpus", Key::MaxCpus),
@@ -657,6 +785,8 @@ impl<'a> Cmdline<'a> {
             selftest: None,
             debug_exit: None,
             guest_console_mirror: false,
+            dom0_vif: Dom0Vif::default(),
+            dom0_disk: None,
             diagnostics: heapless::Vec::new(),
             diagnostics_dropped: 0,
         }
@@ -708,6 +838,8 @@ impl<'a> Cmdline<'a> {
             Key::GuestConsoleMirror => {
                 parse_boolean(value).map(|on| self.guest_console_mirror = on)
             }
+            Key::Dom0Vif => Dom0Vif::parse(value).map(|v| self.dom0_vif = v),
+            Key::Dom0Disk => Dom0Disk::parse(value).map(|d| self.dom0_disk = d),
         };
         if let Err(reason) = result {
             self.report(Diagnostic::Malformed { option, reason });
@@ -1631,5 +1763,84 @@ mod tests {
                 option: "no-guest_console_mirror=on"
             }
         );
+    }
+
+    #[test]
+    fn dom0_vif_is_on_by_default_and_takes_xls_form() {
+        assert_eq!(parse("").dom0_vif, Dom0Vif::default());
+        assert_eq!(parse("dom0_vif=none").dom0_vif, Dom0Vif::Off);
+        assert_eq!(parse("dom0-vif=off").dom0_vif, Dom0Vif::Off);
+        assert_eq!(
+            parse("dom0_vif=mac=00:16:3e:0a:0b:0c,bridge=lan1").dom0_vif,
+            Dom0Vif::On {
+                mac: Some([0, 0x16, 0x3e, 0xa, 0xb, 0xc]),
+                bridge: "lan1"
+            }
+        );
+        assert_eq!(
+            parse("dom0_vif=bridge=xenbr1").dom0_vif,
+            Dom0Vif::On {
+                mac: None,
+                bridge: "xenbr1"
+            }
+        );
+        for bad in [
+            "dom0_vif=mac=01:00:5e:00:00:01",
+            "dom0_vif=mac=00:00:00:00:00:00",
+            "dom0_vif=mac=00:16:3e:0a:0b",
+            "dom0_vif=mac=00:16:3e:0a:0b:0c:0d",
+            "dom0_vif=bridge=",
+            "dom0_vif=colour=red",
+        ] {
+            let c = parse(bad);
+            assert_eq!(c.dom0_vif, Dom0Vif::default(), "{bad}");
+            assert!(
+                matches!(c.diagnostics[0], Diagnostic::Malformed { .. }),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn dom0_disk_names_a_target_device_and_mode() {
+        assert_eq!(parse("").dom0_disk, None);
+        assert_eq!(
+            parse("dom0_disk=vda1").dom0_disk,
+            Some(Dom0Disk {
+                target: "vda1",
+                vdev: "xvda",
+                writable: true,
+                shared: false
+            })
+        );
+        assert_eq!(
+            parse("dom0_disk=phy:vdb,xvdb,r").dom0_disk,
+            Some(Dom0Disk {
+                target: "vdb",
+                vdev: "xvdb",
+                writable: false,
+                shared: false
+            })
+        );
+        assert_eq!(
+            parse("dom0_disk=vda2,,w!")
+                .dom0_disk
+                .map(|d| (d.vdev, d.shared)),
+            Some(("xvda", true))
+        );
+        assert_eq!(parse("dom0_disk=vda dom0_disk=none").dom0_disk, None);
+        for bad in [
+            "dom0_disk=phy:",
+            "dom0_disk=vda,xvda,x",
+            "dom0_disk=vda,xvda,w,extra",
+            "dom0_disk=../etc",
+        ] {
+            let c = parse(bad);
+            assert_eq!(c.dom0_disk, None, "{bad}");
+            assert!(
+                matches!(c.diagnostics[0], Diagnostic::Malformed { .. }),
+                "{bad}"
+            );
+        }
     }
 }
