@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod cmdline;
 pub mod domain_builder;
 pub mod domain_control;
@@ -17,8 +18,10 @@ pub mod io_ring;
 pub mod logring;
 pub mod mm;
 pub mod multiboot2;
+pub mod pci;
 pub mod pv;
 pub mod ratelimit;
 pub mod time;
+pub mod virtio;
 pub mod xenbus;
 pub mod xenstore;
