@@ -477,6 +477,9 @@ pub enum SelfTest {
     Panic,
     /// Run code in ring 3: a SYSCALL, timer interrupts and an exception from there.
     Ring3,
+    /// Exercise the hypervisor's devices: disk reads, a write, flush and read-back on vda;
+    /// an ARP exchange with QEMU's user-network gateway on the first NIC.
+    Devices,
 }
 
 /// A command-line option that was ignored, and why.
@@ -751,7 +754,8 @@ fn parse_selftest(value: &str) -> Result<SelfTest, &'static str> {
         "overflow" => Ok(SelfTest::StackOverflow),
         "panic" => Ok(SelfTest::Panic),
         "ring3" => Ok(SelfTest::Ring3),
-        _ => Err("expected halt, pagefault, overflow, panic or ring3"),
+        "devices" => Ok(SelfTest::Devices),
+        _ => Err("expected halt, pagefault, overflow, panic, ring3 or devices"),
     }
 }
 
@@ -1624,9 +1628,10 @@ mod tests {
         );
         assert_eq!(parse("selftest=panic").selftest, Some(SelfTest::Panic));
         assert_eq!(parse("selftest=ring3").selftest, Some(SelfTest::Ring3));
+        assert_eq!(parse("selftest=devices").selftest, Some(SelfTest::Devices));
         assert_eq!(
             only_malformed("selftest=reboot"),
-            "expected halt, pagefault, overflow, panic or ring3"
+            "expected halt, pagefault, overflow, panic, ring3 or devices"
         );
     }
 

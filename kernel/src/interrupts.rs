@@ -63,6 +63,11 @@ pub fn dispatch(frame: &mut TrapFrame) {
             smp::serve_flush();
             apic::eoi();
         }
+        // A device's MSI-X message: its driver runs (with callbacks), then the EOI.
+        v if crate::drivers::irq::is_device_vector(v) => {
+            crate::drivers::irq::dispatch(v);
+            apic::eoi();
+        }
         // A spurious interrupt is not acknowledged (Intel SDM vol. 3, 11.9).
         v if v == apic::SPURIOUS_VECTOR as u64 => {}
         v => {

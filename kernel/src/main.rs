@@ -24,6 +24,8 @@ mod dom0;
 #[cfg(target_os = "none")]
 mod domain;
 #[cfg(target_os = "none")]
+mod drivers;
+#[cfg(target_os = "none")]
 mod fatal;
 #[cfg(target_os = "none")]
 mod guest;

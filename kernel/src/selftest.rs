@@ -19,8 +19,10 @@ use crate::{
         irq, percpu,
         trap::{self, TrapFrame},
     },
-    clock, dom0, fatal,
+    clock, dom0, drivers, fatal,
 };
+use crate::arch::x86_64::dma::DmaBuffer;
+use ferrovisor::virtio::net::MacAddr;
 
 pub fn run(test: SelfTest) -> ! {
     match test {
@@ -34,6 +36,7 @@ pub fn run(test: SelfTest) -> ! {
         }
         SelfTest::Panic => panic!("selftest: deliberate panic"),
         SelfTest::Ring3 => ring3_start(),
+        SelfTest::Devices => devices(),
         SelfTest::StackOverflow => {
             log::info!("selftest: recursing until the main stack overflows");
             let depth = recurse(core::hint::black_box(0));
@@ -279,4 +282,255 @@ pub fn ring3_exception(frame: &mut TrapFrame) -> bool {
     );
     log::info!("selftest: passed");
     fatal::halt(Verdict::Halted)
+}
+
+// The devices selftest: the first disk and NIC, through the drivers' public interface.
+
+/// Waits (halting between interrupts) until `done` or `ns` have passed; whether `done`.
+fn wait_until(ns: u64, done: impl Fn() -> bool) -> bool {
+    let deadline = clock::now_ns() + ns;
+    loop {
+        irq::disable();
+        if done() {
+            irq::enable();
+            return true;
+        }
+        if clock::now_ns() > deadline {
+            irq::enable();
+            return false;
+        }
+        irq::enable_and_wait();
+    }
+}
+
+fn checksum(bytes: &[u8]) -> u32 {
+    // FNV-1a: enough to tell sectors apart in the log.
+    bytes
+        .iter()
+        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+}
+
+/// The printable text at the start of a sector (up to 32 bytes), for the log.
+fn marker(bytes: &[u8]) -> alloc::string::String {
+    bytes
+        .iter()
+        .take(32)
+        .take_while(|b| b.is_ascii_graphic() || **b == b' ')
+        .map(|&b| b as char)
+        .collect()
+}
+
+/// Completions of the asynchronous requests: how many, and how many failed.
+static BLK_DONE: AtomicU32 = AtomicU32::new(0);
+static BLK_FAILED: AtomicU32 = AtomicU32::new(0);
+/// Sector 0 as the first asynchronous read returned it.
+static BLK_FIRST: irq::IrqMutex<Option<Vec<u8>>> = irq::IrqMutex::new(None);
+
+struct SelftestBlk;
+
+impl drivers::blk::BlkCompletion for SelftestBlk {
+    fn complete(
+        &self,
+        _disk: usize,
+        token: u64,
+        status: ferrovisor::virtio::blk::Status,
+        buffers: Vec<crate::arch::x86_64::dma::DmaBuffer>,
+    ) {
+        if status != ferrovisor::virtio::blk::Status::Ok {
+            BLK_FAILED.fetch_add(1, Ordering::SeqCst);
+        }
+        if token == 0 {
+            *BLK_FIRST.lock() = buffers.first().map(|b| b.as_slice().to_vec());
+        }
+        BLK_DONE.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+static ARP_REPLY: irq::IrqMutex<Option<MacAddr>> = irq::IrqMutex::new(None);
+static FRAMES_SEEN: AtomicU32 = AtomicU32::new(0);
+
+struct SelftestNet;
+
+const SELF_IP: [u8; 4] = [10, 0, 2, 15];
+const GATEWAY_IP: [u8; 4] = [10, 0, 2, 2];
+
+impl drivers::net::NetReceiver for SelftestNet {
+    fn receive(&self, nic: usize, frame: &[u8]) {
+        FRAMES_SEEN.fetch_add(1, Ordering::SeqCst);
+        let me = drivers::net::nics().get(nic).map(|n| n.mac()).unwrap_or_default();
+        if let Some(mac) = ferrovisor::virtio::net::arp_reply_from(frame, GATEWAY_IP, me) {
+            *ARP_REPLY.lock() = Some(mac);
+        }
+    }
+}
+
+fn disk_checks() -> bool {
+    use drivers::blk::{self, SubmitError};
+    use ferrovisor::virtio::blk::Op;
+
+    let Some(disk) = blk::disks().first() else {
+        log::error!("selftest: no virtio disk");
+        return false;
+    };
+    let name = disk.name.as_str();
+    let first = match blk::read_sectors(0, 0, 1) {
+        Ok(b) => b,
+        Err(e) => {
+            log::error!("selftest: {name}: reading sector 0: {e}");
+            return false;
+        }
+    };
+    log::info!(
+        "selftest: {name} sector 0: checksum {:08x}, marker \"{}\"",
+        checksum(&first),
+        marker(&first)
+    );
+    let last = disk.info.capacity.saturating_sub(1);
+    match blk::read_sectors(0, last, 1) {
+        Ok(b) => log::info!(
+            "selftest: {name} sector {last} (the last): checksum {:08x}",
+            checksum(&b)
+        ),
+        Err(e) => {
+            log::error!("selftest: {name}: reading sector {last}: {e}");
+            return false;
+        }
+    }
+    if blk::read_sectors(0, disk.info.capacity, 1).is_ok() {
+        log::error!("selftest: {name}: a read past the end was accepted");
+        return false;
+    }
+
+    // Write a pattern to the last sector, flush, read it back.
+    let Some(mut buf) = DmaBuffer::new(512) else {
+        log::error!("selftest: out of memory");
+        return false;
+    };
+    let stamp = clock::now_ns();
+    for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u64 ^ stamp.rotate_left(i as u32 % 64)) as u8;
+    }
+    let pattern = buf.as_slice().to_vec();
+    if let Err(e) = blk::submit_and_wait(0, Op::Write, last, alloc::vec![buf]) {
+        log::error!("selftest: {name}: writing sector {last}: {e}");
+        return false;
+    }
+    let flushed = if disk.info.flush {
+        match blk::submit_and_wait(0, Op::Flush, 0, Vec::new()) {
+            Ok(_) => "flushed",
+            Err(e) => {
+                log::error!("selftest: {name}: flush: {e}");
+                return false;
+            }
+        }
+    } else {
+        "no flush offered"
+    };
+    match blk::read_sectors(0, last, 1) {
+        Ok(b) if b == pattern => log::info!(
+            "selftest: {name} sector {last}: pattern written, {flushed}, read back intact"
+        ),
+        Ok(_) => {
+            log::error!("selftest: {name} sector {last}: read back differs from the pattern");
+            return false;
+        }
+        Err(e) => {
+            log::error!("selftest: {name}: reading sector {last} back: {e}");
+            return false;
+        }
+    }
+
+    // Asynchronous reads of sector 0 until the queue is full: one "busy", then every
+    // completion through the callback.
+    drivers::blk::set_completion_handler(&SelftestBlk);
+    let mut submitted = 0u32;
+    let mut busy = false;
+    for token in 0..1000u64 {
+        let Some(b) = DmaBuffer::new(512) else {
+            break;
+        };
+        match blk::submit(0, Op::Read, 0, alloc::vec![b], token) {
+            Ok(()) => submitted += 1,
+            Err((SubmitError::Busy, _)) => {
+                busy = true;
+                break;
+            }
+            Err((e, _)) => {
+                log::error!("selftest: {name}: asynchronous read: {e}");
+                return false;
+            }
+        }
+    }
+    let all = wait_until(10_000_000_000, || {
+        BLK_DONE.load(Ordering::SeqCst) >= submitted
+    });
+    let same = BLK_FIRST.lock().as_deref() == Some(&first[..]);
+    if !busy || !all || BLK_FAILED.load(Ordering::SeqCst) != 0 || !same {
+        log::error!(
+            "selftest: {name}: asynchronous reads: {submitted} submitted, busy {busy}, {} \
+             completed, {} failed, sector 0 {}",
+            BLK_DONE.load(Ordering::SeqCst),
+            BLK_FAILED.load(Ordering::SeqCst),
+            if same { "matches" } else { "differs" }
+        );
+        return false;
+    }
+    log::info!(
+        "selftest: {name}: {submitted} asynchronous reads queued until busy, all completed by \
+         interrupt"
+    );
+    true
+}
+
+fn nic_checks() -> bool {
+    use ferrovisor::virtio::net::arp_request;
+
+    let Some(nic) = drivers::net::nics().first() else {
+        log::error!("selftest: no virtio NIC");
+        return false;
+    };
+    drivers::net::set_receiver(&SelftestNet);
+    let mut frame = [0u8; 60];
+    frame[..42].copy_from_slice(&arp_request(nic.mac(), SELF_IP, GATEWAY_IP));
+    for attempt in 1..=5 {
+        if let Err(e) = drivers::net::transmit(0, &frame) {
+            log::error!("selftest: transmit: {e:?}");
+            return false;
+        }
+        log::info!(
+            "selftest: arp request for 10.0.2.2 sent from {} (attempt {attempt})",
+            nic.mac()
+        );
+        if wait_until(1_000_000_000, || ARP_REPLY.lock().is_some()) {
+            break;
+        }
+    }
+    match *ARP_REPLY.lock() {
+        Some(mac) => {
+            log::info!(
+                "selftest: arp reply from {mac} for 10.0.2.2 ({} frames received)",
+                FRAMES_SEEN.load(Ordering::SeqCst)
+            );
+            true
+        }
+        None => {
+            log::error!(
+                "selftest: no arp reply from 10.0.2.2 ({} frames received)",
+                FRAMES_SEEN.load(Ordering::SeqCst)
+            );
+            false
+        }
+    }
+}
+
+fn devices() -> ! {
+    let disk = disk_checks();
+    let nic = nic_checks();
+    if disk && nic {
+        log::info!("selftest: passed");
+        fatal::halt(Verdict::Halted)
+    } else {
+        log::error!("selftest: failed");
+        fatal::halt(Verdict::Fatal)
+    }
 }

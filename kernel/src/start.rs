@@ -217,6 +217,8 @@ extern "C" fn boot_on_main_stack() -> ! {
         can_start_dom0 = false;
     }
     start_other_cpus(boot);
+    // The devices: after the local APIC (MSI-X targets the boot CPU's) and the other CPUs.
+    crate::drivers::probe(boot.info.acpi_rsdp);
     log::info!("memory: {} free", HumanSize(memory::free_bytes()));
 
     if !can_start_dom0 {

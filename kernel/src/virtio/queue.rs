@@ -175,6 +175,12 @@ impl SplitQueue {
         self.num_free
     }
 
+    /// The id the next [`SplitQueue::add`] will return (its head descriptor), if any
+    /// descriptor is free: lets the caller fill per-request memory indexed by it first.
+    pub fn next_head(&self) -> Option<u16> {
+        (self.num_free > 0).then_some(self.free_head)
+    }
+
     /// Chains the device holds.
     pub fn in_flight(&self) -> usize {
         self.chain_len.iter().filter(|&&n| n != 0).count()
@@ -405,7 +411,9 @@ mod tests {
             seg(0x2000, 512, true),
             seg(0x3000, 1, true),
         ];
+        let next = q.next_head();
         let head = q.add(&m, &chain).unwrap();
+        assert_eq!(next, Some(head));
         assert_eq!(q.free(), 5);
         assert!(q.should_notify(&m));
         let (h, got) = dev.take(&m).unwrap();

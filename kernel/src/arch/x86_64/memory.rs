@@ -35,7 +35,37 @@ use crate::arch::x86_64::{
 pub static FRAMES: IrqMutex<Option<FrameAllocator<'static>>> = IrqMutex::new(None);
 
 #[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
+static HEAP: IrqSafeHeap = IrqSafeHeap(LockedHeap::empty());
+
+/// The kernel heap, with interrupts off while its lock is held: device interrupt handlers
+/// (completion and receive callbacks) allocate and free, and an interrupt arriving while
+/// its own CPU holds the heap's spinlock would otherwise wait for ever.
+struct IrqSafeHeap(LockedHeap);
+
+// SAFETY: every method forwards to `LockedHeap`'s, which is a correct allocator; only the
+// interrupt flag is changed around the calls (and restored).
+unsafe impl core::alloc::GlobalAlloc for IrqSafeHeap {
+    unsafe fn alloc(&self, layout: core::alloc::Layout) -> *mut u8 {
+        let on = crate::arch::x86_64::irq::enabled();
+        crate::arch::x86_64::irq::disable();
+        // SAFETY: the caller's contract, passed on.
+        let p = unsafe { self.0.alloc(layout) };
+        if on {
+            crate::arch::x86_64::irq::enable();
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: core::alloc::Layout) {
+        let on = crate::arch::x86_64::irq::enabled();
+        crate::arch::x86_64::irq::disable();
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.dealloc(ptr, layout) };
+        if on {
+            crate::arch::x86_64::irq::enable();
+        }
+    }
+}
 
 /// The kernel heap: a quarter of RAM, between 16 and 512 MiB (the frame table, and the
 /// decompressed dom0 kernel while it is built, live there: Debian's XZ vmlinuz needs
@@ -57,6 +87,8 @@ pub enum MemoryError {
     Map(MapError),
     OutOfFrames(&'static str),
     HeapTwice,
+    /// A device or firmware range to map overlaps RAM the frame allocator manages.
+    DeviceRangeIsRam(u64),
 }
 
 impl fmt::Display for MemoryError {
@@ -69,6 +101,9 @@ impl fmt::Display for MemoryError {
             MemoryError::Map(e) => write!(f, "building the hypervisor page tables: {e}"),
             MemoryError::OutOfFrames(what) => write!(f, "out of memory for {what}"),
             MemoryError::HeapTwice => write!(f, "the kernel heap was initialised twice"),
+            MemoryError::DeviceRangeIsRam(a) => {
+                write!(f, "{a:#x} is RAM, not a device or firmware range")
+            }
         }
     }
 }
@@ -589,7 +624,7 @@ pub fn init_heap(size: u64) -> Result<u64, MemoryError> {
     let va = DIRECT_MAP_BASE + start.addr();
     // SAFETY: the frames were just allocated for the heap alone and are direct-mapped;
     // `DONE` makes this the only initialisation.
-    unsafe { HEAP.lock().init(va as *mut u8, size as usize) };
+    unsafe { HEAP.0.lock().init(va as *mut u8, size as usize) };
     Ok(va)
 }
 
@@ -637,4 +672,43 @@ pub fn free_bytes() -> u64 {
         .lock()
         .as_ref()
         .map_or(0, |f| f.free_frames() * PAGE_SIZE)
+}
+
+/// The next free address of the MMIO window (the local APIC's page is at its start).
+static MMIO_NEXT: spin::Mutex<u64> = spin::Mutex::new(MMIO_BASE + SIZE_2M);
+
+/// Maps `[phys, phys + len)` into the MMIO window of the hypervisor's address space (slot
+/// 261, shared by every address space) and returns the virtual address of `phys`:
+/// uncached for device registers (`Attrs::MMIO`), or read-only for firmware tables
+/// (`Attrs::RODATA`). Refused for RAM the frame allocator manages (that is the direct
+/// map's, with its own cache type). Mappings are never removed: devices and firmware
+/// tables stay for as long as the hypervisor runs.
+pub fn map_device(phys: u64, len: u64, attrs: Attrs) -> Result<u64, MemoryError> {
+    let start = phys & !(PAGE_SIZE - 1);
+    let end = phys
+        .checked_add(len.max(1))
+        .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+        .ok_or(MemoryError::DeviceRangeIsRam(phys))?;
+    let Some((root, _)) = *GDT_STATE.lock() else {
+        return Err(MemoryError::NoUsableRam);
+    };
+    let mut guard = FRAMES.lock();
+    let frames = guard.as_mut().ok_or(MemoryError::NoUsableRam)?;
+    if let Some(ram) = (start / PAGE_SIZE..end / PAGE_SIZE).find(|&f| frames.manages(Mfn(f))) {
+        return Err(MemoryError::DeviceRangeIsRam(ram * PAGE_SIZE));
+    }
+    let mut next = MMIO_NEXT.lock();
+    // The same offset in a 2 MiB page as the physical range, so large pages can be used.
+    let va = next.next_multiple_of(SIZE_2M) + start % SIZE_2M;
+    let va_end = va + (end - start);
+    if va_end > MMIO_BASE + layout::MMIO_SIZE {
+        return Err(MemoryError::OutOfFrames("the MMIO window"));
+    }
+    // SAFETY: the hypervisor's own L4; only fresh addresses of the MMIO window (slot 261,
+    // shared by every address space) get entries, under the allocator lock.
+    let tables = unsafe { DirectMapTables::new(frames, u64::MAX) };
+    let mut aspace = AddressSpace::attach(root, tables, crate::arch::x86_64::msr::nx_enabled());
+    aspace.map_range(va, start, end - start, attrs, SIZE_2M)?;
+    *next = va_end;
+    Ok(va + (phys - start))
 }

@@ -2,17 +2,21 @@
 //! legacy devices, the direct map of physical memory and the hypervisor's own memory
 //! (`memory`: frame allocator, page tables, stacks, heap, M2P, GDT/LDT windows).
 
+pub mod acpi;
 pub mod apic;
 pub mod boot;
 pub mod cpu;
 pub mod debug_exit;
+pub mod dma;
 pub mod gdt;
 pub mod guest_memory;
 pub mod idt;
 pub mod irq;
 pub mod memory;
+pub mod mmio;
 pub mod msr;
 pub mod paging;
+pub mod pci;
 pub mod percpu;
 pub mod phys;
 pub mod pit;

@@ -26,4 +26,9 @@ impl Port {
         // SAFETY: as above.
         unsafe { x86::io::outl(self.0, value) }
     }
+
+    pub fn read32(self) -> u32 {
+        // SAFETY: as above.
+        unsafe { x86::io::inl(self.0) }
+    }
 }
