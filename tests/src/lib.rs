@@ -16,12 +16,12 @@ use std::{
 };
 
 use regex::Regex;
-pub use xtask::qemu::{ExitOutcome, Matched};
+pub use xtask::qemu::{ExitOutcome, Matched, QemuConfig, VirtioDisk, VirtioNic};
 use xtask::{
     build::{self, Artifacts, Profile},
     deps,
     iso::{self, BootEntry, BootModule},
-    qemu::{self, QemuConfig, Session},
+    qemu::{self, Session},
     xen,
 };
 
@@ -174,6 +174,28 @@ pub fn boot_with_memory(
     cfg.memory_mib = memory_mib;
     cfg.log_name = Some(name.to_owned());
     cfg.extra_args = qemu_debug_args();
+    let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
+    Boot {
+        session,
+        deadline: Instant::now() + BOOT_TIMEOUT,
+        reported: false,
+        on_xen: false,
+    }
+}
+
+/// As [`boot`], with the QEMU configuration adjusted by `configure` (virtio disks and
+/// NICs, memory) before QEMU starts.
+pub fn boot_with_config(
+    name: &str,
+    hypervisor_cmdline: &str,
+    modules: Modules<'_>,
+    configure: impl FnOnce(&mut QemuConfig),
+) -> Boot {
+    let iso = make_iso(name, hypervisor_cmdline, modules);
+    let mut cfg = QemuConfig::new(iso);
+    cfg.log_name = Some(name.to_owned());
+    cfg.extra_args = qemu_debug_args();
+    configure(&mut cfg);
     let session = qemu::spawn(&cfg).unwrap_or_else(|err| panic!("{err:#}"));
     Boot {
         session,

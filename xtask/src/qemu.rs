@@ -32,6 +32,22 @@ pub enum Accel {
     Kvm,
 }
 
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioDisk {
+    pub image: PathBuf,
+    pub read_only: bool,
+}
+
+/// A virtio-net NIC on QEMU's user network (slirp), with `restrict=on`: the guest side
+/// reaches only QEMU's own virtual gateway and services (10.0.2.2/3), never another
+/// host, so nothing leaves the machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VirtioNic {
+    /// `52:54:00:12:34:56` style.
+    pub mac: String,
+}
+
 /// One QEMU machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QemuConfig {
@@ -39,6 +55,10 @@ pub struct QemuConfig {
     pub memory_mib: u32,
     pub smp: u32,
     pub accel: Accel,
+    /// virtio-blk disks, in PCI order (vda first), after the NICs.
+    pub disks: Vec<VirtioDisk>,
+    /// virtio-net NICs, in PCI order.
+    pub nics: Vec<VirtioNic>,
     /// Appended after the standard arguments.
     pub extra_args: Vec<String>,
     /// For [`spawn`]: the serial log is also written to `target/qemu-logs/<log_name>.log`.
@@ -53,6 +73,8 @@ impl QemuConfig {
             memory_mib: 1024,
             smp: 2,
             accel: Accel::Tcg,
+            disks: Vec::new(),
+            nics: Vec::new(),
             extra_args: Vec::new(),
             log_name: None,
         }
@@ -84,8 +106,26 @@ impl QemuConfig {
             ))
             .arg("-cdrom")
             .arg(&self.iso)
-            .args(["-boot", "d"])
-            .args(&self.extra_args);
+            .args(["-boot", "d"]);
+        for (i, nic) in self.nics.iter().enumerate() {
+            cmd.arg("-netdev")
+                .arg(format!("user,id=n{i},restrict=on"))
+                .arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n{i},mac={}", nic.mac));
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            let mut drive = format!("if=none,id=vd{i},format=raw,file=");
+            // QEMU's option syntax doubles commas inside a value.
+            drive.push_str(&disk.image.display().to_string().replace(',', ",,"));
+            if disk.read_only {
+                drive.push_str(",readonly=on");
+            }
+            cmd.arg("-drive")
+                .arg(drive)
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=vd{i}"));
+        }
+        cmd.args(&self.extra_args);
         if interactive {
             cmd.stdin(Stdio::inherit())
                 .stdout(Stdio::inherit())
@@ -614,6 +654,34 @@ mod tests {
              -serial stdio -monitor none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
              -cdrom /x.iso -boot d"
         );
+    }
+
+    #[test]
+    fn virtio_devices_are_added_with_restricted_user_networking() {
+        let mut cfg = QemuConfig::new("/x.iso");
+        cfg.nics = vec![VirtioNic {
+            mac: "52:54:00:12:34:56".into(),
+        }];
+        cfg.disks = vec![
+            VirtioDisk {
+                image: "/t/a,b.img".into(),
+                read_only: false,
+            },
+            VirtioDisk {
+                image: "/t/c.img".into(),
+                read_only: true,
+            },
+        ];
+        let line = crate::display_command(&cfg.command(false));
+        assert!(line.contains(
+            "-netdev user,id=n0,restrict=on -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56"
+        ));
+        assert!(line.contains(
+            "-drive if=none,id=vd0,format=raw,file=/t/a,,b.img -device virtio-blk-pci,drive=vd0"
+        ));
+        assert!(line.contains(
+            "-drive if=none,id=vd1,format=raw,file=/t/c.img,readonly=on -device virtio-blk-pci,drive=vd1"
+        ));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use ferrovisor::{
     pci::{
         self,
         msix::{self, MsixCapability},
-        Bar, ConfigSpace, Function, CAP_MSIX,
+        Bar, Function, CAP_MSIX,
     },
     virtio::{
         self,
@@ -143,10 +143,6 @@ impl Transport {
             msix,
             msix_table,
         })
-    }
-
-    pub fn function(&self) -> &Function {
-        &self.func
     }
 
     fn set_status(&self, s: u8) {
@@ -286,14 +282,5 @@ impl Transport {
                 return v;
             }
         }
-    }
-
-    /// Whether the device signalled it needs a reset (it broke; 2.1.2).
-    pub fn needs_reset(&self) -> bool {
-        self.status() & status::DEVICE_NEEDS_RESET != 0
-    }
-
-    pub fn config_space(&self) -> &impl ConfigSpace {
-        &self.cfg
     }
 }

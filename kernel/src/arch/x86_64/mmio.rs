@@ -29,10 +29,6 @@ impl Mmio {
         Mmio { virt: 0, len: 0 }
     }
 
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     /// The part `[offset, offset + len)` of this window, if inside it.
     pub fn sub(&self, offset: u64, len: u64) -> Option<Mmio> {
         let end = offset.checked_add(len)?;
