@@ -12,6 +12,7 @@ use ferrovisor::{
 };
 use ferrovisor_abi::layout::{FLAT_RING3_CS64, FLAT_RING3_SS64};
 
+use crate::arch::x86_64::dma::DmaBuffer;
 use crate::{
     arch::x86_64::memory,
     arch::x86_64::{
@@ -21,7 +22,6 @@ use crate::{
     },
     clock, dom0, drivers, fatal,
 };
-use crate::arch::x86_64::dma::DmaBuffer;
 use ferrovisor::virtio::net::MacAddr;
 
 pub fn run(test: SelfTest) -> ! {
@@ -305,9 +305,9 @@ fn wait_until(ns: u64, done: impl Fn() -> bool) -> bool {
 
 fn checksum(bytes: &[u8]) -> u32 {
     // FNV-1a: enough to tell sectors apart in the log.
-    bytes
-        .iter()
-        .fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ b as u32).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The printable text at the start of a sector (up to 32 bytes), for the log.
@@ -357,7 +357,10 @@ const GATEWAY_IP: [u8; 4] = [10, 0, 2, 2];
 impl drivers::net::NetReceiver for SelftestNet {
     fn receive(&self, nic: usize, frame: &[u8]) {
         FRAMES_SEEN.fetch_add(1, Ordering::SeqCst);
-        let me = drivers::net::nics().get(nic).map(|n| n.mac()).unwrap_or_default();
+        let me = drivers::net::nics()
+            .get(nic)
+            .map(|n| n.mac())
+            .unwrap_or_default();
         if let Some(mac) = ferrovisor::virtio::net::arp_reply_from(frame, GATEWAY_IP, me) {
             *ARP_REPLY.lock() = Some(mac);
         }
@@ -437,6 +440,18 @@ fn disk_checks() -> bool {
         Err(e) => {
             log::error!("selftest: {name}: reading sector {last} back: {e}");
             return false;
+        }
+    }
+
+    if let Some(limits) = disk.info.discard {
+        let n = limits.sector_alignment.clamp(1, 8);
+        let start = (last + 1).saturating_sub(n as u64);
+        match blk::submit_and_wait(0, Op::Discard { sectors: n }, start, Vec::new()) {
+            Ok(_) => log::info!("selftest: {name}: discard of sectors {start}..={last} done"),
+            Err(e) => {
+                log::error!("selftest: {name}: discard: {e}");
+                return false;
+            }
         }
     }
 

@@ -35,9 +35,13 @@ fn devices_selftest_reads_writes_and_talks_arp() {
 
     b.find(r"pci: ECAM at 0xb0000000, buses 0-255");
     b.find(&format!(r"pci: 00:0[0-9a-f]\.0 virtio-net {MAC}"));
-    b.find(&format!(r"pci: 00:0[0-9a-f]\.0 virtio-blk vda {DISK_MIB} MiB"));
+    b.find(&format!(
+        r"pci: 00:0[0-9a-f]\.0 virtio-blk vda {DISK_MIB} MiB"
+    ));
     b.find(r"virtio-blk vda: 16384 sectors, block size 512, read-write, flush");
-    b.find(r#"selftest: vda sector 0: checksum [0-9a-f]{8}, marker "FERROVISOR-TEST-DISK sector 0""#);
+    b.find(
+        r#"selftest: vda sector 0: checksum [0-9a-f]{8}, marker "FERROVISOR-TEST-DISK sector 0""#,
+    );
     b.find(r"selftest: vda sector 16383 \(the last\): checksum [0-9a-f]{8}");
     b.find(r"selftest: vda sector 16383: pattern written, flushed, read back intact");
     b.find(r"selftest: vda: \d+ asynchronous reads queued until busy, all completed by interrupt");

@@ -201,12 +201,13 @@ fn submit_inner(
     if st.broken {
         return Err((SubmitError::Broken, buffers));
     }
-    let extra = if matches!(op, Op::Discard { .. }) { 3 } else { 2 };
+    let extra = if matches!(op, Op::Discard { .. }) {
+        3
+    } else {
+        2
+    };
     if buffers.len() + extra > st.queue.size() as usize {
-        return Err((
-            SubmitError::Invalid(RequestError::BadBuffers),
-            buffers,
-        ));
+        return Err((SubmitError::Invalid(RequestError::BadBuffers), buffers));
     }
     let Some(head) = st
         .queue
@@ -360,7 +361,9 @@ pub fn read_sectors(disk: DiskId, sector: u64, count: u32) -> Result<Vec<u8>, Bl
     let len = count as usize * blk::SECTOR as usize;
     let buf = DmaBuffer::new(len).ok_or(BlockingError::OutOfMemory)?;
     let bufs = submit_and_wait(disk, Op::Read, sector, alloc::vec![buf])?;
-    Ok(bufs.first().map_or_else(Vec::new, |b| b.as_slice().to_vec()))
+    Ok(bufs
+        .first()
+        .map_or_else(Vec::new, |b| b.as_slice().to_vec()))
 }
 
 /// The disk's interrupt: takes every completed request (a batch at a time, under the

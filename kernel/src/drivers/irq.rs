@@ -28,8 +28,7 @@ pub fn alloc_vector(handler: Handler, arg: usize) -> Option<u8> {
 
 /// Whether `vector` is a device vector.
 pub fn is_device_vector(vector: u64) -> bool {
-    (DEVICE_VECTOR_BASE as u64..DEVICE_VECTOR_BASE as u64 + DEVICE_VECTORS as u64)
-        .contains(&vector)
+    (DEVICE_VECTOR_BASE as u64..DEVICE_VECTOR_BASE as u64 + DEVICE_VECTORS as u64).contains(&vector)
 }
 
 /// Runs the handler bound to `vector` (nothing if none is).

@@ -20,7 +20,9 @@ use crate::arch::x86_64::{acpi, apic, pci::HwConfig};
 /// Walks PCI and sets up every virtio disk and NIC (called once, on the boot CPU, after
 /// the local APIC is up). `rsdp` is the loader's copy of the ACPI RSDP.
 pub fn probe(rsdp: Option<&[u8]>) {
-    let ecam = acpi::ecam_regions(rsdp).into_iter().find(|r| r.segment == 0);
+    let ecam = acpi::ecam_regions(rsdp)
+        .into_iter()
+        .find(|r| r.segment == 0);
     let cfg = HwConfig::new(ecam);
     match ecam {
         Some(r) if matches!(cfg, HwConfig::Ecam { .. }) => log::info!(

@@ -66,7 +66,11 @@ struct Queue {
 
 impl Queue {
     fn new(t: &Transport, index: u16) -> Result<Queue, ProbeError> {
-        let name = if index == RX_QUEUE { "receive" } else { "transmit" };
+        let name = if index == RX_QUEUE {
+            "receive"
+        } else {
+            "transmit"
+        };
         let size = queue::choose_size(t.queue_max(index)).ok_or(ProbeError::Queue(name))?;
         let layout = QueueLayout::new(size);
         let ring = DmaRing::new(layout.bytes).ok_or(ProbeError::OutOfMemory)?;
@@ -254,7 +258,10 @@ fn on_interrupt(index: usize) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    log::error!("virtio-net {}: transmit queue: {e}; the NIC is stopped", n.bdf);
+                    log::error!(
+                        "virtio-net {}: transmit queue: {e}; the NIC is stopped",
+                        n.bdf
+                    );
                     stop(st);
                     break;
                 }
@@ -288,7 +295,10 @@ fn on_interrupt(index: usize) {
                         .map(|b| (b, u.len)),
                     Ok(None) => None,
                     Err(e) => {
-                        log::error!("virtio-net {}: receive queue: {e}; the NIC is stopped", n.bdf);
+                        log::error!(
+                            "virtio-net {}: receive queue: {e}; the NIC is stopped",
+                            n.bdf
+                        );
                         stop(st);
                         None
                     }

@@ -121,7 +121,9 @@ impl Transport {
         };
         let view = |m: Mmio, r: virtio::pci::Region| {
             m.sub(r.offset as u64, r.length as u64)
-                .ok_or(ProbeError::Transport(TransportError::OutsideBar("structure")))
+                .ok_or(ProbeError::Transport(TransportError::OutsideBar(
+                    "structure",
+                )))
         };
         let common = view(bar(vcaps.common.bar)?, vcaps.common)?;
         let notify_bar = bar(vcaps.notify.bar)?;
@@ -259,7 +261,9 @@ impl Transport {
 
     /// DRIVER_OK (3.1.1 step 8), then the MSI-X function mask is lifted.
     pub fn driver_ok(&self) {
-        self.set_status(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        self.set_status(
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
         self.msix.unmask_function(&self.cfg, self.func.bdf);
     }
 

@@ -332,6 +332,9 @@ mod tests {
         fn fence(&self) {}
     }
 
+    /// A chain as the device sees it: (head, [(addr, len, flags)]).
+    type Chain = (u16, Vec<(u64, u32, u16)>);
+
     /// The device's side: takes avail entries and returns them in the used ring.
     struct Device {
         layout: QueueLayout,
@@ -348,7 +351,7 @@ mod tests {
             }
         }
         /// The next available chain: (head, [(addr, len, flags)]).
-        fn take(&mut self, m: &Mem) -> Option<(u16, Vec<(u64, u32, u16)>)> {
+        fn take(&mut self, m: &Mem) -> Option<Chain> {
             let idx = m.read16(self.layout.avail + 2);
             if idx == self.seen_avail {
                 return None;
