@@ -107,6 +107,10 @@ impl QemuConfig {
             .arg("-cdrom")
             .arg(&self.iso)
             .args(["-boot", "d"]);
+        if self.nics.is_empty() {
+            // Without this QEMU adds its default NIC on an unrestricted user network.
+            cmd.args(["-nic", "none"]);
+        }
         for (i, nic) in self.nics.iter().enumerate() {
             cmd.arg("-netdev")
                 .arg(format!("user,id=n{i},restrict=on"))
@@ -652,7 +656,7 @@ mod tests {
             line,
             "qemu-system-x86_64 -machine q35 -accel tcg -cpu max -m 1024 -smp 2 -display none \
              -serial stdio -monitor none -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-             -cdrom /x.iso -boot d"
+             -cdrom /x.iso -boot d -nic none"
         );
     }
 
@@ -692,7 +696,7 @@ mod tests {
         let line = crate::display_command(&cfg.command(true));
         assert!(line.contains("-accel kvm -cpu host"));
         assert!(line.contains("-serial mon:stdio -no-reboot"));
-        assert!(line.ends_with("-boot d -s"));
+        assert!(line.ends_with("-boot d -nic none -s"));
     }
 
     #[test]
