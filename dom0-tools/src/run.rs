@@ -685,4 +685,96 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn device_commands() {
+        let dir = temp_dir("devices");
+        let host = || {
+            let mut f = Fake::new();
+            f.add_domain(3, "web1", 256, ferrovisor_abi::domctl::DOMINFO_BUILT);
+            f.add_vbd(
+                3,
+                "vda2",
+                "xvda",
+                51712,
+                ferrovisor_abi::domctl::VBD_MODE_WRITE,
+            );
+            f.add_vif(3, 0, [0, 0x16, 0x3e, 1, 2, 3], "xenbr0");
+            f
+        };
+        let ok = |args: &[&str]| {
+            let o = run_with(args, host, &dir);
+            assert!(
+                o.result.is_ok(),
+                "{args:?}: {:?}",
+                o.result.err().map(|e| e.to_string())
+            );
+            (o.out, o.err)
+        };
+        let (_, err) = ok(&["network-attach", "web1", "bridge=xenbr0"]);
+        assert_eq!(
+            err,
+            "fv: domain web1 (3): vif 1 attached (mac=00:16:3e:07:07:07)\n"
+        );
+        let (_, err) = ok(&["block-attach", "web1", "phy:vda1,xvdb,r"]);
+        assert_eq!(
+            err,
+            "fv: domain web1 (3): disk 'phy:vda1,xvdb,r' attached (devid 51728)\n"
+        );
+        let (_, err) = ok(&["block-detach", "web1", "xvda"]);
+        assert_eq!(err, "fv: domain web1: disk xvda (51712) detached\n");
+        let (_, err) = ok(&["network-detach", "--force", "3", "0"]);
+        assert_eq!(
+            err,
+            "fv: domain 3: vif 0 (00:16:3e:01:02:03) removed (forced)\n"
+        );
+        let (out, _) = ok(&["network-list", "web1"]);
+        assert!(out.starts_with("Idx BE Mac Addr."), "{out}");
+        assert!(out.contains("00:16:3e:01:02:03"), "{out}");
+        let (out, _) = ok(&["block-list", "web1", "0"]);
+        assert!(
+            out.contains("/local/domain/32754/backend/vbd/3/51712"),
+            "{out}"
+        );
+        let (out, _) = ok(&["disk-list"]);
+        assert!(out.contains("web1(3):w"), "{out}");
+        let (out, _) = ok(&["switch"]);
+        assert!(out.contains("vif3.0     web1(3)"), "{out}");
+        let (out, _) = ok(&["switch", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[1]["mac"], "00:16:3e:01:02:03");
+        let o = run_with(&["block-attach", "web1", "phy:vdc,xvdc,w"], host, &dir);
+        assert_eq!(o.result.unwrap_err().exit_code(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn create_dry_run_shows_devices_with_a_random_mac() {
+        let dir = temp_dir("dry-dev");
+        let cfg = dir.join("net.cfg");
+        std::fs::write(
+            &cfg,
+            "name='n'\nkernel='/k'\nvif=['']\ndisk=['phy:vda2,xvda,w']\nip='10.0.0.2'\n",
+        )
+        .unwrap();
+        let o = run_with(&["create", "-n", cfg.to_str().unwrap()], Fake::new, &dir);
+        assert!(o.result.is_ok());
+        // The UUID takes the first draw, the vif's MAC the next (the fake draws 7s).
+        assert!(
+            o.out
+                .contains("attach          vif 0 (mac=00:16:3e:07:07:07, bridge=xenbr0)\n"),
+            "{}",
+            o.out
+        );
+        assert!(o
+            .out
+            .contains("attach          disk 'phy:vda2,xvda,w' as virtual device 51712\n"));
+        // xm's ip= goes to the kernel as its ip= option, for the vif's eth0.
+        assert!(
+            o.out.contains("cmdline         ip=10.0.0.2:::::eth0:off\n"),
+            "{}",
+            o.out
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

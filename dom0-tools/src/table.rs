@@ -4,11 +4,10 @@
 
 use ferrovisor_abi::{
     domctl::{
-        padded_str, DeviceInfo, DiskInfo, SwitchPort, DISK_DISCARD, DISK_FLUSH, DISK_PARTITION,
-        DISK_READ_ONLY, PORT_UPLINK, PORT_VIF,
-        DomainInfo, PhysInfo, VcpuState, DOMINFO_BLOCKED, DOMINFO_CRASHED, DOMINFO_DYING,
-        DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
-        FV_CONTROL_INTERFACE_VERSION,
+        padded_str, DeviceInfo, DiskInfo, DomainInfo, PhysInfo, SwitchPort, VcpuState,
+        DISK_DISCARD, DISK_FLUSH, DISK_PARTITION, DISK_READ_ONLY, DOMINFO_BLOCKED, DOMINFO_CRASHED,
+        DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
+        FV_CONTROL_INTERFACE_VERSION, PORT_UPLINK, PORT_VIF,
     },
     xen::sched::ShutdownReason,
 };
@@ -334,7 +333,7 @@ fn disk_flags(flags: u32) -> String {
 
 /// `fv disk-list`: each disk and partition: name, size, first sector, sectors, flags and
 /// the domains that have it (`web1(3):w`), or `-`.
-pub fn disk_list_table(rows: &[(DiskInfo, Vec<(String, u16, bool)>)]) -> String {
+pub fn disk_list_table(rows: &[(DiskInfo, crate::commands::device::DiskUsers)]) -> String {
     let mut out = format!(
         "{:<12} {:>8} {:>12} {:>12} {:<20} {}\n",
         "Name", "Size", "Start", "Sectors", "Flags", "Used by"

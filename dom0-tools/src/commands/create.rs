@@ -150,10 +150,9 @@ impl CreatePlan {
         line("on_crash", c.on_crash.name().into());
         for d in &self.devices {
             let what = match &d.request {
-                Ok(r) if r.kind == ferrovisor_abi::domctl::DEVICE_VBD => format!(
-                    "{} as virtual device {}",
-                    d.label, r.vdev
-                ),
+                Ok(r) if r.kind == ferrovisor_abi::domctl::DEVICE_VBD => {
+                    format!("{} as virtual device {}", d.label, r.vdev)
+                }
                 Ok(_) => d.label.clone(),
                 Err(why) => format!("{}: cannot be attached: {why}", d.label),
             };
@@ -178,11 +177,12 @@ pub fn execute(
         cleanup,
     };
     // A device spec this host cannot serve stops the create before anything exists.
-    if let Some((label, why)) = plan
-        .devices
-        .iter()
-        .find_map(|d| d.request.as_ref().err().map(|e| (d.label.clone(), e.clone())))
-    {
+    if let Some((label, why)) = plan.devices.iter().find_map(|d| {
+        d.request
+            .as_ref()
+            .err()
+            .map(|e| (d.label.clone(), e.clone()))
+    }) {
         return Err(CommandError::Device {
             context: plan.config.file.clone(),
             device: label,

@@ -158,11 +158,7 @@ fn domain_label(hv: &mut dyn Hypervisor, dom: DomId) -> String {
 
 /// What a refused attach means and what to do, from its reason (the transport error's
 /// own text when the hypervisor gave none).
-pub fn refusal_text(
-    hv: &mut dyn Hypervisor,
-    req: &DeviceAttach,
-    error: &TransportError,
-) -> String {
+pub fn refusal_text(hv: &mut dyn Hypervisor, req: &DeviceAttach, error: &TransportError) -> String {
     let vif = req.kind == DEVICE_VIF;
     let kind = if vif { "vif" } else { "disk" };
     let target = text(padded_str(&req.target));
@@ -196,7 +192,10 @@ pub fn refusal_text(
             let has = if names.is_empty() {
                 "the host has no disks".into()
             } else {
-                format!("the host has: {}; 'fv disk-list' shows them", names.join(", "))
+                format!(
+                    "the host has: {}; 'fv disk-list' shows them",
+                    names.join(", ")
+                )
             };
             format!("no disk or partition named '{target}' on this host ({has})")
         }
@@ -247,11 +246,7 @@ pub fn refusal_text(
 }
 
 /// Attaches one planned device to `dom`; its device id, or the message for the user.
-pub fn attach(
-    hv: &mut dyn Hypervisor,
-    dom: DomId,
-    device: &PlannedDevice,
-) -> Result<u32, String> {
+pub fn attach(hv: &mut dyn Hypervisor, dom: DomId, device: &PlannedDevice) -> Result<u32, String> {
     let mut req = device.request.clone()?;
     match hv.device_attach(dom, &mut req) {
         Ok(()) => Ok(req.devid),
@@ -509,14 +504,13 @@ pub fn switch_ports(
         .into_iter()
         .map(|p| {
             let name = (p.kind == ferrovisor_abi::domctl::PORT_VIF)
-                .then(|| {
-                    domains
-                        .iter()
-                        .find(|d| d.domid == p.domid)
-                        .map(name_of)
-                })
+                .then(|| domains.iter().find(|d| d.domid == p.domid).map(name_of))
                 .flatten();
             (p, name)
         })
         .collect())
 }
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;

@@ -56,8 +56,7 @@ fn split(rest: &str) -> Option<(&str, u32)> {
     if digits.is_empty() {
         return Some((l, 0));
     }
-    if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') || digits.len() > 3
-    {
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') || digits.len() > 3 {
         return None;
     }
     Some((l, digits.parse().ok()?))
@@ -105,11 +104,7 @@ pub fn vdev_name(number: u32) -> Option<String> {
         if number >> 29 != 0 || disk >= 1 << 20 {
             return None;
         }
-        return Some(format!(
-            "xvd{}{}",
-            disk_letters(disk),
-            part(number & 0xff)
-        ));
+        return Some(format!("xvd{}{}", disk_letters(disk), part(number & 0xff)));
     }
     let (major, minor) = (number >> 8, number & 0xff);
     match major {

@@ -13,8 +13,8 @@ use ferrovisor_abi::{
         padded_str, set_padded, BuildPv, ConsoleIo, CreateDomain, DeviceAttach, DeviceDetach,
         DeviceInfo, DeviceRefusal, DiskInfo, DomainInfo, Domctl, DomctlCmd, ListDevices,
         ListDomains, PhysInfo, ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest,
-        SwitchPort, Sysctl, SysctlCmd, VcpuState, DETACH_FORCE, DEVICE_VBD, DEVICE_VIF,
-        DEVID_AUTO, DISK_FLUSH, DISK_PARTITION, DISK_READ_ONLY, DOMINFO_BLOCKED, DOMINFO_BUILT,
+        SwitchPort, Sysctl, SysctlCmd, VcpuState, DETACH_FORCE, DEVICE_VBD, DEVICE_VIF, DEVID_AUTO,
+        DISK_FLUSH, DISK_PARTITION, DISK_READ_ONLY, DOMINFO_BLOCKED, DOMINFO_BUILT,
         DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING,
         DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION, PORT_UPLINK, PORT_VIF, VBD_MODE_READ,
         VBD_MODE_WRITE, VBD_MODE_WRITE_SHARED, VBD_TYPE_CDROM, VBD_TYPE_DISK,
@@ -310,7 +310,10 @@ impl Fake {
                 return no(DeviceRefusal::TargetReadOnly, EROFS);
             }
             let d = &self.domains[&id];
-            if d.devices.iter().any(|v| v.kind == DEVICE_VBD && v.vdev == a.vdev) {
+            if d.devices
+                .iter()
+                .any(|v| v.kind == DEVICE_VBD && v.vdev == a.vdev)
+            {
                 return no(DeviceRefusal::VdevInUse, EEXIST);
             }
             if a.mode == VBD_MODE_WRITE {
@@ -336,13 +339,18 @@ impl Fake {
             dev.mode = a.mode;
             dev.device_type = a.device_type;
         }
-        let d = self.domains.get_mut(&id).ok_or((DeviceRefusal::None, ESRCH))?;
+        let d = self
+            .domains
+            .get_mut(&id)
+            .ok_or((DeviceRefusal::None, ESRCH))?;
         let same_kind = || d.devices.iter().filter(|v| v.kind == a.kind);
         if same_kind().count() >= FAKE_MAX_DEVICES {
             return no(DeviceRefusal::TooManyDevices, ENOSPC);
         }
         let devid = if a.devid == DEVID_AUTO {
-            (0..).find(|n| !same_kind().any(|v| v.devid == *n)).unwrap_or(0)
+            (0..)
+                .find(|n| !same_kind().any(|v| v.devid == *n))
+                .unwrap_or(0)
         } else {
             a.devid
         };
