@@ -194,13 +194,14 @@ pub enum DiskFormat {
 
 /// Read-only or read-write.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(rename_all = "lowercase")]
 pub enum Access {
     #[default]
     ReadWrite,
     ReadOnly,
     /// `w!`: writable even while another domain has the target writable (xl's way of
     /// saying the sharing is on purpose, e.g. a cluster filesystem).
+    #[serde(rename = "readwrite-shared")]
     WriteShared,
 }
 
