@@ -124,6 +124,86 @@ pub enum Command {
         #[arg(value_name = "DOMAIN")]
         domain: Option<DomainRef>,
     },
+    /// Give a running domain a new network interface (a vif on one of the host's switches)
+    #[command(
+        name = "network-attach",
+        after_help = "Settings as in a config file's vif entry: mac=00:16:3e:xx:xx:xx (a random \
+                      one when none), bridge=xenbr0 (the default), devid=N.\n\
+                      Example: fv network-attach web1 bridge=xenbr0"
+    )]
+    NetworkAttach {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// vif settings (key=value)
+        #[arg(value_name = "KEY=VALUE")]
+        settings: Vec<String>,
+    },
+    /// Remove a network interface from a domain (its frontend is asked to close it first)
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        /// Remove it at once, without waiting for the guest
+        #[arg(long)]
+        force: bool,
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// The vif: its device id (the Idx of network-list) or its MAC address
+        #[arg(value_name = "DEVID|MAC")]
+        device: String,
+    },
+    /// List the network interfaces of domains
+    #[command(name = "network-list")]
+    NetworkList {
+        /// The domains: names or numeric ids
+        #[arg(value_name = "DOMAIN", required = true)]
+        domains: Vec<DomainRef>,
+    },
+    /// Give a running domain a disk (one of the host's disks or partitions)
+    #[command(
+        name = "block-attach",
+        after_help = "The disk spec of a config file's disk entry, e.g. 'phy:vda2,xvdb,w' or \
+                      'target=vda2,vdev=xvdb,access=r'; access r, w, or w! (writable and shared \
+                      with other domains). 'fv disk-list' shows the host's disks.\n\
+                      Example: fv block-attach web1 phy:vda2,xvdb,w"
+    )]
+    BlockAttach {
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// The disk spec (several arguments are joined with commas)
+        #[arg(value_name = "DISKSPEC", required = true)]
+        spec: Vec<String>,
+    },
+    /// Remove a disk from a domain (its frontend is asked to close it first; fv waits 10 s)
+    #[command(name = "block-detach")]
+    BlockDetach {
+        /// Remove it at once, without waiting for the guest (it loses the disk under its feet)
+        #[arg(long)]
+        force: bool,
+        /// The domain: its name or numeric id
+        #[arg(value_name = "DOMAIN")]
+        domain: DomainRef,
+        /// The disk: its virtual device (xvdb) or device id (the Vdev of block-list)
+        #[arg(value_name = "VDEV|DEVID")]
+        device: String,
+    },
+    /// List the disks of domains
+    #[command(name = "block-list")]
+    BlockList {
+        /// The domains: names or numeric ids
+        #[arg(value_name = "DOMAIN", required = true)]
+        domains: Vec<DomainRef>,
+    },
+    /// List the host's disks and partitions (the phy: targets) and who uses them
+    #[command(name = "disk-list")]
+    DiskList,
+    /// Show the virtual switches' ports and their traffic counters
+    Switch {
+        /// Print JSON instead of the table
+        #[arg(long)]
+        json: bool,
+    },
     /// Watch a domain and carry out its config's on_poweroff/on_reboot/on_crash actions
     /// (what `fv create` leaves running in the background)
     #[command(hide = true)]
@@ -277,6 +357,39 @@ mod tests {
             parse(&["uptime"]).unwrap(),
             Command::Uptime { domain: None }
         ));
+        assert!(matches!(
+            parse(&["network-attach", "web1", "mac=00:16:3e:00:00:01", "bridge=xenbr0"]).unwrap(),
+            Command::NetworkAttach { domain, settings } if domain == name("web1") && settings.len() == 2
+        ));
+        assert!(matches!(
+            parse(&["network-attach", "web1"]).unwrap(),
+            Command::NetworkAttach { settings, .. } if settings.is_empty()
+        ));
+        assert!(matches!(
+            parse(&["network-detach", "web1", "00:16:3e:00:00:01"]).unwrap(),
+            Command::NetworkDetach { force: false, device, .. } if device == "00:16:3e:00:00:01"
+        ));
+        assert!(matches!(
+            parse(&["network-list", "web1", "3"]).unwrap(),
+            Command::NetworkList { domains } if domains.len() == 2
+        ));
+        assert!(matches!(
+            parse(&["block-attach", "web1", "phy:vda2,xvdb,w"]).unwrap(),
+            Command::BlockAttach { spec, .. } if spec == ["phy:vda2,xvdb,w"]
+        ));
+        assert!(matches!(
+            parse(&["block-detach", "--force", "web1", "xvdb"]).unwrap(),
+            Command::BlockDetach { force: true, device, .. } if device == "xvdb"
+        ));
+        assert!(matches!(
+            parse(&["block-list", "web1"]).unwrap(),
+            Command::BlockList { .. }
+        ));
+        assert!(matches!(parse(&["disk-list"]).unwrap(), Command::DiskList));
+        assert!(matches!(
+            parse(&["switch", "--json"]).unwrap(),
+            Command::Switch { json: true }
+        ));
     }
 
     #[test]
@@ -290,6 +403,11 @@ mod tests {
             &["create"],
             &["list", "--colour"],
             &["create", "-F", "-c", "g.cfg"],
+            &["network-list"],
+            &["block-list"],
+            &["block-attach", "web1"],
+            &["block-detach", "web1"],
+            &["network-detach", "web1"],
         ] {
             let e = parse(bad).unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
@@ -317,6 +435,14 @@ mod tests {
             "mem-set",
             "vcpu-list",
             "uptime",
+            "network-attach",
+            "network-detach",
+            "network-list",
+            "block-attach",
+            "block-detach",
+            "block-list",
+            "disk-list",
+            "switch",
         ] {
             assert!(
                 help.contains(&format!("  {cmd} ")),

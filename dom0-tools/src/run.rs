@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use ferrovisor_abi::{domctl::DomctlCmd, xen::DomId};
+use ferrovisor_abi::{
+    domctl::{DomctlCmd, DEVICE_VBD, DEVICE_VIF},
+    xen::DomId,
+};
 
 use crate::{
     cli::Command,
@@ -175,8 +178,86 @@ pub fn run(cmd: Command, env: &mut Env<'_>) -> Result<(), CommandError> {
             let host = commands::phys_info(hv)?.uptime_ns;
             print(env.out, &table::uptime_table(&infos, host))
         }
+        Command::NetworkAttach { domain, settings } => {
+            let (dom, devid, mac) =
+                commands::device::network_attach(hv, &domain, &settings, (env.random)())?;
+            writeln!(
+                env.err,
+                "fv: domain {domain} ({dom}): vif {devid} attached (mac={})",
+                config::device::mac_string(&mac)
+            )
+            .map_err(CommandError::Output)
+        }
+        Command::BlockAttach { domain, spec } => {
+            let (dom, devid) = commands::device::block_attach(hv, &domain, &spec)?;
+            writeln!(
+                env.err,
+                "fv: domain {domain} ({dom}): disk '{}' attached (devid {devid})",
+                spec.join(",")
+            )
+            .map_err(CommandError::Output)
+        }
+        Command::NetworkDetach {
+            force,
+            domain,
+            device,
+        } => detach(hv, env, &domain, DEVICE_VIF, &device, force),
+        Command::BlockDetach {
+            force,
+            domain,
+            device,
+        } => detach(hv, env, &domain, DEVICE_VBD, &device, force),
+        Command::NetworkList { domains } => {
+            let rows = commands::device::list_of_kind(hv, &domains, DEVICE_VIF)?;
+            print(env.out, &table::network_list_table(&rows))
+        }
+        Command::BlockList { domains } => {
+            let rows = commands::device::list_of_kind(hv, &domains, DEVICE_VBD)?;
+            print(env.out, &table::block_list_table(&rows))
+        }
+        Command::DiskList => {
+            let rows = commands::device::disk_list(hv)?;
+            print(env.out, &table::disk_list_table(&rows))
+        }
+        Command::Switch { json } => {
+            let ports = commands::device::switch_ports(hv)?;
+            let text = if json {
+                table::switch_json(&ports)
+            } else {
+                table::switch_table(&ports)
+            };
+            print(env.out, &text)
+        }
         Command::Create { .. } | Command::Monitor { .. } => unreachable!("handled above"),
     }
+}
+
+/// How long `*-detach` polls for the device to go.
+const DETACH_POLL: Duration = Duration::from_millis(100);
+
+fn detach(
+    hv: &mut dyn Hypervisor,
+    env: &mut Env<'_>,
+    domain: &commands::DomainRef,
+    kind: u32,
+    device: &str,
+    force: bool,
+) -> Result<(), CommandError> {
+    let (label, how) = commands::device::detach(
+        hv,
+        domain,
+        kind,
+        device,
+        force,
+        commands::device::DETACH_WAIT,
+        DETACH_POLL,
+    )?;
+    let what = match how {
+        commands::device::Detached::Closed => "detached",
+        commands::device::Detached::Forced => "removed (forced)",
+        commands::device::Detached::DomainGone => "gone with the domain",
+    };
+    writeln!(env.err, "fv: domain {domain}: {label} {what}").map_err(CommandError::Output)
 }
 
 fn read_image(path: &Path) -> Result<Vec<u8>, CommandError> {
@@ -208,14 +289,16 @@ fn read_images(config: &config::DomainConfig) -> Result<Images, CommandError> {
     Ok((kernel, ramdisk))
 }
 
-/// Builds and starts the domain `config` describes from its images.
+/// Builds and starts the domain `config` describes from its images, with `macs` for
+/// the vifs whose specs name none.
 fn build_from(
     hv: &mut dyn Hypervisor,
     config: &config::DomainConfig,
     uuid: [u8; 16],
+    macs: &[[u8; 6]],
     (kernel, ramdisk): &Images,
 ) -> Result<(DomId, create::CreatePlan), CommandError> {
-    let plan = create::plan(config, uuid);
+    let plan = create::plan(config, uuid, macs);
     let dom = create::execute(hv, &plan, kernel, ramdisk.as_deref())?;
     Ok((dom, plan))
 }
@@ -231,14 +314,20 @@ fn run_create(
         writeln!(env.err, "fv: {w}").map_err(CommandError::Output)?;
     }
     let uuid = create::uuid_v4((env.random)());
+    let macs: Vec<[u8; 6]> = loaded
+        .config
+        .vifs
+        .iter()
+        .map(|_| commands::device::random_mac((env.random)()))
+        .collect();
     if how == CreateMode::DryRun {
-        let plan = create::plan(&loaded.config, uuid);
+        let plan = create::plan(&loaded.config, uuid, &macs);
         return print(env.out, &plan.describe());
     }
     // The images are read before anything is created: a missing file costs nothing.
     let images = read_images(&loaded.config)?;
     let mut hv = (env.open)()?;
-    let (dom, plan) = build_from(hv.as_mut(), &loaded.config, uuid, &images)?;
+    let (dom, plan) = build_from(hv.as_mut(), &loaded.config, uuid, &macs, &images)?;
     drop(images);
     writeln!(env.err, "fv: created domain {} ({dom})", plan.config.name)
         .map_err(CommandError::Output)?;
@@ -284,10 +373,12 @@ fn monitor_domain(
 ) -> Result<monitor::MonitorEnd, CommandError> {
     let start = std::time::Instant::now();
     let cfg = config.clone();
+    // A restarted domain keeps its vifs' MACs, as with xl (its DHCP lease stays valid).
+    let macs = kept_macs(hv, dom);
     // Read again for each restart: an updated kernel on disk is what the next boot gets.
     let mut rebuild = |hv: &mut dyn Hypervisor, uuid: [u8; 16]| -> Result<DomId, CommandError> {
         let images = read_images(&cfg)?;
-        build_from(hv, &cfg, uuid, &images).map(|(d, _)| d)
+        build_from(hv, &cfg, uuid, &macs, &images).map(|(d, _)| d)
     };
     let random = &mut *env.random;
     let mut new_uuid = || create::uuid_v4(random());
@@ -301,6 +392,19 @@ fn monitor_domain(
         poll: monitor::POLL_FALLBACK,
     };
     monitor::monitor(hv, dom, &mut m)
+}
+
+/// The MACs of `dom`'s vifs in device-id order (the order the config's vifs were given
+/// ids in); empty when they cannot be read.
+fn kept_macs(hv: &mut dyn Hypervisor, dom: DomId) -> Vec<[u8; 6]> {
+    let mut vifs: Vec<_> = hv
+        .list_devices(dom)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d.kind == DEVICE_VIF)
+        .collect();
+    vifs.sort_by_key(|d| d.devid);
+    vifs.iter().map(|d| d.mac).collect()
 }
 
 /// `fv monitor DOMAIN -- FILE [KEY=VALUE...]`: the background half of `fv create`.
@@ -579,6 +683,98 @@ mod tests {
             let o = run_with(args, Fake::new, &dir);
             assert_eq!(o.result.unwrap_err().exit_code(), 1, "{args:?}");
         }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn device_commands() {
+        let dir = temp_dir("devices");
+        let host = || {
+            let mut f = Fake::new();
+            f.add_domain(3, "web1", 256, ferrovisor_abi::domctl::DOMINFO_BUILT);
+            f.add_vbd(
+                3,
+                "vda2",
+                "xvda",
+                51712,
+                ferrovisor_abi::domctl::VBD_MODE_WRITE,
+            );
+            f.add_vif(3, 0, [0, 0x16, 0x3e, 1, 2, 3], "xenbr0");
+            f
+        };
+        let ok = |args: &[&str]| {
+            let o = run_with(args, host, &dir);
+            assert!(
+                o.result.is_ok(),
+                "{args:?}: {:?}",
+                o.result.err().map(|e| e.to_string())
+            );
+            (o.out, o.err)
+        };
+        let (_, err) = ok(&["network-attach", "web1", "bridge=xenbr0"]);
+        assert_eq!(
+            err,
+            "fv: domain web1 (3): vif 1 attached (mac=00:16:3e:07:07:07)\n"
+        );
+        let (_, err) = ok(&["block-attach", "web1", "phy:vda1,xvdb,r"]);
+        assert_eq!(
+            err,
+            "fv: domain web1 (3): disk 'phy:vda1,xvdb,r' attached (devid 51728)\n"
+        );
+        let (_, err) = ok(&["block-detach", "web1", "xvda"]);
+        assert_eq!(err, "fv: domain web1: disk xvda (51712) detached\n");
+        let (_, err) = ok(&["network-detach", "--force", "3", "0"]);
+        assert_eq!(
+            err,
+            "fv: domain 3: vif 0 (00:16:3e:01:02:03) removed (forced)\n"
+        );
+        let (out, _) = ok(&["network-list", "web1"]);
+        assert!(out.starts_with("Idx BE Mac Addr."), "{out}");
+        assert!(out.contains("00:16:3e:01:02:03"), "{out}");
+        let (out, _) = ok(&["block-list", "web1", "0"]);
+        assert!(
+            out.contains("/local/domain/32754/backend/vbd/3/51712"),
+            "{out}"
+        );
+        let (out, _) = ok(&["disk-list"]);
+        assert!(out.contains("web1(3):w"), "{out}");
+        let (out, _) = ok(&["switch"]);
+        assert!(out.contains("vif3.0     web1(3)"), "{out}");
+        let (out, _) = ok(&["switch", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v[1]["mac"], "00:16:3e:01:02:03");
+        let o = run_with(&["block-attach", "web1", "phy:vdc,xvdc,w"], host, &dir);
+        assert_eq!(o.result.unwrap_err().exit_code(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn create_dry_run_shows_devices_with_a_random_mac() {
+        let dir = temp_dir("dry-dev");
+        let cfg = dir.join("net.cfg");
+        std::fs::write(
+            &cfg,
+            "name='n'\nkernel='/k'\nvif=['']\ndisk=['phy:vda2,xvda,w']\nip='10.0.0.2'\n",
+        )
+        .unwrap();
+        let o = run_with(&["create", "-n", cfg.to_str().unwrap()], Fake::new, &dir);
+        assert!(o.result.is_ok());
+        // The UUID takes the first draw, the vif's MAC the next (the fake draws 7s).
+        assert!(
+            o.out
+                .contains("attach          vif 0 (mac=00:16:3e:07:07:07, bridge=xenbr0)\n"),
+            "{}",
+            o.out
+        );
+        assert!(o
+            .out
+            .contains("attach          disk 'phy:vda2,xvda,w' as virtual device 51712\n"));
+        // xm's ip= goes to the kernel as its ip= option, for the vif's eth0.
+        assert!(
+            o.out.contains("cmdline         ip=10.0.0.2:::::eth0:off\n"),
+            "{}",
+            o.out
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

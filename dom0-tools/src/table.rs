@@ -4,15 +4,16 @@
 
 use ferrovisor_abi::{
     domctl::{
-        DomainInfo, PhysInfo, VcpuState, DOMINFO_BLOCKED, DOMINFO_CRASHED, DOMINFO_DYING,
-        DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
-        FV_CONTROL_INTERFACE_VERSION,
+        padded_str, DeviceInfo, DiskInfo, DomainInfo, PhysInfo, SwitchPort, VcpuState,
+        DISK_DISCARD, DISK_FLUSH, DISK_PARTITION, DISK_READ_ONLY, DOMINFO_BLOCKED, DOMINFO_CRASHED,
+        DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN,
+        FV_CONTROL_INTERFACE_VERSION, PORT_UPLINK, PORT_VIF,
     },
     xen::sched::ShutdownReason,
 };
 use serde::Serialize;
 
-use crate::config::uuid_string;
+use crate::config::{device::mac_string, uuid_string};
 
 /// A domain's name for display.
 pub fn name_of(info: &DomainInfo) -> String {
@@ -236,6 +237,235 @@ pub fn vcpu_table(rows: &[(DomainInfo, Vec<VcpuState>)]) -> String {
         }
     }
     out
+}
+
+/// The backend domain of every device: the hypervisor itself (`DOMID_XEN`).
+pub const BACKEND_DOMID: u16 = ferrovisor_abi::xen::xen::DOMID_XEN;
+
+/// A device's backend directory, where the hypervisor keeps its xenstore nodes.
+pub fn backend_path(kind: &str, dom: u16, devid: u32) -> String {
+    format!("/local/domain/{BACKEND_DOMID}/backend/{kind}/{dom}/{devid}")
+}
+
+/// `fv network-list`: xl's layout (`Idx BE Mac Addr. handle state evt-ch
+/// tx-/rx-ring-ref BE-path`), one header, then each domain's vifs. `state` is the
+/// frontend's xenbus state, as xl reads it.
+pub fn network_list_table(rows: &[(u16, Vec<DeviceInfo>)]) -> String {
+    let mut out = format!(
+        "{:<3} {:<2} {:<17} {:<6} {:<5} {:<6} {:>5}/{:<5} {:<30}\n",
+        "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path"
+    );
+    for (dom, devs) in rows {
+        for d in devs {
+            out.push_str(&format!(
+                "{:<3} {:<2} {} {:>6} {:>5} {:>6} {:>5}/{:<11} {:<30}\n",
+                d.devid,
+                BACKEND_DOMID,
+                mac_string(&d.mac),
+                d.devid,
+                d.frontend_state,
+                d.evtchn,
+                d.ring_ref[0],
+                d.ring_ref[1],
+                backend_path("vif", *dom, d.devid)
+            ));
+        }
+    }
+    out
+}
+
+/// `fv block-list`: xl's layout (`Vdev BE handle state evt-ch ring-ref BE-path`; Vdev
+/// is the virtual device number, handle the domain, as xl prints them).
+pub fn block_list_table(rows: &[(u16, Vec<DeviceInfo>)]) -> String {
+    let mut out = format!(
+        "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {:<30}\n",
+        "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"
+    );
+    for (dom, devs) in rows {
+        for d in devs {
+            out.push_str(&format!(
+                "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {:<30}\n",
+                d.devid,
+                BACKEND_DOMID,
+                dom,
+                d.frontend_state,
+                d.evtchn,
+                d.ring_ref[0],
+                backend_path("vbd", *dom, d.devid)
+            ));
+        }
+    }
+    out
+}
+
+/// A size in 512-byte sectors, in the largest binary unit that keeps a digit before the
+/// point (`8.0G`, `512.0M`, `4.0K`).
+pub fn sectors_string(sectors: u64) -> String {
+    let bytes = sectors.saturating_mul(512) as f64;
+    let units = [("T", 40), ("G", 30), ("M", 20), ("K", 10)];
+    for (u, shift) in units {
+        let unit = (1u64 << shift) as f64;
+        if bytes >= unit {
+            return format!("{:.1}{u}", bytes / unit);
+        }
+    }
+    format!("{}B", sectors * 512)
+}
+
+/// `DISK_*` flags as words.
+fn disk_flags(flags: u32) -> String {
+    let words: Vec<&str> = [
+        (DISK_PARTITION, "partition"),
+        (DISK_READ_ONLY, "ro"),
+        (DISK_FLUSH, "flush"),
+        (DISK_DISCARD, "discard"),
+    ]
+    .iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|&(_, w)| w)
+    .collect();
+    if words.is_empty() {
+        "-".into()
+    } else {
+        words.join(",")
+    }
+}
+
+/// `fv disk-list`: each disk and partition: name, size, first sector, sectors, flags and
+/// the domains that have it (`web1(3):w`), or `-`.
+pub fn disk_list_table(rows: &[(DiskInfo, crate::commands::device::DiskUsers)]) -> String {
+    let mut out = format!(
+        "{:<12} {:>8} {:>12} {:>12} {:<20} {}\n",
+        "Name", "Size", "Start", "Sectors", "Flags", "Used by"
+    );
+    for (d, users) in rows {
+        let used = if users.is_empty() {
+            match (d.writers, d.readers) {
+                (0, 0) => "-".to_string(),
+                (w, r) => format!("{w} writable, {r} read-only"),
+            }
+        } else {
+            users
+                .iter()
+                .map(|(n, id, w)| format!("{n}({id}):{}", if *w { 'w' } else { 'r' }))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        out.push_str(&format!(
+            "{:<12} {:>8} {:>12} {:>12} {:<20} {}\n",
+            String::from_utf8_lossy(padded_str(&d.name)),
+            sectors_string(d.sectors),
+            d.start_sector,
+            d.sectors,
+            disk_flags(d.flags),
+            used
+        ));
+    }
+    out
+}
+
+/// A port's owner for display: `web1(3)` for a vif, `(uplink)` for the NIC.
+fn port_owner(p: &SwitchPort, domain: &Option<String>) -> String {
+    if p.kind == PORT_UPLINK {
+        return "(uplink)".into();
+    }
+    match domain {
+        Some(n) => format!("{n}({})", p.domid),
+        None => format!("({})", p.domid),
+    }
+}
+
+/// `fv switch`: a line per port: switch, port, owner, MAC, MACs learned, and the
+/// counters as the switch sees them (rx: from the port, tx: to it).
+pub fn switch_table(ports: &[(SwitchPort, Option<String>)]) -> String {
+    let mut out = format!(
+        "{:<8} {:<10} {:<20} {:<17} {:>7} {:>10} {:>12} {:>8} {:>10} {:>12} {:>8}\n",
+        "Switch",
+        "Port",
+        "Domain",
+        "MAC",
+        "Learned",
+        "RX-packets",
+        "RX-bytes",
+        "RX-drops",
+        "TX-packets",
+        "TX-bytes",
+        "TX-drops"
+    );
+    for (p, dom) in ports {
+        out.push_str(&format!(
+            "{:<8} {:<10} {:<20} {:<17} {:>7} {:>10} {:>12} {:>8} {:>10} {:>12} {:>8}\n",
+            String::from_utf8_lossy(padded_str(&p.bridge)),
+            String::from_utf8_lossy(padded_str(&p.name)),
+            port_owner(p, dom),
+            mac_string(&p.mac),
+            p.learned,
+            p.rx_packets,
+            p.rx_bytes,
+            p.rx_drops,
+            p.tx_packets,
+            p.tx_bytes,
+            p.tx_drops
+        ));
+    }
+    out
+}
+
+/// Packet, byte and drop counters of one direction.
+#[derive(Debug, Serialize)]
+pub struct CountersJson {
+    pub packets: u64,
+    pub bytes: u64,
+    pub drops: u64,
+}
+
+/// One port in `fv switch --json`.
+#[derive(Debug, Serialize)]
+pub struct PortJson {
+    pub switch: String,
+    pub port: String,
+    /// `vif` or `uplink`.
+    pub kind: &'static str,
+    pub domid: Option<u16>,
+    pub domain: Option<String>,
+    pub devid: Option<u32>,
+    pub mac: String,
+    pub learned: u32,
+    pub rx: CountersJson,
+    pub tx: CountersJson,
+}
+
+/// `fv switch --json`: an array of [`PortJson`], pretty-printed, with a final newline.
+pub fn switch_json(ports: &[(SwitchPort, Option<String>)]) -> String {
+    let v: Vec<PortJson> = ports
+        .iter()
+        .map(|(p, dom)| {
+            let vif = p.kind == PORT_VIF;
+            PortJson {
+                switch: String::from_utf8_lossy(padded_str(&p.bridge)).into_owned(),
+                port: String::from_utf8_lossy(padded_str(&p.name)).into_owned(),
+                kind: if vif { "vif" } else { "uplink" },
+                domid: vif.then_some(p.domid),
+                domain: dom.clone(),
+                devid: vif.then_some(p.devid),
+                mac: mac_string(&p.mac),
+                learned: p.learned,
+                rx: CountersJson {
+                    packets: p.rx_packets,
+                    bytes: p.rx_bytes,
+                    drops: p.rx_drops,
+                },
+                tx: CountersJson {
+                    packets: p.tx_packets,
+                    bytes: p.tx_bytes,
+                    drops: p.tx_drops,
+                },
+            }
+        })
+        .collect();
+    let mut s = serde_json::to_string_pretty(&v).expect("plain data serialises");
+    s.push('\n');
+    s
 }
 
 #[cfg(test)]

@@ -19,25 +19,66 @@ use crate::{
 /// The metapackage that names Debian's current kernel.
 pub const KERNEL_METAPACKAGE: &str = "linux-image-amd64";
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
-/// The Xen drivers `/init` loads, in order (privcmd first: xenfs uses it).
+/// The Xen drivers dom0's `/init` loads, in order (privcmd first: xenfs uses it), as
+/// paths under the package's `lib/modules/VERSION/kernel/`.
 pub const XEN_MODULES: [&str; 5] = [
-    "xen-privcmd",
-    "xen-evtchn",
-    "xen-gntdev",
-    "xen-gntalloc",
-    "xenfs/xenfs",
+    "drivers/xen/xen-privcmd",
+    "drivers/xen/xen-evtchn",
+    "drivers/xen/xen-gntdev",
+    "drivers/xen/xen-gntalloc",
+    "drivers/xen/xenfs/xenfs",
 ];
+
+/// The PV frontends every initramfs here loads (Debian builds both as modules,
+/// `CONFIG_XEN_NETDEV_FRONTEND=m`, `CONFIG_XEN_BLKDEV_FRONTEND=m`; neither depends on
+/// another module).
+pub const FRONTEND_MODULES: [&str; 2] = ["drivers/net/xen-netfront", "drivers/block/xen-blkfront"];
+
+/// ext4 and what it needs, in load order, for a domU to mount `/dev/xvda*`: Debian has
+/// `CONFIG_EXT4_FS=m`; its `.modinfo` says `depends=jbd2,mbcache,crc16` and both ext4
+/// and jbd2 have `softdep=pre: crypto-crc32c` (metadata checksums), which the generic
+/// crc32c (`crc32c_generic`, alias `crypto-crc32c`) provides on any CPU.
+pub const EXT4_MODULES: [&str; 5] = [
+    "crypto/crc32c_generic",
+    "lib/crc16",
+    "fs/mbcache",
+    "fs/jbd2/jbd2",
+    "fs/ext4/ext4",
+];
+
+/// Every module the cache holds.
+fn all_modules() -> impl Iterator<Item = &'static str> {
+    XEN_MODULES
+        .into_iter()
+        .chain(FRONTEND_MODULES)
+        .chain(EXT4_MODULES)
+}
+
+/// dom0's modules in load order.
+fn dom0_modules() -> Vec<&'static str> {
+    XEN_MODULES.into_iter().chain(FRONTEND_MODULES).collect()
+}
+
+/// A domU's modules in load order.
+fn domu_modules() -> Vec<&'static str> {
+    FRONTEND_MODULES.into_iter().chain(EXT4_MODULES).collect()
+}
 
 const INIT: &str = include_str!("dom0/init.sh");
 /// Example domain configurations, installed under `/etc/fv/examples/`.
-const EXAMPLES: [(&str, &str); 2] = [
+const EXAMPLES: [(&str, &str); 3] = [
     ("hello.cfg", include_str!("dom0/examples/hello.cfg")),
     (
         "linux-domu.cfg",
         include_str!("dom0/examples/linux-domu.cfg"),
     ),
+    ("linux-net.cfg", include_str!("dom0/examples/linux-net.cfg")),
 ];
 const DOMU_INIT: &str = include_str!("dom0/domu-init.sh");
+/// Brings `eth0` up (DHCP, or the kernel command line's `ip=`), in both initramfs.
+const NET_UP: &str = include_str!("dom0/net-up.sh");
+/// udhcpc's hook, at the path busybox's udhcpc runs by default.
+const UDHCPC_SCRIPT: &str = include_str!("dom0/udhcpc.script");
 const DOMU_PROFILE: &str = "export PATH=/bin\nexport PS1='domU:\\w# '\n";
 const PROFILE: &str = include_str!("dom0/profile");
 
@@ -99,7 +140,7 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
     files.push(Entry::File {
         path: "usr/lib/fv/domu-initrd.img".into(),
         mode: 0o644,
-        data: initramfs::cpio_gz(&domu_entries(&busybox)?)?,
+        data: initramfs::cpio_gz(&domu_entries(&kernel_dir, &busybox)?)?,
     });
     for (name, text) in EXAMPLES {
         files.push(Entry::File {
@@ -155,6 +196,21 @@ fn busybox_root(busybox: &Path, init: &str, profile: &str) -> anyhow::Result<Vec
             data: profile.as_bytes().to_vec(),
         },
     ]);
+    for d in ["usr", "usr/share", "usr/share/udhcpc", "mnt"] {
+        e.push(dir(d));
+    }
+    e.extend([
+        Entry::File {
+            path: "sbin/net-up".into(),
+            mode: 0o755,
+            data: NET_UP.as_bytes().to_vec(),
+        },
+        Entry::File {
+            path: "usr/share/udhcpc/default.script".into(),
+            mode: 0o755,
+            data: UDHCPC_SCRIPT.as_bytes().to_vec(),
+        },
+    ]);
     for cmd in ["poweroff", "reboot", "halt"] {
         e.push(Entry::File {
             path: format!("sbin/{cmd}"),
@@ -165,30 +221,70 @@ fn busybox_root(busybox: &Path, init: &str, profile: &str) -> anyhow::Result<Vec
     Ok(e)
 }
 
-/// dom0's initramfs: the busybox root with dom0's `/init` and the Xen modules.
-fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
-    let mut e = busybox_root(busybox, INIT, PROFILE)?;
-    for d in ["lib", "lib/modules"] {
-        e.push(Entry::Dir {
+/// `lib/modules/` with `modules` (in load order) from the cache, after checking that
+/// each one's `depends=` are loaded before it.
+fn module_entries(kernel_dir: &Path, modules: &[&str]) -> anyhow::Result<Vec<Entry>> {
+    let mut e: Vec<Entry> = ["lib", "lib/modules"]
+        .into_iter()
+        .map(|d| Entry::Dir {
             path: d.into(),
             mode: 0o755,
-        });
-    }
-    for m in XEN_MODULES {
+        })
+        .collect();
+    let mut loaded: Vec<String> = Vec::new();
+    for m in modules {
         let name = module_file_name(m);
         let from = kernel_dir.join("modules").join(&name);
+        let data = fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?;
+        for dep in module_depends(&data) {
+            if !loaded.contains(&dep) {
+                bail!("{name} depends on {dep}, which is not loaded before it: add it to the list");
+            }
+        }
+        loaded.push(module_stem(m));
         e.push(Entry::File {
             path: format!("lib/modules/{name}"),
             mode: 0o644,
-            data: fs::read(&from).with_context(|| format!("cannot read {}", from.display()))?,
+            data,
         });
     }
     Ok(e)
 }
 
-/// A domU's initramfs: the busybox root with the domU's `/init`.
-fn domu_entries(busybox: &Path) -> anyhow::Result<Vec<Entry>> {
-    busybox_root(busybox, DOMU_INIT, DOMU_PROFILE)
+/// dom0's initramfs: the busybox root with dom0's `/init`, the Xen drivers and the
+/// frontends.
+fn entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+    let mut e = busybox_root(busybox, INIT, PROFILE)?;
+    e.extend(module_entries(kernel_dir, &dom0_modules())?);
+    Ok(e)
+}
+
+/// A domU's initramfs: the busybox root with the domU's `/init`, the frontends and ext4.
+fn domu_entries(kernel_dir: &Path, busybox: &Path) -> anyhow::Result<Vec<Entry>> {
+    let mut e = busybox_root(busybox, DOMU_INIT, DOMU_PROFILE)?;
+    e.extend(module_entries(kernel_dir, &domu_modules())?);
+    Ok(e)
+}
+
+/// A module's name as the kernel knows it (`xen-netfront` is `xen_netfront`).
+fn module_stem(m: &str) -> String {
+    m.rsplit('/').next().unwrap_or(m).replace('-', "_")
+}
+
+/// The modules a `.ko` needs loaded first: its `.modinfo` string `depends=a,b` (what
+/// depmod turns into `modules.dep`; Debian's package ships none), `-` read as `_`.
+fn module_depends(ko: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"\0depends=";
+    let Some(at) = ko.windows(KEY.len()).position(|w| w == KEY) else {
+        return Vec::new();
+    };
+    let rest = &ko[at + KEY.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
 }
 
 fn module_file_name(m: &str) -> String {
@@ -199,7 +295,9 @@ fn module_file_name(m: &str) -> String {
 /// `linux-image-amd64` depends on (fetched once; a cached kernel is used as it is).
 fn kernel(cache: &Path) -> anyhow::Result<PathBuf> {
     let dir = cache.join("kernel");
-    if dir.join("version").is_file() {
+    // A cache from before a module was added to the lists is fetched again.
+    let complete = all_modules().all(|m| dir.join("modules").join(module_file_name(m)).is_file());
+    if dir.join("version").is_file() && complete {
         return Ok(dir);
     }
     let package = debian::resolve(KERNEL_METAPACKAGE, "linux-image-")?;
@@ -226,12 +324,9 @@ fn kernel(cache: &Path) -> anyhow::Result<PathBuf> {
             })
             .unwrap_or_default();
         fs::copy(&vmlinuz, staging.join("vmlinuz"))?;
-        let xen = root
-            .join("lib/modules")
-            .join(&version)
-            .join("kernel/drivers/xen");
-        for m in XEN_MODULES {
-            let from = xen.join(format!("{m}.ko"));
+        let tree = root.join("lib/modules").join(&version).join("kernel");
+        for m in all_modules() {
+            let from = tree.join(format!("{m}.ko"));
             if !from.is_file() {
                 bail!("{package} has no {}", from.display());
             }
@@ -264,18 +359,47 @@ mod tests {
 
     #[test]
     fn module_names() {
-        assert_eq!(module_file_name("xenfs/xenfs"), "xenfs.ko");
-        assert_eq!(module_file_name("xen-privcmd"), "xen-privcmd.ko");
+        assert_eq!(module_file_name("drivers/xen/xenfs/xenfs"), "xenfs.ko");
+        assert_eq!(
+            module_file_name("drivers/xen/xen-privcmd"),
+            "xen-privcmd.ko"
+        );
+        assert_eq!(module_stem("drivers/net/xen-netfront"), "xen_netfront");
+    }
+
+    #[test]
+    fn depends_come_from_modinfo() {
+        let ko = b"\x7fELF...\0license=GPL\0depends=jbd2,mbcache,crc16\0retpoline=Y\0";
+        assert_eq!(module_depends(ko), ["jbd2", "mbcache", "crc16"]);
+        assert!(module_depends(b"\0depends=\0name=xen_netfront\0").is_empty());
+        assert!(module_depends(b"nothing here").is_empty());
+    }
+
+    #[test]
+    fn the_crc32c_softdep_is_met_before_jbd2_and_ext4() {
+        let m = domu_modules();
+        let at = |name: &str| m.iter().position(|p| p.ends_with(name)).unwrap();
+        assert!(at("crc32c_generic") < at("jbd2/jbd2"));
+        assert!(at("jbd2/jbd2") < at("ext4/ext4"));
     }
 
     #[test]
     fn init_loads_every_module_and_opens_a_shell() {
-        for m in XEN_MODULES {
-            let name = module_file_name(m);
-            let stem = name.trim_end_matches(".ko");
-            assert!(INIT.contains(stem), "{stem} is not loaded by /init");
+        for (init, modules) in [(INIT, dom0_modules()), (DOMU_INIT, domu_modules())] {
+            for m in modules {
+                let name = module_file_name(m);
+                let stem = name.trim_end_matches(".ko");
+                assert!(init.contains(stem), "{stem} is not loaded by /init");
+            }
+            assert!(init.starts_with("#!/bin/busybox sh"));
+            // The network comes up in the background: the shell is not kept waiting.
+            assert!(
+                init.contains("/sbin/net-up >/run/net-up.log 2>&1 &"),
+                "{init}"
+            );
         }
         assert!(INIT.contains("mount -t xenfs"));
-        assert!(INIT.starts_with("#!/bin/busybox sh"));
+        assert!(NET_UP.contains("/sys/class/net/"));
+        assert!(UDHCPC_SCRIPT.contains("resolv.conf"));
     }
 }

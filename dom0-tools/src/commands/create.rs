@@ -1,7 +1,8 @@
 //! `fv create`: from a [`DomainConfig`] to a running domain, in the order the `control`
 //! test kernel checks on the hypervisor (`tests/kernels/src/bin/control.rs`):
 //! `CreateDomain` → `populate_physmap` of the new domain, pfns in order → `BuildPv`
-//! (kernel, ramdisk, command line) → the toolstack's xenstore keys → `UnpauseDomain`.
+//! (kernel, ramdisk, command line) → the toolstack's xenstore keys → a `DeviceAttach`
+//! per `vif` and `disk` entry → `UnpauseDomain`.
 //! Anything failing after `CreateDomain` destroys the half-built domain, so a failed
 //! create leaves nothing behind.
 
@@ -12,7 +13,10 @@ use ferrovisor_abi::{
     xen::{DomId, GuestHandle, XenPfn},
 };
 
-use super::{domctl, domctl0, CommandError};
+use super::{
+    device::{self, PlannedDevice},
+    domctl, domctl0, CommandError,
+};
 use crate::{
     config::{uuid_string, DomainConfig},
     hypervisor::{handle_of, Buf, Hypervisor, TransportError},
@@ -30,6 +34,8 @@ pub struct CreatePlan {
     /// Pfns 0..`populate_pages` are populated before the build.
     pub populate_pages: u64,
     pub cmdline: String,
+    /// The vifs, then the disks, in config order, attached in that order.
+    pub devices: Vec<PlannedDevice>,
 }
 
 /// A version-4 UUID from 16 random bytes (RFC 4122 version and variant bits).
@@ -39,8 +45,21 @@ pub fn uuid_v4(mut random: [u8; 16]) -> [u8; 16] {
     random
 }
 
-/// The plan for `config`; `uuid` is used when the config names none.
-pub fn plan(config: &DomainConfig, uuid: [u8; 16]) -> CreatePlan {
+/// The MAC of vif `index` when its spec names none and `macs` has no entry for it: a
+/// locally derived one from the domain's UUID (random unless the config fixes it), so
+/// that every vif of a domain differs.
+fn derived_mac(uuid: &[u8; 16], index: usize) -> [u8; 6] {
+    let mut seed = *uuid;
+    seed[0] ^= index as u8;
+    seed[1] = seed[1].wrapping_add(seed[5 + index % 8]);
+    seed[2] ^= (index >> 8) as u8 ^ seed[13];
+    device::random_mac(seed)
+}
+
+/// The plan for `config`; `uuid` is used when the config names none. `macs[i]` is vif
+/// `i`'s MAC when its spec names none (random ones from the caller, or those the domain
+/// had before a restart).
+pub fn plan(config: &DomainConfig, uuid: [u8; 16], macs: &[[u8; 6]]) -> CreatePlan {
     let uuid = config.uuid.unwrap_or(uuid);
     let mut name = [0u8; DOMAIN_NAME_MAX];
     // The config parser bounds names to DOMAIN_NAME_MAX bytes.
@@ -52,12 +71,21 @@ pub fn plan(config: &DomainConfig, uuid: [u8; 16]) -> CreatePlan {
         max_vcpus: config.vcpus,
         flags: 0,
     };
+    let vifs = config.vifs.iter().enumerate().map(|(i, v)| {
+        let mac = v
+            .mac
+            .or_else(|| macs.get(i).copied())
+            .unwrap_or_else(|| derived_mac(&uuid, i));
+        device::plan_vif(i, v, mac)
+    });
+    let disks = config.disks.iter().map(device::plan_disk);
     CreatePlan {
         config: config.clone(),
         uuid,
         create,
         populate_pages: config.memory_mib * 256,
         cmdline: config.cmdline.clone(),
+        devices: vifs.chain(disks).collect(),
     }
 }
 
@@ -120,29 +148,15 @@ impl CreatePlan {
         line("on_poweroff", c.on_poweroff.name().into());
         line("on_reboot", c.on_reboot.name().into());
         line("on_crash", c.on_crash.name().into());
-        for (i, v) in c.vifs.iter().enumerate() {
-            let mac = v.mac.map_or("(generated)".into(), |m| {
-                crate::config::device::mac_string(&m)
-            });
-            let bridge = v.bridge.clone().unwrap_or_else(|| "xenbr0".into());
-            line(
-                &format!("vif {i}"),
-                format!("mac {mac}, bridge {bridge} (not attached yet: no vif backend)"),
-            );
-        }
-        for d in &c.disks {
-            let access = match d.access {
-                crate::config::device::Access::ReadOnly => "ro",
-                crate::config::device::Access::ReadWrite => "rw",
+        for d in &self.devices {
+            let what = match &d.request {
+                Ok(r) if r.kind == ferrovisor_abi::domctl::DEVICE_VBD => {
+                    format!("{} as virtual device {}", d.label, r.vdev)
+                }
+                Ok(_) => d.label.clone(),
+                Err(why) => format!("{}: cannot be attached: {why}", d.label),
             };
-            line(
-                &format!("disk {}", d.vdev),
-                format!(
-                    "{} {access}{} (not attached yet: no vbd backend)",
-                    d.target.as_deref().unwrap_or("(empty)"),
-                    if d.cdrom { " cdrom" } else { "" }
-                ),
-            );
+            line("attach", what);
         }
         s
     }
@@ -162,19 +176,55 @@ pub fn execute(
         source: Box::new(source),
         cleanup,
     };
+    // A device spec this host cannot serve stops the create before anything exists.
+    if let Some((label, why)) = plan.devices.iter().find_map(|d| {
+        d.request
+            .as_ref()
+            .err()
+            .map(|e| (d.label.clone(), e.clone()))
+    }) {
+        return Err(CommandError::Device {
+            context: plan.config.file.clone(),
+            device: label,
+            why,
+            cleanup: String::new(),
+        });
+    }
     let (_, dom) = domctl(hv, DomctlCmd::CreateDomain, 0, &plan.create, &mut [])
         .map_err(|e| fail("creating it", e, String::new()))?;
     match build(hv, plan, dom, kernel, ramdisk) {
         Ok(()) => Ok(dom),
-        Err((stage, e)) => {
+        Err(e) => {
             let cleanup = match domctl0(hv, DomctlCmd::DestroyDomain, dom) {
                 Ok(()) => format!("; the half-built domain {dom} was destroyed"),
                 Err(d) => format!(
                     "; destroying the half-built domain {dom} failed too ({d}): run 'fv destroy {dom}'"
                 ),
             };
-            Err(fail(stage, e, cleanup))
+            Err(match e {
+                BuildError::Stage(stage, e) => fail(stage, e, cleanup),
+                BuildError::Device { device, why } => CommandError::Device {
+                    context: plan.config.file.clone(),
+                    device,
+                    why,
+                    cleanup,
+                },
+            })
         }
+    }
+}
+
+/// Why a build stopped.
+enum BuildError {
+    /// A hypercall of a stage failed.
+    Stage(&'static str, TransportError),
+    /// A device was refused; `why` says what to do.
+    Device { device: String, why: String },
+}
+
+impl From<(&'static str, TransportError)> for BuildError {
+    fn from((stage, e): (&'static str, TransportError)) -> Self {
+        BuildError::Stage(stage, e)
     }
 }
 
@@ -184,7 +234,7 @@ fn build(
     dom: DomId,
     kernel: &[u8],
     ramdisk: Option<&[u8]>,
-) -> Result<(), (&'static str, TransportError)> {
+) -> Result<(), BuildError> {
     let mut next: u64 = 0;
     let mut extents: Vec<XenPfn> = Vec::with_capacity(POPULATE_BATCH);
     while next < plan.populate_pages {
@@ -195,7 +245,7 @@ fn build(
             .populate_physmap(dom, &mut extents)
             .map_err(|e| ("populating its memory", e))?;
         if done as u64 != n {
-            return Err((
+            return Err(BuildError::Stage(
                 "populating its memory",
                 TransportError::Hypercall {
                     op: format!(
@@ -240,5 +290,13 @@ fn build(
         hv.xenstore_write(&path, &value)
             .map_err(|e| ("writing its xenstore keys", e))?;
     }
-    domctl0(hv, DomctlCmd::UnpauseDomain, dom).map_err(|e| ("starting it", e))
+    // The hypervisor writes both ends' xenstore nodes; the frontends find them when the
+    // guest starts.
+    for d in &plan.devices {
+        device::attach(hv, dom, d).map_err(|why| BuildError::Device {
+            device: d.label.clone(),
+            why,
+        })?;
+    }
+    Ok(domctl0(hv, DomctlCmd::UnpauseDomain, dom).map_err(|e| ("starting it", e))?)
 }

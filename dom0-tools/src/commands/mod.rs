@@ -3,6 +3,7 @@
 //! which write to the `Write` they are given.
 
 pub mod create;
+pub mod device;
 pub mod monitor;
 
 use std::{
@@ -112,6 +113,30 @@ pub enum CommandError {
         source: Box<TransportError>,
         /// What became of the half-built domain.
         cleanup: String,
+    },
+    /// A device could not be attached: `guest.cfg: vif 0 (mac=…, bridge=xenbr1): no
+    /// switch named 'xenbr1' on this host (the host has: xenbr0)`.
+    #[error("{context}: {device}: {why}{cleanup}")]
+    Device {
+        /// The config file, or `domain 'web1' (3)`.
+        context: String,
+        device: String,
+        why: String,
+        /// What became of the half-built domain (empty for a hot-plug).
+        cleanup: String,
+    },
+    #[error("{context} has no {what}: {hint}")]
+    NoSuchDevice {
+        context: String,
+        what: String,
+        hint: String,
+    },
+    #[error("{context}: {device} is still there after {secs} s: its frontend did not close it (the guest may still be using it); '{force_cmd}' removes it at once")]
+    DetachTimeout {
+        context: String,
+        device: String,
+        secs: u64,
+        force_cmd: String,
     },
 }
 

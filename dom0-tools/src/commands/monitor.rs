@@ -440,14 +440,14 @@ mod tests {
 
     /// Creates `g` from `c` in `f` and monitors it.
     fn watch(f: &mut Fake, c: DomainConfig) -> (DomId, Run) {
-        let plan = create::plan(&c, [1; 16]);
+        let plan = create::plan(&c, [1; 16], &[]);
         let dom = create::execute(f, &plan, b"kernel", None).unwrap();
         let mut rebuilt = 0;
         let mut log = Vec::new();
         let cfg = c.clone();
         let mut rebuild = |hv: &mut dyn Hypervisor, uuid: [u8; 16]| {
             rebuilt += 1;
-            create::execute(hv, &create::plan(&cfg, uuid), b"kernel", None)
+            create::execute(hv, &create::plan(&cfg, uuid, &[]), b"kernel", None)
         };
         let mut new_uuid = || [9u8; 16];
         let mut now = || Duration::from_secs(1);
@@ -534,7 +534,7 @@ mod tests {
     #[test]
     fn a_domain_already_stopped_is_handled_at_once() {
         let mut f = Fake::new();
-        let plan = create::plan(&cfg(""), [1; 16]);
+        let plan = create::plan(&cfg(""), [1; 16], &[]);
         let dom = create::execute(&mut f, &plan, b"kernel", None).unwrap();
         let d = f.domains.get_mut(&dom).unwrap();
         d.info.flags = DOMINFO_BUILT | DOMINFO_SHUTDOWN;

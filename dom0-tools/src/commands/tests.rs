@@ -209,7 +209,7 @@ fn guest_config(extra: &[&str]) -> config::DomainConfig {
 #[test]
 fn create_follows_the_control_sequence() {
     let mut f = Fake::new();
-    let plan = plan(&guest_config(&[]), [0; 16]);
+    let plan = plan(&guest_config(&[]), [0; 16], &[]);
     assert_eq!(plan.create.max_pages, 2048);
     assert_eq!(plan.create.max_vcpus, 2);
     assert_eq!(plan.populate_pages, 1024);
@@ -274,7 +274,7 @@ fn a_failed_create_leaves_nothing_behind() {
         let mut f = Fake::new();
         let before = f.domains.len();
         f.fail = Some((stage.into(), 12));
-        let plan = plan(&guest_config(&[]), [0; 16]);
+        let plan = plan(&guest_config(&[]), [0; 16], &[]);
         let e = execute(&mut f, &plan, b"kernel", None)
             .unwrap_err()
             .to_string();
@@ -289,7 +289,7 @@ fn a_failed_create_leaves_nothing_behind() {
     // Refused at CreateDomain: nothing to clean.
     let mut f = Fake::new();
     f.add_domain(4, "web1", 256, DOMINFO_BUILT);
-    let e = execute(&mut f, &plan(&guest_config(&[]), [0; 16]), b"k", None).unwrap_err();
+    let e = execute(&mut f, &plan(&guest_config(&[]), [0; 16], &[]), b"k", None).unwrap_err();
     assert_eq!(
         e.to_string(),
         "creating domain 'web1' failed while creating it: domctl CreateDomain of domain 0: \
@@ -298,7 +298,7 @@ fn a_failed_create_leaves_nothing_behind() {
     // Not enough memory on the host: populate stops short.
     let mut f = Fake::new();
     f.total_pages = 65_536 + 100;
-    let e = execute(&mut f, &plan(&guest_config(&[]), [0; 16]), b"k", None).unwrap_err();
+    let e = execute(&mut f, &plan(&guest_config(&[]), [0; 16], &[]), b"k", None).unwrap_err();
     assert!(e.to_string().contains("while populating its memory"), "{e}");
     assert_eq!(f.domains.len(), 1);
 }
@@ -307,15 +307,26 @@ fn a_failed_create_leaves_nothing_behind() {
 fn dry_run_description() {
     let cfg = guest_config(&[
         "vif=['mac=00:16:3e:00:00:01,bridge=xenbr0']",
-        "disk=['phy:/dev/vg/web1,xvda,w']",
+        "disk=['phy:vda2,xvda,w', 'vdev=xvdb,access=r,target=vdb', 'file:/srv/x.img,xvdc,w']",
     ]);
-    let d = plan(&cfg, [0; 16]).describe();
+    let d = plan(&cfg, [0; 16], &[]).describe();
     assert!(d.contains("name            web1\n"), "{d}");
     assert!(d.contains("memory          4 MiB (1024 pages populated)\n"));
     assert!(d.contains("maxmem          8 MiB (max_pages 2048)\n"));
     assert!(d.contains("cmdline         root=/dev/xvda ro console=hvc0\n"));
-    assert!(d.contains("vif 0           mac 00:16:3e:00:00:01, bridge xenbr0 (not attached yet"));
-    assert!(d.contains("disk xvda       /dev/vg/web1 rw (not attached yet"));
+    assert!(
+        d.contains("attach          vif 0 (mac=00:16:3e:00:00:01, bridge=xenbr0)\n"),
+        "{d}"
+    );
+    assert!(d.contains("attach          disk 'phy:vda2,xvda,w' as virtual device 51712\n"));
+    assert!(d.contains("attach          disk 'vdb,xvdb,r' as virtual device 51728\n"));
+    assert!(
+        d.contains(
+            "attach          disk '/srv/x.img,xvdc,w': cannot be attached: the qdisk backend \
+             is not available: Ferrovisor attaches the host's disks and partitions only"
+        ),
+        "{d}"
+    );
 }
 
 #[test]
@@ -326,6 +337,6 @@ fn generated_uuids_are_version_4() {
     let cfg = guest_config(&[]);
     let mut no_uuid = cfg.clone();
     no_uuid.uuid = None;
-    assert_eq!(plan(&no_uuid, u).uuid, u);
-    assert_eq!(plan(&cfg, u).uuid, cfg.uuid.unwrap());
+    assert_eq!(plan(&no_uuid, u, &[]).uuid, u);
+    assert_eq!(plan(&cfg, u, &[]).uuid, cfg.uuid.unwrap());
 }

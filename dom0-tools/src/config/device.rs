@@ -36,7 +36,7 @@ pub enum DeviceSpecError {
     BadDiskParam { value: String, why: &'static str },
     #[error("unknown disk format '{value}' (known: raw, qcow, qcow2, vhd, qed, empty)")]
     BadFormat { value: String },
-    #[error("bad access mode '{value}': expected 'r'/'ro' (read-only) or 'w'/'rw' (read-write)")]
+    #[error("bad access mode '{value}': expected 'r'/'ro' (read-only), 'w'/'rw' (read-write) or 'w!' (read-write, shared with other domains)")]
     BadAccess { value: String },
     #[error("bad virtual device '{value}': expected a name like xvda, xvdb1, hda or sdb")]
     BadVdev { value: String },
@@ -199,6 +199,21 @@ pub enum Access {
     #[default]
     ReadWrite,
     ReadOnly,
+    /// `w!`: writable even while another domain has the target writable (xl's way of
+    /// saying the sharing is on purpose, e.g. a cluster filesystem).
+    #[serde(rename = "readwrite-shared")]
+    WriteShared,
+}
+
+impl Access {
+    /// The spelling in a disk spec: `r`, `w`, `w!`.
+    pub fn spec_name(self) -> &'static str {
+        match self {
+            Access::ReadOnly => "r",
+            Access::ReadWrite => "w",
+            Access::WriteShared => "w!",
+        }
+    }
 }
 
 /// A `disk` entry.
@@ -237,29 +252,16 @@ fn parse_access(value: &str) -> Result<Access, DeviceSpecError> {
     match value {
         "" | "w" | "rw" => Ok(Access::ReadWrite),
         "r" | "ro" => Ok(Access::ReadOnly),
+        "w!" | "rw!" => Ok(Access::WriteShared),
         _ => Err(DeviceSpecError::BadAccess {
             value: value.into(),
         }),
     }
 }
 
-/// xvd<letters>[digits], sd<letters>[digits], hd<letter>[digits].
+/// A name with a virtual device number ([`super::vdev::vdev_number`]).
 fn valid_vdev(v: &str) -> bool {
-    let (prefix, rest, max_letters) = if let Some(r) = v.strip_prefix("xvd") {
-        ("xvd", r, 3)
-    } else if let Some(r) = v.strip_prefix("sd") {
-        ("sd", r, 3)
-    } else if let Some(r) = v.strip_prefix("hd") {
-        ("hd", r, 1)
-    } else {
-        return false;
-    };
-    let _ = prefix;
-    let letters = rest.chars().take_while(|c| c.is_ascii_lowercase()).count();
-    let digits = &rest[letters..];
-    (1..=max_letters).contains(&letters)
-        && digits.chars().all(|c| c.is_ascii_digit())
-        && digits.len() <= 2
+    super::vdev::vdev_number(v).is_some()
 }
 
 /// The deprecated `prefix:` forms of a target and what they imply.
@@ -281,6 +283,40 @@ fn split_legacy_prefix(target: &str) -> Option<(&'static str, Option<DiskFormat>
         .iter()
         .find_map(|&(p, backend, format)| target.strip_prefix(p).map(|t| (backend, format, t)))
 }
+
+impl DiskSpec {
+    /// The spec in its positional form (`phy:vda2,xvda,w`), for messages.
+    pub fn spec_string(&self) -> String {
+        let prefix = match self.backend_type.as_deref() {
+            Some("phy") => "phy:",
+            _ => "",
+        };
+        let mut s = format!(
+            "{prefix}{},{},{}",
+            self.target.as_deref().unwrap_or(""),
+            self.vdev,
+            self.access.spec_name()
+        );
+        if self.cdrom {
+            s.push_str(",cdrom");
+        }
+        s
+    }
+}
+
+impl VifSpec {
+    /// `mac=…, bridge=…` as messages show a vif (the bridge it gets when none is named).
+    pub fn describe(&self, mac: &[u8; 6]) -> String {
+        format!(
+            "mac={}, bridge={}",
+            mac_string(mac),
+            self.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE)
+        )
+    }
+}
+
+/// The switch a vif joins when its spec names none (xl's default).
+pub const DEFAULT_BRIDGE: &str = "xenbr0";
 
 /// Parses one `disk` entry: positional `target, format, vdev, access`, `key=value`
 /// parameters, the `cdrom` flag, and the deprecated forms (`phy:/dev/vg/g,xvda,w`,
@@ -514,6 +550,13 @@ mod tests {
         assert_eq!(t.target.as_deref(), Some("/srv/a,b.img"));
         let ro = parse_disk("file:/srv/g.img,xvdb1,r").unwrap();
         assert_eq!((ro.access, ro.vdev.as_str()), (Access::ReadOnly, "xvdb1"));
+        let shared = parse_disk("phy:vda2,xvda,w!").unwrap();
+        assert_eq!(shared.access, Access::WriteShared);
+        assert_eq!(shared.spec_string(), "phy:vda2,xvda,w!");
+        let keyed = parse_disk("vdev=xvdb, access=ro, devtype=cdrom, target=vdb").unwrap();
+        assert_eq!(keyed.spec_string(), "vdb,xvdb,r,cdrom");
+        assert!(parse_disk("phy:vda,xvdq,w").is_ok());
+        assert!(parse_disk("phy:vda,xvda300,w").is_err());
         let empty_cd = parse_disk(",,hdc,cdrom").unwrap();
         assert_eq!(
             (empty_cd.target, empty_cd.format),

@@ -8,6 +8,7 @@
 pub mod cmdline;
 pub mod device;
 pub mod syntax;
+pub mod vdev;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr, path::PathBuf};
 
@@ -62,6 +63,8 @@ impl Action {
 /// A domain as a config file describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DomainConfig {
+    /// The config file as named on the command line (for messages).
+    pub file: String,
     pub name: String,
     pub memory_mib: u64,
     /// At least `memory_mib`.
@@ -529,6 +532,7 @@ impl Builder {
             );
         }
         let config = DomainConfig {
+            file: self.file.clone(),
             name,
             memory_mib: memory,
             maxmem_mib: maxmem,

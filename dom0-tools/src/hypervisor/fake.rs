@@ -10,10 +10,14 @@ use std::{
 
 use ferrovisor_abi::{
     domctl::{
-        BuildPv, ConsoleIo, CreateDomain, DomainInfo, Domctl, DomctlCmd, ListDomains, PhysInfo,
-        ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest, Sysctl, SysctlCmd,
-        VcpuState, DOMINFO_BLOCKED, DOMINFO_BUILT, DOMINFO_CRASHED, DOMINFO_PAUSED,
-        DOMINFO_PRIVILEGED, DOMINFO_RUNNING, DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION,
+        padded_str, set_padded, BuildPv, ConsoleIo, CreateDomain, DeviceAttach, DeviceDetach,
+        DeviceInfo, DeviceRefusal, DiskInfo, DomainInfo, Domctl, DomctlCmd, ListDevices,
+        ListDomains, PhysInfo, ReadLog, RenameDomain, SetMaxMem, SetMemTarget, ShutdownRequest,
+        SwitchPort, Sysctl, SysctlCmd, VcpuState, DETACH_FORCE, DEVICE_VBD, DEVICE_VIF, DEVID_AUTO,
+        DISK_FLUSH, DISK_PARTITION, DISK_READ_ONLY, DOMINFO_BLOCKED, DOMINFO_BUILT,
+        DOMINFO_CRASHED, DOMINFO_DYING, DOMINFO_PAUSED, DOMINFO_PRIVILEGED, DOMINFO_RUNNING,
+        DOMINFO_SHUTDOWN, FV_CONTROL_INTERFACE_VERSION, PORT_UPLINK, PORT_VIF, VBD_MODE_READ,
+        VBD_MODE_WRITE, VBD_MODE_WRITE_SHARED, VBD_TYPE_CDROM, VBD_TYPE_DISK,
     },
     xen::{DomId, XenPfn},
 };
@@ -26,9 +30,21 @@ const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
+const EBUSY: i32 = 16;
 const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
 const EINVAL: i32 = 22;
+const ENOSPC: i32 = 28;
+const EROFS: i32 = 30;
 const ENOSYS: i32 = 38;
+
+/// Devices of one kind a fake domain may have.
+pub const FAKE_MAX_DEVICES: usize = 8;
+
+/// xenbus states (`io/xenbus.h`).
+const XENBUS_INIT_WAIT: u32 = 2;
+const XENBUS_CONNECTED: u32 = 4;
+const XENBUS_CLOSING: u32 = 5;
 
 /// In [`Fake::stop_script`]: the domain is destroyed (by another `fv`).
 pub const DESTROYED_ELSEWHERE: u32 = u32::MAX;
@@ -49,6 +65,8 @@ pub struct FakeDomain {
     /// What `ConsoleWrite`s sent.
     pub console_input: Vec<u8>,
     pub shutdown_requests: Vec<u32>,
+    /// Its vifs and vbds, in attach order.
+    pub devices: Vec<DeviceInfo>,
 }
 
 /// The fake hypervisor.
@@ -73,7 +91,28 @@ pub struct Fake {
     pub stop_script: VecDeque<(String, u32)>,
     /// The watch misses the scripted stops: each wait applies one and times out.
     pub quiet_stops: bool,
+    /// The host's switches (`xenbr0`).
+    pub bridges: Vec<String>,
+    /// The host's disks and partitions; `writers`/`readers` are computed when listed.
+    pub disks: Vec<DiskInfo>,
+    /// The uplink port of `xenbr0`: its name and MAC (none: no NIC).
+    pub uplink: Option<(String, [u8; 6])>,
+    /// Whether frontends close when asked (a detach without force then removes the
+    /// device); otherwise the device stays in Closing.
+    pub frontends_close: bool,
     next_id: DomId,
+}
+
+/// A [`DiskInfo`] for the fake's host.
+pub fn fake_disk(name: &str, parent: &str, start: u64, sectors: u64, flags: u32) -> DiskInfo {
+    let mut d = DiskInfo::new_zeroed();
+    let _ = set_padded(&mut d.name, name.as_bytes());
+    let _ = set_padded(&mut d.parent, parent.as_bytes());
+    d.start_sector = start;
+    d.sectors = sectors;
+    d.sector_size = 512;
+    d.flags = flags;
+    d
 }
 
 fn name_array(name: &str) -> [u8; 64] {
@@ -103,6 +142,22 @@ impl Fake {
             obey_shutdown: true,
             stop_script: VecDeque::new(),
             quiet_stops: false,
+            bridges: vec!["xenbr0".into()],
+            // vda: 8 GiB with two partitions; vdb: a 1 GiB read-only disk.
+            disks: vec![
+                fake_disk("vda", "", 0, 16 << 20, DISK_FLUSH),
+                fake_disk("vda1", "vda", 2048, 2 << 20, DISK_FLUSH | DISK_PARTITION),
+                fake_disk(
+                    "vda2",
+                    "vda",
+                    2048 + (2 << 20),
+                    (16 << 20) - 2048 - (2 << 20),
+                    DISK_FLUSH | DISK_PARTITION,
+                ),
+                fake_disk("vdb", "", 0, 2 << 20, DISK_READ_ONLY),
+            ],
+            uplink: Some(("eth0".into(), [0x52, 0x54, 0x00, 0x12, 0x34, 0x56])),
+            frontends_close: true,
             next_id: 1,
         };
         f.add_domain(
@@ -141,6 +196,7 @@ impl Fake {
                 console: Vec::new(),
                 console_input: Vec::new(),
                 shutdown_requests: Vec::new(),
+                devices: Vec::new(),
             },
         );
         self.domains.get_mut(&id).expect("just inserted")
@@ -163,6 +219,219 @@ impl Fake {
 
     fn dom(&mut self, id: DomId) -> Result<&mut FakeDomain, i32> {
         self.domains.get_mut(&id).ok_or(ESRCH)
+    }
+
+    /// Adds a vif to a domain as the hypervisor would, for tests that start with devices.
+    pub fn add_vif(&mut self, dom: DomId, devid: u32, mac: [u8; 6], bridge: &str) {
+        let mut a = DeviceAttach::new_zeroed();
+        a.kind = DEVICE_VIF;
+        a.devid = devid;
+        a.mac = mac;
+        let _ = set_padded(&mut a.bridge, bridge.as_bytes());
+        let _ = self.attach(dom, &mut a);
+    }
+
+    /// Adds a vbd to a domain as the hypervisor would.
+    pub fn add_vbd(&mut self, dom: DomId, target: &str, vdev_name: &str, vdev: u32, mode: u32) {
+        let mut a = DeviceAttach::new_zeroed();
+        a.kind = DEVICE_VBD;
+        a.devid = vdev;
+        a.vdev = vdev;
+        a.mode = mode;
+        let _ = set_padded(&mut a.target, target.as_bytes());
+        let _ = set_padded(&mut a.vdev_name, vdev_name.as_bytes());
+        let _ = self.attach(dom, &mut a);
+    }
+
+    /// The disk entry named `name`.
+    fn disk(&self, name: &[u8]) -> Option<&DiskInfo> {
+        self.disks.iter().find(|d| padded_str(&d.name) == name)
+    }
+
+    /// Whether two targets share sectors: the same, or a disk and one of its partitions.
+    fn overlap(&self, a: &[u8], b: &[u8]) -> bool {
+        let (Some(x), Some(y)) = (self.disk(a), self.disk(b)) else {
+            return false;
+        };
+        let base = |d: &DiskInfo| {
+            if d.flags & DISK_PARTITION != 0 {
+                padded_str(&d.parent).to_vec()
+            } else {
+                padded_str(&d.name).to_vec()
+            }
+        };
+        base(x) == base(y)
+            && x.start_sector < y.start_sector + y.sectors
+            && y.start_sector < x.start_sector + x.sectors
+    }
+
+    /// The hypervisor's checks for `DeviceAttach`, in its order; the device is added.
+    fn attach(&mut self, id: DomId, a: &mut DeviceAttach) -> Result<(), (DeviceRefusal, i32)> {
+        let no = |r: DeviceRefusal, errno: i32| Err((r, errno));
+        let info = self
+            .domains
+            .get(&id)
+            .ok_or((DeviceRefusal::None, ESRCH))?
+            .info;
+        if info.flags & DOMINFO_BUILT == 0 || info.flags & DOMINFO_DYING != 0 {
+            return no(DeviceRefusal::DomainNotReady, EINVAL);
+        }
+        if a.flags != 0 || (a.kind != DEVICE_VIF && a.kind != DEVICE_VBD) {
+            return no(DeviceRefusal::BadSpec, EINVAL);
+        }
+        let mut dev = DeviceInfo::new_zeroed();
+        dev.kind = a.kind;
+        dev.backend_state = XENBUS_INIT_WAIT;
+        dev.frontend_state = 1;
+        if a.kind == DEVICE_VIF {
+            if a.mac[0] & 1 != 0 || a.mac == [0; 6] {
+                return no(DeviceRefusal::BadSpec, EINVAL);
+            }
+            let bridge = padded_str(&a.bridge);
+            if !self.bridges.iter().any(|b| b.as_bytes() == bridge) {
+                return no(DeviceRefusal::NoSuchBridge, ENODEV);
+            }
+            dev.mac = a.mac;
+            dev.bridge = a.bridge;
+        } else {
+            let target = padded_str(&a.target).to_vec();
+            let Some(disk) = self.disk(&target).copied() else {
+                return no(DeviceRefusal::NoSuchTarget, ENODEV);
+            };
+            let writable = match a.mode {
+                VBD_MODE_READ => false,
+                VBD_MODE_WRITE | VBD_MODE_WRITE_SHARED => true,
+                _ => return no(DeviceRefusal::BadSpec, EINVAL),
+            };
+            if a.device_type != VBD_TYPE_DISK && a.device_type != VBD_TYPE_CDROM {
+                return no(DeviceRefusal::BadSpec, EINVAL);
+            }
+            if writable && disk.flags & DISK_READ_ONLY != 0 {
+                return no(DeviceRefusal::TargetReadOnly, EROFS);
+            }
+            let d = &self.domains[&id];
+            if d.devices
+                .iter()
+                .any(|v| v.kind == DEVICE_VBD && v.vdev == a.vdev)
+            {
+                return no(DeviceRefusal::VdevInUse, EEXIST);
+            }
+            if a.mode == VBD_MODE_WRITE {
+                // `w` is exclusive among other running domains: any of them with an
+                // overlapping target attached writable refuses it (`w!` skips this).
+                let holder = self.domains.values().find(|o| {
+                    o.info.domid != id
+                        && o.info.flags & DOMINFO_DYING == 0
+                        && o.devices.iter().any(|v| {
+                            v.kind == DEVICE_VBD
+                                && v.mode != VBD_MODE_READ
+                                && self.overlap(padded_str(&v.target), &target)
+                        })
+                });
+                if let Some(o) = holder {
+                    a.conflict_domain = o.info.domid;
+                    return no(DeviceRefusal::TargetInUse, EBUSY);
+                }
+            }
+            dev.target = a.target;
+            dev.vdev_name = a.vdev_name;
+            dev.vdev = a.vdev;
+            dev.mode = a.mode;
+            dev.device_type = a.device_type;
+        }
+        let d = self
+            .domains
+            .get_mut(&id)
+            .ok_or((DeviceRefusal::None, ESRCH))?;
+        let same_kind = || d.devices.iter().filter(|v| v.kind == a.kind);
+        if same_kind().count() >= FAKE_MAX_DEVICES {
+            return no(DeviceRefusal::TooManyDevices, ENOSPC);
+        }
+        let devid = if a.devid == DEVID_AUTO {
+            (0..)
+                .find(|n| !same_kind().any(|v| v.devid == *n))
+                .unwrap_or(0)
+        } else {
+            a.devid
+        };
+        if same_kind().any(|v| v.devid == devid) {
+            return no(DeviceRefusal::DevidInUse, EEXIST);
+        }
+        dev.devid = devid;
+        a.devid = devid;
+        d.devices.push(dev);
+        Ok(())
+    }
+
+    /// Makes every device of `dom` connected, as frontends would (rings and channel set).
+    pub fn connect_all(&mut self, dom: DomId) {
+        if let Some(d) = self.domains.get_mut(&dom) {
+            for (i, v) in d.devices.iter_mut().enumerate() {
+                let i = i as u32;
+                v.backend_state = XENBUS_CONNECTED;
+                v.frontend_state = XENBUS_CONNECTED;
+                v.evtchn = 10 + i;
+                v.ring_ref = [768 + 2 * i, 769 + 2 * i];
+                v.requests = 100 * u64::from(i + 1);
+            }
+        }
+    }
+
+    /// The disks with their users counted.
+    fn listed_disks(&self) -> Vec<DiskInfo> {
+        self.disks
+            .iter()
+            .map(|disk| {
+                let mut d = *disk;
+                for o in self.domains.values() {
+                    for v in o.devices.iter().filter(|v| v.kind == DEVICE_VBD) {
+                        if padded_str(&v.target) == padded_str(&disk.name) {
+                            if v.mode == VBD_MODE_READ {
+                                d.readers += 1;
+                            } else {
+                                d.writers += 1;
+                            }
+                        }
+                    }
+                }
+                d
+            })
+            .collect()
+    }
+
+    /// The uplink, then every vif, on their switches; counters from the devices'.
+    fn switch_ports(&self) -> Vec<SwitchPort> {
+        let mut ports = Vec::new();
+        if let Some((name, mac)) = &self.uplink {
+            let mut p = SwitchPort::new_zeroed();
+            let _ = set_padded(&mut p.bridge, b"xenbr0");
+            let _ = set_padded(&mut p.name, name.as_bytes());
+            p.kind = PORT_UPLINK;
+            p.mac = *mac;
+            p.learned = 3;
+            (p.rx_packets, p.rx_bytes, p.tx_packets, p.tx_bytes) = (1200, 345_678, 800, 123_456);
+            ports.push(p);
+        }
+        for d in self.domains.values() {
+            for v in d.devices.iter().filter(|v| v.kind == DEVICE_VIF) {
+                let mut p = SwitchPort::new_zeroed();
+                p.bridge = v.bridge;
+                let name = format!("vif{}.{}", d.info.domid, v.devid);
+                let _ = set_padded(&mut p.name, name.as_bytes());
+                p.kind = PORT_VIF;
+                p.domid = d.info.domid;
+                p.devid = v.devid;
+                p.mac = v.mac;
+                p.learned = u32::from(v.requests > 0);
+                p.rx_packets = v.requests;
+                p.rx_bytes = v.requests * 98;
+                p.tx_packets = v.requests / 2;
+                p.tx_bytes = v.requests * 49;
+                p.tx_drops = v.errors;
+                ports.push(p);
+            }
+        }
+        ports
     }
 
     fn run_domctl(&mut self, req: &mut Domctl, bufs: &mut [Buf<'_>]) -> Result<(), i32> {
@@ -333,10 +602,6 @@ impl Fake {
                 d.info.name = [0; 64];
                 d.info.name[..name.len()].copy_from_slice(&name);
             }
-            // As the hypervisor today: no device backends yet.
-            DomctlCmd::DeviceAttach | DomctlCmd::DeviceDetach | DomctlCmd::ListDevices => {
-                return Err(ENOSYS)
-            }
             DomctlCmd::GetVcpuInfo => {
                 // vCPUs below `online_vcpus` are up, on CPU `vcpu % nr_cpus`, sharing the
                 // domain's time; a running domain has them on their CPUs.
@@ -356,6 +621,40 @@ impl Fake {
             }
             DomctlCmd::GetVcpuContext | DomctlCmd::SetVcpuContext => {
                 return Err(ENOSYS);
+            }
+            DomctlCmd::DeviceAttach => {
+                let mut a: DeviceAttach = req.payload();
+                a.reason = DeviceRefusal::None.raw();
+                a.conflict_domain = 0;
+                let result = self.attach(id, &mut a);
+                if let Err((refusal, _)) = result {
+                    a.reason = refusal.raw();
+                }
+                // The outputs come back even with a refusal.
+                req.set_payload(&a);
+                return result.map_err(|(_, errno)| errno);
+            }
+            DomctlCmd::DeviceDetach => {
+                let d: DeviceDetach = req.payload();
+                let close = self.frontends_close;
+                let dom = self.dom(id)?;
+                let at = dom
+                    .devices
+                    .iter()
+                    .position(|i| i.kind == d.kind && i.devid == d.devid)
+                    .ok_or(ENOENT)?;
+                if d.flags & !DETACH_FORCE != 0 {
+                    return Err(EINVAL);
+                }
+                if d.flags & DETACH_FORCE != 0 || close {
+                    dom.devices.remove(at);
+                } else {
+                    dom.devices[at].backend_state = XENBUS_CLOSING;
+                }
+            }
+            DomctlCmd::ListDevices => {
+                let devices = self.dom(id)?.devices.clone();
+                fill_list(req, bufs, domctl_buffers, &devices)?;
             }
         }
         Ok(())
@@ -397,7 +696,14 @@ impl Fake {
                 l.nr_entries = n as u32;
                 req.set_payload(&l);
             }
-            SysctlCmd::ListDisks | SysctlCmd::ListSwitchPorts => return Err(ENOSYS),
+            SysctlCmd::ListDisks => {
+                let disks = self.listed_disks();
+                fill_list(req, bufs, sysctl_buffers, &disks)?;
+            }
+            SysctlCmd::ListSwitchPorts => {
+                let ports = self.switch_ports();
+                fill_list(req, bufs, sysctl_buffers, &ports)?;
+            }
             SysctlCmd::ReadLog => {
                 let mut r: ReadLog = req.payload();
                 let idx = check_buffers("log", &sysctl_buffers(req), bufs).map_err(|_| EINVAL)?;
@@ -505,5 +811,56 @@ impl Hypervisor for Fake {
             d.info.shutdown_reason = reason;
         }
         Ok(!self.quiet_stops)
+    }
+}
+
+/// Copies `items` into the buffer a list request names, as many as fit, and sets
+/// `nr_entries`.
+fn fill_list<R, T>(
+    req: &mut R,
+    bufs: &mut [Buf<'_>],
+    uses: fn(&R) -> Vec<super::BufferUse>,
+    items: &[T],
+) -> Result<(), i32>
+where
+    R: ListRequest,
+    T: IntoBytes + zerocopy::Immutable,
+{
+    let mut l: ListDevices = req.list();
+    let idx = check_buffers("list", &uses(req), bufs).map_err(|_| EINVAL)?;
+    let Some(Buf::Out(out)) = idx.first().map(|&i| &mut bufs[i]) else {
+        return Err(EINVAL);
+    };
+    let size = core::mem::size_of::<T>();
+    let n = items.len().min(l.max_entries as usize);
+    for (i, item) in items.iter().take(n).enumerate() {
+        out[i * size..(i + 1) * size].copy_from_slice(item.as_bytes());
+    }
+    l.nr_entries = n as u32;
+    req.set_list(&l);
+    Ok(())
+}
+
+/// A domctl or sysctl whose payload is a [`ListDevices`].
+trait ListRequest {
+    fn list(&self) -> ListDevices;
+    fn set_list(&mut self, l: &ListDevices);
+}
+
+impl ListRequest for Domctl {
+    fn list(&self) -> ListDevices {
+        self.payload()
+    }
+    fn set_list(&mut self, l: &ListDevices) {
+        self.set_payload(l);
+    }
+}
+
+impl ListRequest for Sysctl {
+    fn list(&self) -> ListDevices {
+        self.payload()
+    }
+    fn set_list(&mut self, l: &ListDevices) {
+        self.set_payload(l);
     }
 }

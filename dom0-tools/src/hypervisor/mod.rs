@@ -14,12 +14,13 @@ pub mod privcmd;
 
 use ferrovisor_abi::{
     domctl::{
-        BuildPv, ConsoleIo, DomainInfo, Domctl, DomctlCmd, ListDomains, ReadLog, Sysctl, SysctlCmd,
-        VcpuContext,
+        BuildPv, ConsoleIo, DeviceAttach, DeviceDetach, DeviceInfo, DiskInfo, DomainInfo, Domctl,
+        DomctlCmd, ListDevices, ListDomains, ReadLog, SwitchPort, Sysctl, SysctlCmd, VcpuContext,
     },
     xen::{arch_x86::VcpuGuestContext, DomId, GuestHandle, XenPfn},
 };
 use std::time::Duration;
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
 use thiserror::Error;
 
@@ -130,6 +131,81 @@ pub trait Hypervisor {
     /// `@releaseDomain` watch, registered on the first call); whether the watch fired.
     /// The caller then looks at the domains: a fired watch names none.
     fn wait_for_domain_change(&mut self, timeout: Duration) -> Result<bool, TransportError>;
+
+    /// `DeviceAttach` for domain `dom`. `req` holds the outputs afterwards whether the
+    /// call succeeded or not: the device id given, or the refusal's `reason` and
+    /// `conflict_domain`, which the hypervisor fills in before failing.
+    fn device_attach(&mut self, dom: DomId, req: &mut DeviceAttach) -> Result<(), TransportError> {
+        let mut d = Domctl::new(DomctlCmd::DeviceAttach, dom, &*req);
+        let r = self.domctl(&mut d, &mut []);
+        *req = d.payload();
+        r
+    }
+
+    /// `DeviceDetach` for domain `dom`.
+    fn device_detach(&mut self, dom: DomId, req: &DeviceDetach) -> Result<(), TransportError> {
+        self.domctl(&mut Domctl::new(DomctlCmd::DeviceDetach, dom, req), &mut [])
+    }
+
+    /// `ListDevices`: the vifs and vbds of domain `dom`.
+    fn list_devices(&mut self, dom: DomId) -> Result<Vec<DeviceInfo>, TransportError> {
+        list_all(|l, bufs| {
+            let mut d = Domctl::new(DomctlCmd::ListDevices, dom, l);
+            self.domctl(&mut d, bufs)?;
+            Ok(d.payload())
+        })
+    }
+
+    /// `ListDisks`: the host's disks and partitions (the `phy:` targets).
+    fn list_disks(&mut self) -> Result<Vec<DiskInfo>, TransportError> {
+        list_all(|l, bufs| {
+            let mut s = Sysctl::new(SysctlCmd::ListDisks, l);
+            self.sysctl(&mut s, bufs)?;
+            Ok(s.payload())
+        })
+    }
+
+    /// `ListSwitchPorts`: every port of every switch, with its counters.
+    fn list_switch_ports(&mut self) -> Result<Vec<SwitchPort>, TransportError> {
+        list_all(|l, bufs| {
+            let mut s = Sysctl::new(SysctlCmd::ListSwitchPorts, l);
+            self.sysctl(&mut s, bufs)?;
+            Ok(s.payload())
+        })
+    }
+}
+
+/// Entries a list call asks for first; doubled while the answer fills the buffer (the
+/// list calls have no "start from" field: a full buffer may mean more entries).
+const LIST_FIRST: usize = 32;
+/// The most entries a list call is asked for.
+const LIST_MAX: usize = 4096;
+
+/// Runs a [`ListDevices`]-shaped call with a buffer of `T`s large enough for every entry.
+fn list_all<T: FromBytes + IntoBytes + Immutable>(
+    mut call: impl FnMut(&ListDevices, &mut [Buf<'_>]) -> Result<ListDevices, TransportError>,
+) -> Result<Vec<T>, TransportError> {
+    let size = core::mem::size_of::<T>();
+    let mut room = LIST_FIRST;
+    loop {
+        let mut buf = vec![0u8; room * size];
+        let l = ListDevices {
+            max_entries: room as u32,
+            buffer: handle_of(&buf),
+            ..ListDevices::new_zeroed()
+        };
+        let out = call(&l, &mut [Buf::Out(&mut buf)])?;
+        let n = (out.nr_entries as usize).min(room);
+        if n == room && room < LIST_MAX {
+            room *= 2;
+            continue;
+        }
+        return Ok(buf
+            .chunks_exact(size)
+            .take(n)
+            .filter_map(|c| T::read_from_bytes(c).ok())
+            .collect());
+    }
 }
 
 /// One buffer a request names.
@@ -147,6 +223,12 @@ fn use_of(handle: GuestHandle, len: u64, written: bool) -> Option<BufferUse> {
         len: usize::try_from(len).unwrap_or(usize::MAX),
         written,
     })
+}
+
+/// The array a list call's payload names, of `max_entries` `T`s, written.
+fn list_buffer<T>(l: &ListDevices) -> Vec<BufferUse> {
+    let len = u64::from(l.max_entries).saturating_mul(core::mem::size_of::<T>() as u64);
+    use_of(l.buffer, len, true).into_iter().collect()
 }
 
 /// The buffers a `domctl` request names, by command.
@@ -170,6 +252,7 @@ pub fn domctl_buffers(req: &Domctl) -> Vec<BufferUse> {
                 .into_iter()
                 .collect()
         }
+        Ok(DomctlCmd::ListDevices) => list_buffer::<DeviceInfo>(&req.payload()),
         Ok(cmd @ (DomctlCmd::ConsoleRead | DomctlCmd::ConsoleWrite)) => {
             let c: ConsoleIo = req.payload();
             use_of(c.buffer, u64::from(c.len), cmd == DomctlCmd::ConsoleRead)
@@ -189,6 +272,8 @@ pub fn sysctl_buffers(req: &Sysctl) -> Vec<BufferUse> {
                 u64::from(l.max_entries).saturating_mul(core::mem::size_of::<DomainInfo>() as u64);
             use_of(l.buffer, len, true).into_iter().collect()
         }
+        Ok(SysctlCmd::ListDisks) => list_buffer::<DiskInfo>(&req.payload()),
+        Ok(SysctlCmd::ListSwitchPorts) => list_buffer::<SwitchPort>(&req.payload()),
         Ok(SysctlCmd::ReadLog) => {
             let r: ReadLog = req.payload();
             use_of(r.buffer, u64::from(r.len), true)
@@ -241,7 +326,6 @@ pub fn sysctl_name(req: &Sysctl) -> String {
 #[cfg(test)]
 mod tests {
     use ferrovisor_abi::domctl::ListDomains;
-    use zerocopy::FromZeros;
 
     use super::*;
 

@@ -1,7 +1,7 @@
 #!/bin/busybox sh
 # dom0's /init (the initramfs `cargo xtask` builds): busybox's tools, the kernel's
-# filesystems, the Xen drivers Debian's kernel builds as modules, then a shell on the
-# console (hvc0).
+# filesystems, the Xen drivers and PV frontends Debian's kernel builds as modules, eth0
+# (sbin/net-up, in the background), then a shell on the console (hvc0).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -16,6 +16,13 @@ for m in xen-evtchn xen-gntdev xen-gntalloc xenfs; do
     insmod /lib/modules/$m.ko
 done
 mount -t xenfs xenfs /proc/xen
+# The PV frontends: the hypervisor's vif (dom0's eth0, unless started with
+# dom0_vif=none) and any disk given to dom0.
+for m in xen-netfront xen-blkfront; do
+    insmod /lib/modules/$m.ko
+done
 hostname dom0
+# In the background: the shell does not wait for eth0 or a DHCP server.
+/sbin/net-up >/run/net-up.log 2>&1 &
 echo "dom0: Linux $(uname -r) ready"
 exec setsid cttyhack sh -l
