@@ -241,7 +241,13 @@ pub fn refusal_text(hv: &mut dyn Hypervisor, req: &DeviceAttach, error: &Transpo
         Ok(DeviceRefusal::TargetReadOnly) => {
             format!("{target} is read-only on this host: attach it with 'r'")
         }
-        Ok(DeviceRefusal::None) | Err(_) => error.to_string(),
+        Ok(DeviceRefusal::None) | Err(_) => match error {
+            TransportError::Hypercall { errno, .. } if *errno == 38 => format!(
+                "this hypervisor does not serve {kind}s yet (its device backends are not \
+                 built in); remove the entry to create the domain without it"
+            ),
+            _ => error.to_string(),
+        },
     }
 }
 

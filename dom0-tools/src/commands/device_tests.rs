@@ -466,3 +466,12 @@ fn switch_ports_with_counters() {
     assert_eq!(v[1]["rx"]["packets"], 200);
     assert_eq!(v[1]["tx"]["bytes"], 9800);
 }
+
+#[test]
+fn a_hypervisor_without_backends_is_named_as_the_reason() {
+    let mut f = host();
+    f.fail = Some(("DeviceAttach".into(), 38));
+    let e = create(&mut f, &["vif=['bridge=xenbr0']"]).unwrap_err();
+    assert!(e.contains("this hypervisor does not serve vifs yet"), "{e}");
+    assert!(e.contains("guest.cfg"), "{e}");
+}
