@@ -107,6 +107,14 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
             cmdline.diagnostics_dropped
         );
     }
+    // Accepted now so that GRUB entries written for the finished feature keep working;
+    // the backends that serve them are issue 12's next step.
+    if let Some(disk) = cmdline.dom0_disk {
+        log::warn!(
+            "dom0_disk={}: not attached: this hypervisor has no vbd backend yet",
+            disk.target
+        );
+    }
     log::info!("bootloader: {}", info.bootloader_name.unwrap_or("unknown"));
     log::info!(
         "cpu: {} {} (family {:#x} model {:#x} stepping {})",
