@@ -1,0 +1,1 @@
+//! The vif backend engine.
