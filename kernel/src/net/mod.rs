@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod checksum;
 pub mod ethernet;
+pub mod gso;
 
 use alloc::vec::Vec;
 

@@ -30,7 +30,10 @@ use ferrovisor_abi::{
 use self::{rx::RxQueue, tx::TxRing, xenbus::FrontendConfig};
 pub use self::{rx::RxSummary, tx::TxSummary};
 pub use crate::io_ring::RingMemory;
-use crate::{io_ring::RingError, net::Packet};
+use crate::{
+    io_ring::RingError,
+    net::{self, Packet},
+};
 
 /// Grant copies between hypervisor memory and one frontend's granted pages, done by the
 /// binary with the grant table's copy machinery (the frontend domain is implied). The
@@ -208,10 +211,26 @@ impl Vif {
 
     /// Queues a packet for the frontend; false (and counted) when the queue is full. Call
     /// [`Self::process_rx`] after.
+    ///
+    /// A GSO packet this frontend cannot take whole (no `feature-gso-tcpv4/6` for its
+    /// type, or no `feature-sg`) is segmented here ([`net::gso`]) and its segments queued.
     pub fn queue_rx(&mut self, packet: Packet) -> bool {
         if self.broken.is_some() {
             self.stats.rx_dropped += 1;
             return false;
+        }
+        if let Some(gso) = packet.gso {
+            if !self.config.takes_gso(gso.kind) {
+                let Ok(segments) = net::gso::segment(&packet) else {
+                    self.stats.rx_dropped += 1;
+                    return false;
+                };
+                let mut all = true;
+                for s in segments {
+                    all &= self.rx.push(s, &mut self.stats);
+                }
+                return all;
+            }
         }
         self.rx.push(packet, &mut self.stats)
     }

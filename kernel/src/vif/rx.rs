@@ -132,12 +132,12 @@ impl RxQueue {
         let extra = match packet.gso {
             None => None,
             Some(gso) => {
-                let (ok, ty) = match gso.kind {
-                    GsoKind::TcpV4 => (config.gso_tcpv4, NetifGsoType::TcpV4),
-                    GsoKind::TcpV6 => (config.gso_tcpv6, NetifGsoType::TcpV6),
+                let ty = match gso.kind {
+                    GsoKind::TcpV4 => NetifGsoType::TcpV4,
+                    GsoKind::TcpV6 => NetifGsoType::TcpV6,
                 };
-                // Segmenting for a frontend without GSO is `net::gso`'s job, upstream.
-                if !ok || !config.sg {
+                // `Vif::queue_rx` segmented what this frontend cannot take whole.
+                if !config.takes_gso(gso.kind) {
                     return None;
                 }
                 Some(NetifExtraGso {
@@ -507,10 +507,31 @@ mod tests {
             kind: GsoKind::TcpV6,
             mss: 1400,
         });
-        vif.queue_rx(p);
+        vif.queue_rx(p.clone());
         let mut front = Front::new();
         front.post(8);
-        assert_eq!(run(&mut vif, &mut front).dropped, 1);
+        // The IPv4 frame is not the TCPv6 its GSO type says: dropped, not segmented.
+        assert_eq!(vif.stats().rx_dropped, 1);
+        assert_eq!(run(&mut vif, &mut front).delivered, 0);
+        // An IPv4 GSO packet for a frontend without feature-gso-tcpv4: segmented.
+        let mut cfg = FrontendConfig::test_default();
+        cfg.gso_tcpv4 = false;
+        let mut vif = Vif::new(cfg);
+        p.gso = Some(Gso {
+            kind: GsoKind::TcpV4,
+            mss: 1448,
+        });
+        assert!(vif.queue_rx(p));
+        assert_eq!(vif.rx_queued(), 5);
+        let mut front = Front::new();
+        front.post(8);
+        assert_eq!(run(&mut vif, &mut front).delivered, 5);
+        for _ in 0..5 {
+            let (flags, extra, data, _) = front.receive().unwrap();
+            assert_eq!((flags, extra), (NETRXF_DATA_VALIDATED, None));
+            assert!(data.len() <= 14 + 40 + 1448);
+            assert_eq!(verify_l4_checksum(&data), Some(true));
+        }
     }
 
     #[test]

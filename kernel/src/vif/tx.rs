@@ -47,6 +47,8 @@ pub struct TxSummary {
     pub packets: usize,
     /// Packets refused with `NETIF_RSP_ERROR`.
     pub errors: usize,
+    /// Control requests (multicast extras) answered; they count against the budget too.
+    pub controls: usize,
     /// The frontend asked to be notified of the responses.
     pub notify: bool,
     /// The budget ran out with requests left: call again.
@@ -102,7 +104,7 @@ impl TxRing {
     ) -> Result<TxSummary, VifError> {
         let mut summary = TxSummary::default();
         loop {
-            if summary.packets + summary.errors >= budget {
+            if summary.packets + summary.errors + summary.controls >= budget {
                 summary.more = self.ring.unconsumed(mem)? > 0;
                 break;
             }
@@ -112,7 +114,7 @@ impl TxRing {
             match self.one_packet(mem, grants, &mut deliver, stats)? {
                 Outcome::Delivered => summary.packets += 1,
                 Outcome::Refused => summary.errors += 1,
-                Outcome::Control => {}
+                Outcome::Control => summary.controls += 1,
             }
         }
         summary.notify = self.ring.publish(mem);

@@ -100,6 +100,17 @@ pub struct FrontendConfig {
     pub ipv6_csum_offload: bool,
 }
 
+impl FrontendConfig {
+    /// Whether it takes GSO packets of `kind` whole on rx (GSO needs several slots).
+    pub fn takes_gso(&self, kind: crate::net::GsoKind) -> bool {
+        self.sg
+            && match kind {
+                crate::net::GsoKind::TcpV4 => self.gso_tcpv4,
+                crate::net::GsoKind::TcpV6 => self.gso_tcpv6,
+            }
+    }
+}
+
 #[cfg(test)]
 impl FrontendConfig {
     /// What Linux 6.1's netfront negotiates with the default [`BackendFeatures`].
