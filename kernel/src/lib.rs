@@ -19,5 +19,7 @@ pub mod mm;
 pub mod multiboot2;
 pub mod pv;
 pub mod ratelimit;
+pub mod storage;
 pub mod time;
+pub mod vbd;
 pub mod xenstore;

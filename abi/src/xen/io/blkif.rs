@@ -64,7 +64,9 @@ pub const VDISK_READONLY: u32 = 0x4;
 pub const BLKIF_MAX_RING_PAGE_ORDER: u32 = 4;
 
 /// `struct blkif_request_segment`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct BlkifRequestSegment {
     pub gref: GrantRef,
@@ -226,7 +228,10 @@ mod tests {
         assert_eq!(BlkifOp::Indirect.raw(), 6);
         assert_eq!(BlkifOp::try_from(7u8).ok(), None);
         assert_eq!(BLKIF_SEGS_PER_INDIRECT_FRAME, 512);
-        assert_eq!((BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP), (0, -1, -2));
+        assert_eq!(
+            (BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP),
+            (0, -1, -2)
+        );
         assert_eq!(VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY, 7);
         assert_eq!(ring_size(4096, BLKIF_RING_ENTRY_BYTES), 32);
     }
