@@ -1,0 +1,1 @@
+//! The vbd's xenbus handshake.
