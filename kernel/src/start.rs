@@ -227,6 +227,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     start_other_cpus(boot);
     // The devices: after the local APIC (MSI-X targets the boot CPU's) and the other CPUs.
     crate::drivers::probe(boot.info.acpi_rsdp);
+    crate::backend::disks::scan();
     log::info!("memory: {} free", HumanSize(memory::free_bytes()));
 
     if !can_start_dom0 {

@@ -19,6 +19,15 @@ fn devices_selftest_reads_writes_and_talks_arp() {
     let image = dir.join("devices-disk.img");
     let mut bytes = vec![0u8; (DISK_MIB << 20) as usize];
     bytes[..MARKER.len()].copy_from_slice(MARKER);
+    // An MBR (in the boot-code area's wake): partitions 1 and 2, Linux type, the
+    // signature. Entries: boot flag, CHS (unused), type, CHS, first LBA, sectors.
+    for (i, (start, sectors)) in [(2048u32, 4096u32), (6144, 8192)].into_iter().enumerate() {
+        let e = 446 + 16 * i;
+        bytes[e + 4] = 0x83;
+        bytes[e + 8..e + 12].copy_from_slice(&start.to_le_bytes());
+        bytes[e + 12..e + 16].copy_from_slice(&sectors.to_le_bytes());
+    }
+    bytes[510..512].copy_from_slice(&[0x55, 0xaa]);
     let last = bytes.len() - 512;
     bytes[last..].fill(0x5a);
     fs::write(&image, &bytes).expect("write the disk image");
@@ -36,7 +45,7 @@ fn devices_selftest_reads_writes_and_talks_arp() {
     b.find(r"pci: ECAM at 0xb0000000, buses 0-255");
     b.find(&format!(r"pci: 00:0[0-9a-f]\.0 virtio-net {MAC}"));
     b.find(&format!(
-        r"pci: 00:0[0-9a-f]\.0 virtio-blk vda {DISK_MIB} MiB"
+        r"pci: 00:0[0-9a-f]\.0 virtio-blk vda {DISK_MIB} MiB, 2 partitions"
     ));
     b.find(r"virtio-blk vda: 16384 sectors, block size 512, read-write, flush");
     b.find(

@@ -15,6 +15,7 @@ use crate::{
 };
 
 pub mod console;
+pub mod disks;
 #[expect(
     dead_code,
     reason = "the vif and vbd backends (issue 12) use it; wired next"

@@ -91,7 +91,6 @@ struct DiskState {
 /// One virtio-blk disk.
 pub struct Disk {
     pub name: heapless::String<8>,
-    #[allow(dead_code, reason = "for the upper layer's listings (ListDisks)")]
     pub bdf: Bdf,
     pub info: DiskInfo,
     pub vector: u8,

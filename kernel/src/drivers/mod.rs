@@ -42,12 +42,8 @@ pub fn probe(rsdp: Option<&[u8]>) {
         match DeviceType::from_pci(f.vendor, f.device, f.subsystem_id) {
             Some(DeviceType::Block) => match blk::probe(cfg, f, disks.len(), apic_id) {
                 Ok(d) => {
-                    log::info!(
-                        "pci: {} virtio-blk {} {}",
-                        f.bdf,
-                        d.name,
-                        blk::size_text(&d.info)
-                    );
+                    // The `pci:` line comes with the partition scan
+                    // (`backend::disks::scan`), once the disk can be read.
                     log::info!(
                         "virtio-blk {}: {} sectors, block size {}, {}{}{}, queue of {}, vector {:#x}",
                         d.name,
