@@ -367,8 +367,7 @@ fn gpt_at(
     let entry_size = h.entry_size as usize;
     let bytes = (h.num_entries as usize).checked_mul(entry_size);
     let Some(bytes) = bytes.filter(|&n| {
-        entry_size >= GPT_ENTRY_MIN
-            && entry_size <= 4096
+        (GPT_ENTRY_MIN..=4096).contains(&entry_size)
             && entry_size.is_power_of_two()
             && n <= MAX_GPT_ENTRY_BYTES
     }) else {
