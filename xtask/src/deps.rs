@@ -61,6 +61,11 @@ pub const TOOLS: &[Tool] = &[
         package: "grub-pc-bin",
         purpose: "GRUB's BIOS modules, which the ISO boots with",
     },
+    Tool {
+        probe: Probe::Program("mkfs.ext4"),
+        package: "e2fsprogs",
+        purpose: "makes the ext4 filesystems of the vbd tests' disk images",
+    },
 ];
 
 /// The hypervisor's (and the PV test kernels') target.
@@ -196,7 +201,7 @@ fn is_root() -> bool {
 pub fn ensure() -> anyhow::Result<()> {
     let tools = missing_tools();
     if tools.is_empty() {
-        eprintln!("deps: host tools present (qemu-system-x86_64, grub-mkrescue, xorriso, mformat, GRUB i386-pc modules)");
+        eprintln!("deps: host tools present (qemu-system-x86_64, grub-mkrescue, xorriso, mformat, GRUB i386-pc modules, mkfs.ext4)");
     } else {
         let packages = packages_for(&tools);
         for tool in &tools {

@@ -2,6 +2,7 @@
 //! (`tests/`) build, package and boot the hypervisor exactly as `cargo xtask` does.
 //!
 //! - [`deps`]: the host tools and rustup targets the other steps need, and installing them.
+//! - [`disk_image`]: partitioned raw disk images (MBR, ext4 with given files) for the vbd tests.
 //! - [`build`]: the hypervisor image (`ferrovisor.gz`) and the placeholder boot modules.
 //! - [`iso`]: the GRUB rescue ISO with a real `grub.cfg` multiboot2 entry.
 //! - [`xen`]: Xen 4.17 from Debian's package, the reference the test kernels also boot on.
@@ -22,6 +23,7 @@ pub mod bench_linux;
 pub mod build;
 pub mod debian;
 pub mod deps;
+pub mod disk_image;
 pub mod initramfs;
 pub mod iso;
 pub mod linux;
