@@ -533,7 +533,9 @@ pub const VDEV_NAME_MAX: usize = 16;
 
 /// [`DeviceAttach::mode`]: read-only (`r`).
 pub const VBD_MODE_READ: u32 = 0;
-/// Writable (`w`): refused while another running domain has the target writable.
+/// Writable (`w`): refused while another running domain has the target (or a disk or
+/// partition overlapping it) attached at all, and a later `r` attachment by another
+/// domain is refused while it is held `w` (xl's `block` script rules).
 pub const VBD_MODE_WRITE: u32 = 1;
 /// Writable and shared on purpose (`w!`): no exclusivity check.
 pub const VBD_MODE_WRITE_SHARED: u32 = 2;
