@@ -5,6 +5,7 @@
 use alloc::vec::Vec;
 
 use ferrovisor::storage::{
+    listing::{self, ScannedDisk},
     partition::{self, PartitionTable, TableKind},
     ReadFailed, SectorReader, SECTOR_BYTES,
 };
@@ -82,10 +83,23 @@ pub fn scan() {
 }
 
 /// The partition table found on `disk` at boot.
-#[expect(
-    dead_code,
-    reason = "ListDisks and the vbd backend (issue 12) read it; wired next"
-)]
-pub fn table(disk: DiskId) -> Option<&'static PartitionTable> {
+fn table(disk: DiskId) -> Option<&'static PartitionTable> {
     TABLES.get()?.get(disk)?.as_ref()
+}
+
+/// Every disk and partition, as `ListDisks` reports them.
+pub fn list() -> Vec<ferrovisor_abi::domctl::DiskInfo> {
+    let scanned: Vec<ScannedDisk<'_>> = blk::disks()
+        .iter()
+        .enumerate()
+        .map(|(id, d)| ScannedDisk {
+            sectors: d.info.capacity,
+            sector_size: d.info.blk_size,
+            read_only: d.info.read_only,
+            flush: d.info.flush,
+            discard: d.info.discard.is_some(),
+            table: table(id),
+        })
+        .collect();
+    listing::disk_entries(&scanned)
 }

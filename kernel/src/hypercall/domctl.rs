@@ -425,7 +425,21 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
             r.missed = missed;
             req.set_payload(&r);
         }
-        SysctlCmd::ListDisks | SysctlCmd::ListSwitchPorts => return Err(XenErrno::Enosys),
+        SysctlCmd::ListDisks => {
+            let mut l: domctl::ListDisks = req.payload();
+            let disks = backend::disks::list();
+            let n = disks.len().min(l.max_entries as usize);
+            for (i, d) in disks[..n].iter().enumerate() {
+                let at = l
+                    .buffer
+                    .0
+                    .wrapping_add((i * core::mem::size_of::<domctl::DiskInfo>()) as u64);
+                write_out(at, d.as_bytes())?;
+            }
+            l.nr_entries = n as u32;
+            req.set_payload(&l);
+        }
+        SysctlCmd::ListSwitchPorts => return Err(XenErrno::Enosys),
     }
     write_out(arg, req.as_bytes())?;
     Ok(0)

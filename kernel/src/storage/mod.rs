@@ -8,6 +8,7 @@
 //! (a disk with larger sectors is still addressed in 512-byte units).
 
 pub mod attach;
+pub mod listing;
 pub mod names;
 pub mod partition;
 pub mod target;
