@@ -281,8 +281,7 @@ impl DomainInfo {
 
 /// A NUL-padded name's bytes.
 pub fn name_bytes(name: &[u8; DOMAIN_NAME_MAX]) -> &[u8] {
-    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    &name[..end]
+    padded_str(name)
 }
 
 /// `RenameDomain` payload.

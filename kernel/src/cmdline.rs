@@ -531,19 +531,8 @@ impl Default for Dom0Vif<'_> {
 
 /// Parses `aa:bb:cc:dd:ee:ff` (also with `-`), refusing multicast and all-zero addresses.
 pub fn parse_unicast_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split([':', '-']);
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
-        return None;
-    }
-    Some(mac)
+    let mac = crate::net::ethernet::MacAddr::parse(&text.replace('-', ":"))?;
+    (mac.is_unicast() && !mac.is_zero()).then_some(mac.0)
 }
 
 impl<'a> Dom0Vif<'a> {

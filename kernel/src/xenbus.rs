@@ -10,6 +10,8 @@ use alloc::{format, string::String, vec, vec::Vec};
 
 use ferrovisor_abi::xen::{xen::DOMID_XEN, DomId};
 
+use crate::net::ethernet::MacAddr;
+
 /// The two kinds of split device the hypervisor serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeviceKind {
@@ -57,14 +59,6 @@ pub struct Dir {
     pub nodes: Vec<(&'static str, String)>,
 }
 
-/// `xx:xx:xx:xx:xx:xx`, as xenstore's `mac` nodes spell it.
-pub fn mac_string(mac: [u8; 6]) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
-    )
-}
-
 /// The frontend directory: owned by the guest (it writes its ring details and state
 /// there), readable by the backend; and the backend directory: owned by the backend,
 /// readable by the guest (Linux needs to read `state` and the features).
@@ -105,7 +99,8 @@ fn dirs(
 
 /// A vif's starting nodes (`handle` is its devid).
 pub fn vif_dirs(dom: DomId, devid: u32, mac: [u8; 6], bridge: &str) -> [Dir; 2] {
-    let mac = mac_string(mac);
+    // `xx:xx:xx:xx:xx:xx`, as xenstore's `mac` nodes spell it.
+    let mac = format!("{}", MacAddr(mac));
     dirs(
         DeviceKind::Vif,
         dom,

@@ -29,6 +29,8 @@ use crate::{
 };
 
 const ESRCH: i32 = 3;
+/// What a hypervisor without the device backends answers.
+const ENOSYS: i32 = 38;
 
 /// The OUI of Xen's vif MACs.
 pub const XEN_OUI: [u8; 3] = [0x00, 0x16, 0x3e];
@@ -242,7 +244,7 @@ pub fn refusal_text(hv: &mut dyn Hypervisor, req: &DeviceAttach, error: &Transpo
             format!("{target} is read-only on this host: attach it with 'r'")
         }
         Ok(DeviceRefusal::None) | Err(_) => match error {
-            TransportError::Hypercall { errno, .. } if *errno == 38 => format!(
+            TransportError::Hypercall { errno, .. } if *errno == ENOSYS => format!(
                 "this hypervisor does not serve {kind}s yet (its device backends are not \
                  built in); remove the entry to create the domain without it"
             ),
@@ -476,7 +478,7 @@ pub fn disk_list(hv: &mut dyn Hypervisor) -> Result<Vec<(DiskInfo, DiskUsers)>, 
         let devs = match hv.list_devices(d.domid) {
             Err(e) if e.errno() == Some(ESRCH) => continue,
             // A hypervisor that lists disks but serves no vbds yet: nobody uses them.
-            Err(e) if e.errno() == Some(38) => break,
+            Err(e) if e.errno() == Some(ENOSYS) => break,
             r => r?,
         };
         for v in devs.iter().filter(|v| v.kind == DEVICE_VBD) {
