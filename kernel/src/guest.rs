@@ -122,6 +122,9 @@ pub fn before_return(frame: &mut TrapFrame) {
         sched::reschedule(frame);
     }
     domain::with_current(|d| {
+        if d.cur().time_stale {
+            d.publish_time();
+        }
         if d.upcall_due() {
             deliver(d, frame, &"an event upcall", |regs, state, stack| {
                 bounce::deliver_event_upcall(regs, state, stack)

@@ -130,6 +130,10 @@ pub struct Vcpu {
     pub cr2: u64,
     /// The version of the last `vcpu_time_info` published (even when complete).
     pub time_version: u32,
+    /// Its timer fired while it was live on another CPU: its `vcpu_time_info` is to be
+    /// republished by that CPU before the vCPU next runs guest code (never from here,
+    /// where the guest could read the fields half-written).
+    pub time_stale: bool,
     /// Where its `vcpu_info` is: at this offset in the shared-info page, or in the frame
     /// the guest moved it to (`VCPUOP_register_vcpu_info`, once per vCPU as `vcpu.h`
     /// says), held writable while it is there.
@@ -300,6 +304,7 @@ impl Vcpu {
             fpu_ts: false,
             cr2: 0,
             time_version: 0,
+            time_stale: false,
             vcpu_info_frame: None,
             vcpu_info_offset: id as usize * core::mem::size_of::<VcpuInfo>(),
             timer_deadline: None,
@@ -619,6 +624,7 @@ impl Domain {
             shared.write_u32(version_at, even);
         }
         self.cur_mut().time_version = even;
+        self.cur_mut().time_stale = false;
     }
 
     /// Publishes the wall-clock time at system time 0 in `shared_info`.
@@ -717,8 +723,22 @@ impl Domain {
                 let _ = fired.push(v.id);
             }
         }
+        let here = percpu::cpu();
         for id in fired {
-            self.acting_for(id, |d| d.publish_time());
+            // A vCPU live on another CPU may be reading its time right now: a version
+            // seen odd there would be an update in progress. That CPU republishes it on
+            // its way back to the guest (`guest::before_return`), as Xen updates a vCPU's
+            // time only on the vCPU's own CPU.
+            let elsewhere = self
+                .vcpu_by_id_mut(id)
+                .is_some_and(|v| v.on_cpu.is_some_and(|c| c != here));
+            if elsewhere {
+                if let Some(v) = self.vcpu_by_id_mut(id) {
+                    v.time_stale = true;
+                }
+            } else {
+                self.acting_for(id, |d| d.publish_time());
+            }
             self.send_virq(VIRQ_TIMER, id);
         }
     }
