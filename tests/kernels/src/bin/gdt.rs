@@ -77,9 +77,28 @@ fn stale_selector(si: &StartInfo, entry: u64) -> Result<(), &'static str> {
     let rc = update_descriptor(entry, DATA_NOT_PRESENT);
     pvrt::ensure!(rc == 0, "update_descriptor(not present) returned {}", rc);
     let es_before = es();
-    // Off the CPU until the timer: the hypervisor saves ES and must reload it after.
-    let rc = time::set_singleshot_timer(time::now() + 2 * NS_PER_MS, 0);
-    pvrt::ensure!(rc == 0, "VCPUOP_set_singleshot_timer returned {}", rc);
+    // Off the CPU until the timer: the hypervisor saves ES and must reload it after. The
+    // block must really take the vCPU off the CPU, and `SCHEDOP_block` returns at once
+    // while an upcall is pending (as in Xen): so nothing may be pending when it is made.
+    // With events masked, an earlier event is discarded and the timer armed far enough
+    // out that it cannot fire first (with 2 ms it sometimes did under a loaded TCG, and
+    // ES was then never saved and reloaded); should it fire anyway, it is re-armed.
+    let mut quiet = false;
+    for _ in 0..5 {
+        events::mask_events();
+        events::discard(timer);
+        let rc = time::set_singleshot_timer(time::now() + 20 * NS_PER_MS, 0);
+        pvrt::ensure!(rc == 0, "VCPUOP_set_singleshot_timer returned {}", rc);
+        if events::upcall_pending() == 0 {
+            quiet = true;
+            break;
+        }
+    }
+    pvrt::ensure!(
+        quiet,
+        "an upcall was pending before SCHEDOP_block each of 5 times (a 20 ms timer firing \
+         at once?)"
+    );
     let rc = pvrt::sched_block();
     pvrt::ensure!(rc == 0, "SCHEDOP_block returned {}", rc);
     events::mask_events();
