@@ -107,14 +107,6 @@ pub extern "C" fn kernel_entry(magic: u32, mbi_phys: u32) -> ! {
             cmdline.diagnostics_dropped
         );
     }
-    // Accepted now so that GRUB entries written for the finished feature keep working;
-    // the backends that serve them are issue 12's next step.
-    if let Some(disk) = cmdline.dom0_disk {
-        log::warn!(
-            "dom0_disk={}: not attached: this hypervisor has no vbd backend yet",
-            disk.target
-        );
-    }
     log::info!("bootloader: {}", info.bootloader_name.unwrap_or("unknown"));
     log::info!(
         "cpu: {} {} (family {:#x} model {:#x} stepping {})",
@@ -239,6 +231,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     }
     domain::init_frame_table(boot.ram_end);
     crate::backend::xenstore::init();
+    crate::backend::vbd::init();
     let kernel = &boot.info.modules[0]; // present: checked by `report_modules`
                                         // As in Xen: one vCPU per physical CPU unless `dom0_max_vcpus=` says otherwise.
     let vcpus = boot
@@ -252,7 +245,12 @@ extern "C" fn boot_on_main_stack() -> ! {
         vcpus,
     ) {
         Ok(()) => {
-            domain::with_domains(|doms| crate::backend::xenstore::introduce(doms, domain::DOM0));
+            domain::with_domains(|doms| {
+                crate::backend::xenstore::introduce(doms, domain::DOM0);
+                if let Some(disk) = &boot.cmdline.dom0_disk {
+                    crate::backend::vbd::attach_dom0_disk(doms, disk);
+                }
+            });
             crate::backend::console::attach(domain::DOM0);
             domain::run_dom0()
         }

@@ -103,3 +103,17 @@ pub fn list() -> Vec<ferrovisor_abi::domctl::DiskInfo> {
         .collect();
     listing::disk_entries(&scanned)
 }
+
+/// Every disk with the partitions the boot scan found, as vbd targets resolve against.
+pub fn targets() -> Vec<ferrovisor::storage::target::Disk> {
+    blk::disks()
+        .iter()
+        .enumerate()
+        .map(|(id, d)| ferrovisor::storage::target::Disk {
+            index: id as u32,
+            sectors: d.info.capacity,
+            read_only: d.info.read_only,
+            partitions: table(id).map_or_else(Vec::new, |t| t.partitions.clone()),
+        })
+        .collect()
+}

@@ -15,23 +15,26 @@ use crate::{
 };
 
 pub mod console;
+pub mod devices;
 pub mod disks;
-#[expect(
-    dead_code,
-    reason = "the vif and vbd backends (issue 12) use it; wired next"
-)]
 pub mod grant_io;
+pub mod vbd;
 pub mod xenstore;
 
 /// Domain `dom` signalled the backend `service`.
 pub fn notify(doms: &mut Domains, dom: DomId, service: u32) {
     match service {
-        SERVICE_XENSTORE => xenstore::service(doms, dom),
+        SERVICE_XENSTORE => {
+            xenstore::service(doms, dom);
+            // The request may have moved a device's frontend on.
+            devices::drain(doms);
+        }
         SERVICE_CONSOLE => {
             if let Some(d) = doms.get_mut(dom) {
                 console::service(d);
             }
         }
+        s if s >= devices::SERVICE_DEVICE_BASE => devices::kick(doms, dom, s),
         _ => {}
     }
 }

@@ -3,7 +3,7 @@
 //! when the domain signals its store port; replies and watch events go back into its
 //! ring, and into the rings of other domains whose watches fired.
 
-use alloc::vec::Vec;
+use alloc::{collections::VecDeque, string::String, vec::Vec};
 
 use ferrovisor::{
     mm::frame_table::DomId,
@@ -195,8 +195,81 @@ pub fn request(doms: &mut Domains, kind: XsType, payload: &[u8]) -> Result<Vec<u
     result
 }
 
-/// Writes queued output (watch events) into the rings of the domains `outcome` names.
+/// The hypervisor's own watches that fired and are not handled yet, oldest first. They
+/// are queued here, never handled inside a xenstore call, so that a backend reacting to
+/// one may use the store itself: [`crate::backend::devices::drain`] takes them after the
+/// call that fired them. A leaf lock.
+static INTERNAL_EVENTS: IrqMutex<VecDeque<(String, String)>> = IrqMutex::new(VecDeque::new());
+
+/// The oldest of the hypervisor's fired watches, `(path, token)`.
+pub fn next_internal_event() -> Option<(String, String)> {
+    INTERNAL_EVENTS.lock().pop_front()
+}
+
+/// Registers the hypervisor's own watch on `path` (and below), reported under `token`.
+pub fn watch(path: &str, token: &str) -> Result<(), XsErrorCode> {
+    XENSTORE
+        .lock()
+        .as_mut()
+        .ok_or(XsErrorCode::Eio)?
+        .watch_internal(path, token)
+}
+
+/// Removes a watch [`watch`] registered.
+pub fn unwatch(path: &str, token: &str) {
+    if let Some(xs) = XENSTORE.lock().as_mut() {
+        let _ = xs.unwatch_internal(path, token);
+    }
+}
+
+/// Reads node `path` as the hypervisor (the privileged domain's rights).
+pub fn read(doms: &mut Domains, path: &str) -> Option<Vec<u8>> {
+    let mut payload = Vec::from(path.as_bytes());
+    payload.push(0);
+    request(doms, XsType::Read, &payload).ok()
+}
+
+/// Writes `value` to node `path` as the hypervisor, creating the path.
+pub fn write(doms: &mut Domains, path: &str, value: &str) -> Result<(), XsErrorCode> {
+    let mut payload = Vec::from(path.as_bytes());
+    payload.push(0);
+    payload.extend_from_slice(value.as_bytes());
+    request(doms, XsType::Write, &payload).map(|_| ())
+}
+
+/// Sets the permission list of `path` (`n0`, `r5`: the first entry names the owner).
+pub fn set_perms(doms: &mut Domains, path: &str, perms: &[String]) -> Result<(), XsErrorCode> {
+    let mut payload = Vec::from(path.as_bytes());
+    payload.push(0);
+    for p in perms {
+        payload.extend_from_slice(p.as_bytes());
+        payload.push(0);
+    }
+    request(doms, XsType::SetPerms, &payload).map(|_| ())
+}
+
+/// Creates directory `path` (no error if it exists).
+pub fn mkdir(doms: &mut Domains, path: &str) -> Result<(), XsErrorCode> {
+    let mut payload = Vec::from(path.as_bytes());
+    payload.push(0);
+    request(doms, XsType::Mkdir, &payload).map(|_| ())
+}
+
+/// Removes `path` and everything below it (no error if it is gone).
+pub fn remove(doms: &mut Domains, path: &str) {
+    let mut payload = Vec::from(path.as_bytes());
+    payload.push(0);
+    let _ = request(doms, XsType::Rm, &payload);
+}
+
+/// Writes queued output (watch events) into the rings of the domains `outcome` names,
+/// and queues the hypervisor's own fired watches.
 fn deliver(doms: &mut Domains, outcome: &Outcome) {
+    if !outcome.internal.is_empty() {
+        INTERNAL_EVENTS
+            .lock()
+            .extend(outcome.internal.iter().cloned());
+    }
     for &w in &outcome.wake {
         let dom = DomId(w);
         let Some((mut p, port)) = doms.get(dom).and_then(page) else {

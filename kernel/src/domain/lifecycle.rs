@@ -248,6 +248,8 @@ pub fn destroy(_: &Privileged, target: DomId) -> Result<(), XenErrno> {
     // Off every CPU first; paused, no CPU picks it again.
     super::pause_sync(target).ok_or(XenErrno::Esrch)?;
     let mut d = super::with_domains(|doms| {
+        // Its devices first, while it is still there to take back their rings and ports.
+        crate::backend::devices::destroy_domain(doms, target);
         let mut d = doms.remove(target).ok_or(XenErrno::Esrch)?;
         // Its id stays taken (listed as dying) until its memory is released below.
         doms.add_dying(

@@ -164,10 +164,48 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
                 super::vcpu::apply_context(d, c.vcpu, &ctx, true)
             })?;
         }
-        // The device backends are being built (issue 12): until they serve a ring, no
-        // device is offered, rather than one that would never connect.
-        DomctlCmd::DeviceAttach | DomctlCmd::DeviceDetach | DomctlCmd::ListDevices => {
-            return Err(XenErrno::Enosys)
+        DomctlCmd::DeviceAttach => {
+            let mut a: domctl::DeviceAttach = req.payload();
+            a.reason = domctl::DeviceRefusal::None.raw();
+            a.conflict_domain = 0;
+            let result = domain::with_domains(|doms| {
+                let r = backend::devices::attach(doms, target, &mut a);
+                backend::devices::drain(doms);
+                r
+            });
+            if let Err(e) = &result {
+                a.reason = e.refusal.reason.raw();
+                a.conflict_domain = e.refusal.conflict_domain.unwrap_or(0);
+            }
+            // The reason goes back with a refusal too: `fv` names it.
+            req.set_payload(&a);
+            write_out(arg, req.as_bytes())?;
+            return result.map(|()| 0).map_err(|e| e.errno);
+        }
+        DomctlCmd::DeviceDetach => {
+            let d: domctl::DeviceDetach = req.payload();
+            domain::with_domains(|doms| {
+                let r = backend::devices::detach(doms, target, &d);
+                backend::devices::drain(doms);
+                r
+            })?;
+        }
+        DomctlCmd::ListDevices => {
+            let mut l: domctl::ListDevices = req.payload();
+            if domain::with_domains(|doms| doms.get(target).is_none()) {
+                return Err(XenErrno::Esrch);
+            }
+            let devices = backend::devices::list(target);
+            let n = devices.len().min(l.max_entries as usize);
+            for (i, d) in devices[..n].iter().enumerate() {
+                let at = l
+                    .buffer
+                    .0
+                    .wrapping_add((i * core::mem::size_of::<domctl::DeviceInfo>()) as u64);
+                write_out(at, d.as_bytes())?;
+            }
+            l.nr_entries = n as u32;
+            req.set_payload(&l);
         }
     }
     write_out(arg, req.as_bytes())?;

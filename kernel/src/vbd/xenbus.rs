@@ -282,6 +282,27 @@ impl VbdXenbus {
         out
     }
 
+    /// The backend closes the device (a detach): Closing, with the ring still served until
+    /// the frontend answers Closing or Closed (blkfront finishes with its requests first).
+    /// The frontend's Closed then brings the backend to Closed, where the device may go.
+    pub fn close(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state != XenbusState::Closing && self.state != XenbusState::Closed {
+            self.set(XenbusState::Closing, &mut out);
+        }
+        out
+    }
+
+    /// The frontend broke the ring protocol: stop serving at once and close.
+    pub fn fault(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.disconnect(&mut out);
+        if self.state != XenbusState::Closing && self.state != XenbusState::Closed {
+            self.set(XenbusState::Closing, &mut out);
+        }
+        out
+    }
+
     fn disconnect(&mut self, out: &mut Vec<Action>) {
         if self.connected {
             self.connected = false;
@@ -383,6 +404,53 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn connected_vbd() -> (VbdXenbus, Front) {
+        let mut x = VbdXenbus::new(adv());
+        x.start();
+        let mut front = Front::default();
+        blkfront_single(&mut front);
+        let acts = x.frontend_changed(XenbusState::Initialised, &mut front);
+        assert!(matches!(acts[..], [Action::Connect(_)]));
+        x.connect_result(Ok(()));
+        assert_eq!(x.state(), XenbusState::Connected);
+        (x, front)
+    }
+
+    #[test]
+    fn a_detach_closes_and_serves_until_the_frontend_closes() {
+        let (mut x, mut front) = connected_vbd();
+        assert_eq!(x.close(), [Action::SetState(XenbusState::Closing)]);
+        assert!(
+            x.connected(),
+            "the ring is served until the frontend closes"
+        );
+        assert!(x.close().is_empty(), "closing twice does nothing");
+        assert_eq!(
+            x.frontend_changed(XenbusState::Closing, &mut front),
+            [Action::Disconnect]
+        );
+        assert_eq!(
+            x.frontend_changed(XenbusState::Closed, &mut front),
+            [Action::SetState(XenbusState::Closed)]
+        );
+        assert_eq!(x.state(), XenbusState::Closed);
+    }
+
+    #[test]
+    fn a_ring_fault_disconnects_at_once() {
+        let (mut x, mut front) = connected_vbd();
+        assert_eq!(
+            x.fault(),
+            [Action::Disconnect, Action::SetState(XenbusState::Closing)]
+        );
+        assert!(!x.connected());
+        assert!(x.fault().is_empty());
+        // The frontend starts over once both ends are closed.
+        x.frontend_changed(XenbusState::Closed, &mut front);
+        let again = x.frontend_changed(XenbusState::Initialising, &mut front);
+        assert_eq!(again.last(), Some(&Action::SetState(XenbusState::InitWait)));
     }
 
     /// What blkfront's `talk_to_blkback` writes for a one-page ring.
