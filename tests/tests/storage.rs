@@ -140,7 +140,7 @@ impl Term {
         self.n += 1;
         let tag = format!("Q{}_", self.n);
         self.b.send(&format!(
-            "R=$({cmd} 2>&1); S=$?; echo \"{tag}$((0))=$S:$(printf %s \"$R\" | tr '\\n\\r' '  ')\"\r"
+            "R=$({{ {cmd}; }} 2>&1); S=$?; echo \"{tag}$((0))=$S:$(printf %s \"$R\" | tr '\\n\\r' '  ')\"\r"
         ));
         let m = self.expect_within(&format!(r"{tag}0=(\d+):(.*)"), secs);
         let status = m.group(1).parse().expect("a status");
