@@ -158,15 +158,87 @@ fn stamp_text(size_mib: u64, files_dir: &Path) -> anyhow::Result<String> {
     Ok(lines.join("\n"))
 }
 
-fn mkfs_ext4() -> anyhow::Result<PathBuf> {
-    find_program("mkfs.ext4")
+/// An e2fsprogs program (`mkfs.ext4`, `debugfs`, `e2fsck`): on `PATH`, or in `/usr/sbin`
+/// or `/sbin`, which a non-root `PATH` often lacks.
+pub fn e2fsprogs(name: &str) -> anyhow::Result<PathBuf> {
+    find_program(name)
         .or_else(|| {
-            ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+            ["/usr/sbin", "/sbin"]
                 .into_iter()
-                .map(PathBuf::from)
+                .map(|d| Path::new(d).join(name))
                 .find(|p| p.is_file())
         })
-        .context("mkfs.ext4 not found: install e2fsprogs (`cargo xtask deps`)")
+        .with_context(|| format!("{name} not found: install e2fsprogs (`cargo xtask deps`)"))
+}
+
+fn mkfs_ext4() -> anyhow::Result<PathBuf> {
+    e2fsprogs("mkfs.ext4")
+}
+
+impl DiskImage {
+    /// Partition `number`'s layout.
+    pub fn partition(&self, number: u32) -> anyhow::Result<PartitionLayout> {
+        self.partitions
+            .iter()
+            .copied()
+            .find(|p| p.number == number)
+            .with_context(|| format!("{} has no partition {number}", self.path.display()))
+    }
+
+    /// The bytes of partition `number`, read from the image file as it is now.
+    pub fn partition_bytes(&self, number: u32) -> anyhow::Result<Vec<u8>> {
+        let p = self.partition(number)?;
+        let whole =
+            fs::read(&self.path).with_context(|| format!("cannot read {}", self.path.display()))?;
+        let start = usize::try_from(p.offset_bytes())?;
+        let end = usize::try_from(p.offset_bytes() + p.size_bytes())?;
+        whole.get(start..end).map(<[u8]>::to_vec).with_context(|| {
+            format!(
+                "{} is shorter than its partition table",
+                self.path.display()
+            )
+        })
+    }
+
+    /// Copies partition `number` out to `out` (for tools that take a filesystem image,
+    /// not a partitioned disk: `debugfs`, `e2fsck`).
+    pub fn extract_partition(&self, number: u32, out: &Path) -> anyhow::Result<()> {
+        let bytes = self.partition_bytes(number)?;
+        fs::write(out, bytes).with_context(|| format!("cannot write {}", out.display()))
+    }
+}
+
+/// `debugfs -R REQUEST FS` on an ext2/3/4 image, read-only: what it prints on stdout.
+pub fn debugfs(fs_image: &Path, request: &str) -> anyhow::Result<String> {
+    let out = Command::new(e2fsprogs("debugfs")?)
+        .args(["-R", request])
+        .arg(fs_image)
+        .output()
+        .context("cannot run debugfs")?;
+    ensure!(
+        out.status.success(),
+        "debugfs -R {request:?} {}: {}\n{}",
+        fs_image.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `e2fsck -f -n FS` (a full check that changes nothing): its exit status (0 means
+/// clean, 4 uncorrected errors, see e2fsck(8)) and everything it printed.
+pub fn e2fsck_readonly(fs_image: &Path) -> anyhow::Result<(i32, String)> {
+    let out = Command::new(e2fsprogs("e2fsck")?)
+        .args(["-f", "-n"])
+        .arg(fs_image)
+        .output()
+        .context("cannot run e2fsck")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
 }
 
 /// Makes (or reuses) a `size_mib` raw image at `path` with the MBR of [`layout`] and an
