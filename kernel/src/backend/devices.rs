@@ -30,9 +30,9 @@ use ferrovisor_abi::{
     xen::{io::xenbus::XenbusState, xen::DOMID_XEN},
 };
 
-use super::{vbd, xenstore};
 use ferrovisor::evtchn::PortState;
 
+use super::{vbd, xenstore};
 use crate::{arch::x86_64::irq::IrqMutex, domain::Domains};
 
 /// Backend service numbers of devices start here (below: xenstore and the console).
@@ -299,15 +299,13 @@ pub fn attach(doms: &mut Domains, dom: DomId, req: &mut DeviceAttach) -> Result<
         front_state: XenbusState::Initialising,
         detaching: false,
     };
-    if let Err(e) = make_dirs(doms, &dirs) {
+    let made = make_dirs(doms, &dirs).and_then(|()| {
+        xenstore::watch(&head.paths.frontend, &head.token()).map_err(|_| XenErrno::Enomem)
+    });
+    if let Err(e) = made {
         xenstore::remove(doms, &head.paths.frontend);
         xenstore::remove(doms, &head.paths.backend);
         return Err(AttachError::errno(e));
-    }
-    if xenstore::watch(&head.paths.frontend, &head.token()).is_err() {
-        xenstore::remove(doms, &head.paths.frontend);
-        xenstore::remove(doms, &head.paths.backend);
-        return Err(AttachError::errno(XenErrno::Enomem));
     }
     reg.next_id += 1;
     req.devid = devid;
@@ -339,9 +337,7 @@ pub fn detach(doms: &mut Domains, dom: DomId, req: &DeviceDetach) -> Result<(), 
     let mut reg = DEVICES.lock();
     let id = reg.find(dom, kind, req.devid).ok_or(XenErrno::Enoent)?;
     if req.flags & DETACH_FORCE != 0 {
-        if let Some(dev) = reg.devices.remove(&id) {
-            remove(doms, dev);
-        }
+        remove(doms, &mut reg, id);
         return Ok(());
     }
     let Some(dev) = reg.devices.get_mut(&id) else {
@@ -366,15 +362,16 @@ fn reap(doms: &mut Domains, reg: &mut Registry, id: u32) {
                 ) && d.backend_state() != XenbusState::Connected)
     });
     if done {
-        if let Some(dev) = reg.devices.remove(&id) {
-            remove(doms, dev);
-        }
+        remove(doms, reg, id);
     }
 }
 
-/// Tears a device down: stops serving, gives back its ring and port, removes its
-/// directories and watch.
-fn remove(doms: &mut Domains, mut dev: Device) {
+/// Tears device `id` down and forgets it: stops serving, gives back its ring and port,
+/// removes its directories and watch.
+fn remove(doms: &mut Domains, reg: &mut Registry, id: u32) {
+    let Some(mut dev) = reg.devices.remove(&id) else {
+        return;
+    };
     xenstore::unwatch(&dev.head.paths.frontend, &dev.head.token());
     match &mut dev.backend {
         Backend::Vbd(v) => v.teardown(doms, &dev.head),
@@ -395,9 +392,7 @@ pub fn destroy_domain(doms: &mut Domains, dom: DomId) {
     let mut reg = DEVICES.lock();
     let ids: Vec<u32> = reg.of_domain(dom).map(|d| d.head.id).collect();
     for id in ids {
-        if let Some(dev) = reg.devices.remove(&id) {
-            remove(doms, dev);
-        }
+        remove(doms, &mut reg, id);
     }
 }
 

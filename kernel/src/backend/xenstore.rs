@@ -118,10 +118,7 @@ fn write_domain_keys(doms: &mut Domains, dom: DomId) {
         ));
     }
     for (path, value) in keys {
-        let mut payload = Vec::from(path.as_bytes());
-        payload.push(0);
-        payload.extend_from_slice(value.as_bytes());
-        if let Err(e) = request(doms, XsType::Write, &payload) {
+        if let Err(e) = write(doms, &path, &value) {
             log::warn!("xenstore: writing {path}: {e:?}");
         }
     }
@@ -222,44 +219,45 @@ pub fn unwatch(path: &str, token: &str) {
     }
 }
 
+/// A request's payload: `path` and its NUL, then `rest` (each xs_wire argument after the
+/// path NUL-terminated by the caller where the request needs it).
+fn payload(path: &str, rest: &[&[u8]]) -> Vec<u8> {
+    let mut p = Vec::from(path.as_bytes());
+    p.push(0);
+    for r in rest {
+        p.extend_from_slice(r);
+    }
+    p
+}
+
 /// Reads node `path` as the hypervisor (the privileged domain's rights).
 pub fn read(doms: &mut Domains, path: &str) -> Option<Vec<u8>> {
-    let mut payload = Vec::from(path.as_bytes());
-    payload.push(0);
-    request(doms, XsType::Read, &payload).ok()
+    request(doms, XsType::Read, &payload(path, &[])).ok()
 }
 
 /// Writes `value` to node `path` as the hypervisor, creating the path.
 pub fn write(doms: &mut Domains, path: &str, value: &str) -> Result<(), XsErrorCode> {
-    let mut payload = Vec::from(path.as_bytes());
-    payload.push(0);
-    payload.extend_from_slice(value.as_bytes());
-    request(doms, XsType::Write, &payload).map(|_| ())
+    request(doms, XsType::Write, &payload(path, &[value.as_bytes()])).map(|_| ())
 }
 
 /// Sets the permission list of `path` (`n0`, `r5`: the first entry names the owner).
 pub fn set_perms(doms: &mut Domains, path: &str, perms: &[String]) -> Result<(), XsErrorCode> {
-    let mut payload = Vec::from(path.as_bytes());
-    payload.push(0);
+    let mut list = Vec::new();
     for p in perms {
-        payload.extend_from_slice(p.as_bytes());
-        payload.push(0);
+        list.extend_from_slice(p.as_bytes());
+        list.push(0);
     }
-    request(doms, XsType::SetPerms, &payload).map(|_| ())
+    request(doms, XsType::SetPerms, &payload(path, &[&list])).map(|_| ())
 }
 
 /// Creates directory `path` (no error if it exists).
 pub fn mkdir(doms: &mut Domains, path: &str) -> Result<(), XsErrorCode> {
-    let mut payload = Vec::from(path.as_bytes());
-    payload.push(0);
-    request(doms, XsType::Mkdir, &payload).map(|_| ())
+    request(doms, XsType::Mkdir, &payload(path, &[])).map(|_| ())
 }
 
 /// Removes `path` and everything below it (no error if it is gone).
 pub fn remove(doms: &mut Domains, path: &str) {
-    let mut payload = Vec::from(path.as_bytes());
-    payload.push(0);
-    let _ = request(doms, XsType::Rm, &payload);
+    let _ = request(doms, XsType::Rm, &payload(path, &[]));
 }
 
 /// Writes queued output (watch events) into the rings of the domains `outcome` names,

@@ -49,12 +49,8 @@ pub fn rename(_: &Privileged, target: DomId, name: &[u8]) -> Result<(), XenErrno
         log::info!("d{}: renamed \"{}\" to \"{name}\"", target.0, d.name);
         d.name = name.clone();
         if d.built {
-            let write = format!("/local/domain/{}/name\0{name}", target.0);
-            let _ = crate::backend::xenstore::request(
-                doms,
-                ferrovisor_abi::xen::xs_wire::XsType::Write,
-                write.as_bytes(),
-            );
+            let path = format!("/local/domain/{}/name", target.0);
+            let _ = crate::backend::xenstore::write(doms, &path, &name);
         }
         Ok(())
     })

@@ -16,9 +16,8 @@ use ferrovisor_abi::{
     },
     errno::XenErrno,
     version::XEN_VERSION,
-    xen::xs_wire::XsType,
 };
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes};
 
 use super::Result;
 use crate::{
@@ -53,6 +52,21 @@ pub(super) fn write_out(va: u64, bytes: &[u8]) -> core::result::Result<(), XenEr
     domain::with_current(|d| d.write_guest(va, bytes))
         .ok_or(XenErrno::Esrch)?
         .map_err(|_| XenErrno::Efault)
+}
+
+/// Copies the first `max` of `entries` out to the caller's array at `buffer` (the list
+/// commands' output); returns how many were written.
+fn write_entries<T: IntoBytes + Immutable>(
+    buffer: u64,
+    entries: &[T],
+    max: u32,
+) -> core::result::Result<u32, XenErrno> {
+    let n = entries.len().min(max as usize);
+    for (i, e) in entries[..n].iter().enumerate() {
+        let at = buffer.wrapping_add((i * core::mem::size_of::<T>()) as u64);
+        write_out(at, e.as_bytes())?;
+    }
+    Ok(n as u32)
 }
 
 pub fn domctl([arg, ..]: [u64; 5]) -> Result {
@@ -196,15 +210,7 @@ pub fn domctl([arg, ..]: [u64; 5]) -> Result {
                 return Err(XenErrno::Esrch);
             }
             let devices = backend::devices::list(target);
-            let n = devices.len().min(l.max_entries as usize);
-            for (i, d) in devices[..n].iter().enumerate() {
-                let at = l
-                    .buffer
-                    .0
-                    .wrapping_add((i * core::mem::size_of::<domctl::DeviceInfo>()) as u64);
-                write_out(at, d.as_bytes())?;
-            }
-            l.nr_entries = n as u32;
+            l.nr_entries = write_entries(l.buffer.0, &devices, l.max_entries)?;
             req.set_payload(&l);
         }
     }
@@ -275,10 +281,8 @@ fn set_mem_target(_: &Privileged, target: DomId, pages: u64) -> core::result::Re
             return Err(XenErrno::Einval);
         }
         d.target_pages = pages;
-        let write = alloc::format!("/local/domain/{}/memory/target\0{kib}", target.0);
-        backend::xenstore::request(doms, XsType::Write, write.as_bytes())
-            .map(|_| ())
-            .map_err(|_| XenErrno::Eio)
+        let path = alloc::format!("/local/domain/{}/memory/target", target.0);
+        backend::xenstore::write(doms, &path, &alloc::format!("{kib}")).map_err(|_| XenErrno::Eio)
     })
 }
 
@@ -297,10 +301,8 @@ fn request_shutdown(
         if doms.get(target).is_none() {
             return Err(XenErrno::Esrch);
         }
-        let write = alloc::format!("/local/domain/{}/control/shutdown\0{word}", target.0);
-        backend::xenstore::request(doms, XsType::Write, write.as_bytes())
-            .map(|_| ())
-            .map_err(|_| XenErrno::Eio)
+        let path = alloc::format!("/local/domain/{}/control/shutdown", target.0);
+        backend::xenstore::write(doms, &path, word).map_err(|_| XenErrno::Eio)
     })
 }
 
@@ -442,14 +444,7 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
                 all.truncate(l.max_entries as usize);
                 all
             });
-            for (n, i) in infos.iter().enumerate() {
-                let at = l
-                    .buffer
-                    .0
-                    .wrapping_add((n * core::mem::size_of::<DomainInfo>()) as u64);
-                write_out(at, i.as_bytes())?;
-            }
-            l.nr_entries = infos.len() as u32;
+            l.nr_entries = write_entries(l.buffer.0, &infos, l.max_entries)?;
             req.set_payload(&l);
         }
         SysctlCmd::ReadLog => {
@@ -466,15 +461,7 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
         SysctlCmd::ListDisks => {
             let mut l: domctl::ListDisks = req.payload();
             let disks = backend::disks::list();
-            let n = disks.len().min(l.max_entries as usize);
-            for (i, d) in disks[..n].iter().enumerate() {
-                let at = l
-                    .buffer
-                    .0
-                    .wrapping_add((i * core::mem::size_of::<domctl::DiskInfo>()) as u64);
-                write_out(at, d.as_bytes())?;
-            }
-            l.nr_entries = n as u32;
+            l.nr_entries = write_entries(l.buffer.0, &disks, l.max_entries)?;
             req.set_payload(&l);
         }
         SysctlCmd::ListSwitchPorts => return Err(XenErrno::Enosys),
