@@ -109,6 +109,7 @@ pub fn on_tick() {
         for d in doms.iter_mut() {
             d.check_timers(now);
         }
+        crate::backend::devices::on_tick(doms);
     });
 }
 

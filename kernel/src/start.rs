@@ -220,6 +220,7 @@ extern "C" fn boot_on_main_stack() -> ! {
     // The devices: after the local APIC (MSI-X targets the boot CPU's) and the other CPUs.
     crate::drivers::probe(boot.info.acpi_rsdp);
     crate::backend::disks::scan();
+    crate::backend::switch::init();
     log::info!("memory: {} free", HumanSize(memory::free_bytes()));
 
     if !can_start_dom0 {
@@ -250,6 +251,7 @@ extern "C" fn boot_on_main_stack() -> ! {
                 if let Some(disk) = &boot.cmdline.dom0_disk {
                     crate::backend::vbd::attach_dom0_disk(doms, disk);
                 }
+                crate::backend::vif::attach_dom0_vif(doms, &boot.cmdline.dom0_vif);
             });
             crate::backend::console::attach(domain::DOM0);
             domain::run_dom0()

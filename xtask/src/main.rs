@@ -11,7 +11,7 @@ use xtask::{
     build::{self, Artifacts, Profile},
     deps,
     iso::{self, BootEntry, DEFAULT_DOM0_CMDLINE, DEFAULT_HYPERVISOR_CMDLINE},
-    qemu::{Accel, ExitOutcome, QemuConfig},
+    qemu::{Accel, ExitOutcome, QemuConfig, VirtioNic},
     testrun, xen,
 };
 
@@ -124,6 +124,10 @@ struct RunArgs {
     /// Number of CPUs.
     #[arg(long, default_value_t = 2)]
     smp: u32,
+    /// No NIC: by default the machine has one virtio-net NIC on QEMU's user network
+    /// (gateway 10.0.2.2, DHCP), the uplink of the hypervisor's switch `xenbr0`.
+    #[arg(long)]
+    no_net: bool,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true)]
     qemu_args: Vec<String>,
@@ -242,6 +246,11 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut cfg = QemuConfig::new(iso);
     cfg.memory_mib = args.memory;
     cfg.smp = args.smp;
+    if !args.no_net {
+        cfg.nics = vec![VirtioNic {
+            mac: "52:54:00:12:34:56".into(),
+        }];
+    }
     cfg.extra_args = args.qemu_args;
     if args.kvm {
         cfg.accel = Accel::Kvm;

@@ -32,7 +32,10 @@ use ferrovisor_abi::{
 
 use ferrovisor::evtchn::PortState;
 
-use super::{vbd, xenstore};
+use super::{
+    switch::{self, PortId},
+    vbd, vif, xenstore,
+};
 use crate::{arch::x86_64::irq::IrqMutex, domain::Domains};
 
 /// Backend service numbers of devices start here (below: xenstore and the console).
@@ -124,9 +127,28 @@ impl Head {
     }
 }
 
+/// The frontend's nodes, read from the store (for either kind's handshake).
+pub struct FrontNodes<'a> {
+    pub doms: &'a mut Domains,
+    pub head: &'a Head,
+}
+
+impl ferrovisor::vbd::xenbus::FrontendNodes for FrontNodes<'_> {
+    fn read(&mut self, node: &str) -> Option<Vec<u8>> {
+        self.head.read_front(self.doms, node)
+    }
+}
+
+impl ferrovisor::vif::xenbus::FrontendNodes for FrontNodes<'_> {
+    fn read(&mut self, node: &str) -> Option<Vec<u8>> {
+        self.head.read_front(self.doms, node)
+    }
+}
+
 /// The kind-specific part.
 pub enum Backend {
     Vbd(vbd::Vbd),
+    Vif(vif::Vif),
 }
 
 /// One device.
@@ -139,6 +161,7 @@ impl Device {
     fn backend_state(&self) -> XenbusState {
         match &self.backend {
             Backend::Vbd(v) => v.state(),
+            Backend::Vif(v) => v.state(),
         }
     }
 }
@@ -266,8 +289,9 @@ pub fn attach(doms: &mut Domains, dom: DomId, req: &mut DeviceAttach) -> Result<
             let existing: Vec<_> = reg
                 .devices
                 .values()
-                .map(|dev| match &dev.backend {
-                    Backend::Vbd(v) => v.attachment(doms, dev.head.dom),
+                .filter_map(|dev| match &dev.backend {
+                    Backend::Vbd(v) => Some(v.attachment(doms, dev.head.dom)),
+                    Backend::Vif(_) => None,
                 })
                 .collect();
             let plan = vbd::Vbd::plan(dom, req, &existing).map_err(|r| AttachError {
@@ -288,7 +312,25 @@ pub fn attach(doms: &mut Domains, dom: DomId, req: &mut DeviceAttach) -> Result<
             let dirs = plan.dirs(dom);
             (plan.devid, Backend::Vbd(vbd::Vbd::new(plan)), dirs)
         }
-        DeviceKind::Vif => return Err(AttachError::errno(XenErrno::Enosys)),
+        DeviceKind::Vif => {
+            let taken: Vec<u32> = reg
+                .of_domain(dom)
+                .filter(|d| d.head.kind == kind)
+                .map(|d| d.head.devid)
+                .collect();
+            let plan = vif::Vif::plan(dom, req, &taken).map_err(|r| {
+                AttachError::refused(
+                    match r {
+                        DeviceRefusal::NoSuchBridge => XenErrno::Enodev,
+                        DeviceRefusal::DevidInUse => XenErrno::Eexist,
+                        _ => XenErrno::Einval,
+                    },
+                    r,
+                )
+            })?;
+            let dirs = plan.dirs(dom);
+            (plan.devid, Backend::Vif(vif::Vif::new(plan)), dirs)
+        }
     };
     let head = Head {
         id,
@@ -317,10 +359,15 @@ pub fn attach(doms: &mut Domains, dom: DomId, req: &mut DeviceAttach) -> Result<
         devid,
         match &dev.backend {
             Backend::Vbd(v) => format!(" ({})", v.describe()),
+            Backend::Vif(v) => format!(" ({})", v.describe()),
         }
     );
     match &mut dev.backend {
         Backend::Vbd(v) => v.start(doms, &dev.head),
+        Backend::Vif(v) => {
+            switch::add_vif(id);
+            v.start(doms, &dev.head)
+        }
     }
     reg.devices.insert(id, dev);
     Ok(())
@@ -346,6 +393,7 @@ pub fn detach(doms: &mut Domains, dom: DomId, req: &DeviceDetach) -> Result<(), 
     dev.head.detaching = true;
     match &mut dev.backend {
         Backend::Vbd(v) => v.close(doms, &dev.head),
+        Backend::Vif(v) => v.close(doms, &dev.head),
     }
     reap(doms, &mut reg, id);
     Ok(())
@@ -375,6 +423,10 @@ fn remove(doms: &mut Domains, reg: &mut Registry, id: u32) {
     xenstore::unwatch(&dev.head.paths.frontend, &dev.head.token());
     match &mut dev.backend {
         Backend::Vbd(v) => v.teardown(doms, &dev.head),
+        Backend::Vif(v) => {
+            v.teardown(doms, &dev.head);
+            switch::remove_vif(id);
+        }
     }
     xenstore::remove(doms, &dev.head.paths.backend);
     xenstore::remove(doms, &dev.head.paths.frontend);
@@ -408,6 +460,7 @@ pub fn list(dom: DomId) -> Vec<DeviceInfo> {
             info.frontend_state = dev.head.front_state.raw();
             match &dev.backend {
                 Backend::Vbd(v) => v.fill_info(&mut info),
+                Backend::Vif(v) => v.fill_info(&mut info),
             }
             info
         })
@@ -428,7 +481,48 @@ pub fn kick(doms: &mut Domains, dom: DomId, service: u32) {
     }
     match &mut dev.backend {
         Backend::Vbd(v) => v.kick(doms, &dev.head),
+        Backend::Vif(_) => serve_vif(doms, &mut reg, id),
     }
+}
+
+/// Serves vif `id`'s rings and sends what it transmitted through the switch.
+fn serve_vif(doms: &mut Domains, reg: &mut Registry, id: u32) {
+    let packets = match reg.devices.get_mut(&id) {
+        Some(Device {
+            head,
+            backend: Backend::Vif(v),
+        }) => v.kick(doms, head),
+        _ => return,
+    };
+    if !packets.is_empty() {
+        switch::deliver(doms, reg, PortId::Vif(id), packets);
+    }
+}
+
+/// The tick: vifs whose tx ring had more than one kick's worth are served on.
+pub fn on_tick(doms: &mut Domains) {
+    let mut reg = DEVICES.lock();
+    let busy: Vec<u32> = reg
+        .devices
+        .values()
+        .filter(|d| matches!(&d.backend, Backend::Vif(v) if v.backlog()))
+        .map(|d| d.head.id)
+        .collect();
+    for id in busy {
+        serve_vif(doms, &mut reg, id);
+    }
+}
+
+/// The switch's ports, for `ListSwitchPorts`.
+pub fn switch_ports() -> Vec<ferrovisor_abi::domctl::SwitchPort> {
+    let reg = DEVICES.lock();
+    switch::ports(|id| match reg.devices.get(&id) {
+        Some(Device {
+            head,
+            backend: Backend::Vif(v),
+        }) => Some((head.dom.0, head.devid, v.mac())),
+        _ => None,
+    })
 }
 
 /// Handles the hypervisor's fired watches: each device whose frontend directory changed
@@ -470,8 +564,20 @@ fn frontend_changed(doms: &mut Domains, id: u32) {
         // A frontend directory removed (the domain going, a guest's rm) reads as Closed.
         .unwrap_or(XenbusState::Closed);
     dev.head.front_state = state;
-    match &mut dev.backend {
-        Backend::Vbd(v) => v.frontend_changed(doms, &dev.head, state),
+    let vif = match &mut dev.backend {
+        Backend::Vbd(v) => {
+            v.frontend_changed(doms, &dev.head, state);
+            false
+        }
+        Backend::Vif(v) => {
+            v.frontend_changed(doms, &dev.head, state);
+            v.backlog()
+        }
+    };
+    if vif {
+        // Just connected: netfront posted its rx requests and kicked before it saw the
+        // backend Connected.
+        serve_vif(doms, &mut reg, id);
     }
     reap(doms, &mut reg, id);
 }

@@ -18,7 +18,9 @@ pub mod console;
 pub mod devices;
 pub mod disks;
 pub mod grant_io;
+pub mod switch;
 pub mod vbd;
+pub mod vif;
 pub mod xenstore;
 
 /// Domain `dom` signalled the backend `service`.

@@ -21,7 +21,7 @@ use ferrovisor::{
         engine::{
             self, Config, DiskCaps, DiskIo, DiskOp, Fault, GrantCopy, IoFailed, Stats, VbdEngine,
         },
-        xenbus::{Action, Advertisement, DiscardInfo, FrontendNodes, RingDetails, VbdXenbus},
+        xenbus::{Action, Advertisement, DiscardInfo, RingDetails, VbdXenbus},
     },
     virtio::blk::{Op, Status},
     xenbus::{self as layout, Dir, VbdNodes},
@@ -42,7 +42,7 @@ use ferrovisor_abi::{
 };
 
 use super::{
-    devices::{self, Backend, Head},
+    devices::{self, Backend, FrontNodes, Head},
     disks,
     grant_io::{self, RingPages},
 };
@@ -161,18 +161,6 @@ impl GrantCopy for FrontGrants<'_> {
     fn copy_out(&mut self, gref: GrantRef, offset: usize, data: &[u8]) -> Result<(), XenErrno> {
         grant_io::copy_to_grant(self.doms, self.dom, gref, offset, data)
             .map_err(|_| XenErrno::Efault)
-    }
-}
-
-/// The frontend's nodes, read from the store.
-struct Front<'a> {
-    doms: &'a mut Domains,
-    head: &'a Head,
-}
-
-impl FrontendNodes for Front<'_> {
-    fn read(&mut self, node: &str) -> Option<Vec<u8>> {
-        self.head.read_front(self.doms, node)
     }
 }
 
@@ -364,7 +352,7 @@ impl Vbd {
     pub fn frontend_changed(&mut self, doms: &mut Domains, head: &Head, state: XenbusState) {
         let acts = self
             .xenbus
-            .frontend_changed(state, &mut Front { doms, head });
+            .frontend_changed(state, &mut FrontNodes { doms, head });
         self.run(doms, head, acts);
     }
 
@@ -519,12 +507,15 @@ impl BlkCompletion for Completions {
             devices::with_registry(|reg| {
                 let id = (token >> TOKEN_DEVICE_SHIFT) as u32;
                 if let Some(dev) = reg.get_mut(id) {
-                    let Backend::Vbd(v) = &mut dev.backend;
-                    v.complete(doms, &dev.head, token, status, buffers.pop());
+                    if let Backend::Vbd(v) = &mut dev.backend {
+                        v.complete(doms, &dev.head, token, status, buffers.pop());
+                    }
                 }
                 // Room on the disk: the other vbds on it may have I/O waiting.
                 for dev in reg.iter_mut() {
-                    let Backend::Vbd(v) = &mut dev.backend;
+                    let Backend::Vbd(v) = &mut dev.backend else {
+                        continue;
+                    };
                     if dev.head.id != id && v.disk() == disk && v.in_flight() > 0 {
                         v.kick(doms, &dev.head);
                     }

@@ -464,7 +464,12 @@ pub fn sysctl([arg, ..]: [u64; 5]) -> Result {
             l.nr_entries = write_entries(l.buffer.0, &disks, l.max_entries)?;
             req.set_payload(&l);
         }
-        SysctlCmd::ListSwitchPorts => return Err(XenErrno::Enosys),
+        SysctlCmd::ListSwitchPorts => {
+            let mut l: domctl::ListSwitchPorts = req.payload();
+            let ports = backend::devices::switch_ports();
+            l.nr_entries = write_entries(l.buffer.0, &ports, l.max_entries)?;
+            req.set_payload(&l);
+        }
     }
     write_out(arg, req.as_bytes())?;
     Ok(0)

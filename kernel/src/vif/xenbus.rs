@@ -360,6 +360,17 @@ impl VifXenbus {
         out
     }
 
+    /// The backend closes the device (a detach): Closing, the rings still served until
+    /// the frontend closes its end (netfront answers Closed at once); its Closed then
+    /// brings the backend to Closed, where the device may go.
+    pub fn close(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.state != XenbusState::Closing && self.state != XenbusState::Closed {
+            self.set(XenbusState::Closing, &mut out);
+        }
+        out
+    }
+
     /// The engine found a protocol violation ([`super::VifError`]): close the device, as
     /// netback's fatal errors do.
     pub fn protocol_error(&mut self) -> Vec<Action> {
@@ -412,6 +423,34 @@ mod tests {
     }
 
     use XenbusState::*;
+
+    #[test]
+    fn a_detach_closes_and_the_frontends_closed_finishes_it() {
+        let mut xb = VifXenbus::new(BackendFeatures::default());
+        xb.start();
+        let mut nodes = Nodes::netfront();
+        assert!(matches!(
+            xb.frontend_changed(Connected, &mut nodes).as_slice(),
+            [Action::Connect(_)]
+        ));
+        xb.connected();
+        assert_eq!(xb.close(), vec![Action::SetState(Closing)]);
+        // Still connected: netfront may have responses to collect.
+        assert_eq!(xb.close(), vec![]);
+        assert_eq!(
+            xb.frontend_changed(Closed, &mut nodes),
+            vec![Action::Disconnect, Action::SetState(Closed)]
+        );
+        assert_eq!(xb.close(), vec![]);
+        // A detach of a device whose frontend never came: Closing, then its Closed.
+        let mut idle = VifXenbus::new(BackendFeatures::default());
+        idle.start();
+        assert_eq!(idle.close(), vec![Action::SetState(Closing)]);
+        assert_eq!(
+            idle.frontend_changed(Closed, &mut Nodes::default()),
+            vec![Action::SetState(Closed)]
+        );
+    }
 
     #[test]
     fn netfronts_sequence_connects() {
