@@ -16,6 +16,9 @@ use std::{
 };
 
 use regex::Regex;
+
+mod term;
+pub use term::Term;
 pub use xtask::qemu::{ExitOutcome, Matched, QemuConfig, VirtioDisk, VirtioNic};
 use xtask::{
     build::{self, Artifacts, Profile},

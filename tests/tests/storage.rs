@@ -25,7 +25,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use ferrovisor_tests::{boot_with_config, re, Boot, Modules, VirtioDisk};
+use ferrovisor_tests::{boot_with_config, re, Modules, Term, VirtioDisk};
 use xtask::disk_image::{self, DiskImage};
 
 /// linux.rs's hypervisor line, plus dom0's own view of the disk. `w!`: dom0 shares the
@@ -111,99 +111,6 @@ fn make_image() -> DiskImage {
     disk_image::partitioned(&path, DISK_MIB, &files).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
-/// The shell the serial line reaches: dom0's, or a domU's while `fv console` (or
-/// `fv create -c`) is attached. Every command's result comes back after a marker the
-/// shell computes (`Q7_0=`), never in the echo of the typed line (which holds
-/// `Q7_$((0))=`), and each command has its own timeout.
-struct Term {
-    b: Boot,
-    n: u32,
-}
-
-impl Term {
-    /// Waits up to `secs` for `pattern` after the last match; fails with the serial log.
-    fn expect_within(&mut self, pattern: &str, secs: u64) -> ferrovisor_tests::Matched {
-        let r = re(pattern);
-        match self.b.session.expect(&r, Duration::from_secs(secs)) {
-            Ok(m) => m,
-            Err(e) => {
-                let first = format!("{e:#}");
-                let first = first.lines().next().unwrap_or("").to_owned();
-                self.b
-                    .fail(&format!("no /{pattern}/ within {secs} s ({first})"))
-            }
-        }
-    }
-
-    /// Runs `cmd` (stdout and stderr together) and returns its exit status and output,
-    /// newlines turned into spaces, waiting up to `secs`.
-    fn try_run(&mut self, cmd: &str, secs: u64) -> (i32, String) {
-        self.n += 1;
-        let tag = format!("Q{}_", self.n);
-        self.b.send(&format!(
-            "R=$({{ {cmd}; }} 2>&1); S=$?; echo \"{tag}$((0))=$S:$(printf %s \"$R\" | tr '\\n\\r' '  ')\"\r"
-        ));
-        let m = self.expect_within(&format!(r"{tag}0=(\d+):(.*)"), secs);
-        let status = m.group(1).parse().expect("a status");
-        (status, m.group(2).trim().to_owned())
-    }
-
-    /// Runs `cmd`, which must succeed; returns its output.
-    fn run(&mut self, cmd: &str, secs: u64) -> String {
-        let (status, out) = self.try_run(cmd, secs);
-        if status != 0 {
-            self.b
-                .fail(&format!("`{cmd}` exited with status {status}: {out}"));
-        }
-        out
-    }
-
-    /// Runs `cmd`, which must fail; returns its output.
-    fn run_fails(&mut self, cmd: &str, secs: u64) -> String {
-        let (status, out) = self.try_run(cmd, secs);
-        if status == 0 {
-            self.b
-                .fail(&format!("`{cmd}` succeeded but must fail: {out}"));
-        }
-        out
-    }
-
-    fn check(&mut self, ok: bool, what: &str) {
-        self.b.check(ok, what);
-    }
-
-    /// Polls (every 0.2 s, at most `secs`) until the shell condition `cond` holds;
-    /// fails if it never does.
-    fn wait_for(&mut self, cond: &str, secs: u64, what: &str) {
-        let tries = secs * 5;
-        let (status, _) = self.try_run(
-            &format!("for i in $(seq {tries}); do {cond} && exit 0; sleep 0.2; done; exit 1"),
-            secs + 30,
-        );
-        // (`exit` leaves only the command substitution's subshell.)
-        if status != 0 {
-            self.b
-                .fail(&format!("{what}: `{cond}` did not hold within {secs} s"));
-        }
-    }
-
-    /// Leaves `fv console` (Ctrl-]); what is typed next goes to dom0's shell.
-    fn leave_console(&mut self) {
-        self.b.send("\x1d");
-        std::thread::sleep(Duration::from_secs(1));
-        self.run("true", 30);
-    }
-
-    /// Attaches to `domain`'s console (its history comes first) and waits until its
-    /// shell answers.
-    fn console(&mut self, domain: &str) {
-        self.b.send(&format!("fv console {domain}\r"));
-        std::thread::sleep(Duration::from_secs(2));
-        self.b.send("\r");
-        self.run("true", 60);
-    }
-}
-
 #[test]
 fn vbds_carry_data_enforce_sharing_and_hot_plug() {
     let linux = xtask::linux::dom0().unwrap_or_else(|e| panic!("{e:#}"));
@@ -235,7 +142,7 @@ fn vbds_carry_data_enforce_sharing_and_hot_plug() {
             }];
         },
     );
-    let mut t = Term { b, n: 0 };
+    let mut t = Term::new(b);
     // dom0 and three domU boots of Linux under TCG, and a 10 s detach timeout: each wait
     // below has its own limit, this is the whole scenario's.
     t.b.allow(Duration::from_secs(1200));
