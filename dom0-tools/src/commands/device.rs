@@ -204,20 +204,45 @@ pub fn refusal_text(hv: &mut dyn Hypervisor, req: &DeviceAttach, error: &Transpo
         Ok(DeviceRefusal::TargetInUse) => {
             let holder = req.conflict_domain;
             let who = domain_label(hv, holder);
-            // The holder may have this very target, or a disk or partition overlapping it.
-            let theirs: Vec<String> = hv
+            // The holder may have this very target, or a disk or partition overlapping it,
+            // writable (any attach conflicts) or read-only (a 'w' attach conflicts).
+            let held: Vec<(String, bool)> = hv
                 .list_devices(holder)
                 .unwrap_or_default()
                 .iter()
-                .filter(|d| d.kind == DEVICE_VBD && d.mode != VBD_MODE_READ)
-                .map(|d| text(padded_str(&d.target)))
+                .filter(|d| d.kind == DEVICE_VBD)
+                .map(|d| (text(padded_str(&d.target)), d.mode != VBD_MODE_READ))
                 .collect();
-            let what = if theirs.is_empty() || theirs.contains(&target) {
+            let writable: Vec<String> = held
+                .iter()
+                .filter(|(_, w)| *w)
+                .map(|(t, _)| t.clone())
+                .collect();
+            // Its own attachment of this very target says which; else any writable one.
+            let read_only = match held.iter().find(|(t, _)| *t == target) {
+                Some((_, w)) => !w,
+                None => writable.is_empty(),
+            };
+            if read_only && req.mode == VBD_MODE_WRITE {
+                let theirs: Vec<String> = held.into_iter().map(|(t, _)| t).collect();
+                let what = if theirs.is_empty() || theirs.contains(&target) {
+                    format!("{target} is attached read-only to domain {who}")
+                } else {
+                    format!(
+                        "{target} overlaps {}, attached read-only to domain {who}",
+                        theirs.join(", ")
+                    )
+                };
+                return format!(
+                    "{what}, and 'w' needs it alone; use 'r' to share it read-only, or 'w!'"
+                );
+            }
+            let what = if writable.is_empty() || writable.contains(&target) {
                 format!("{target} is attached writable to domain {who}")
             } else {
                 format!(
                     "{target} overlaps {}, attached writable to domain {who}",
-                    theirs.join(", ")
+                    writable.join(", ")
                 )
             };
             format!("{what}; use 'w!' to share it writable, or 'r'")

@@ -217,9 +217,23 @@ fn a_refused_device_names_itself_and_what_to_do() {
         );
         assert_eq!(f.calls.last().unwrap(), "domctl DestroyDomain 4");
     }
-    // 'w!' and 'r' share what 'w' may not.
+    // A holder with the target read-only: 'w' is refused, and the text says read-only.
     let mut f = host();
-    create(&mut f, &["disk=['phy:vda2,xvda,w!', 'phy:vda,xvdb,r']"]).unwrap();
+    f.add_vbd(3, "vda1", "xvdb", 51728, VBD_MODE_READ);
+    let e = create(&mut f, &["disk=['phy:vda1,xvda,w']"]).unwrap_err();
+    assert_eq!(
+        e,
+        format!(
+            "guest.cfg: disk 'phy:vda1,xvda,w': vda1 is attached read-only to domain 'web1' \
+             (3), and 'w' needs it alone; use 'r' to share it read-only, or 'w!'{destroyed}"
+        )
+    );
+    create(&mut f, &["disk=['phy:vda1,xvda,r']"]).unwrap();
+    // 'w!' shares what 'w' and 'r' may not (web1 has vda2 'w').
+    let mut f = host();
+    let e = create(&mut f, &["disk=['phy:vda,xvdb,r']"]).unwrap_err();
+    assert!(e.contains("attached writable to domain 'web1'"), "{e}");
+    create(&mut f, &["disk=['phy:vda2,xvda,w!', 'phy:vda,xvdb,w!']"]).unwrap();
 }
 
 #[test]

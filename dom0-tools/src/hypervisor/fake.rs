@@ -316,15 +316,17 @@ impl Fake {
             {
                 return no(DeviceRefusal::VdevInUse, EEXIST);
             }
-            if a.mode == VBD_MODE_WRITE {
-                // `w` is exclusive among other running domains: any of them with an
-                // overlapping target attached writable refuses it (`w!` skips this).
+            if a.mode != VBD_MODE_WRITE_SHARED {
+                // xl's sharing rules, as the hypervisor's: `w` is exclusive among other
+                // running domains (any overlapping attachment but a `w!` one refuses it),
+                // `r` is refused by an overlapping `w`; `w!` on either side shares.
                 let holder = self.domains.values().find(|o| {
                     o.info.domid != id
                         && o.info.flags & DOMINFO_DYING == 0
                         && o.devices.iter().any(|v| {
                             v.kind == DEVICE_VBD
-                                && v.mode != VBD_MODE_READ
+                                && v.mode != VBD_MODE_WRITE_SHARED
+                                && (a.mode == VBD_MODE_WRITE || v.mode == VBD_MODE_WRITE)
                                 && self.overlap(padded_str(&v.target), &target)
                         })
                 });
