@@ -11,7 +11,7 @@ use xtask::{
     build::{self, Artifacts, Profile},
     deps,
     iso::{self, BootEntry, DEFAULT_DOM0_CMDLINE, DEFAULT_HYPERVISOR_CMDLINE},
-    qemu::{Accel, ExitOutcome, QemuConfig, VirtioNic},
+    qemu::{Accel, ExitOutcome, QemuConfig, VirtioDisk, VirtioNic},
     testrun, xen,
 };
 
@@ -128,6 +128,11 @@ struct RunArgs {
     /// (gateway 10.0.2.2, DHCP), the uplink of the hypervisor's switch `xenbr0`.
     #[arg(long)]
     no_net: bool,
+    /// No disk: by default the machine has one virtio disk, `target/disks/run.img` (made
+    /// once, 256 MiB: an MBR, vda1 empty, vda2 ext4; kept between runs), so that the
+    /// example configs' `phy:vda2` works.
+    #[arg(long)]
+    no_disk: bool,
     /// Extra QEMU arguments, after `--`.
     #[arg(last = true)]
     qemu_args: Vec<String>,
@@ -251,6 +256,12 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             mac: "52:54:00:12:34:56".into(),
         }];
     }
+    if !args.no_disk {
+        cfg.disks = vec![VirtioDisk {
+            image: run_disk()?,
+            read_only: false,
+        }];
+    }
     cfg.extra_args = args.qemu_args;
     if args.kvm {
         cfg.accel = Accel::Kvm;
@@ -277,6 +288,23 @@ fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ExitOutcome::GuestCrashed => ExitCode::from(39),
         ExitOutcome::Signal(_) => ExitCode::FAILURE,
     })
+}
+
+/// `cargo xtask run`'s disk, made the first time (its contents are the user's after).
+fn run_disk() -> anyhow::Result<PathBuf> {
+    let path = xtask::disk_image::cache_path("run.img");
+    if !path.exists() {
+        let files = xtask::disk_image::cache_path("run-files");
+        std::fs::create_dir_all(&files)
+            .with_context(|| format!("cannot create {}", files.display()))?;
+        std::fs::write(
+            files.join("README"),
+            "The disk of `cargo xtask run` (target/disks/run.img): vda2, ext4.\n",
+        )?;
+        eprintln!("making {} (256 MiB: vda1 empty, vda2 ext4)", path.display());
+        xtask::disk_image::partitioned(&path, 256, &files)?;
+    }
+    Ok(path)
 }
 
 fn cargo_in_workspace() -> Command {

@@ -138,7 +138,13 @@ impl Vif {
     pub fn new(plan: Plan) -> Vif {
         Vif {
             plan,
-            xenbus: VifXenbus::new(BackendFeatures::default()),
+            // GSO: a frontend's large TCP segments cross the switch whole to a frontend
+            // that takes them, and are cut for one that does not (and for the uplink).
+            xenbus: VifXenbus::new(BackendFeatures {
+                gso_tcpv4: true,
+                gso_tcpv6: true,
+                ..BackendFeatures::default()
+            }),
             conn: None,
             earlier: VifStats::default(),
             backlog: false,
