@@ -140,7 +140,7 @@ pub fn ports(vif: impl Fn(u32) -> Option<(u16, u32, [u8; 6])>) -> Vec<SwitchPort
                     e.domid = dom;
                     e.devid = devid;
                     e.mac = mac;
-                    let _ = set_padded(&mut e.name, String::from(port_name(dom, devid)).as_bytes());
+                    let _ = set_padded(&mut e.name, port_name(dom, devid).as_bytes());
                 }
             }
             e.learned = stats.learned;
