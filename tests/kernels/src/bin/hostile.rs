@@ -1,0 +1,1603 @@
+//! `hostile`: dom0 as a hostile frontend of the vbd and the vif the hypervisor serves it
+//! (`tests/tests/hostile.rs` boots it with `dom0_disk=vda1 dom0_vif=on dom0_max_vcpus=2`,
+//! a disk made as `contract::HOSTILE_*` says and a NIC on QEMU's user network).
+//!
+//! The kernel plays blkfront and netfront by hand and breaks the protocols on purpose;
+//! every attack has one expected outcome, checked here and printed as
+//! `hostile: refused: <attack>: <what came back>` (or `served:` for the legitimate
+//! requests around them, `UNEXPECTED:` for anything else). The verdict counts them:
+//! `hostile: N attacks refused, M legitimate requests served, 0 unexpected`.
+//!
+//! - vbd (`io/blkif.h`), on one connection: segments naming unused grants, grants past
+//!   the table, grants to another domain, a read into a read-only grant, a grant of a
+//!   frame that is not the frontend's (read and write); sectors past the end, a range
+//!   that starts inside and ends outside, `sector + len` overflowing; segments with
+//!   `first_sect > last_sect` or `last_sect > 7`, reads and writes with 0 or 12 segments;
+//!   unknown operations and the unsupported barrier; discards out of range; indirect
+//!   requests with 0 or too many segments, a bad `indirect_op`, an unused indirect grant,
+//!   a bad segment in the indirect page, a range past the end — each an error response
+//!   (`-2` for operations the backend does not support), the memory it named unchanged.
+//!   Then a full ring of reads, and a race: vCPU 1 rewrites the sector and segment of
+//!   every ring entry in a tight loop (valid, past the end, a foreign frame, an unused
+//!   grant, `last_sect` 9) while vCPU 0 publishes and kicks: every response is OK or an
+//!   error, once per request, and the page the valid variant names holds the valid data
+//!   or what was there. Then `req_prod` one past the ring's capacity, and behind
+//!   `rsp_prod` (wrapped): the backend closes the device without answering, and the
+//!   frontend reconnects (Closing, Closed, Initialising, a fresh ring).
+//! - vif (`io/netif.h`): tx slots with unused, out-of-range and foreign grants, a first
+//!   slot shorter than an Ethernet header, 19 data slots, a later slot larger than the
+//!   packet, a bad grant in a later slot — error responses; rx requests with unused,
+//!   read-only and foreign grants — error responses in their slots, the read-only page
+//!   unchanged, and the next good request gets its frame. Then the fatal ones, each
+//!   closing the device and followed by a reconnect and a frame that goes out: 21 slots,
+//!   a slot past its page, extra-info types 0 and 255, a GSO extra with MSS 0, a chain
+//!   whose announced slot was never published, a wrapped tx `req_prod`, an rx `req_prod`
+//!   far past the ring.
+//! - Finally, on fresh connections, real I/O: a write read back and the first write still
+//!   there, a broadcast ARP request answered by QEMU's gateway.
+#![cfg_attr(target_os = "none", no_std, no_main)]
+
+use core::{
+    fmt,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use ferrovisor_abi::xen::{
+    io::{
+        blkif::{
+            BlkifOp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
+            BlkifResponse, BLKIF_RING_ENTRY_BYTES, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+            BLKIF_RSP_OKAY,
+        },
+        netif::{
+            NetifExtraGso, NetifExtraInfo, NetifGsoType, NetifRxRequest, NetifRxResponse,
+            NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO,
+            NETTXF_MORE_DATA,
+        },
+    },
+    xen::{StartInfo, DOMID_XEN},
+    DomId,
+};
+use pvrt::{
+    contract::{
+        hostile_disk_word, hostile_write_word, HOSTILE_FINAL_WRITE, HOSTILE_FIRST_WRITE,
+        HOSTILE_P1_SECTORS, HOSTILE_P1_START, HOSTILE_RACE_WRITE,
+    },
+    control, events,
+    frontend::{self, check_page, fill_page, state, Path, Ring},
+    grant::GrantTable,
+    region::{self, ScratchPage},
+    shared_info,
+    smp::{self, Start},
+    traps, xenstore,
+    xenstore::Store,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+pvrt::test_kernel!(name: "hostile", main: test_main);
+
+const VBD_FRONT: &str = "/local/domain/0/device/vbd/51712";
+const VIF_FRONT: &str = "/local/domain/0/device/vif/0";
+
+/// A domain that exists nowhere: grants to it are not grants to the backend.
+const OTHER_DOM: DomId = 7;
+
+// Grant references (the table has 512 entries).
+const G_VBD_RING: u32 = 16;
+const G_DATA: u32 = 17;
+const G_DATA_RO: u32 = 18;
+const G_OTHER_DOM: u32 = 19;
+const G_FOREIGN: u32 = 20;
+const G_INDIRECT: u32 = 21;
+/// The race's grants differ in their low byte only, so that a torn read of one names
+/// another of them, never a grant outside the race.
+const G_RACE: u32 = 0x40;
+const G_RACE_FOREIGN: u32 = 0x41;
+const G_RACE_UNUSED: u32 = 0x42;
+const G_TX_RING: u32 = 32;
+const G_RX_RING: u32 = 33;
+const G_TX_DATA: u32 = 34;
+const G_TX_DATA2: u32 = 35;
+const G_RX_PAGE: u32 = 36;
+const G_RX_RO: u32 = 48;
+/// Never granted.
+const G_UNUSED: u32 = 100;
+/// Past the one-frame table.
+const G_PAST_TABLE: u32 = 100_000;
+
+/// `BLKIF_OP_READ` and `BLKIF_OP_WRITE` (`BlkifOp::Read`, `BlkifOp::Write`).
+const OP_READ: u8 = 0;
+const OP_WRITE: u8 = 1;
+
+/// Rounds of the race, each a full ring of writes.
+const RACE_ROUNDS: u64 = 24;
+/// How long to wait for a response or a state.
+const WAIT_MS: u64 = 10_000;
+
+/// The sector of the partition's byte `offset` on the whole disk, as a disk offset.
+fn disk_offset(sector: u64) -> u64 {
+    (HOSTILE_P1_START + sector) * 512
+}
+
+// --- Counting outcomes. -----------------------------------------------------------------
+
+#[derive(Default)]
+struct Tally {
+    refused: u32,
+    served: u32,
+    unexpected: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Attack,
+    Legit,
+}
+
+impl Tally {
+    fn check(&mut self, kind: Kind, what: &str, ok: bool, got: fmt::Arguments<'_>) {
+        match (ok, kind) {
+            (true, Kind::Attack) => {
+                self.refused += 1;
+                pvrt::println!("hostile: refused: {what}: {got}");
+            }
+            (true, Kind::Legit) => {
+                self.served += 1;
+                pvrt::println!("hostile: served: {what}: {got}");
+            }
+            (false, _) => {
+                self.unexpected += 1;
+                pvrt::println!("hostile: UNEXPECTED: {what}: {got}");
+            }
+        }
+    }
+}
+
+struct Env<'a> {
+    si: &'a StartInfo,
+    gt: GrantTable,
+    xs: Store,
+    t: Tally,
+}
+
+impl Env<'_> {
+    fn page(&self) -> Result<ScratchPage, &'static str> {
+        region::alloc_scratch(self.si).ok_or("out of scratch pages")
+    }
+
+    fn write(&mut self, path: &Path, value: &[u8]) -> Result<(), &'static str> {
+        self.xs
+            .write(path.as_str(), value)
+            .map_err(|_| "a frontend node cannot be written")
+    }
+
+    fn write_number(&mut self, path: &Path, n: u64) -> Result<(), &'static str> {
+        self.xs
+            .write_number(path.as_str(), n)
+            .map_err(|_| "a frontend node cannot be written")
+    }
+}
+
+fn test_main(si: &StartInfo) -> Result<(), &'static str> {
+    shared_info::map(si).map_err(|_| "cannot map shared_info")?;
+    traps::install().map_err(|_| "cannot install the trap table")?;
+    let gt = GrantTable::setup(si)?;
+    let xs = Store::open(si).ok_or("no xenstore ring")?;
+    let mut env = Env {
+        si,
+        gt,
+        xs,
+        t: Tally::default(),
+    };
+    start_mutator(si)?;
+
+    let mut vbd = Vbd::new(&mut env)?;
+    vbd.connect(&mut env)?;
+    vbd.attacks(&mut env)?;
+
+    let mut vif = Vif::new(&mut env)?;
+    vif.connect(&mut env)?;
+    vif.attacks(&mut env)?;
+
+    // The device outlived its attacks, and so did the other one.
+    vbd.final_io(&mut env)?;
+    vif.final_io(&mut env)?;
+
+    let t = &env.t;
+    pvrt::println!(
+        "hostile: {} attacks refused, {} legitimate requests served, {} unexpected",
+        t.refused,
+        t.served,
+        t.unexpected
+    );
+    pvrt::ensure!(t.unexpected == 0, "{} unexpected outcomes", t.unexpected);
+    Ok(())
+}
+
+// --- The vbd. -----------------------------------------------------------------------------
+
+fn blk_req(op: u8, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest {
+    let mut r = BlkifRequest::new_zeroed();
+    r.operation = op;
+    r.nr_segments = segs.len() as u8;
+    r.sector_number = sector;
+    for (slot, &(gref, first_sect, last_sect)) in r.seg.iter_mut().zip(segs) {
+        *slot = BlkifRequestSegment {
+            gref,
+            first_sect,
+            last_sect,
+            _cpad: [0; 2],
+        };
+    }
+    r
+}
+
+fn page_req(op: u8, sector: u64, gref: u32) -> BlkifRequest {
+    blk_req(op, sector, &[(gref, 0, 7)])
+}
+
+fn indirect(indirect_op: u8, sector: u64, nr_segments: u16, gref: u32) -> BlkifRequestIndirect {
+    let mut r = BlkifRequestIndirect::new_zeroed();
+    r.operation = BlkifOp::Indirect.raw();
+    r.indirect_op = indirect_op;
+    r.nr_segments = nr_segments;
+    r.sector_number = sector;
+    r.indirect_grefs[0] = gref;
+    r
+}
+
+fn discard(sector: u64, nr_sectors: u64) -> BlkifRequestDiscard {
+    let mut r = BlkifRequestDiscard::new_zeroed();
+    r.operation = BlkifOp::Discard.raw();
+    r.sector_number = sector;
+    r.nr_sectors = nr_sectors;
+    r
+}
+
+struct Vbd {
+    front: Path,
+    back: Path,
+    ring_page: ScratchPage,
+    ring: Ring,
+    port: u32,
+    prod: u32,
+    cons: u32,
+    sectors: u64,
+    discard: bool,
+    next_id: u64,
+    data: ScratchPage,
+    data_ro: ScratchPage,
+    indirect: ScratchPage,
+    race: ScratchPage,
+}
+
+/// A frame that is not this domain's (for grants naming it).
+fn foreign_mfn(si: &StartInfo) -> Result<u64, &'static str> {
+    (1..4096)
+        .find(|&m| xenstore::va_of_mfn(si, m).is_none())
+        .ok_or("every low frame is dom0's")
+}
+
+impl Vbd {
+    fn new(env: &mut Env<'_>) -> Result<Vbd, &'static str> {
+        let front = Path::new(VBD_FRONT);
+        let mut buf = [0u8; 128];
+        let back = frontend::read_str(&mut env.xs, &front.join("backend"), &mut buf)
+            .map(Path::new)
+            .ok_or("dom0 has no vbd 51712 (dom0_disk=vda1)")?;
+        pvrt::println!("hostile: vbd 51712, backend {}", back.as_str());
+        let ring_page = env.page()?;
+        let vbd = Vbd {
+            front,
+            back,
+            ring: Ring::new(&ring_page, BLKIF_RING_ENTRY_BYTES),
+            ring_page,
+            port: 0,
+            prod: 0,
+            cons: 0,
+            sectors: 0,
+            discard: false,
+            next_id: 1,
+            data: env.page()?,
+            data_ro: env.page()?,
+            indirect: env.page()?,
+            race: env.page()?,
+        };
+        let foreign = ScratchPage {
+            va: 0,
+            mfn: foreign_mfn(env.si)?,
+        };
+        env.gt.grant(G_DATA, DOMID_XEN, &vbd.data, false);
+        env.gt.grant(G_DATA_RO, DOMID_XEN, &vbd.data_ro, true);
+        env.gt.grant(G_OTHER_DOM, OTHER_DOM, &vbd.data, false);
+        env.gt.grant(G_FOREIGN, DOMID_XEN, &foreign, false);
+        env.gt.grant(G_INDIRECT, DOMID_XEN, &vbd.indirect, false);
+        env.gt.grant(G_RACE, DOMID_XEN, &vbd.race, true);
+        env.gt.grant(G_RACE_FOREIGN, DOMID_XEN, &foreign, false);
+        fill_page(&vbd.race, |off| hostile_write_word(2, off));
+        Ok(vbd)
+    }
+
+    /// blkfront's connect: the ring, the port, Initialised; the backend's Connected.
+    fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
+            .map_err(|_| "the vbd backend is not at InitWait")?;
+        self.ring.reset();
+        env.gt.grant(G_VBD_RING, DOMID_XEN, &self.ring_page, false);
+        self.port = control::alloc_unbound(DOMID_XEN)?;
+        env.write_number(&self.front.join("ring-ref"), G_VBD_RING.into())?;
+        env.write_number(&self.front.join("event-channel"), self.port.into())?;
+        env.write(&self.front.join("protocol"), b"x86_64-abi")?;
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CONNECTED, WAIT_MS)
+            .map_err(|_| "the vbd backend did not connect")?;
+        self.sectors = frontend::read_number(&mut env.xs, &self.back.join("sectors"))
+            .ok_or("the vbd backend wrote no sectors")?;
+        self.discard =
+            frontend::read_number(&mut env.xs, &self.back.join("feature-discard")) == Some(1);
+        pvrt::ensure!(
+            self.sectors == HOSTILE_P1_SECTORS,
+            "the vbd has {} sectors, expected {HOSTILE_P1_SECTORS}",
+            self.sectors
+        );
+        self.prod = 0;
+        self.cons = 0;
+        Ok(())
+    }
+
+    /// The frontend closes and starts over after the backend closed the device.
+    fn reconnect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSED, WAIT_MS)
+            .map_err(|_| "the vbd backend did not close")?;
+        events::close(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        self.connect(env)
+    }
+
+    /// Sends one request (its id set here) and waits for its response.
+    fn request(&mut self, bytes: &mut [u8]) -> Option<BlkifResponse> {
+        let id = self.next_id;
+        self.next_id += 1;
+        bytes[8..16].copy_from_slice(&id.to_le_bytes());
+        self.ring.write(self.prod, bytes);
+        self.prod = self.prod.wrapping_add(1);
+        self.ring.publish(self.prod);
+        events::send(self.port);
+        if !self.ring.wait_responses(self.prod, WAIT_MS) {
+            return None;
+        }
+        let mut raw = [0u8; 16];
+        self.ring.read(self.cons, &mut raw);
+        self.cons = self.cons.wrapping_add(1);
+        BlkifResponse::read_from_bytes(&raw)
+            .ok()
+            .filter(|r| r.id == id)
+    }
+
+    /// One request whose response must be `want` with operation `op`.
+    fn io(
+        &mut self,
+        env: &mut Env<'_>,
+        kind: Kind,
+        what: &str,
+        bytes: &mut [u8],
+        want: i16,
+        op: u8,
+    ) -> bool {
+        match self.request(bytes) {
+            Some(r) => {
+                let ok = r.status == want && r.operation == op;
+                env.t.check(
+                    kind,
+                    what,
+                    ok,
+                    format_args!(
+                        "status {} op {} (expected {want}, op {op})",
+                        r.status, r.operation
+                    ),
+                );
+                ok
+            }
+            None => {
+                env.t
+                    .check(kind, what, false, format_args!("no response with its id"));
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, env: &mut Env<'_>, what: &str, mut req: BlkifRequest) {
+        let op = req.operation;
+        self.io(
+            env,
+            Kind::Attack,
+            what,
+            req.as_mut_bytes(),
+            BLKIF_RSP_ERROR,
+            op,
+        );
+    }
+
+    /// Reads partition sectors `sector..sector + 8` into the data page and checks them
+    /// against `word`.
+    fn read_check(
+        &mut self,
+        env: &mut Env<'_>,
+        what: &str,
+        sector: u64,
+        word: impl Fn(u64) -> u64,
+    ) {
+        fill_page(&self.data, |_| 0xdead_beef_dead_beef);
+        let mut r = page_req(OP_READ, sector, G_DATA);
+        if !self.io(
+            env,
+            Kind::Legit,
+            what,
+            r.as_mut_bytes(),
+            BLKIF_RSP_OKAY,
+            OP_READ,
+        ) {
+            return;
+        }
+        let bad = check_page(&self.data, word);
+        env.t.check(
+            Kind::Legit,
+            what,
+            bad.is_none(),
+            format_args!("data at byte {bad:?} differs"),
+        );
+    }
+
+    fn write_page(&mut self, env: &mut Env<'_>, what: &str, sector: u64, tag: u64) {
+        fill_page(&self.data, |off| hostile_write_word(tag, off));
+        let mut r = page_req(OP_WRITE, sector, G_DATA);
+        self.io(
+            env,
+            Kind::Legit,
+            what,
+            r.as_mut_bytes(),
+            BLKIF_RSP_OKAY,
+            OP_WRITE,
+        );
+    }
+
+    fn attacks(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let end = self.sectors;
+        // Legitimate I/O first: the device works before it is attacked.
+        self.read_check(env, "vbd read of sectors 0-7", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
+        self.write_page(env, "vbd write of sectors 64-71", HOSTILE_FIRST_WRITE, 1);
+        self.read_check(
+            env,
+            "vbd read back of sectors 64-71",
+            HOSTILE_FIRST_WRITE,
+            |off| hostile_write_word(1, off),
+        );
+
+        // Grants.
+        self.refused(
+            env,
+            "vbd read into an unused grant",
+            page_req(OP_READ, 0, G_UNUSED),
+        );
+        self.refused(
+            env,
+            "vbd read into a grant past the table",
+            page_req(OP_READ, 0, G_PAST_TABLE),
+        );
+        self.refused(
+            env,
+            "vbd write from a grant to another domain",
+            page_req(OP_WRITE, 256, G_OTHER_DOM),
+        );
+        self.refused(
+            env,
+            "vbd read into a grant to another domain",
+            page_req(OP_READ, 0, G_OTHER_DOM),
+        );
+        fill_page(&self.data_ro, |off| 0xee00_0000_0000_0000 | off);
+        self.refused(
+            env,
+            "vbd read into a read-only grant",
+            page_req(OP_READ, 0, G_DATA_RO),
+        );
+        let bad = check_page(&self.data_ro, |off| 0xee00_0000_0000_0000 | off);
+        env.t.check(
+            Kind::Attack,
+            "vbd read into a read-only grant left the page alone",
+            bad.is_none(),
+            format_args!("first changed byte {bad:?}"),
+        );
+        self.refused(
+            env,
+            "vbd read into a grant of a frame not the frontend's",
+            page_req(OP_READ, 0, G_FOREIGN),
+        );
+        self.refused(
+            env,
+            "vbd write from a grant of a frame not the frontend's",
+            page_req(OP_WRITE, 256, G_FOREIGN),
+        );
+
+        // Sectors.
+        self.refused(env, "vbd read past the end", page_req(OP_READ, end, G_DATA));
+        self.refused(
+            env,
+            "vbd read starting inside, ending outside",
+            page_req(OP_READ, end - 4, G_DATA),
+        );
+        self.refused(
+            env,
+            "vbd write starting inside, ending outside",
+            page_req(OP_WRITE, end - 4, G_DATA),
+        );
+        self.refused(
+            env,
+            "vbd read with sector + length overflowing",
+            page_req(OP_READ, u64::MAX - 3, G_DATA),
+        );
+        self.refused(
+            env,
+            "vbd write at sector 2^63",
+            page_req(OP_WRITE, 1 << 63, G_DATA),
+        );
+        self.refused(
+            env,
+            "vbd write of 11 segments crossing the end",
+            blk_req(OP_WRITE, end - 80, &[(G_DATA, 0, 7); 11]),
+        );
+
+        // Segments.
+        self.refused(
+            env,
+            "vbd read with first_sect > last_sect",
+            blk_req(OP_READ, 0, &[(G_DATA, 5, 2)]),
+        );
+        self.refused(
+            env,
+            "vbd read with last_sect 8",
+            blk_req(OP_READ, 0, &[(G_DATA, 0, 8)]),
+        );
+        self.refused(
+            env,
+            "vbd write with last_sect 255",
+            blk_req(OP_WRITE, 0, &[(G_DATA, 0, 255)]),
+        );
+        self.refused(env, "vbd read of 0 segments", blk_req(OP_READ, 0, &[]));
+        self.refused(env, "vbd write of 0 segments", blk_req(OP_WRITE, 0, &[]));
+        let mut twelve = blk_req(OP_READ, 0, &[(G_DATA, 0, 0); 11]);
+        twelve.nr_segments = 12;
+        self.refused(env, "vbd read of 12 segments", twelve);
+        let mut huge = blk_req(OP_READ, 0, &[(G_DATA, 0, 0); 11]);
+        huge.nr_segments = 255;
+        self.refused(env, "vbd read of 255 segments", huge);
+
+        // Operations.
+        for (what, op) in [
+            (
+                "vbd write barrier (not offered)",
+                BlkifOp::WriteBarrier.raw(),
+            ),
+            ("vbd operation 4 (reserved)", 4),
+            ("vbd operation 7", 7),
+            ("vbd operation 255", 255),
+        ] {
+            let mut r = page_req(op, 0, G_DATA);
+            self.io(
+                env,
+                Kind::Attack,
+                what,
+                r.as_mut_bytes(),
+                BLKIF_RSP_EOPNOTSUPP,
+                op,
+            );
+        }
+        let mut flush = blk_req(BlkifOp::FlushDiskcache.raw(), 0, &[]);
+        self.io(
+            env,
+            Kind::Legit,
+            "vbd flush",
+            flush.as_mut_bytes(),
+            BLKIF_RSP_OKAY,
+            BlkifOp::FlushDiskcache.raw(),
+        );
+
+        // Discards: an error when the disk discards, "not supported" when it does not.
+        let want = if self.discard {
+            BLKIF_RSP_ERROR
+        } else {
+            BLKIF_RSP_EOPNOTSUPP
+        };
+        let op = BlkifOp::Discard.raw();
+        for (what, sector, n) in [
+            ("vbd discard past the end", end, 8),
+            ("vbd discard starting inside, ending outside", end - 8, 16),
+            ("vbd discard of 2^64-1 sectors", 0, u64::MAX),
+            (
+                "vbd discard with sector + length overflowing",
+                8,
+                u64::MAX - 4,
+            ),
+        ] {
+            let mut r = discard(sector, n);
+            self.io(env, Kind::Attack, what, r.as_mut_bytes(), want, op);
+        }
+
+        self.indirect_attacks(env);
+        self.full_ring(env);
+        self.race(env)?;
+
+        // Ring indices: one past the ring's capacity, then behind what was answered.
+        let size = self.ring.size();
+        self.overflow(
+            env,
+            "vbd req_prod one past the ring's capacity",
+            self.prod.wrapping_add(size + 1),
+        )?;
+        self.overflow(
+            env,
+            "vbd req_prod wrapped behind rsp_prod",
+            self.prod.wrapping_sub(1),
+        )?;
+        self.overflow(
+            env,
+            "vbd req_prod 2^31 ahead",
+            self.prod.wrapping_add(1 << 31),
+        )?;
+        Ok(())
+    }
+
+    /// Writes `segs` (gref, first, last) into the indirect page.
+    fn indirect_segments(&self, segs: impl Iterator<Item = (u32, u8, u8)>) {
+        for (i, (gref, first, last)) in segs.enumerate().take(512) {
+            let word = u64::from(gref) | u64::from(first) << 32 | u64::from(last) << 40;
+            // SAFETY: entry `i` < 512 of the indirect page, a scratch page mapped
+            // writable.
+            unsafe { self.indirect.words().add(i).write_volatile(word) };
+        }
+    }
+
+    fn indirect_attacks(&mut self, env: &mut Env<'_>) {
+        // A valid indirect read first: 12 one-sector segments from sector 0, segment
+        // i into sector slot i % 8 of the data page (the later ones overwrite).
+        self.indirect_segments((0..12).map(|i| (G_DATA, i % 8, i % 8)));
+        fill_page(&self.data, |_| 0);
+        let mut r = indirect(OP_READ, 0, 12, G_INDIRECT);
+        if self.io(
+            env,
+            Kind::Legit,
+            "vbd indirect read of 12 segments",
+            r.as_mut_bytes(),
+            BLKIF_RSP_OKAY,
+            OP_READ,
+        ) {
+            let bad = check_page(&self.data, |off| {
+                let slot = off / 512;
+                let sector = if slot < 4 { 8 + slot } else { slot };
+                hostile_disk_word(disk_offset(sector) + off % 512)
+            });
+            env.t.check(
+                Kind::Legit,
+                "vbd indirect read's data",
+                bad.is_none(),
+                format_args!("data at byte {bad:?} differs"),
+            );
+        }
+
+        self.indirect_segments((0..40).map(|_| (G_DATA, 0, 7)));
+        let end = self.sectors;
+        for (what, mut req, op) in [
+            (
+                "vbd indirect read of 0 segments",
+                indirect(OP_READ, 0, 0, G_INDIRECT),
+                OP_READ,
+            ),
+            (
+                "vbd indirect read of 33 segments (32 offered)",
+                indirect(OP_READ, 0, 33, G_INDIRECT),
+                OP_READ,
+            ),
+            (
+                "vbd indirect write of 65535 segments",
+                indirect(OP_WRITE, 0, u16::MAX, G_INDIRECT),
+                OP_WRITE,
+            ),
+            (
+                "vbd indirect with indirect_op discard",
+                indirect(BlkifOp::Discard.raw(), 0, 12, G_INDIRECT),
+                BlkifOp::Discard.raw(),
+            ),
+            (
+                "vbd indirect with indirect_op indirect",
+                indirect(BlkifOp::Indirect.raw(), 0, 12, G_INDIRECT),
+                BlkifOp::Indirect.raw(),
+            ),
+            (
+                "vbd indirect read through an unused indirect grant",
+                indirect(OP_READ, 0, 12, G_UNUSED),
+                OP_READ,
+            ),
+            (
+                "vbd indirect read through an indirect grant of a foreign frame",
+                indirect(OP_READ, 0, 12, G_FOREIGN),
+                OP_READ,
+            ),
+            (
+                "vbd indirect write crossing the end",
+                indirect(OP_WRITE, end - 64, 12, G_INDIRECT),
+                OP_WRITE,
+            ),
+        ] {
+            self.io(
+                env,
+                Kind::Attack,
+                what,
+                req.as_mut_bytes(),
+                BLKIF_RSP_ERROR,
+                op,
+            );
+        }
+        // A bad segment among good ones in the indirect page.
+        self.indirect_segments((0..12).map(|i| (G_DATA, 0, if i == 9 { 9 } else { 7 })));
+        let mut r = indirect(OP_READ, 0, 12, G_INDIRECT);
+        self.io(
+            env,
+            Kind::Attack,
+            "vbd indirect read with last_sect 9 in its 10th segment",
+            r.as_mut_bytes(),
+            BLKIF_RSP_ERROR,
+            OP_READ,
+        );
+        self.indirect_segments((0..12).map(|i| (if i == 11 { G_UNUSED } else { G_DATA }, 0, 7)));
+        let mut r = indirect(OP_WRITE, 512, 12, G_INDIRECT);
+        self.io(
+            env,
+            Kind::Attack,
+            "vbd indirect write with an unused grant in its last segment",
+            r.as_mut_bytes(),
+            BLKIF_RSP_ERROR,
+            OP_WRITE,
+        );
+    }
+
+    /// A whole ring of reads at once: every one answered OK, once.
+    fn full_ring(&mut self, env: &mut Env<'_>) {
+        let n = self.ring.size();
+        let base = self.next_id;
+        for k in 0..n {
+            let mut r = page_req(OP_READ, u64::from(k) * 8, G_DATA);
+            r.id = base + u64::from(k);
+            self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+        }
+        self.next_id += u64::from(n);
+        self.prod = self.prod.wrapping_add(n);
+        self.ring.publish(self.prod);
+        events::send(self.port);
+        let (ok, errors, wrong) = self.collect(n, base);
+        env.t.check(
+            Kind::Legit,
+            "vbd full ring of reads",
+            ok == n,
+            format_args!("{ok} OK of {n}, {errors} errors, {wrong} wrong"),
+        );
+    }
+
+    /// Waits for `n` responses to requests `base..base + n`: (OK ones, error ones, wrong
+    /// ones: a status neither OK nor error, an unknown or repeated id, a missing
+    /// response).
+    fn collect(&mut self, n: u32, base: u64) -> (u32, u32, u32) {
+        let got_all = self.ring.wait_responses(self.prod, WAIT_MS);
+        let mut seen = 0u64;
+        let (mut ok, mut errors, mut bad) = (0, 0, 0);
+        let have = if got_all {
+            n
+        } else {
+            self.ring.rsp_prod().wrapping_sub(self.cons).min(n)
+        };
+        for _ in 0..have {
+            let mut raw = [0u8; 16];
+            self.ring.read(self.cons, &mut raw);
+            self.cons = self.cons.wrapping_add(1);
+            let r = BlkifResponse::read_from_bytes(&raw).unwrap_or(BlkifResponse::new(0, 0, 0));
+            let k = r.id.wrapping_sub(base);
+            if k >= u64::from(n) || seen & (1 << k) != 0 {
+                bad += 1;
+                continue;
+            }
+            seen |= 1 << k;
+            match r.status {
+                BLKIF_RSP_OKAY => ok += 1,
+                BLKIF_RSP_ERROR => errors += 1,
+                _ => bad += 1,
+            }
+        }
+        (ok, errors, bad + (n - have))
+    }
+
+    /// The request-rewriting race (see the module's documentation).
+    fn race(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let s_in = HOSTILE_RACE_WRITE;
+        let s_out = self.sectors - 4;
+        // A torn read of the sector must give one of the two.
+        pvrt::ensure!(
+            s_in ^ s_out < 256,
+            "the race's sectors differ above the low byte"
+        );
+        let seg = |gref: u32, last: u8| u64::from(gref) | u64::from(last) << 40;
+        let variants = [
+            (s_in, seg(G_RACE, 7)),
+            (s_out, seg(G_RACE, 7)),
+            (s_in, seg(G_RACE_FOREIGN, 7)),
+            (s_in, seg(G_RACE_UNUSED, 7)),
+            (s_in, seg(G_RACE, 9)),
+        ];
+        for (i, (sector, seg)) in variants.into_iter().enumerate() {
+            RACE_VARIANTS[i].0.store(sector, Ordering::SeqCst);
+            RACE_VARIANTS[i].1.store(seg, Ordering::SeqCst);
+        }
+        RACE_RING.store(self.ring.entry_va(0), Ordering::SeqCst);
+        let before = MUTATIONS.load(Ordering::SeqCst);
+        RACE_ON.store(true, Ordering::SeqCst);
+        let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
+
+        let n = self.ring.size();
+        let (mut ok, mut errors, mut wrong) = (0u32, 0u32, 0u32);
+        for _ in 0..RACE_ROUNDS {
+            let base = self.next_id;
+            for k in 0..n {
+                let mut r = page_req(OP_WRITE, s_in, G_RACE);
+                r.id = base + u64::from(k);
+                self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+            }
+            self.next_id += u64::from(n);
+            self.prod = self.prod.wrapping_add(n);
+            self.ring.publish(self.prod);
+            events::send(self.port);
+            let (good, refused, bad) = self.collect(n, base);
+            ok += good;
+            errors += refused;
+            wrong += bad;
+        }
+        RACE_ON.store(false, Ordering::SeqCst);
+        let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
+        let mutations = MUTATIONS.load(Ordering::SeqCst) - before;
+        let total = RACE_ROUNDS as u32 * n;
+        pvrt::ensure!(started && stopped, "vCPU 1 did not take part in the race");
+        // Every request got one response, OK or an error.
+        env.t.check(
+            Kind::Attack,
+            "vbd requests rewritten while being read",
+            ok + errors == total && wrong == 0 && mutations > 0,
+            format_args!(
+                "{total} requests, {ok} OK, {errors} errors, {wrong} wrong; vCPU 1 rewrote \
+                 the ring {mutations} times"
+            ),
+        );
+        // The page the valid variant names holds the valid data (or its old data if no
+        // valid variant was ever read).
+        let expect_race = ok > 0;
+        self.read_check(env, "vbd read of the race's page", s_in, |off| {
+            if expect_race {
+                hostile_write_word(2, off)
+            } else {
+                hostile_disk_word(disk_offset(s_in) + off)
+            }
+        });
+        Ok(())
+    }
+
+    /// Publishes `new_prod` over garbage entries: the backend must close the device
+    /// without a response, then a reconnect works.
+    fn overflow(
+        &mut self,
+        env: &mut Env<'_>,
+        what: &str,
+        new_prod: u32,
+    ) -> Result<(), &'static str> {
+        let before = self.ring.rsp_prod();
+        for k in 0..self.ring.size() {
+            self.ring.write(k, &[0xa5; BLKIF_RING_ENTRY_BYTES]);
+        }
+        self.ring.publish(new_prod);
+        events::send(self.port);
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS);
+        let after = self.ring.rsp_prod();
+        env.t.check(
+            Kind::Attack,
+            what,
+            closed.is_ok() && after == before,
+            format_args!(
+                "backend state {}, rsp_prod {before} -> {after}",
+                match closed {
+                    Ok(()) => state::CLOSING,
+                    Err(s) => s,
+                }
+            ),
+        );
+        self.reconnect(env)?;
+        self.read_check(env, "vbd read after a reconnect", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
+        Ok(())
+    }
+
+    /// Real I/O on the device after everything.
+    fn final_io(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        self.write_page(
+            env,
+            "vbd final write of sectors 128-135",
+            HOSTILE_FINAL_WRITE,
+            3,
+        );
+        self.read_check(env, "vbd final read back", HOSTILE_FINAL_WRITE, |off| {
+            hostile_write_word(3, off)
+        });
+        self.read_check(
+            env,
+            "vbd first write still there",
+            HOSTILE_FIRST_WRITE,
+            |off| hostile_write_word(1, off),
+        );
+        Ok(())
+    }
+}
+
+// --- vCPU 1, the race's mutator. --------------------------------------------------------
+
+/// The race runs while set; vCPU 1 is between passes while [`MUTATOR_IDLE`].
+static RACE_ON: AtomicBool = AtomicBool::new(false);
+static MUTATOR_IDLE: AtomicBool = AtomicBool::new(true);
+/// Passes over the ring.
+static MUTATIONS: AtomicU64 = AtomicU64::new(0);
+/// The first ring entry's address.
+static RACE_RING: AtomicU64 = AtomicU64::new(0);
+/// (sector_number, first segment as a word) of each variant.
+static RACE_VARIANTS: [(AtomicU64, AtomicU64); 5] =
+    [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 5];
+/// vCPU 1's stack, in scratch pages.
+const STACK_PAGES: u64 = 4;
+
+fn wait_for(cond: impl Fn() -> bool) -> bool {
+    let deadline = pvrt::time::now() + WAIT_MS * pvrt::time::NS_PER_MS;
+    while !cond() {
+        if pvrt::time::now() > deadline {
+            return false;
+        }
+        pvrt::sched_yield();
+    }
+    true
+}
+
+fn start_mutator(si: &StartInfo) -> Result<(), &'static str> {
+    let mut lo = 0;
+    let mut next = 0;
+    for i in 0..STACK_PAGES {
+        let page = region::alloc_scratch(si).ok_or("no scratch page for vCPU 1's stack")?;
+        pvrt::ensure!(
+            i == 0 || page.va == next,
+            "vCPU 1's stack pages are not contiguous"
+        );
+        if i == 0 {
+            lo = page.va;
+        }
+        next = page.va + region::PAGE_SIZE;
+    }
+    let _ = lo;
+    let ctx = smp::kernel_context(&Start {
+        rip: vcpu1_entry_address(),
+        rsp: next,
+        args: [1, 0],
+        l4_mfn: region::mfn_of(si, si.pt_base),
+        fs_base: 0,
+        gs_base_kernel: 0,
+    });
+    // SAFETY: the entry is `hostile_vcpu1_entry`, which runs `hostile_vcpu1_main` on the
+    // scratch pages just reserved for vCPU 1 alone; the L4 is the kernel's own, the trap
+    // table and callbacks the runtime's.
+    let ret = unsafe { smp::initialise(1, &ctx) };
+    pvrt::ensure!(
+        ret == 0,
+        "VCPUOP_initialise(1) returned {ret} (dom0_max_vcpus=2?)"
+    );
+    let ret = smp::up(1);
+    pvrt::ensure!(ret == 0, "VCPUOP_up(1) returned {ret}");
+    Ok(())
+}
+
+#[cfg(target_os = "none")]
+core::arch::global_asm!(
+    r#"
+    .pushsection .text.hostile_vcpu1_entry, "ax", @progbits
+    .global hostile_vcpu1_entry
+    .type hostile_vcpu1_entry, @function
+hostile_vcpu1_entry:
+    and rsp, -16
+    xor ebp, ebp
+    call hostile_vcpu1_main
+    ud2
+    .size hostile_vcpu1_entry, . - hostile_vcpu1_entry
+    .popsection
+    "#
+);
+
+fn vcpu1_entry_address() -> u64 {
+    #[cfg(target_os = "none")]
+    {
+        extern "C" {
+            fn hostile_vcpu1_entry();
+        }
+        hostile_vcpu1_entry as unsafe extern "C" fn() as usize as u64
+    }
+    #[cfg(not(target_os = "none"))]
+    0
+}
+
+/// vCPU 1: while the race is on, rewrites bytes 16..32 (the sector and the first
+/// segment; never the bytes a response takes) of every entry of the vbd's ring, cycling
+/// through the variants.
+#[no_mangle]
+extern "C" fn hostile_vcpu1_main() -> ! {
+    let mut variant = 0usize;
+    loop {
+        if !RACE_ON.load(Ordering::SeqCst) {
+            MUTATOR_IDLE.store(true, Ordering::SeqCst);
+            pvrt::sched_yield();
+            continue;
+        }
+        MUTATOR_IDLE.store(false, Ordering::SeqCst);
+        let ring = RACE_RING.load(Ordering::SeqCst);
+        let (sector, seg) = (
+            RACE_VARIANTS[variant].0.load(Ordering::Relaxed),
+            RACE_VARIANTS[variant].1.load(Ordering::Relaxed),
+        );
+        for slot in 0..32u64 {
+            let entry = ring + slot * BLKIF_RING_ENTRY_BYTES as u64;
+            // SAFETY: `ring` is the first entry of the vbd's ring page (a scratch page
+            // mapped writable, 32 entries of 112 bytes from offset 64); bytes 16..32 of
+            // an entry are its sector and first segment, 8-byte aligned.
+            unsafe {
+                ((entry + 16) as *mut u64).write_volatile(sector);
+                ((entry + 24) as *mut u64).write_volatile(seg);
+            }
+        }
+        variant = (variant + 1) % RACE_VARIANTS.len();
+        MUTATIONS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+// --- The vif. -----------------------------------------------------------------------------
+
+fn tx_slot(gref: u32, offset: u16, flags: u16, id: u16, size: u16) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out.copy_from_slice(
+        NetifTxRequest {
+            gref,
+            offset,
+            flags,
+            id,
+            size,
+        }
+        .as_bytes(),
+    );
+    out
+}
+
+fn extra_slot(extra_type: u8, flags: u8, body: [u16; 3]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(
+        NetifExtraInfo {
+            extra_type,
+            flags,
+            u: body,
+        }
+        .as_bytes(),
+    );
+    out
+}
+
+/// The length of the ARP request in the tx data page.
+const ARP_LEN: u16 = 42;
+const GATEWAY_IP: [u8; 4] = [10, 0, 2, 2];
+const OUR_IP: [u8; 4] = [10, 0, 2, 15];
+
+struct Vif {
+    front: Path,
+    back: Path,
+    tx_page: ScratchPage,
+    rx_page: ScratchPage,
+    tx: Ring,
+    rx: Ring,
+    port: u32,
+    tx_prod: u32,
+    tx_cons: u32,
+    rx_prod: u32,
+    rx_cons: u32,
+    rx_pages: [ScratchPage; 4],
+    rx_ro: ScratchPage,
+    next_id: u16,
+}
+
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for b in mac.iter_mut() {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+impl Vif {
+    fn new(env: &mut Env<'_>) -> Result<Vif, &'static str> {
+        let front = Path::new(VIF_FRONT);
+        let mut buf = [0u8; 128];
+        let back = frontend::read_str(&mut env.xs, &front.join("backend"), &mut buf)
+            .map(Path::new)
+            .ok_or("dom0 has no vif 0 (dom0_vif=on)")?;
+        let mut buf = [0u8; 32];
+        let mac = frontend::read_str(&mut env.xs, &front.join("mac"), &mut buf)
+            .and_then(parse_mac)
+            .ok_or("vif 0 has no mac")?;
+        pvrt::println!("hostile: vif 0, backend {}", back.as_str());
+        let tx_page = env.page()?;
+        let rx_page = env.page()?;
+        let tx_data = env.page()?;
+        let tx_data2 = env.page()?;
+        let rx_pages = [env.page()?, env.page()?, env.page()?, env.page()?];
+        let rx_ro = env.page()?;
+        env.gt.grant(G_TX_DATA, DOMID_XEN, &tx_data, true);
+        env.gt.grant(G_TX_DATA2, DOMID_XEN, &tx_data2, true);
+        for (i, p) in rx_pages.iter().enumerate() {
+            env.gt.grant(G_RX_PAGE + i as u32, DOMID_XEN, p, false);
+        }
+        env.gt.grant(G_RX_RO, DOMID_XEN, &rx_ro, true);
+        // The ARP request: broadcast, from our MAC, who has 10.0.2.2, tell 10.0.2.15.
+        let mut frame = [0u8; ARP_LEN as usize];
+        frame[0..6].fill(0xff);
+        frame[6..12].copy_from_slice(&mac);
+        frame[12..14].copy_from_slice(&[0x08, 0x06]);
+        frame[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        frame[22..28].copy_from_slice(&mac);
+        frame[28..32].copy_from_slice(&OUR_IP);
+        frame[38..42].copy_from_slice(&GATEWAY_IP);
+        fill_page(&tx_data, |_| 0);
+        fill_page(&tx_data2, |off| 0x0101_0101_0101_0101 * (off & 0xff));
+        // SAFETY: the tx data page is a scratch page mapped writable.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(tx_data.va as *mut u8, 64) };
+        bytes[..frame.len()].copy_from_slice(&frame);
+        Ok(Vif {
+            front,
+            back,
+            tx: Ring::new(&tx_page, 12),
+            rx: Ring::new(&rx_page, 8),
+            tx_page,
+            rx_page,
+            port: 0,
+            tx_prod: 0,
+            tx_cons: 0,
+            rx_prod: 0,
+            rx_cons: 0,
+            rx_pages,
+            rx_ro,
+            next_id: 1,
+        })
+    }
+
+    /// netfront's connect: both rings, the port, the features, Connected.
+    fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
+            .map_err(|_| "the vif backend is not at InitWait")?;
+        self.tx.reset();
+        self.rx.reset();
+        env.gt.grant(G_TX_RING, DOMID_XEN, &self.tx_page, false);
+        env.gt.grant(G_RX_RING, DOMID_XEN, &self.rx_page, false);
+        self.port = control::alloc_unbound(DOMID_XEN)?;
+        env.write_number(&self.front.join("tx-ring-ref"), G_TX_RING.into())?;
+        env.write_number(&self.front.join("rx-ring-ref"), G_RX_RING.into())?;
+        env.write_number(&self.front.join("event-channel"), self.port.into())?;
+        env.write(&self.front.join("request-rx-copy"), b"1")?;
+        env.write(&self.front.join("feature-rx-notify"), b"1")?;
+        env.write(&self.front.join("feature-sg"), b"1")?;
+        frontend::write_state(&mut env.xs, &self.front, state::CONNECTED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CONNECTED, WAIT_MS)
+            .map_err(|_| "the vif backend did not connect")?;
+        self.tx_prod = 0;
+        self.tx_cons = 0;
+        self.rx_prod = 0;
+        self.rx_cons = 0;
+        Ok(())
+    }
+
+    fn reconnect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSED, WAIT_MS)
+            .map_err(|_| "the vif backend did not close")?;
+        events::close(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        self.connect(env)
+    }
+
+    fn id(&mut self) -> u16 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    /// Publishes `slots` on the tx ring and kicks.
+    fn push_tx(&mut self, slots: &[[u8; 12]]) {
+        for s in slots {
+            self.tx.write(self.tx_prod, s);
+            self.tx_prod = self.tx_prod.wrapping_add(1);
+        }
+        self.tx.publish(self.tx_prod);
+        events::send(self.port);
+    }
+
+    /// Sends `slots` and checks the statuses of their responses against `want`.
+    fn tx_check(
+        &mut self,
+        env: &mut Env<'_>,
+        kind: Kind,
+        what: &str,
+        slots: &[[u8; 12]],
+        want: &[i16],
+    ) {
+        self.push_tx(slots);
+        let ok = self.tx.wait_responses(self.tx_prod, WAIT_MS);
+        let mut same = ok;
+        let mut first_bad = None;
+        for (k, &w) in want.iter().enumerate() {
+            let mut raw = [0u8; 4];
+            self.tx.read(self.tx_cons.wrapping_add(k as u32), &mut raw);
+            let r = NetifTxResponse::read_from_bytes(&raw).unwrap_or_default();
+            if r.status != w {
+                same = false;
+                first_bad.get_or_insert((k, r.status));
+            }
+        }
+        self.tx_cons = self.tx_prod;
+        env.t.check(
+            kind,
+            what,
+            same,
+            format_args!(
+                "{} responses{}",
+                want.len(),
+                match (ok, first_bad) {
+                    (false, _) => " missing",
+                    (true, Some(_)) => ", a status differs",
+                    (true, None) => " as expected",
+                }
+            ),
+        );
+        if let Some((k, s)) = first_bad {
+            pvrt::println!("hostile: ... slot {k} status {s}, expected {}", want[k]);
+        }
+    }
+
+    fn arp(&mut self) -> [u8; 12] {
+        let id = self.id();
+        tx_slot(G_TX_DATA, 0, 0, id, ARP_LEN)
+    }
+
+    fn send_arp(&mut self, env: &mut Env<'_>, what: &str) {
+        let s = self.arp();
+        self.tx_check(env, Kind::Legit, what, &[s], &[NETIF_RSP_OKAY]);
+    }
+
+    /// Posts rx requests for `grefs`.
+    fn post_rx(&mut self, grefs: &[u32]) {
+        for &gref in grefs {
+            let req = NetifRxRequest {
+                id: (self.rx_prod & 0xff) as u16,
+                pad: 0,
+                gref,
+            };
+            self.rx.write(self.rx_prod, req.as_bytes());
+            self.rx_prod = self.rx_prod.wrapping_add(1);
+        }
+        self.rx.publish(self.rx_prod);
+        events::send(self.port);
+    }
+
+    /// The next rx response, waiting for it.
+    fn rx_response(&mut self) -> Option<NetifRxResponse> {
+        if !self
+            .rx
+            .wait_responses(self.rx_cons.wrapping_add(1), WAIT_MS)
+        {
+            return None;
+        }
+        let mut raw = [0u8; 8];
+        self.rx.read(self.rx_cons, &mut raw);
+        let expected_id = (self.rx_cons & 0xff) as u16;
+        self.rx_cons = self.rx_cons.wrapping_add(1);
+        NetifRxResponse::read_from_bytes(&raw)
+            .ok()
+            .filter(|r| r.id == expected_id)
+    }
+
+    /// Posts a good rx page, sends an ARP request, and checks the gateway's reply
+    /// arrives in it.
+    fn arp_exchange(&mut self, env: &mut Env<'_>, what: &str) {
+        let page = self.rx_pages[0];
+        fill_page(&page, |_| 0);
+        self.post_rx(&[G_RX_PAGE]);
+        self.send_arp(env, what);
+        let r = self.rx_response();
+        // SAFETY: the rx page is a scratch page mapped writable; the backend wrote it
+        // (by grant copy) before publishing the response.
+        let frame = unsafe { core::slice::from_raw_parts(page.va as *const u8, 42) };
+        let is_reply =
+            frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 2] && frame[28..32] == GATEWAY_IP;
+        env.t.check(
+            Kind::Legit,
+            "vif rx of the gateway's ARP reply",
+            r.is_some_and(|r| r.status >= 42) && is_reply,
+            format_args!("response {:?}", r.map(|r| r.status)),
+        );
+    }
+
+    fn attacks(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        self.arp_exchange(env, "vif tx of an ARP request");
+
+        // Tx grants and sizes: error responses, the device stays.
+        let err = NETIF_RSP_ERROR;
+        for (what, gref) in [
+            ("vif tx from an unused grant", G_UNUSED),
+            ("vif tx from a grant past the table", G_PAST_TABLE),
+            ("vif tx from a grant to another domain", G_OTHER_DOM),
+            (
+                "vif tx from a grant of a frame not the frontend's",
+                G_FOREIGN,
+            ),
+        ] {
+            let id = self.id();
+            let s = tx_slot(gref, 0, 0, id, ARP_LEN);
+            self.tx_check(env, Kind::Attack, what, &[s], &[err]);
+        }
+        let id = self.id();
+        let s = tx_slot(G_TX_DATA, 0, 0, id, 10);
+        self.tx_check(env, Kind::Attack, "vif tx of a 10-byte frame", &[s], &[err]);
+        // A 60-byte frame whose first slot would hold 8 bytes.
+        let (a, b) = (self.id(), self.id());
+        let slots = [
+            tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, a, 60),
+            tx_slot(G_TX_DATA2, 0, 0, b, 52),
+        ];
+        self.tx_check(
+            env,
+            Kind::Attack,
+            "vif tx whose first slot is shorter than an Ethernet header",
+            &slots,
+            &[err, err],
+        );
+        let mut chain = [[0u8; 12]; 19];
+        for (i, s) in chain.iter_mut().enumerate() {
+            let id = self.id();
+            *s = if i == 0 {
+                tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, id, 19 * 16)
+            } else {
+                let more = if i < 18 { NETTXF_MORE_DATA } else { 0 };
+                tx_slot(G_TX_DATA2, 0, more, id, 16)
+            };
+        }
+        self.tx_check(
+            env,
+            Kind::Attack,
+            "vif tx of 19 data slots",
+            &chain,
+            &[err; 19],
+        );
+        let (a, b) = (self.id(), self.id());
+        let slots = [
+            tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, a, 60),
+            tx_slot(G_TX_DATA2, 0, 0, b, 100),
+        ];
+        self.tx_check(
+            env,
+            Kind::Attack,
+            "vif tx whose second slot is larger than the frame",
+            &slots,
+            &[err, err],
+        );
+        let (a, b) = (self.id(), self.id());
+        let slots = [
+            tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, a, 60),
+            tx_slot(G_UNUSED, 0, 0, b, 18),
+        ];
+        self.tx_check(
+            env,
+            Kind::Attack,
+            "vif tx whose second slot names an unused grant",
+            &slots,
+            &[err, err],
+        );
+
+        self.rx_attacks(env);
+
+        // The fatal ones: each closes the device; a reconnect brings it back.
+        let mut slots21 = [[0u8; 12]; 21];
+        for (i, s) in slots21.iter_mut().enumerate() {
+            let id = self.id();
+            *s = if i == 0 {
+                tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, id, 21 * 16)
+            } else {
+                let more = if i < 20 { NETTXF_MORE_DATA } else { 0 };
+                tx_slot(G_TX_DATA2, 0, more, id, 16)
+            };
+        }
+        self.tx_fatal(env, "vif tx of 21 slots", &slots21, None)?;
+        let id = self.id();
+        self.tx_fatal(
+            env,
+            "vif tx slot with offset + size past its page",
+            &[tx_slot(G_TX_DATA, 4000, 0, id, 200)],
+            None,
+        )?;
+        let (a, b, c) = (self.id(), self.id(), self.id());
+        self.tx_fatal(
+            env,
+            "vif tx later slot with offset + size past its page",
+            &[
+                tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, a, 142),
+                tx_slot(G_TX_DATA2, 4000, NETTXF_MORE_DATA, b, 100),
+                tx_slot(G_TX_DATA2, 0, 0, c, 0),
+            ],
+            None,
+        )?;
+        for (what, ty) in [
+            ("vif tx extra-info of type 0", 0u8),
+            ("vif tx extra-info of type 255", 255),
+        ] {
+            let id = self.id();
+            self.tx_fatal(
+                env,
+                what,
+                &[
+                    tx_slot(G_TX_DATA, 0, NETTXF_EXTRA_INFO, id, ARP_LEN),
+                    extra_slot(ty, 0, [0; 3]),
+                ],
+                None,
+            )?;
+        }
+        let mut gso = [0u16; 3];
+        gso.as_mut_bytes().copy_from_slice(
+            NetifExtraGso {
+                size: 0,
+                gso_type: NetifGsoType::TcpV4.raw(),
+                pad: 0,
+                features: 0,
+            }
+            .as_bytes(),
+        );
+        let id = self.id();
+        self.tx_fatal(
+            env,
+            "vif tx GSO extra with MSS 0",
+            &[
+                tx_slot(G_TX_DATA, 0, NETTXF_EXTRA_INFO, id, ARP_LEN),
+                extra_slot(1, 0, gso),
+            ],
+            None,
+        )?;
+        let id = self.id();
+        self.tx_fatal(
+            env,
+            "vif tx chain announcing a slot never published",
+            &[tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, id, 100)],
+            None,
+        )?;
+        let prod = self.tx_prod.wrapping_sub(1);
+        self.tx_fatal(
+            env,
+            "vif tx req_prod wrapped behind rsp_prod",
+            &[],
+            Some(prod),
+        )?;
+        self.rx_overflow(env)?;
+        Ok(())
+    }
+
+    /// Rx requests naming bad grants: each gets an error response in its own slot when a
+    /// frame arrives for it, and the next good one gets its frame.
+    fn rx_attacks(&mut self, env: &mut Env<'_>) {
+        fill_page(&self.rx_ro, |off| 0xee00_0000_0000_0000 | off);
+        let bad = [G_UNUSED, G_RX_RO, G_OTHER_DOM, G_FOREIGN];
+        self.post_rx(&bad);
+        // A frame for each: the gateway answers each ARP request.
+        for _ in 0..bad.len() {
+            let s = self.arp();
+            self.push_tx(&[s]);
+        }
+        let _ = self.tx.wait_responses(self.tx_prod, WAIT_MS);
+        self.tx_cons = self.tx_prod;
+        for what in [
+            "vif rx into an unused grant",
+            "vif rx into a read-only grant",
+            "vif rx into a grant to another domain",
+            "vif rx into a grant of a frame not the frontend's",
+        ] {
+            let r = self.rx_response();
+            env.t.check(
+                Kind::Attack,
+                what,
+                r.is_some_and(|r| r.status == NETIF_RSP_ERROR),
+                format_args!("response {:?}", r.map(|r| r.status)),
+            );
+        }
+        let changed = check_page(&self.rx_ro, |off| 0xee00_0000_0000_0000 | off);
+        env.t.check(
+            Kind::Attack,
+            "vif rx into a read-only grant left the page alone",
+            changed.is_none(),
+            format_args!("first changed byte {changed:?}"),
+        );
+        self.arp_exchange(env, "vif tx of an ARP request after the bad rx requests");
+    }
+
+    /// Sends `slots` (or publishes `prod` over nothing): the backend must close without
+    /// answering; then a reconnect, and a frame goes out.
+    fn tx_fatal(
+        &mut self,
+        env: &mut Env<'_>,
+        what: &str,
+        slots: &[[u8; 12]],
+        prod: Option<u32>,
+    ) -> Result<(), &'static str> {
+        let before = self.tx.rsp_prod();
+        match prod {
+            Some(p) => {
+                self.tx.publish(p);
+                events::send(self.port);
+            }
+            None => self.push_tx(slots),
+        }
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS);
+        let after = self.tx.rsp_prod();
+        env.t.check(
+            Kind::Attack,
+            what,
+            closed.is_ok() && after == before,
+            format_args!(
+                "backend state {}, tx rsp_prod {before} -> {after}",
+                match closed {
+                    Ok(()) => state::CLOSING,
+                    Err(s) => s,
+                }
+            ),
+        );
+        self.reconnect(env)?;
+        self.send_arp(env, "vif tx of an ARP request after a reconnect");
+        Ok(())
+    }
+
+    /// An rx `req_prod` far past the ring, found when a frame arrives for it.
+    fn rx_overflow(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        self.rx.publish(self.rx_prod.wrapping_add(1000));
+        events::send(self.port);
+        let s = self.arp();
+        self.push_tx(&[s]);
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS);
+        env.t.check(
+            Kind::Attack,
+            "vif rx req_prod 1000 ahead",
+            closed.is_ok(),
+            format_args!(
+                "backend state {}",
+                match closed {
+                    Ok(()) => state::CLOSING,
+                    Err(s) => s,
+                }
+            ),
+        );
+        self.reconnect(env)
+    }
+
+    fn final_io(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        self.arp_exchange(env, "vif final tx of an ARP request");
+        Ok(())
+    }
+}
