@@ -43,6 +43,7 @@ use core::{
 };
 
 use ferrovisor_abi::xen::{
+    event_channel::EVTCHNSTAT_UNBOUND,
     io::{
         blkif::{
             BlkifOp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
@@ -192,10 +193,12 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     start_mutator(si)?;
 
     let mut vbd = Vbd::new(&mut env)?;
+    vbd.handshake_attacks(&mut env)?;
     vbd.connect(&mut env)?;
     vbd.attacks(&mut env)?;
 
     let mut vif = Vif::new(&mut env)?;
+    vif.handshake_attacks(&mut env, vbd.port)?;
     vif.connect(&mut env)?;
     vif.attacks(&mut env)?;
 
@@ -212,6 +215,78 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     );
     pvrt::ensure!(t.unexpected == 0, "{} unexpected outcomes", t.unexpected);
     Ok(())
+}
+
+/// A node value a handshake attack writes.
+#[derive(Clone, Copy)]
+enum Value {
+    Num(u64),
+    Text(&'static [u8]),
+    /// The domain's xenstore port.
+    StorePort,
+    /// A port of this domain left unbound for another domain.
+    OtherDomPort,
+}
+
+/// The frontend wrote `nodes` (after its usual ones) and went to `front_state`: the
+/// backend must refuse — Closing, the port it was given still unbound for the backend
+/// (or never the backend's), the store still answering — then come back to InitWait
+/// after the frontend's Closing, Closed, Initialising. Returns whether it was refused.
+fn refused_handshake(
+    env: &mut Env<'_>,
+    what: &str,
+    front: &Path,
+    back: &Path,
+    nodes: &[(&str, Value)],
+    port: u32,
+    front_state: u32,
+) -> Result<(), &'static str> {
+    for &(node, value) in nodes {
+        let path = front.join(node);
+        match value {
+            Value::Num(n) => env.write_number(&path, n)?,
+            Value::Text(t) => env.write(&path, t)?,
+            Value::StorePort => env.write_number(&path, env.si.store_evtchn.into())?,
+            Value::OtherDomPort => {
+                let p = control::alloc_unbound(OTHER_DOM)?;
+                env.write_number(&path, p.into())?
+            }
+        }
+    }
+    frontend::write_state(&mut env.xs, front, front_state)?;
+    let closed = frontend::wait_state(&mut env.xs, back, state::CLOSING, WAIT_MS);
+    let port_free = events::status(port)
+        .is_ok_and(|s| s.status == EVTCHNSTAT_UNBOUND && s.u[0] == u32::from(DOMID_XEN));
+    let store_ok = frontend::read_state(&mut env.xs, back).is_some();
+    env.t.check(
+        Kind::Attack,
+        what,
+        closed.is_ok() && port_free && store_ok,
+        format_args!(
+            "backend state {}, port {port} {}, store {}",
+            match closed {
+                Ok(()) => state::CLOSING,
+                Err(s) => s,
+            },
+            if port_free {
+                "still unbound for the backend"
+            } else {
+                "taken"
+            },
+            if store_ok { "answering" } else { "silent" }
+        ),
+    );
+    frontend::write_state(&mut env.xs, front, state::CLOSING)?;
+    frontend::write_state(&mut env.xs, front, state::CLOSED)?;
+    frontend::wait_state(&mut env.xs, back, state::CLOSED, WAIT_MS)
+        .map_err(|_| "the backend did not close after a refused handshake")?;
+    events::close(port);
+    for &(node, _) in nodes {
+        let _ = env.xs.remove(front.join(node).as_str());
+    }
+    frontend::write_state(&mut env.xs, front, state::INITIALISING)?;
+    frontend::wait_state(&mut env.xs, back, state::INIT_WAIT, WAIT_MS)
+        .map_err(|_| "the backend did not come back to InitWait")
 }
 
 // --- The vbd. -----------------------------------------------------------------------------
@@ -342,6 +417,121 @@ impl Vbd {
         );
         self.prod = 0;
         self.cons = 0;
+        Ok(())
+    }
+
+    /// Handshakes the backend must refuse, from InitWait back to InitWait.
+    fn handshake_attacks(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        use Value::{Num, OtherDomPort, StorePort, Text};
+        let attacks: [(&str, &[(&str, Value)]); 12] = [
+            (
+                "vbd ring-ref an unused grant",
+                &[("ring-ref", Num(G_UNUSED.into()))],
+            ),
+            (
+                "vbd ring-ref past the table",
+                &[("ring-ref", Num(G_PAST_TABLE.into()))],
+            ),
+            (
+                "vbd ring-ref a read-only grant",
+                &[("ring-ref", Num(G_DATA_RO.into()))],
+            ),
+            (
+                "vbd ring-ref a grant to another domain",
+                &[("ring-ref", Num(G_OTHER_DOM.into()))],
+            ),
+            (
+                "vbd ring-ref a frame not the frontend's",
+                &[("ring-ref", Num(G_FOREIGN.into()))],
+            ),
+            ("vbd ring-ref not a number", &[("ring-ref", Text(b"16x"))]),
+            (
+                "vbd event-channel the xenstore port",
+                &[("event-channel", StorePort)],
+            ),
+            ("vbd event-channel no port", &[("event-channel", Num(4000))]),
+            (
+                "vbd event-channel unbound for another domain",
+                &[("event-channel", OtherDomPort)],
+            ),
+            (
+                "vbd ring-page-order 5 (4 offered)",
+                &[("ring-page-order", Num(5))],
+            ),
+            (
+                "vbd ring-page-order 1 with an unused second page",
+                &[
+                    ("ring-page-order", Num(1)),
+                    ("ring-ref0", Num(G_VBD_RING.into())),
+                    ("ring-ref1", Num(G_UNUSED.into())),
+                ],
+            ),
+            (
+                "vbd protocol x86_32-abi",
+                &[("protocol", Text(b"x86_32-abi"))],
+            ),
+        ];
+        for (what, nodes) in attacks {
+            frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
+                .map_err(|_| "the vbd backend is not at InitWait")?;
+            self.ring.reset();
+            env.gt.grant(G_VBD_RING, DOMID_XEN, &self.ring_page, false);
+            let port = control::alloc_unbound(DOMID_XEN)?;
+            env.write_number(&self.front.join("ring-ref"), G_VBD_RING.into())?;
+            env.write_number(&self.front.join("event-channel"), port.into())?;
+            env.write(&self.front.join("protocol"), b"x86_64-abi")?;
+            refused_handshake(
+                env,
+                what,
+                &self.front,
+                &self.back,
+                nodes,
+                port,
+                state::INITIALISED,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The frontend starts over (Initialising straight from Connected) with a ring of
+    /// reads in flight: the backend drops them, and nothing of them reaches the next
+    /// ring or the pages they named.
+    fn restart_in_flight(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let n = self.ring.size();
+        for k in 0..n {
+            let mut r = page_req(OP_READ, u64::from(k) * 8, G_DATA);
+            r.id = self.next_id + u64::from(k);
+            self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+        }
+        self.next_id += u64::from(n);
+        self.prod = self.prod.wrapping_add(n);
+        self.ring.publish(self.prod);
+        events::send(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        let restarted = frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS);
+        fill_page(&self.data, |off| 0x1234_0000_0000_0000 | off);
+        events::close(self.port);
+        self.connect(env)?;
+        // Time for any late completion to land.
+        let until = pvrt::time::now() + 300 * pvrt::time::NS_PER_MS;
+        while pvrt::time::now() < until {
+            pvrt::sched_yield();
+        }
+        let fresh = self.ring.rsp_prod();
+        let page = check_page(&self.data, |off| 0x1234_0000_0000_0000 | off);
+        env.t.check(
+            Kind::Attack,
+            "vbd frontend restarted with a ring of reads in flight",
+            restarted.is_ok() && fresh == 0 && page.is_none(),
+            format_args!(
+                "backend back at InitWait: {}, responses on the new ring {fresh}, the old \
+                 requests' page changed at {page:?}",
+                restarted.is_ok()
+            ),
+        );
+        self.read_check(env, "vbd read after the restart", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
         Ok(())
     }
 
@@ -647,7 +837,7 @@ impl Vbd {
             "vbd req_prod 2^31 ahead",
             self.prod.wrapping_add(1 << 31),
         )?;
-        Ok(())
+        self.restart_in_flight(env)
     }
 
     /// Writes `segs` (gref, first, last) into the indirect page.
@@ -1189,17 +1379,7 @@ impl Vif {
     fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
             .map_err(|_| "the vif backend is not at InitWait")?;
-        self.tx.reset();
-        self.rx.reset();
-        env.gt.grant(G_TX_RING, DOMID_XEN, &self.tx_page, false);
-        env.gt.grant(G_RX_RING, DOMID_XEN, &self.rx_page, false);
-        self.port = control::alloc_unbound(DOMID_XEN)?;
-        env.write_number(&self.front.join("tx-ring-ref"), G_TX_RING.into())?;
-        env.write_number(&self.front.join("rx-ring-ref"), G_RX_RING.into())?;
-        env.write_number(&self.front.join("event-channel"), self.port.into())?;
-        env.write(&self.front.join("request-rx-copy"), b"1")?;
-        env.write(&self.front.join("feature-rx-notify"), b"1")?;
-        env.write(&self.front.join("feature-sg"), b"1")?;
+        self.port = self.offer(env)?;
         frontend::write_state(&mut env.xs, &self.front, state::CONNECTED)?;
         frontend::wait_state(&mut env.xs, &self.back, state::CONNECTED, WAIT_MS)
             .map_err(|_| "the vif backend did not connect")?;
@@ -1208,6 +1388,78 @@ impl Vif {
         self.rx_prod = 0;
         self.rx_cons = 0;
         Ok(())
+    }
+
+    /// Handshakes the backend must refuse, from InitWait back to InitWait. `vbd_port` is
+    /// the vbd's connected port.
+    fn handshake_attacks(&mut self, env: &mut Env<'_>, vbd_port: u32) -> Result<(), &'static str> {
+        use Value::{Num, StorePort, Text};
+        let attacks: [(&str, &[(&str, Value)]); 9] = [
+            (
+                "vif tx-ring-ref an unused grant",
+                &[("tx-ring-ref", Num(G_UNUSED.into()))],
+            ),
+            (
+                "vif tx-ring-ref past the table",
+                &[("tx-ring-ref", Num(G_PAST_TABLE.into()))],
+            ),
+            (
+                "vif rx-ring-ref a frame not the frontend's",
+                &[("rx-ring-ref", Num(G_FOREIGN.into()))],
+            ),
+            (
+                "vif rx-ring-ref a read-only grant",
+                &[("rx-ring-ref", Num(G_RX_RO.into()))],
+            ),
+            (
+                "vif event-channel the xenstore port",
+                &[("event-channel", StorePort)],
+            ),
+            (
+                "vif event-channel the vbd's connected port",
+                &[("event-channel", Num(vbd_port.into()))],
+            ),
+            ("vif request-rx-copy 0", &[("request-rx-copy", Text(b"0"))]),
+            (
+                "vif feature-rx-notify 0",
+                &[("feature-rx-notify", Text(b"0"))],
+            ),
+            (
+                "vif tx-ring-ref not a number",
+                &[("tx-ring-ref", Text(b""))],
+            ),
+        ];
+        for (what, nodes) in attacks {
+            frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
+                .map_err(|_| "the vif backend is not at InitWait")?;
+            let port = self.offer(env)?;
+            refused_handshake(
+                env,
+                what,
+                &self.front,
+                &self.back,
+                nodes,
+                port,
+                state::CONNECTED,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// netfront's nodes for fresh rings and a new port (the port).
+    fn offer(&mut self, env: &mut Env<'_>) -> Result<u32, &'static str> {
+        self.tx.reset();
+        self.rx.reset();
+        env.gt.grant(G_TX_RING, DOMID_XEN, &self.tx_page, false);
+        env.gt.grant(G_RX_RING, DOMID_XEN, &self.rx_page, false);
+        let port = control::alloc_unbound(DOMID_XEN)?;
+        env.write_number(&self.front.join("tx-ring-ref"), G_TX_RING.into())?;
+        env.write_number(&self.front.join("rx-ring-ref"), G_RX_RING.into())?;
+        env.write_number(&self.front.join("event-channel"), port.into())?;
+        env.write(&self.front.join("request-rx-copy"), b"1")?;
+        env.write(&self.front.join("feature-rx-notify"), b"1")?;
+        env.write(&self.front.join("feature-sg"), b"1")?;
+        Ok(port)
     }
 
     fn reconnect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
