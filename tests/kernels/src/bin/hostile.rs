@@ -56,8 +56,9 @@ use ferrovisor_abi::xen::{
             NETTXF_MORE_DATA,
         },
     },
-    xen::{StartInfo, DOMID_XEN},
-    DomId,
+    memory::{MemoryOp, XenMemoryReservation},
+    xen::{StartInfo, DOMID_SELF, DOMID_XEN, UVMF_INVLPG},
+    DomId, GuestHandle,
 };
 use pvrt::{
     contract::{
@@ -287,6 +288,46 @@ fn refused_handshake(
     frontend::write_state(&mut env.xs, front, state::INITIALISING)?;
     frontend::wait_state(&mut env.xs, back, state::INIT_WAIT, WAIT_MS)
         .map_err(|_| "the backend did not come back to InitWait")
+}
+
+/// The frontend unmaps a ring page the backend holds and gives the frame back to the
+/// hypervisor (`XENMEM_decrease_reservation`): it must not be taken while the backend
+/// holds it. The page is mapped back either way (a frame that was taken cannot be, and
+/// the test stops there).
+fn balloon_held_page(
+    env: &mut Env<'_>,
+    what: &str,
+    page: &ScratchPage,
+) -> Result<(), &'static str> {
+    // SAFETY: the page is one of the kernel's scratch pages; nothing touches it until it
+    // is mapped back below.
+    let rc = unsafe { pvrt::update_va_mapping(page.va, 0, UVMF_INVLPG) };
+    pvrt::ensure!(rc == 0, "unmapping a ring page returned {rc}");
+    let mut frames = [page.mfn];
+    let mut r = XenMemoryReservation {
+        extent_start: GuestHandle(frames.as_mut_ptr() as u64),
+        nr_extents: 1,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _cpad0: [0; 6],
+    };
+    // SAFETY: the hypervisor reads `r` and `frames`, both on this stack.
+    let taken = unsafe { pvrt::memory_op(MemoryOp::DecreaseReservation, (&raw mut r).cast()) };
+    // SAFETY: maps the page's own frame back where it was.
+    let rc =
+        unsafe { pvrt::update_va_mapping(page.va, page.maddr() | region::PTE_RW, UVMF_INVLPG) };
+    env.t.check(
+        Kind::Attack,
+        what,
+        taken == 0 && rc == 0,
+        format_args!("{taken} frames taken back, mapped again: {rc}"),
+    );
+    pvrt::ensure!(
+        rc == 0,
+        "the ring page cannot be mapped back ({rc}): its frame was taken"
+    );
+    Ok(())
 }
 
 // --- The vbd. -----------------------------------------------------------------------------
@@ -818,6 +859,14 @@ impl Vbd {
 
         self.indirect_attacks(env);
         self.full_ring(env);
+        let ring = self.ring_page;
+        balloon_held_page(env, "vbd ring page given back while connected", &ring)?;
+        self.read_check(
+            env,
+            "vbd read after the ring page was offered back",
+            0,
+            |off| hostile_disk_word(disk_offset(0) + off),
+        );
         self.race(env)?;
 
         // Ring indices: one past the ring's capacity, then behind what was answered.
@@ -1669,6 +1718,12 @@ impl Vif {
         );
 
         self.rx_attacks(env);
+        let rx = self.rx_page;
+        balloon_held_page(env, "vif rx ring page given back while connected", &rx)?;
+        self.arp_exchange(
+            env,
+            "vif tx of an ARP request after the rx ring was offered back",
+        );
 
         // The fatal ones: each closes the device; a reconnect brings it back.
         let mut slots21 = [[0u8; 12]; 21];
