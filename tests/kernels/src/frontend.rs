@@ -113,6 +113,7 @@ pub fn wait_state(store: &mut Store, dir: &Path, want: u32, ms: u64) -> Result<(
 /// `rsp_event`, reads `rsp_prod`, and writes whatever it likes into the entries.
 pub struct Ring {
     va: u64,
+    bytes: u64,
     entry: usize,
     size: u32,
 }
@@ -121,10 +122,18 @@ impl Ring {
     /// A ring of `entry`-byte entries over `page` (mapped writable, the kernel's alone
     /// besides the backend it is granted to), initialised empty (`SHARED_RING_INIT`).
     pub fn new(page: &ScratchPage, entry: usize) -> Ring {
+        Ring::over(page.va, 1, entry)
+    }
+
+    /// A ring over `pages` scratch pages contiguous from `va` (a multi-page blkif ring,
+    /// `ring-page-order`), initialised empty.
+    pub fn over(va: u64, pages: u64, entry: usize) -> Ring {
+        let bytes = pages * PAGE_SIZE;
         let ring = Ring {
-            va: page.va,
+            va,
+            bytes,
             entry,
-            size: ring_size(PAGE_SIZE as usize, entry),
+            size: ring_size(bytes as usize, entry),
         };
         ring.reset();
         ring
@@ -132,8 +141,8 @@ impl Ring {
 
     /// Empty again: every byte zero, both event indices 1.
     pub fn reset(&self) {
-        for i in 0..PAGE_SIZE / 8 {
-            // SAFETY: the ring's page is a scratch page mapped writable for the kernel's
+        for i in 0..self.bytes / 8 {
+            // SAFETY: the ring's pages are scratch pages mapped writable for the kernel's
             // life; the backend is disconnected while a ring is reset.
             unsafe { (self.va as *mut u64).add(i as usize).write_volatile(0) };
         }

@@ -93,6 +93,8 @@ const G_FOREIGN: u32 = 20;
 const G_INDIRECT: u32 = 21;
 /// The race's grants differ in their low byte only, so that a torn read of one names
 /// another of them, never a grant outside the race.
+/// The four pages of a `ring-page-order` 2 ring.
+const G_BIG_RING: u32 = 24;
 const G_RACE: u32 = 0x40;
 const G_RACE_FOREIGN: u32 = 0x41;
 const G_RACE_UNUSED: u32 = 0x42;
@@ -375,6 +377,9 @@ struct Vbd {
     back: Path,
     ring_page: ScratchPage,
     ring: Ring,
+    /// A four-page ring's first page (the others follow it), used when `big`.
+    big_ring: ScratchPage,
+    big: bool,
     port: u32,
     prod: u32,
     cons: u32,
@@ -403,11 +408,23 @@ impl Vbd {
             .ok_or("dom0 has no vbd 51712 (dom0_disk=vda1)")?;
         pvrt::println!("hostile: vbd 51712, backend {}", back.as_str());
         let ring_page = env.page()?;
+        let big_ring = env.page()?;
+        for i in 1..4 {
+            let p = env.page()?;
+            pvrt::ensure!(
+                p.va == big_ring.va + i * region::PAGE_SIZE,
+                "the big ring's pages are not contiguous"
+            );
+            env.gt.grant(G_BIG_RING + i as u32, DOMID_XEN, &p, false);
+        }
+        env.gt.grant(G_BIG_RING, DOMID_XEN, &big_ring, false);
         let vbd = Vbd {
             front,
             back,
             ring: Ring::new(&ring_page, BLKIF_RING_ENTRY_BYTES),
             ring_page,
+            big_ring,
+            big: false,
             port: 0,
             prod: 0,
             cons: 0,
@@ -438,10 +455,30 @@ impl Vbd {
     fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
             .map_err(|_| "the vbd backend is not at InitWait")?;
-        self.ring.reset();
-        env.gt.grant(G_VBD_RING, DOMID_XEN, &self.ring_page, false);
+        if self.big {
+            self.ring = Ring::over(self.big_ring.va, 4, BLKIF_RING_ENTRY_BYTES);
+            env.write_number(&self.front.join("ring-page-order"), 2)?;
+            for i in 0..4u32 {
+                let mut name = *b"ring-ref0";
+                name[8] += i as u8;
+                let name = core::str::from_utf8(&name).unwrap_or("ring-ref0");
+                env.write_number(&self.front.join(name), (G_BIG_RING + i).into())?;
+            }
+        } else {
+            self.ring = Ring::new(&self.ring_page, BLKIF_RING_ENTRY_BYTES);
+            env.gt.grant(G_VBD_RING, DOMID_XEN, &self.ring_page, false);
+            for node in [
+                "ring-page-order",
+                "ring-ref0",
+                "ring-ref1",
+                "ring-ref2",
+                "ring-ref3",
+            ] {
+                let _ = env.xs.remove(self.front.join(node).as_str());
+            }
+            env.write_number(&self.front.join("ring-ref"), G_VBD_RING.into())?;
+        }
         self.port = control::alloc_unbound(DOMID_XEN)?;
-        env.write_number(&self.front.join("ring-ref"), G_VBD_RING.into())?;
         env.write_number(&self.front.join("event-channel"), self.port.into())?;
         env.write(&self.front.join("protocol"), b"x86_64-abi")?;
         frontend::write_state(&mut env.xs, &self.front, state::INITIALISED)?;
@@ -886,6 +923,22 @@ impl Vbd {
             "vbd req_prod 2^31 ahead",
             self.prod.wrapping_add(1 << 31),
         )?;
+        // A four-page ring (entries straddle its pages): a full ring's worth of reads in
+        // flight, then one past its 128 entries. Back to one page after.
+        self.big = true;
+        self.reconnect(env)?;
+        pvrt::ensure!(
+            self.ring.size() == 128,
+            "a four-page ring has {} entries",
+            self.ring.size()
+        );
+        self.full_ring(env);
+        self.big = false;
+        self.overflow(
+            env,
+            "vbd req_prod one past a four-page ring's capacity",
+            self.prod.wrapping_add(129),
+        )?;
         self.restart_in_flight(env)
     }
 
@@ -1029,7 +1082,7 @@ impl Vbd {
     /// response).
     fn collect(&mut self, n: u32, base: u64) -> (u32, u32, u32) {
         let got_all = self.ring.wait_responses(self.prod, WAIT_MS);
-        let mut seen = 0u64;
+        let mut seen = 0u128;
         let (mut ok, mut errors, mut bad) = (0, 0, 0);
         let have = if got_all {
             n
@@ -1042,11 +1095,11 @@ impl Vbd {
             self.cons = self.cons.wrapping_add(1);
             let r = BlkifResponse::read_from_bytes(&raw).unwrap_or(BlkifResponse::new(0, 0, 0));
             let k = r.id.wrapping_sub(base);
-            if k >= u64::from(n) || seen & (1 << k) != 0 {
+            if k >= u64::from(n) || seen & (1u128 << k) != 0 {
                 bad += 1;
                 continue;
             }
-            seen |= 1 << k;
+            seen |= 1u128 << k;
             match r.status {
                 BLKIF_RSP_OKAY => ok += 1,
                 BLKIF_RSP_ERROR => errors += 1,
