@@ -52,8 +52,8 @@ use ferrovisor_abi::xen::{
         },
         netif::{
             NetifExtraGso, NetifExtraInfo, NetifGsoType, NetifRxRequest, NetifRxResponse,
-            NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_EXTRA_INFO,
-            NETTXF_MORE_DATA,
+            NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_CSUM_BLANK,
+            NETTXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
         },
     },
     memory::{MemoryOp, XenMemoryReservation},
@@ -1131,6 +1131,7 @@ impl Vbd {
             RACE_VARIANTS[i].1.store(seg, Ordering::SeqCst);
         }
         RACE_RING.store(self.ring.entry_va(0), Ordering::SeqCst);
+        RACE_MODE.store(RACE_VBD, Ordering::SeqCst);
         let before = MUTATIONS.load(Ordering::SeqCst);
         RACE_ON.store(true, Ordering::SeqCst);
         let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
@@ -1246,6 +1247,10 @@ static MUTATOR_IDLE: AtomicBool = AtomicBool::new(true);
 static MUTATIONS: AtomicU64 = AtomicU64::new(0);
 /// The first ring entry's address.
 static RACE_RING: AtomicU64 = AtomicU64::new(0);
+/// Which ring the race rewrites: [`RACE_VBD`] or [`RACE_VIF_TX`].
+static RACE_MODE: AtomicU64 = AtomicU64::new(RACE_VBD);
+const RACE_VBD: u64 = 0;
+const RACE_VIF_TX: u64 = 1;
 /// (sector_number, first segment as a word) of each variant.
 static RACE_VARIANTS: [(AtomicU64, AtomicU64); 5] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 5];
@@ -1327,9 +1332,10 @@ fn vcpu1_entry_address() -> u64 {
     0
 }
 
-/// vCPU 1: while the race is on, rewrites bytes 16..32 (the sector and the first
-/// segment; never the bytes a response takes) of every entry of the vbd's ring, cycling
-/// through the variants.
+/// vCPU 1: while the race is on, rewrites every entry of the ring, cycling through the
+/// variants: in the vbd's ring bytes 16..32 (the sector and the first segment), in the
+/// vif's tx ring bytes 4..8 (offset and flags) and 10..12 (size) — never the bytes a
+/// response takes.
 #[no_mangle]
 extern "C" fn hostile_vcpu1_main() -> ! {
     let mut variant = 0usize;
@@ -1345,6 +1351,22 @@ extern "C" fn hostile_vcpu1_main() -> ! {
             RACE_VARIANTS[variant].0.load(Ordering::Relaxed),
             RACE_VARIANTS[variant].1.load(Ordering::Relaxed),
         );
+        if RACE_MODE.load(Ordering::SeqCst) == RACE_VIF_TX {
+            for slot in 0..256u64 {
+                let entry = ring + slot * 12;
+                // SAFETY: `ring` is the first entry of the vif's tx ring page (a scratch
+                // page mapped writable, 256 entries of 12 bytes from offset 64); bytes
+                // 4..8 and 10..12 of an entry are its offset and flags, and its size,
+                // 4- and 2-byte aligned.
+                unsafe {
+                    ((entry + 4) as *mut u32).write_volatile(sector as u32);
+                    ((entry + 10) as *mut u16).write_volatile(seg as u16);
+                }
+            }
+            variant = (variant + 1) % RACE_VARIANTS.len();
+            MUTATIONS.fetch_add(1, Ordering::SeqCst);
+            continue;
+        }
         for slot in 0..32u64 {
             let entry = ring + slot * BLKIF_RING_ENTRY_BYTES as u64;
             // SAFETY: `ring` is the first entry of the vbd's ring page (a scratch page
@@ -1777,6 +1799,7 @@ impl Vif {
             env,
             "vif tx of an ARP request after the rx ring was offered back",
         );
+        self.tx_race(env)?;
 
         // The fatal ones: each closes the device; a reconnect brings it back.
         let mut slots21 = [[0u8; 12]; 21];
@@ -1858,6 +1881,76 @@ impl Vif {
             Some(prod),
         )?;
         self.rx_overflow(env)?;
+        Ok(())
+    }
+
+    /// vCPU 1 rewrites the offset, flags and size of every tx slot (to values that each
+    /// make a frame to send or one to refuse, never a fatal one, whichever bytes of them
+    /// a torn read combines) while vCPU 0 publishes single-slot frames: every slot gets
+    /// one response, in order, OK or an error, and the device stays connected.
+    fn tx_race(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        const ROUNDS: u32 = 16;
+        const PER_ROUND: u32 = 64;
+        let variants: [(u16, u16, u16); 5] = [
+            (0, 0, ARP_LEN),
+            (0, 0, 10),
+            (2048, 0, 96),
+            (4000, NETTXF_DATA_VALIDATED, 96),
+            (0, NETTXF_CSUM_BLANK, ARP_LEN),
+        ];
+        for (i, (offset, flags, size)) in variants.into_iter().enumerate() {
+            let word = u64::from(offset) | u64::from(flags) << 16;
+            RACE_VARIANTS[i].0.store(word, Ordering::SeqCst);
+            RACE_VARIANTS[i].1.store(size.into(), Ordering::SeqCst);
+        }
+        RACE_RING.store(self.tx.entry_va(0), Ordering::SeqCst);
+        RACE_MODE.store(RACE_VIF_TX, Ordering::SeqCst);
+        let before = MUTATIONS.load(Ordering::SeqCst);
+        RACE_ON.store(true, Ordering::SeqCst);
+        let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
+        let (mut ok, mut errors, mut wrong) = (0u32, 0u32, 0u32);
+        for _ in 0..ROUNDS {
+            let base = self.tx_prod;
+            let ids: [u16; PER_ROUND as usize] = core::array::from_fn(|_| self.id());
+            for &id in &ids {
+                let s = tx_slot(G_TX_DATA, 0, 0, id, ARP_LEN);
+                self.tx.write(self.tx_prod, &s);
+                self.tx_prod = self.tx_prod.wrapping_add(1);
+            }
+            self.tx.publish(self.tx_prod);
+            events::send(self.port);
+            let all = self.tx.wait_responses(self.tx_prod, WAIT_MS);
+            for (k, &id) in ids.iter().enumerate() {
+                let mut raw = [0u8; 4];
+                self.tx.read(base.wrapping_add(k as u32), &mut raw);
+                let r = NetifTxResponse::read_from_bytes(&raw).unwrap_or_default();
+                match (all && r.id == id, r.status) {
+                    (true, NETIF_RSP_OKAY) => ok += 1,
+                    (true, NETIF_RSP_ERROR) => errors += 1,
+                    _ => wrong += 1,
+                }
+            }
+            self.tx_cons = self.tx_prod;
+        }
+        RACE_ON.store(false, Ordering::SeqCst);
+        let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
+        let mutations = MUTATIONS.load(Ordering::SeqCst) - before;
+        pvrt::ensure!(
+            started && stopped,
+            "vCPU 1 did not take part in the tx race"
+        );
+        let connected = frontend::read_state(&mut env.xs, &self.back) == Some(state::CONNECTED);
+        env.t.check(
+            Kind::Attack,
+            "vif tx slots rewritten while being read",
+            ok + errors == ROUNDS * PER_ROUND && wrong == 0 && mutations > 0 && connected,
+            format_args!(
+                "{} frames, {ok} OK, {errors} errors, {wrong} wrong; vCPU 1 rewrote the \
+                 ring {mutations} times; still connected: {connected}",
+                ROUNDS * PER_ROUND
+            ),
+        );
+        self.arp_exchange(env, "vif tx of an ARP request after the race");
         Ok(())
     }
 
