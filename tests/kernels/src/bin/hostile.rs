@@ -91,6 +91,8 @@ const G_DATA_RO: u32 = 18;
 const G_OTHER_DOM: u32 = 19;
 const G_FOREIGN: u32 = 20;
 const G_INDIRECT: u32 = 21;
+/// A writable grant of the kernel's own L4 page table.
+const G_PAGE_TABLE: u32 = 22;
 /// The race's grants differ in their low byte only, so that a torn read of one names
 /// another of them, never a grant outside the race.
 /// The four pages of a `ring-page-order` 2 ring.
@@ -445,6 +447,11 @@ impl Vbd {
         env.gt.grant(G_OTHER_DOM, OTHER_DOM, &vbd.data, false);
         env.gt.grant(G_FOREIGN, DOMID_XEN, &foreign, false);
         env.gt.grant(G_INDIRECT, DOMID_XEN, &vbd.indirect, false);
+        let l4 = ScratchPage {
+            va: env.si.pt_base,
+            mfn: region::mfn_of(env.si, env.si.pt_base),
+        };
+        env.gt.grant(G_PAGE_TABLE, DOMID_XEN, &l4, false);
         env.gt.grant(G_RACE, DOMID_XEN, &vbd.race, true);
         env.gt.grant(G_RACE_FOREIGN, DOMID_XEN, &foreign, false);
         fill_page(&vbd.race, |off| hostile_write_word(2, off));
@@ -501,7 +508,7 @@ impl Vbd {
     /// Handshakes the backend must refuse, from InitWait back to InitWait.
     fn handshake_attacks(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         use Value::{Num, OtherDomPort, StorePort, Text};
-        let attacks: [(&str, &[(&str, Value)]); 12] = [
+        let attacks: [(&str, &[(&str, Value)]); 13] = [
             (
                 "vbd ring-ref an unused grant",
                 &[("ring-ref", Num(G_UNUSED.into()))],
@@ -521,6 +528,10 @@ impl Vbd {
             (
                 "vbd ring-ref a frame not the frontend's",
                 &[("ring-ref", Num(G_FOREIGN.into()))],
+            ),
+            (
+                "vbd ring-ref the frontend's L4 page table",
+                &[("ring-ref", Num(G_PAGE_TABLE.into()))],
             ),
             ("vbd ring-ref not a number", &[("ring-ref", Text(b"16x"))]),
             (
@@ -783,6 +794,12 @@ impl Vbd {
             env,
             "vbd read into a grant of a frame not the frontend's",
             page_req(OP_READ, 0, G_FOREIGN),
+        );
+        // (Were it written, the kernel's L4 would hold disk data: it would not run on.)
+        self.refused(
+            env,
+            "vbd read into a writable grant of the frontend's own L4 page table",
+            page_req(OP_READ, 0, G_PAGE_TABLE),
         );
         self.refused(
             env,
@@ -1958,7 +1975,7 @@ impl Vif {
     /// frame arrives for it, and the next good one gets its frame.
     fn rx_attacks(&mut self, env: &mut Env<'_>) {
         fill_page(&self.rx_ro, |off| 0xee00_0000_0000_0000 | off);
-        let bad = [G_UNUSED, G_RX_RO, G_OTHER_DOM, G_FOREIGN];
+        let bad = [G_UNUSED, G_RX_RO, G_OTHER_DOM, G_FOREIGN, G_PAGE_TABLE];
         self.post_rx(&bad);
         // A frame for each: the gateway answers each ARP request.
         for _ in 0..bad.len() {
@@ -1972,6 +1989,7 @@ impl Vif {
             "vif rx into a read-only grant",
             "vif rx into a grant to another domain",
             "vif rx into a grant of a frame not the frontend's",
+            "vif rx into a writable grant of the frontend's L4 page table",
         ] {
             let r = self.rx_response();
             env.t.check(
