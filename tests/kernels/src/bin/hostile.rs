@@ -52,8 +52,8 @@ use ferrovisor_abi::xen::{
         },
         netif::{
             NetifExtraGso, NetifExtraInfo, NetifGsoType, NetifRxRequest, NetifRxResponse,
-            NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_OKAY, NETTXF_CSUM_BLANK,
-            NETTXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+            NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
+            NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
         },
     },
     memory::{MemoryOp, XenMemoryReservation},
@@ -624,6 +624,64 @@ impl Vbd {
         Ok(())
     }
 
+    /// The frontend closes its end of the connected event channel: nothing can kick the
+    /// backend, which stays connected; the frontend's next connection (whose port may
+    /// well be the same number) works.
+    fn close_connected_port(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let old = self.port;
+        let rc = events::close(old);
+        let still = frontend::read_state(&mut env.xs, &self.back) == Some(state::CONNECTED);
+        env.t.check(
+            Kind::Attack,
+            "vbd event channel closed by the frontend while connected",
+            rc == 0 && still,
+            format_args!("close {rc}, backend still connected: {still}"),
+        );
+        self.reconnect(env)?;
+        pvrt::println!(
+            "hostile: vbd reconnected on port {} (the closed one was {old})",
+            self.port
+        );
+        self.read_check(
+            env,
+            "vbd read after the port was closed and the device reconnected",
+            0,
+            |off| hostile_disk_word(disk_offset(0) + off),
+        );
+        Ok(())
+    }
+
+    /// The frontend removes its whole device directory while connected: the backend reads
+    /// it as Closed and lets go; a frontend that writes the directory again (state,
+    /// ring details) connects again.
+    fn remove_directory(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let rc = env.xs.remove(self.front.as_str());
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSED, WAIT_MS);
+        env.t.check(
+            Kind::Attack,
+            "vbd frontend directory removed while connected",
+            rc.is_ok() && closed.is_ok(),
+            format_args!(
+                "rm {}, backend state {}",
+                if rc.is_ok() { "done" } else { "refused" },
+                match closed {
+                    Ok(()) => state::CLOSED,
+                    Err(s) => s,
+                }
+            ),
+        );
+        events::close(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        self.connect(env)?;
+        self.read_check(
+            env,
+            "vbd read after the frontend directory was written again",
+            0,
+            |off| hostile_disk_word(disk_offset(0) + off),
+        );
+        Ok(())
+    }
+
     /// The frontend closes and starts over after the backend closed the device.
     fn reconnect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
@@ -956,7 +1014,8 @@ impl Vbd {
             "vbd req_prod one past a four-page ring's capacity",
             self.prod.wrapping_add(129),
         )?;
-        self.restart_in_flight(env)
+        self.restart_in_flight(env)?;
+        self.close_connected_port(env)
     }
 
     /// Writes `segs` (gref, first, last) into the indirect page.
@@ -1251,6 +1310,7 @@ impl Vbd {
             HOSTILE_FIRST_WRITE,
             |off| hostile_write_word(1, off),
         );
+        self.remove_directory(env)?;
         Ok(())
     }
 }
@@ -1809,6 +1869,20 @@ impl Vif {
             &[err, err],
         );
 
+        // A multicast-add extra: answered, carries no frame.
+        let id = self.id();
+        let slots = [
+            tx_slot(G_TX_DATA, 0, NETTXF_EXTRA_INFO, id, ARP_LEN),
+            extra_slot(2, 0, [0x0001, 0x005e, 0x0100]),
+        ];
+        self.tx_check(
+            env,
+            Kind::Legit,
+            "vif tx multicast-add extra",
+            &slots,
+            &[NETIF_RSP_OKAY, NETIF_RSP_NULL],
+        );
+
         self.rx_attacks(env);
         let rx = self.rx_page;
         balloon_held_page(env, "vif rx ring page given back while connected", &rx)?;
@@ -1850,6 +1924,7 @@ impl Vif {
         )?;
         for (what, ty) in [
             ("vif tx extra-info of type 0", 0u8),
+            ("vif tx extra-info of type 5 (the first undefined)", 5),
             ("vif tx extra-info of type 255", 255),
         ] {
             let id = self.id();
@@ -1881,6 +1956,15 @@ impl Vif {
                 tx_slot(G_TX_DATA, 0, NETTXF_EXTRA_INFO, id, ARP_LEN),
                 extra_slot(1, 0, gso),
             ],
+            None,
+        )?;
+        let mut extras = [extra_slot(4, 1, [0; 3]); 30];
+        let id = self.id();
+        extras[0] = tx_slot(G_TX_DATA, 0, NETTXF_EXTRA_INFO, id, ARP_LEN);
+        self.tx_fatal(
+            env,
+            "vif tx frame with 29 chained extra-info slots",
+            &extras,
             None,
         )?;
         let id = self.id();
