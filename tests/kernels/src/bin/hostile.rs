@@ -44,6 +44,7 @@ use core::{
 
 use ferrovisor_abi::xen::{
     event_channel::EVTCHNSTAT_UNBOUND,
+    grant_table::{GTF_ACCEPT_TRANSFER, GTF_PERMIT_ACCESS, GTF_TRANSITIVE},
     io::{
         blkif::{
             BlkifOp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
@@ -93,6 +94,9 @@ const G_FOREIGN: u32 = 20;
 const G_INDIRECT: u32 = 21;
 /// A writable grant of the kernel's own L4 page table.
 const G_PAGE_TABLE: u32 = 22;
+/// Entries of the other grant types: transitive, accept-transfer (never access grants).
+const G_TRANSITIVE: u32 = 23;
+const G_TRANSFER: u32 = 28;
 /// The race's grants differ in their low byte only, so that a torn read of one names
 /// another of them, never a grant outside the race.
 /// The four pages of a `ring-page-order` 2 ring.
@@ -452,6 +456,10 @@ impl Vbd {
             mfn: region::mfn_of(env.si, env.si.pt_base),
         };
         env.gt.grant(G_PAGE_TABLE, DOMID_XEN, &l4, false);
+        env.gt
+            .grant_raw(G_TRANSITIVE, DOMID_XEN, vbd.data.mfn, GTF_TRANSITIVE);
+        env.gt
+            .grant_raw(G_TRANSFER, DOMID_XEN, vbd.data.mfn, GTF_ACCEPT_TRANSFER);
         env.gt.grant(G_RACE, DOMID_XEN, &vbd.race, true);
         env.gt.grant(G_RACE_FOREIGN, DOMID_XEN, &foreign, false);
         fill_page(&vbd.race, |off| hostile_write_word(2, off));
@@ -853,6 +861,16 @@ impl Vbd {
             "vbd read into a grant of a frame not the frontend's",
             page_req(OP_READ, 0, G_FOREIGN),
         );
+        self.refused(
+            env,
+            "vbd read into a transitive grant entry",
+            page_req(OP_READ, 0, G_TRANSITIVE),
+        );
+        self.refused(
+            env,
+            "vbd write from an accept-transfer grant entry",
+            page_req(OP_WRITE, 256, G_TRANSFER),
+        );
         // (Were it written, the kernel's L4 would hold disk data: it would not run on.)
         self.refused(
             env,
@@ -980,6 +998,7 @@ impl Vbd {
             |off| hostile_disk_word(disk_offset(0) + off),
         );
         self.race(env)?;
+        self.kick_and_grant_races(env)?;
 
         // Ring indices: one past the ring's capacity, then behind what was answered.
         let size = self.ring.size();
@@ -1258,6 +1277,76 @@ impl Vbd {
         Ok(())
     }
 
+    /// Runs `rounds` rings of reads of sectors 0.. into `gref` while vCPU 1 does what
+    /// `mode` says with `target` and the variants' first words `words`: (OK, errors,
+    /// wrong, vCPU 1's iterations).
+    fn reads_while(
+        &mut self,
+        rounds: u32,
+        gref: u32,
+        mode: u64,
+        target: u64,
+        words: [u64; 2],
+    ) -> Result<(u32, u32, u32, u64), &'static str> {
+        for (i, w) in words.into_iter().enumerate() {
+            RACE_VARIANTS[i].0.store(w, Ordering::SeqCst);
+        }
+        RACE_RING.store(target, Ordering::SeqCst);
+        RACE_MODE.store(mode, Ordering::SeqCst);
+        let before = MUTATIONS.load(Ordering::SeqCst);
+        RACE_ON.store(true, Ordering::SeqCst);
+        let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
+        let n = self.ring.size();
+        let (mut ok, mut errors, mut wrong) = (0, 0, 0);
+        for _ in 0..rounds {
+            let base = self.next_id;
+            for k in 0..n {
+                let mut r = page_req(OP_READ, u64::from(k) * 8, gref);
+                r.id = base + u64::from(k);
+                self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+            }
+            self.next_id += u64::from(n);
+            self.prod = self.prod.wrapping_add(n);
+            self.ring.publish(self.prod);
+            events::send(self.port);
+            let (a, b, c) = self.collect(n, base);
+            ok += a;
+            errors += b;
+            wrong += c;
+        }
+        RACE_ON.store(false, Ordering::SeqCst);
+        let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
+        pvrt::ensure!(started && stopped, "vCPU 1 did not take part");
+        Ok((ok, errors, wrong, MUTATIONS.load(Ordering::SeqCst) - before))
+    }
+
+    /// vCPU 1 kicks the vbd's port in a loop while vCPU 0 does I/O; then flips the data
+    /// page's grant entry between granted and not while the reads complete.
+    fn kick_and_grant_races(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let port = u64::from(self.port);
+        let (ok, errors, wrong, kicks) = self.reads_while(4, G_DATA, RACE_KICK, port, [0; 2])?;
+        let n = 4 * self.ring.size();
+        env.t.check(
+            Kind::Legit,
+            "vbd reads while vCPU 1 kicks the port in a loop",
+            ok == n && kicks > 0,
+            format_args!("{ok} OK of {n}, {errors} errors, {wrong} wrong; {kicks} kicks"),
+        );
+        let granted = u64::from(DOMID_XEN) << 16 | u64::from(GTF_PERMIT_ACCESS);
+        let entry = env.gt.entry_va(G_RACE);
+        let (ok, errors, wrong, flips) =
+            self.reads_while(8, G_RACE, RACE_GRANT, entry, [granted, 0])?;
+        let n = 8 * self.ring.size();
+        env.t.check(
+            Kind::Attack,
+            "vbd reads into a grant revoked and restored while they complete",
+            ok + errors == n && wrong == 0 && flips > 0,
+            format_args!("{n} reads, {ok} OK, {errors} errors, {wrong} wrong; {flips} flips"),
+        );
+        env.gt.grant(G_RACE, DOMID_XEN, &self.race, true);
+        Ok(())
+    }
+
     /// Publishes `new_prod` over garbage entries: the backend must close the device
     /// without a response, then a reconnect works.
     fn overflow(
@@ -1328,6 +1417,10 @@ static RACE_RING: AtomicU64 = AtomicU64::new(0);
 static RACE_MODE: AtomicU64 = AtomicU64::new(RACE_VBD);
 const RACE_VBD: u64 = 0;
 const RACE_VIF_TX: u64 = 1;
+/// Kicks the port in `RACE_RING` in a loop.
+const RACE_KICK: u64 = 2;
+/// Flips the grant entry word at `RACE_RING` between the variants' first words.
+const RACE_GRANT: u64 = 3;
 /// (sector_number, first segment as a word) of each variant.
 static RACE_VARIANTS: [(AtomicU64, AtomicU64); 5] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 5];
@@ -1428,6 +1521,24 @@ extern "C" fn hostile_vcpu1_main() -> ! {
             RACE_VARIANTS[variant].0.load(Ordering::Relaxed),
             RACE_VARIANTS[variant].1.load(Ordering::Relaxed),
         );
+        match RACE_MODE.load(Ordering::SeqCst) {
+            RACE_KICK => {
+                events::send(ring as u32);
+                MUTATIONS.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            RACE_GRANT => {
+                // SAFETY: `ring` is the address of a grant entry's first word in the
+                // kernel's grant frame, mapped writable, 4-byte aligned; the frame is
+                // shared with the hypervisor, which changes the word atomically too.
+                let word = unsafe { core::sync::atomic::AtomicU32::from_ptr(ring as *mut u32) };
+                word.store(sector as u32, Ordering::SeqCst);
+                variant = (variant + 1) % 2;
+                MUTATIONS.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            _ => {}
+        }
         if RACE_MODE.load(Ordering::SeqCst) == RACE_VIF_TX {
             for slot in 0..256u64 {
                 let entry = ring + slot * 12;
