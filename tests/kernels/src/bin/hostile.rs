@@ -42,6 +42,9 @@ use core::{
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
+use ferrovisor_abi::domctl::{
+    set_padded, DeviceAttach, DomctlCmd, DEVICE_VBD, DEVID_AUTO, VBD_MODE_READ, VBD_TYPE_DISK,
+};
 use ferrovisor_abi::xen::{
     event_channel::EVTCHNSTAT_UNBOUND,
     grant_table::{GTF_ACCEPT_TRANSFER, GTF_PERMIT_ACCESS, GTF_TRANSITIVE},
@@ -49,7 +52,7 @@ use ferrovisor_abi::xen::{
         blkif::{
             BlkifOp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
             BlkifResponse, BLKIF_RING_ENTRY_BYTES, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
-            BLKIF_RSP_OKAY,
+            BLKIF_RSP_OKAY, VDISK_READONLY,
         },
         netif::{
             NetifExtraGso, NetifExtraInfo, NetifGsoType, NetifRxRequest, NetifRxResponse,
@@ -64,7 +67,8 @@ use ferrovisor_abi::xen::{
 use pvrt::{
     contract::{
         hostile_disk_word, hostile_write_word, HOSTILE_FINAL_WRITE, HOSTILE_FIRST_WRITE,
-        HOSTILE_P1_SECTORS, HOSTILE_P1_START, HOSTILE_RACE_WRITE,
+        HOSTILE_P1_SECTORS, HOSTILE_P1_START, HOSTILE_P2_SECTORS, HOSTILE_P2_START,
+        HOSTILE_RACE_WRITE,
     },
     control, events,
     frontend::{self, check_page, fill_page, state, Path, Ring},
@@ -81,12 +85,16 @@ pvrt::test_kernel!(name: "hostile", main: test_main);
 
 const VBD_FRONT: &str = "/local/domain/0/device/vbd/51712";
 const VIF_FRONT: &str = "/local/domain/0/device/vif/0";
+/// xvdb (202 << 8 | 1 << 4): partition 2, attached read-only by the kernel itself.
+const XVDB: u32 = 51728;
+const XVDB_FRONT: &str = "/local/domain/0/device/vbd/51728";
 
 /// A domain that exists nowhere: grants to it are not grants to the backend.
 const OTHER_DOM: DomId = 7;
 
 // Grant references (the table has 512 entries).
 const G_VBD_RING: u32 = 16;
+const G_VBD2_RING: u32 = 29;
 const G_DATA: u32 = 17;
 const G_DATA_RO: u32 = 18;
 const G_OTHER_DOM: u32 = 19;
@@ -205,6 +213,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     vbd.handshake_attacks(&mut env)?;
     vbd.connect(&mut env)?;
     vbd.attacks(&mut env)?;
+    read_only_vbd(&mut env, &vbd)?;
 
     let mut vif = Vif::new(&mut env)?;
     vif.handshake_attacks(&mut env, vbd.port)?;
@@ -382,6 +391,9 @@ struct Vbd {
     front: Path,
     back: Path,
     ring_page: ScratchPage,
+    ring_gref: u32,
+    /// The size `sectors` must say.
+    expect_sectors: u64,
     ring: Ring,
     /// A four-page ring's first page (the others follow it), used when `big`.
     big_ring: ScratchPage,
@@ -429,6 +441,8 @@ impl Vbd {
             back,
             ring: Ring::new(&ring_page, BLKIF_RING_ENTRY_BYTES),
             ring_page,
+            ring_gref: G_VBD_RING,
+            expect_sectors: HOSTILE_P1_SECTORS,
             big_ring,
             big: false,
             port: 0,
@@ -466,6 +480,43 @@ impl Vbd {
         Ok(vbd)
     }
 
+    /// Another vbd of dom0 (`front`), sharing this one's data pages and grants, on its
+    /// own ring page (grant `ring_gref`).
+    fn another(
+        &self,
+        env: &mut Env<'_>,
+        front: &str,
+        ring_gref: u32,
+        sectors: u64,
+    ) -> Result<Vbd, &'static str> {
+        let front = Path::new(front);
+        let mut buf = [0u8; 128];
+        let back = frontend::read_str(&mut env.xs, &front.join("backend"), &mut buf)
+            .map(Path::new)
+            .ok_or("the second vbd has no backend node")?;
+        let ring_page = env.page()?;
+        Ok(Vbd {
+            front,
+            back,
+            ring: Ring::new(&ring_page, BLKIF_RING_ENTRY_BYTES),
+            ring_page,
+            ring_gref,
+            expect_sectors: sectors,
+            big_ring: self.big_ring,
+            big: false,
+            port: 0,
+            prod: 0,
+            cons: 0,
+            sectors: 0,
+            discard: false,
+            next_id: 1,
+            data: self.data,
+            data_ro: self.data_ro,
+            indirect: self.indirect,
+            race: self.race,
+        })
+    }
+
     /// blkfront's connect: the ring, the port, Initialised; the backend's Connected.
     fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
@@ -481,7 +532,8 @@ impl Vbd {
             }
         } else {
             self.ring = Ring::new(&self.ring_page, BLKIF_RING_ENTRY_BYTES);
-            env.gt.grant(G_VBD_RING, DOMID_XEN, &self.ring_page, false);
+            env.gt
+                .grant(self.ring_gref, DOMID_XEN, &self.ring_page, false);
             for node in [
                 "ring-page-order",
                 "ring-ref0",
@@ -491,7 +543,7 @@ impl Vbd {
             ] {
                 let _ = env.xs.remove(self.front.join(node).as_str());
             }
-            env.write_number(&self.front.join("ring-ref"), G_VBD_RING.into())?;
+            env.write_number(&self.front.join("ring-ref"), self.ring_gref.into())?;
         }
         self.port = control::alloc_unbound(DOMID_XEN)?;
         env.write_number(&self.front.join("event-channel"), self.port.into())?;
@@ -504,9 +556,10 @@ impl Vbd {
         self.discard =
             frontend::read_number(&mut env.xs, &self.back.join("feature-discard")) == Some(1);
         pvrt::ensure!(
-            self.sectors == HOSTILE_P1_SECTORS,
-            "the vbd has {} sectors, expected {HOSTILE_P1_SECTORS}",
-            self.sectors
+            self.sectors == self.expect_sectors,
+            "the vbd has {} sectors, expected {}",
+            self.sectors,
+            self.expect_sectors
         );
         self.prod = 0;
         self.cons = 0;
@@ -1402,6 +1455,77 @@ impl Vbd {
         self.remove_directory(env)?;
         Ok(())
     }
+}
+
+/// dom0 attaches partition 2 to itself read-only as xvdb (`DeviceAttach`, as `fv
+/// block-attach 0 phy:vda2 xvdb r` would) and tries to change it.
+fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
+    let mut req = DeviceAttach::new_zeroed();
+    req.kind = DEVICE_VBD;
+    req.devid = DEVID_AUTO;
+    req.vdev = XVDB;
+    req.mode = VBD_MODE_READ;
+    req.device_type = VBD_TYPE_DISK;
+    set_padded(&mut req.target, b"vda2").ok_or("target name")?;
+    set_padded(&mut req.vdev_name, b"xvdb").ok_or("vdev name")?;
+    control::domctl(DomctlCmd::DeviceAttach, 0, &req)
+        .map_err(|_| "attaching vda2 read-only as xvdb failed")?;
+    let mut ro = vbd.another(env, XVDB_FRONT, G_VBD2_RING, HOSTILE_P2_SECTORS)?;
+    ro.connect(env)?;
+    let info = frontend::read_number(&mut env.xs, &ro.back.join("info")).unwrap_or(0);
+    env.t.check(
+        Kind::Legit,
+        "vbd xvdb (vda2, r) connected read-only",
+        info & u64::from(VDISK_READONLY) != 0,
+        format_args!("info {info}"),
+    );
+    let p2 = |sector: u64| (HOSTILE_P2_START + sector) * 512;
+    ro.read_check(env, "vbd xvdb read of sectors 0-7", 0, |off| {
+        hostile_disk_word(p2(0) + off)
+    });
+    ro.refused(env, "vbd xvdb write", page_req(OP_WRITE, 0, G_DATA));
+    ro.refused(
+        env,
+        "vbd xvdb flush with data",
+        blk_req(BlkifOp::FlushDiskcache.raw(), 8, &[(G_DATA, 0, 7)]),
+    );
+    ro.indirect_segments((0..12).map(|_| (G_DATA, 0, 7)));
+    let mut r = indirect(OP_WRITE, 16, 12, G_INDIRECT);
+    ro.io(
+        env,
+        Kind::Attack,
+        "vbd xvdb indirect write",
+        r.as_mut_bytes(),
+        BLKIF_RSP_ERROR,
+        OP_WRITE,
+    );
+    let want = if ro.discard {
+        BLKIF_RSP_ERROR
+    } else {
+        BLKIF_RSP_EOPNOTSUPP
+    };
+    let mut r = discard(0, 8);
+    ro.io(
+        env,
+        Kind::Attack,
+        "vbd xvdb discard",
+        r.as_mut_bytes(),
+        want,
+        BlkifOp::Discard.raw(),
+    );
+    let mut flush = blk_req(BlkifOp::FlushDiskcache.raw(), 0, &[]);
+    ro.io(
+        env,
+        Kind::Legit,
+        "vbd xvdb flush",
+        flush.as_mut_bytes(),
+        BLKIF_RSP_OKAY,
+        BlkifOp::FlushDiskcache.raw(),
+    );
+    ro.read_check(env, "vbd xvdb read after the refused writes", 0, |off| {
+        hostile_disk_word(p2(0) + off)
+    });
+    Ok(())
 }
 
 // --- vCPU 1, the race's mutator. --------------------------------------------------------
