@@ -61,7 +61,7 @@ use ferrovisor_abi::xen::{
         },
     },
     memory::{MemoryOp, XenMemoryReservation},
-    xen::{StartInfo, DOMID_SELF, DOMID_XEN, UVMF_INVLPG},
+    xen::{MmuextCmd, MmuextOp, StartInfo, DOMID_SELF, DOMID_XEN, UVMF_INVLPG},
     DomId, GuestHandle,
 };
 use pvrt::{
@@ -1528,6 +1528,18 @@ fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// One `mmuext_op` on frame `mfn` of this domain.
+fn mmuext(cmd: MmuextCmd, mfn: u64) -> i64 {
+    let op = [MmuextOp {
+        cmd: cmd.raw(),
+        _cpad0: 0,
+        arg1: mfn,
+        arg2: 0,
+    }];
+    // SAFETY: pins or unpins a frame of this domain that nothing maps.
+    unsafe { pvrt::mmuext_op(&op, None, DOMID_SELF) }
+}
+
 // --- vCPU 1, the race's mutator. --------------------------------------------------------
 
 /// The race runs while set; vCPU 1 is between passes while [`MUTATOR_IDLE`].
@@ -2217,6 +2229,7 @@ impl Vif {
             Some(prod),
         )?;
         self.rx_overflow(env)?;
+        self.pin_held_ring(env)?;
         Ok(())
     }
 
@@ -2361,6 +2374,48 @@ impl Vif {
         );
         self.reconnect(env)?;
         self.send_arp(env, "vif tx of an ARP request after a reconnect");
+        Ok(())
+    }
+
+    /// The frontend unmaps its connected rx ring page (still all but empty: a valid
+    /// L1 page table's contents) and asks for it to be pinned as an L1 page table:
+    /// refused while the backend holds it writable (else the backend's responses would
+    /// be page-table entries), accepted once the device has let go (the control).
+    fn pin_held_ring(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let page = self.rx_page;
+        // SAFETY: the rx ring page is a scratch page; nothing reads it through this
+        // mapping until it is mapped back below.
+        let rc = unsafe { pvrt::update_va_mapping(page.va, 0, UVMF_INVLPG) };
+        pvrt::ensure!(rc == 0, "unmapping the rx ring page returned {rc}");
+        let held = mmuext(MmuextCmd::PinL1Table, page.mfn);
+        if held == 0 {
+            // It is a page table now: give it back before anything else.
+            let _ = mmuext(MmuextCmd::UnpinTable, page.mfn);
+        }
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSED, WAIT_MS)
+            .map_err(|_| "the vif backend did not close")?;
+        let free = mmuext(MmuextCmd::PinL1Table, page.mfn);
+        let unpinned = if free == 0 {
+            mmuext(MmuextCmd::UnpinTable, page.mfn)
+        } else {
+            0
+        };
+        env.t.check(
+            Kind::Attack,
+            "vif rx ring pinned as an L1 page table while connected",
+            held != 0 && free == 0 && unpinned == 0,
+            format_args!("pin while held {held}, pin once released {free} (unpin {unpinned})"),
+        );
+        // SAFETY: maps the page's own frame back where it was.
+        let rc =
+            unsafe { pvrt::update_va_mapping(page.va, page.maddr() | region::PTE_RW, UVMF_INVLPG) };
+        pvrt::ensure!(rc == 0, "the rx ring page cannot be mapped back ({rc})");
+        events::close(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        self.connect(env)?;
+        self.arp_exchange(env, "vif tx of an ARP request after the pin attempt");
         Ok(())
     }
 
