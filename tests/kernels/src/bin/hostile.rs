@@ -1087,7 +1087,83 @@ impl Vbd {
             self.prod.wrapping_add(129),
         )?;
         self.restart_in_flight(env)?;
-        self.close_connected_port(env)
+        self.close_connected_port(env)?;
+        self.ring_as_data(env)?;
+        self.revoked_ring_grant(env)
+    }
+
+    /// A read into the ring's own page: disk data lands on the ring (its indices
+    /// included). Whatever the backend makes of the ring after that — a response, or a
+    /// closed device when the indices it reads back overflow — it must not fault, and a
+    /// reconnect works.
+    fn ring_as_data(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let mut r = page_req(OP_READ, 0, self.ring_gref);
+        let id = self.next_id;
+        self.next_id += 1;
+        r.id = id;
+        self.ring.write(self.prod, r.as_bytes());
+        self.prod = self.prod.wrapping_add(1);
+        self.ring.publish(self.prod);
+        events::send(self.port);
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, 2000).is_ok();
+        // The disk's words now sit where the indices were: rsp_prod is whatever the
+        // backend wrote last.
+        env.t.check(
+            Kind::Attack,
+            "vbd read into the ring's own page",
+            true,
+            format_args!(
+                "the device {}",
+                if closed {
+                    "closed (the indices read back overflowed)"
+                } else {
+                    "stayed connected"
+                }
+            ),
+        );
+        if !closed {
+            // Break it for good, to start over from a known state.
+            self.ring.publish(self.prod.wrapping_add(1000));
+            events::send(self.port);
+            frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS)
+                .map_err(|_| "the vbd did not close after an overflow")?;
+        }
+        self.reconnect(env)?;
+        self.read_check(env, "vbd read after the ring was read into", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
+        Ok(())
+    }
+
+    /// The frontend ends its ring's grant (entry zeroed) while connected. Xen's rule:
+    /// a grant in use cannot be revoked; the backend keeps the frame it holds. Which the
+    /// backend does here is reported, not judged (`note:`): either way it must not
+    /// fault, and a reconnect with the grant restored works.
+    fn revoked_ring_grant(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        env.gt.grant_raw(self.ring_gref, 0, 0, 0);
+        fill_page(&self.data, |_| 0);
+        let mut r = page_req(OP_READ, 0, G_DATA);
+        let served = self.request(r.as_mut_bytes());
+        pvrt::println!(
+            "hostile: note: vbd ring grant revoked while connected: the ring is {}",
+            match served {
+                Some(r) if r.status == BLKIF_RSP_OKAY =>
+                    "still served (the backend keeps the frame it holds)",
+                Some(_) => "answered with an error",
+                None => "no longer served",
+            }
+        );
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS)
+            .map_err(|_| "the vbd did not follow the frontend's Closing")?;
+        self.reconnect(env)?;
+        self.read_check(
+            env,
+            "vbd read after its ring grant was revoked and the device reconnected",
+            0,
+            |off| hostile_disk_word(disk_offset(0) + off),
+        );
+        Ok(())
     }
 
     /// Writes `segs` (gref, first, last) into the indirect page.
