@@ -1831,6 +1831,8 @@ struct Vif {
     rx_cons: u32,
     rx_pages: [ScratchPage; 4],
     rx_ro: ScratchPage,
+    tx_data: ScratchPage,
+    mac: [u8; 6],
     next_id: u16,
 }
 
@@ -1895,6 +1897,8 @@ impl Vif {
             rx_cons: 0,
             rx_pages,
             rx_ro,
+            tx_data,
+            mac,
             next_id: 1,
         })
     }
@@ -2214,6 +2218,7 @@ impl Vif {
             "vif tx of an ARP request after the rx ring was offered back",
         );
         self.tx_race(env)?;
+        self.hostile_frames(env);
 
         // The fatal ones: each closes the device; a reconnect brings it back.
         let mut slots21 = [[0u8; 12]; 21];
@@ -2377,6 +2382,160 @@ impl Vif {
         );
         self.arp_exchange(env, "vif tx of an ARP request after the race");
         Ok(())
+    }
+
+    /// Well-formed slot chains carrying frames whose contents are hostile to what the
+    /// switch does with them on the way to the NIC (checksum completion, software
+    /// segmentation): a GSO TCPv4 frame with MSS 1 (more than 512 segments), GSO TCPv6
+    /// over IPv4, an IPv4 header length of 60 in a 34-byte frame or of 16, a TCP header
+    /// cut short, a UDP length of 65535 in 60 bytes, IPv6 extension headers running past
+    /// the frame or chained 40 deep — all with blank checksums. The vif takes each
+    /// (OK); the switch drops what it cannot handle; the device stays connected.
+    fn hostile_frames(&mut self, env: &mut Env<'_>) {
+        const AT: usize = 1024;
+        let mac = self.mac;
+        let eth = |f: &mut [u8], ethertype: [u8; 2]| {
+            f[0..6].fill(0xff);
+            f[6..12].copy_from_slice(&mac);
+            f[12..14].copy_from_slice(&ethertype);
+        };
+        let ipv4 = |f: &mut [u8], ihl: u8, total: u16, proto: u8| {
+            f[14] = 0x40 | ihl;
+            f[16..18].copy_from_slice(&total.to_be_bytes());
+            f[22] = 64;
+            f[23] = proto;
+            f[26..30].copy_from_slice(&OUR_IP);
+            f[30..34].copy_from_slice(&[10, 0, 2, 99]);
+        };
+        let gso = |mss: u16, ty: NetifGsoType| {
+            let mut body = [0u16; 3];
+            body.as_mut_bytes().copy_from_slice(
+                NetifExtraGso {
+                    size: mss,
+                    gso_type: ty.raw(),
+                    pad: 0,
+                    features: 0,
+                }
+                .as_bytes(),
+            );
+            extra_slot(1, 0, body)
+        };
+        let cases: [(&str, Option<(u16, NetifGsoType)>, usize); 9] = [
+            (
+                "vif tx GSO TCPv4 frame with MSS 1",
+                Some((1, NetifGsoType::TcpV4)),
+                0,
+            ),
+            (
+                "vif tx GSO TCPv6 over an IPv4 frame",
+                Some((100, NetifGsoType::TcpV6)),
+                0,
+            ),
+            (
+                "vif tx GSO TCPv4 over an IPv4 header length of 16",
+                Some((100, NetifGsoType::TcpV4)),
+                1,
+            ),
+            ("vif tx IPv4 header length 60 in a 34-byte frame", None, 2),
+            ("vif tx TCP header cut short", None, 3),
+            ("vif tx UDP length 65535 in a 60-byte frame", None, 4),
+            (
+                "vif tx IPv6 hop-by-hop header running past the frame",
+                None,
+                5,
+            ),
+            ("vif tx IPv6 with 40 chained routing headers", None, 6),
+            ("vif tx IPv4 fragment with a blank checksum", None, 7),
+        ];
+        for (what, gso_extra, shape) in cases {
+            let mut f = [0u8; 1024];
+            let len = match shape {
+                // TCP over IPv4, 900 bytes of payload.
+                0 | 1 => {
+                    eth(&mut f, [0x08, 0x00]);
+                    ipv4(&mut f, if shape == 1 { 4 } else { 5 }, 20 + 20 + 900, 6);
+                    f[46] = 0x50;
+                    14 + 20 + 20 + 900
+                }
+                2 => {
+                    eth(&mut f, [0x08, 0x00]);
+                    ipv4(&mut f, 15, 60, 6);
+                    34
+                }
+                3 => {
+                    eth(&mut f, [0x08, 0x00]);
+                    ipv4(&mut f, 5, 60, 6);
+                    40
+                }
+                4 => {
+                    eth(&mut f, [0x08, 0x00]);
+                    ipv4(&mut f, 5, 46, 17);
+                    f[38..40].copy_from_slice(&u16::MAX.to_be_bytes());
+                    60
+                }
+                5 => {
+                    eth(&mut f, [0x86, 0xdd]);
+                    f[14] = 0x60;
+                    f[18..20].copy_from_slice(&60u16.to_be_bytes());
+                    f[20] = 0; // hop-by-hop
+                    f[21] = 64;
+                    f[54] = 6; // then TCP
+                    f[55] = 255; // (255 + 1) * 8 bytes
+                    100
+                }
+                6 => {
+                    eth(&mut f, [0x86, 0xdd]);
+                    f[14] = 0x60;
+                    f[18..20].copy_from_slice(&(40u16 * 8 + 20).to_be_bytes());
+                    f[20] = 43;
+                    f[21] = 64;
+                    for k in 0..40 {
+                        let h = 54 + 8 * k;
+                        f[h] = if k == 39 { 6 } else { 43 };
+                    }
+                    54 + 40 * 8 + 20
+                }
+                _ => {
+                    eth(&mut f, [0x08, 0x00]);
+                    ipv4(&mut f, 5, 20 + 8 + 32, 17);
+                    f[20] = 0x20; // more fragments
+                    f[38..40].copy_from_slice(&40u16.to_be_bytes());
+                    14 + 20 + 8 + 32
+                }
+            };
+            // SAFETY: the tx data page is a scratch page mapped writable; bytes
+            // AT..AT + 1024 are this test's alone.
+            let dst = unsafe {
+                core::slice::from_raw_parts_mut((self.tx_data.va as usize + AT) as *mut u8, 1024)
+            };
+            dst.copy_from_slice(&f);
+            let id = self.id();
+            let flags = NETTXF_CSUM_BLANK
+                | if gso_extra.is_some() {
+                    NETTXF_EXTRA_INFO
+                } else {
+                    0
+                };
+            let first = tx_slot(G_TX_DATA, AT as u16, flags, id, len as u16);
+            match gso_extra {
+                Some((mss, ty)) => self.tx_check(
+                    env,
+                    Kind::Attack,
+                    what,
+                    &[first, gso(mss, ty)],
+                    &[NETIF_RSP_OKAY, NETIF_RSP_NULL],
+                ),
+                None => self.tx_check(env, Kind::Attack, what, &[first], &[NETIF_RSP_OKAY]),
+            }
+        }
+        let connected = frontend::read_state(&mut env.xs, &self.back) == Some(state::CONNECTED);
+        env.t.check(
+            Kind::Attack,
+            "vif still connected after the hostile frames",
+            connected,
+            format_args!("backend connected: {connected}"),
+        );
+        self.arp_exchange(env, "vif tx of an ARP request after the hostile frames");
     }
 
     /// Rx requests naming bad grants: each gets an error response in its own slot when a
