@@ -43,7 +43,8 @@ use core::{
 };
 
 use ferrovisor_abi::domctl::{
-    set_padded, DeviceAttach, DomctlCmd, DEVICE_VBD, DEVID_AUTO, VBD_MODE_READ, VBD_TYPE_DISK,
+    set_padded, DeviceAttach, DomctlCmd, ListSwitchPorts, SwitchPort, SysctlCmd, DEVICE_VBD,
+    DEVID_AUTO, PORT_UPLINK, PORT_VIF, VBD_MODE_READ, VBD_TYPE_DISK,
 };
 use ferrovisor_abi::xen::{
     event_channel::EVTCHNSTAT_UNBOUND,
@@ -1604,6 +1605,29 @@ fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// `ListSwitchPorts`: (frames the switch received from the vif with `mac`, frames it sent
+/// to the uplink, frames it sent to the vif).
+fn switch_counters(mac: [u8; 6]) -> Result<(u64, u64, u64), &'static str> {
+    let mut ports = [SwitchPort::new_zeroed(); 8];
+    let list = ListSwitchPorts {
+        max_entries: ports.len() as u32,
+        nr_entries: 0,
+        buffer: GuestHandle(ports.as_mut_ptr() as u64),
+    };
+    let list = control::sysctl(SysctlCmd::ListSwitchPorts, &list)
+        .map_err(|_| "sysctl ListSwitchPorts failed")?;
+    let ports = &ports[..(list.nr_entries as usize).min(ports.len())];
+    let vif = ports
+        .iter()
+        .find(|p| p.kind == PORT_VIF && p.mac == mac)
+        .ok_or("xenbr0 has no port for vif 0")?;
+    let uplink = ports
+        .iter()
+        .find(|p| p.kind == PORT_UPLINK)
+        .ok_or("xenbr0 has no uplink")?;
+    Ok((vif.rx_packets, uplink.tx_packets, vif.tx_packets))
+}
+
 /// One `mmuext_op` on frame `mfn` of this domain.
 fn mmuext(cmd: MmuextCmd, mfn: u64) -> i64 {
     let op = [MmuextOp {
@@ -2677,7 +2701,20 @@ impl Vif {
     }
 
     fn final_io(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let before = switch_counters(self.mac)?;
         self.arp_exchange(env, "vif final tx of an ARP request");
+        let after = switch_counters(self.mac)?;
+        // The switch took the request from the vif and sent it out of the NIC, and sent
+        // the gateway's answer to the vif.
+        env.t.check(
+            Kind::Legit,
+            "xenbr0's counters for the final ARP exchange",
+            after.0 > before.0 && after.1 > before.1 && after.2 > before.2,
+            format_args!(
+                "vif rx {} -> {}, uplink tx {} -> {}, vif tx {} -> {}",
+                before.0, after.0, before.1, after.1, before.2, after.2
+            ),
+        );
         Ok(())
     }
 }
