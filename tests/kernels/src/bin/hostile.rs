@@ -2444,7 +2444,9 @@ impl Vif {
             );
             extra_slot(1, 0, body)
         };
-        let cases: [(&str, Option<(u16, NetifGsoType)>, usize); 9] = [
+        /// (what, the GSO extra's MSS and type, which frame).
+        type Case = (&'static str, Option<(u16, NetifGsoType)>, usize);
+        let cases: [Case; 9] = [
             (
                 "vif tx GSO TCPv4 frame with MSS 1",
                 Some((1, NetifGsoType::TcpV4)),
