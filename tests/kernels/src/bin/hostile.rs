@@ -1093,7 +1093,73 @@ impl Vbd {
         self.restart_in_flight(env)?;
         self.close_connected_port(env)?;
         self.ring_as_data(env)?;
-        self.revoked_ring_grant(env)
+        self.revoked_ring_grant(env)?;
+        self.flipping_req_prod(env)
+    }
+
+    /// vCPU 1 flips `req_prod` between a ring of valid reads and 2^31 past it while
+    /// vCPU 0 kicks: the backend either sees the overflow and closes the device, or
+    /// serves the reads — every response for one of them, once — and a reconnect works.
+    fn flipping_req_prod(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let n = self.ring.size();
+        let base = self.next_id;
+        for k in 0..n {
+            let mut r = page_req(OP_READ, u64::from(k) * 8, G_DATA);
+            r.id = base + u64::from(k);
+            self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+        }
+        self.next_id += u64::from(n);
+        let good = self.prod.wrapping_add(n);
+        RACE_VARIANTS[0].0.store(good.into(), Ordering::SeqCst);
+        RACE_VARIANTS[1]
+            .0
+            .store(good.wrapping_add(1 << 31).into(), Ordering::SeqCst);
+        RACE_RING.store(self.ring.entry_va(0) - 64, Ordering::SeqCst);
+        RACE_MODE.store(RACE_INDEX, Ordering::SeqCst);
+        let before = MUTATIONS.load(Ordering::SeqCst);
+        RACE_ON.store(true, Ordering::SeqCst);
+        let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
+        for _ in 0..200 {
+            events::send(self.port);
+            pvrt::sched_yield();
+        }
+        RACE_ON.store(false, Ordering::SeqCst);
+        let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
+        pvrt::ensure!(started && stopped, "vCPU 1 did not take part");
+        let flips = MUTATIONS.load(Ordering::SeqCst) - before;
+        self.prod = good;
+        self.ring.publish(good);
+        events::send(self.port);
+        let closed = frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, 500).is_ok();
+        let (ok, errors, wrong) = if closed {
+            (0, 0, 0)
+        } else {
+            self.collect(n, base)
+        };
+        env.t.check(
+            Kind::Attack,
+            "vbd req_prod flipped between valid and 2^31 ahead while kicked",
+            closed || (ok == n && wrong == 0),
+            format_args!(
+                "{}; {ok} OK, {errors} errors, {wrong} wrong; {flips} flips",
+                if closed {
+                    "the device closed"
+                } else {
+                    "the reads were served"
+                }
+            ),
+        );
+        if !closed {
+            self.ring.publish(self.prod.wrapping_add(1000));
+            events::send(self.port);
+            frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS)
+                .map_err(|_| "the vbd did not close after an overflow")?;
+        }
+        self.reconnect(env)?;
+        self.read_check(env, "vbd read after the flipped req_prod", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
+        Ok(())
     }
 
     /// A read into the ring's own page: disk data lands on the ring (its indices
@@ -1660,6 +1726,8 @@ const RACE_VIF_TX: u64 = 1;
 const RACE_KICK: u64 = 2;
 /// Flips the grant entry word at `RACE_RING` between the variants' first words.
 const RACE_GRANT: u64 = 3;
+/// Flips the ring's `req_prod` (at `RACE_RING`) the same way.
+const RACE_INDEX: u64 = 4;
 /// (sector_number, first segment as a word) of each variant.
 static RACE_VARIANTS: [(AtomicU64, AtomicU64); 5] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 5];
@@ -1766,7 +1834,7 @@ extern "C" fn hostile_vcpu1_main() -> ! {
                 MUTATIONS.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
-            RACE_GRANT => {
+            RACE_GRANT | RACE_INDEX => {
                 // SAFETY: `ring` is the address of a grant entry's first word in the
                 // kernel's grant frame, mapped writable, 4-byte aligned; the frame is
                 // shared with the hypervisor, which changes the word atomically too.
