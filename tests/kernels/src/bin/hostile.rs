@@ -5,36 +5,32 @@
 //! The kernel plays blkfront and netfront by hand and breaks the protocols on purpose;
 //! every attack has one expected outcome, checked here and printed as
 //! `hostile: refused: <attack>: <what came back>` (or `served:` for the legitimate
-//! requests around them, `UNEXPECTED:` for anything else). The verdict counts them:
+//! requests around them, `UNEXPECTED:` for anything else, `note:` for behaviour that is
+//! reported, not judged). The verdict counts them:
 //! `hostile: N attacks refused, M legitimate requests served, 0 unexpected`.
 //!
-//! - vbd (`io/blkif.h`), on one connection: segments naming unused grants, grants past
-//!   the table, grants to another domain, a read into a read-only grant, a grant of a
-//!   frame that is not the frontend's (read and write); sectors past the end, a range
-//!   that starts inside and ends outside, `sector + len` overflowing; segments with
-//!   `first_sect > last_sect` or `last_sect > 7`, reads and writes with 0 or 12 segments;
-//!   unknown operations and the unsupported barrier; discards out of range; indirect
-//!   requests with 0 or too many segments, a bad `indirect_op`, an unused indirect grant,
-//!   a bad segment in the indirect page, a range past the end — each an error response
-//!   (`-2` for operations the backend does not support), the memory it named unchanged.
-//!   Then a full ring of reads, and a race: vCPU 1 rewrites the sector and segment of
-//!   every ring entry in a tight loop (valid, past the end, a foreign frame, an unused
-//!   grant, `last_sect` 9) while vCPU 0 publishes and kicks: every response is OK or an
-//!   error, once per request, and the page the valid variant names holds the valid data
-//!   or what was there. Then `req_prod` one past the ring's capacity, and behind
-//!   `rsp_prod` (wrapped): the backend closes the device without answering, and the
-//!   frontend reconnects (Closing, Closed, Initialising, a fresh ring).
-//! - vif (`io/netif.h`): tx slots with unused, out-of-range and foreign grants, a first
-//!   slot shorter than an Ethernet header, 19 data slots, a later slot larger than the
-//!   packet, a bad grant in a later slot — error responses; rx requests with unused,
-//!   read-only and foreign grants — error responses in their slots, the read-only page
-//!   unchanged, and the next good request gets its frame. Then the fatal ones, each
-//!   closing the device and followed by a reconnect and a frame that goes out: 21 slots,
-//!   a slot past its page, extra-info types 0 and 255, a GSO extra with MSS 0, a chain
-//!   whose announced slot was never published, a wrapped tx `req_prod`, an rx `req_prod`
-//!   far past the ring.
-//! - Finally, on fresh connections, real I/O: a write read back and the first write still
-//!   there, a broadcast ARP request answered by QEMU's gateway.
+//! In order:
+//! 1. vbd handshakes the backend must refuse (bad ring grants, ports, ring orders, the
+//!    32-bit protocol): Closing, the port still unbound, InitWait again ([`Vbd::handshake_attacks`]).
+//! 2. vbd requests on one connection: bad grants of every kind, sectors out of range,
+//!    malformed segments and indirect requests, unknown operations, discards out of
+//!    range — error responses, the memory they named unchanged; a full ring; vCPU 1
+//!    rewriting every entry while it is read; a data grant flipped while reads complete;
+//!    the port kicked in a loop; the ring page offered back; overflowing and wrapped
+//!    `req_prod` (the device closes, the frontend reconnects: Closing, Closed,
+//!    Initialising, a fresh ring); a four-page ring; a restart with reads in flight; its
+//!    port closed; a read into the ring itself; its ring grant revoked; `req_prod`
+//!    flipped by vCPU 1 ([`Vbd::attacks`]).
+//! 3. A read-only partition dom0 attaches to itself, written ([`read_only_vbd`]).
+//! 4. vif handshakes the backend must refuse ([`Vif::handshake_attacks`]), then tx chains
+//!    and rx requests with bad grants, sizes and slot counts (error responses), the rx
+//!    ring offered back, vCPU 1 rewriting tx slots, and the fatal ones (too many slots,
+//!    slots past their page, bad extras, missing slots, wrapped indices; each closes the
+//!    device, a reconnect follows), the rx ring pinned as a page table ([`Vif::attacks`]).
+//! 5. Frames hostile to the switch, while a second vif listens ([`Vif::hostile_frames`]).
+//! 6. Real I/O on fresh connections: a write read back and the first write still there,
+//!    the frontend directory removed and written again, a broadcast ARP request
+//!    answered by QEMU's gateway, xenbr0's counters.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 use core::{
@@ -1746,7 +1742,6 @@ fn wait_for(cond: impl Fn() -> bool) -> bool {
 }
 
 fn start_mutator(si: &StartInfo) -> Result<(), &'static str> {
-    let mut lo = 0;
     let mut next = 0;
     for i in 0..STACK_PAGES {
         let page = region::alloc_scratch(si).ok_or("no scratch page for vCPU 1's stack")?;
@@ -1754,12 +1749,8 @@ fn start_mutator(si: &StartInfo) -> Result<(), &'static str> {
             i == 0 || page.va == next,
             "vCPU 1's stack pages are not contiguous"
         );
-        if i == 0 {
-            lo = page.va;
-        }
         next = page.va + region::PAGE_SIZE;
     }
-    let _ = lo;
     let ctx = smp::kernel_context(&Start {
         rip: vcpu1_entry_address(),
         rsp: next,
@@ -1910,7 +1901,8 @@ impl Listener {
             .ok_or("vif 1 has no backend node")?;
         let tx_page = env.page()?;
         let rx_page = env.page()?;
-        let tx = Ring::new(&tx_page, 12);
+        // The tx ring stays empty: this vif only listens.
+        Ring::new(&tx_page, 12);
         let rx = Ring::new(&rx_page, 8);
         env.gt.grant(G_L_TX_RING, DOMID_XEN, &tx_page, false);
         env.gt.grant(G_L_RX_RING, DOMID_XEN, &rx_page, false);
@@ -1931,7 +1923,6 @@ impl Listener {
         frontend::write_state(&mut env.xs, &front, state::CONNECTED)?;
         frontend::wait_state(&mut env.xs, &back, state::CONNECTED, WAIT_MS)
             .map_err(|_| "vif 1's backend did not connect")?;
-        let _ = tx;
         let mut l = Listener {
             rx,
             port,
