@@ -39,8 +39,9 @@ use core::{
 };
 
 use ferrovisor_abi::domctl::{
-    set_padded, DeviceAttach, DomctlCmd, ListSwitchPorts, SwitchPort, SysctlCmd, DEVICE_VBD,
-    DEVICE_VIF, DEVID_AUTO, PORT_UPLINK, PORT_VIF, VBD_MODE_READ, VBD_TYPE_DISK,
+    set_padded, DeviceAttach, DeviceDetach, DomctlCmd, ListSwitchPorts, SwitchPort, SysctlCmd,
+    DETACH_FORCE, DEVICE_VBD, DEVICE_VIF, DEVID_AUTO, PORT_UPLINK, PORT_VIF, VBD_MODE_READ,
+    VBD_TYPE_DISK,
 };
 use ferrovisor_abi::xen::{
     event_channel::EVTCHNSTAT_UNBOUND,
@@ -1667,6 +1668,40 @@ fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
     ro.read_check(env, "vbd xvdb read after the refused writes", 0, |off| {
         hostile_disk_word(p2(0) + off)
     });
+
+    // A forced detach with a ring of reads in flight: the device goes at once (its
+    // directories with it), the reads' late completions reach nothing.
+    let n = ro.ring.size();
+    for k in 0..n {
+        let mut r = page_req(OP_READ, u64::from(k) * 8, G_DATA);
+        r.id = ro.next_id + u64::from(k);
+        ro.ring.write(ro.prod.wrapping_add(k), r.as_bytes());
+    }
+    ro.prod = ro.prod.wrapping_add(n);
+    ro.ring.publish(ro.prod);
+    events::send(ro.port);
+    let detach = DeviceDetach {
+        kind: DEVICE_VBD,
+        devid: XVDB,
+        flags: DETACH_FORCE,
+    };
+    let rc = control::domctl(DomctlCmd::DeviceDetach, 0, &detach).map(|_| 0);
+    fill_page(&vbd.data, |off| 0x5678_0000_0000_0000 | off);
+    let until = pvrt::time::now() + 300 * pvrt::time::NS_PER_MS;
+    while pvrt::time::now() < until {
+        pvrt::sched_yield();
+    }
+    let gone = frontend::read_state(&mut env.xs, &ro.back).is_none();
+    let page = check_page(&vbd.data, |off| 0x5678_0000_0000_0000 | off);
+    env.t.check(
+        Kind::Attack,
+        "vbd xvdb detached by force with a ring of reads in flight",
+        rc == Ok(0) && gone && page.is_none(),
+        format_args!(
+            "detach {rc:?}, backend directory gone: {gone}, the reads' page changed at {page:?} after"
+        ),
+    );
+    events::close(ro.port);
     Ok(())
 }
 
