@@ -45,7 +45,9 @@ use ferrovisor_abi::domctl::{
 };
 use ferrovisor_abi::xen::{
     event_channel::EVTCHNSTAT_UNBOUND,
-    grant_table::{GTF_ACCEPT_TRANSFER, GTF_PERMIT_ACCESS, GTF_TRANSITIVE},
+    grant_table::{
+        GTF_ACCEPT_TRANSFER, GTF_PERMIT_ACCESS, GTF_READING, GTF_TRANSITIVE, GTF_WRITING,
+    },
     io::{
         blkif::{
             BlkifOp, BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
@@ -399,6 +401,8 @@ struct Vbd {
     /// A four-page ring's first page (the others follow it), used when `big`.
     big_ring: ScratchPage,
     big: bool,
+    /// Connect with a two-page ring whose two grants are the same.
+    alias: bool,
     port: u32,
     prod: u32,
     cons: u32,
@@ -446,6 +450,7 @@ impl Vbd {
             expect_sectors: HOSTILE_P1_SECTORS,
             big_ring,
             big: false,
+            alias: false,
             port: 0,
             prod: 0,
             cons: 0,
@@ -505,6 +510,7 @@ impl Vbd {
             expect_sectors: sectors,
             big_ring: self.big_ring,
             big: false,
+            alias: false,
             port: 0,
             prod: 0,
             cons: 0,
@@ -522,7 +528,17 @@ impl Vbd {
     fn connect(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
         frontend::wait_state(&mut env.xs, &self.back, state::INIT_WAIT, WAIT_MS)
             .map_err(|_| "the vbd backend is not at InitWait")?;
-        if self.big {
+        if self.alias {
+            // Both pages of a two-page ring are the same grant: the backend sees a
+            // 64-entry ring whose halves alias; the first 32 entries are where this
+            // one-page view has them.
+            self.ring = Ring::new(&self.ring_page, BLKIF_RING_ENTRY_BYTES);
+            env.gt
+                .grant(self.ring_gref, DOMID_XEN, &self.ring_page, false);
+            env.write_number(&self.front.join("ring-page-order"), 1)?;
+            env.write_number(&self.front.join("ring-ref0"), self.ring_gref.into())?;
+            env.write_number(&self.front.join("ring-ref1"), self.ring_gref.into())?;
+        } else if self.big {
             self.ring = Ring::over(self.big_ring.va, 4, BLKIF_RING_ENTRY_BYTES);
             env.write_number(&self.front.join("ring-page-order"), 2)?;
             for i in 0..4u32 {
@@ -1091,7 +1107,59 @@ impl Vbd {
         self.close_connected_port(env)?;
         self.ring_as_data(env)?;
         self.revoked_ring_grant(env)?;
-        self.flipping_req_prod(env)
+        self.flipping_req_prod(env)?;
+        self.aliased_ring(env)
+    }
+
+    /// The ring grant's `GTF_reading | GTF_writing`, as the hypervisor keeps them in the
+    /// shared entry while the grant is in use.
+    fn ring_grant_in_use(&self, env: &Env<'_>) -> u16 {
+        // SAFETY: the entry's first word is in the kernel's mapped grant frame.
+        let word = unsafe { (env.gt.entry_va(self.ring_gref) as *const u32).read_volatile() };
+        (word as u16) & (GTF_READING | GTF_WRITING)
+    }
+
+    /// A two-page ring whose pages are one grant (pinned twice): it connects and serves;
+    /// the grant shows in use while connected and is given back whole (both pins) once
+    /// the device lets go.
+    fn aliased_ring(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let single = self.ring_grant_in_use(env);
+        self.alias = true;
+        self.ring.publish(self.prod.wrapping_add(1000));
+        events::send(self.port);
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSING, WAIT_MS)
+            .map_err(|_| "the vbd did not close after an overflow")?;
+        self.reconnect(env)?;
+        self.read_check(
+            env,
+            "vbd read on a ring whose two pages are one grant",
+            0,
+            |off| hostile_disk_word(disk_offset(0) + off),
+        );
+        let connected = self.ring_grant_in_use(env);
+        self.alias = false;
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSING)?;
+        frontend::write_state(&mut env.xs, &self.front, state::CLOSED)?;
+        frontend::wait_state(&mut env.xs, &self.back, state::CLOSED, WAIT_MS)
+            .map_err(|_| "the vbd backend did not close")?;
+        let released = self.ring_grant_in_use(env);
+        let both = GTF_READING | GTF_WRITING;
+        env.t.check(
+            Kind::Attack,
+            "vbd ring of two pages that are one grant",
+            single == both && connected == both && released == 0,
+            format_args!(
+                "grant in use (reading|writing) with a one-page ring {single:#x}, with the \
+                 aliased ring {connected:#x}, once closed {released:#x}"
+            ),
+        );
+        events::close(self.port);
+        frontend::write_state(&mut env.xs, &self.front, state::INITIALISING)?;
+        self.connect(env)?;
+        self.read_check(env, "vbd read after the aliased ring", 0, |off| {
+            hostile_disk_word(disk_offset(0) + off)
+        });
+        Ok(())
     }
 
     /// vCPU 1 flips `req_prod` between a ring of valid reads and 2^31 past it while
