@@ -227,6 +227,40 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     vbd.final_io(&mut env)?;
     vif.final_io(&mut env)?;
 
+    // Every grant the backends used is given back, but for the rings still connected.
+    let in_use = [
+        vbd.ring_gref,
+        G_TX_RING,
+        G_RX_RING,
+        G_L_TX_RING,
+        G_L_RX_RING,
+    ];
+    let held: u32 = (0..512u32)
+        .filter(|g| !in_use.contains(g))
+        .filter(|&g| {
+            // SAFETY: entry `g` < 512 is in the kernel's mapped grant frame.
+            let word = unsafe { (env.gt.entry_va(g) as *const u32).read_volatile() };
+            (word as u16) & (GTF_READING | GTF_WRITING) != 0
+        })
+        .count() as u32;
+    let rings: u32 = in_use
+        .iter()
+        .filter(|&&g| {
+            // SAFETY: as above.
+            let word = unsafe { (env.gt.entry_va(g) as *const u32).read_volatile() };
+            (word as u16) & (GTF_READING | GTF_WRITING) == GTF_READING | GTF_WRITING
+        })
+        .count() as u32;
+    env.t.check(
+        Kind::Legit,
+        "every grant given back but the connected rings'",
+        held == 0 && rings == in_use.len() as u32,
+        format_args!(
+            "{held} other grants still in use, {rings} of {} rings in use",
+            in_use.len()
+        ),
+    );
+
     let t = &env.t;
     pvrt::println!(
         "hostile: {} attacks refused, {} legitimate requests served, {} unexpected",
