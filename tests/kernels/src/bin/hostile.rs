@@ -214,7 +214,7 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
     vbd.handshake_attacks(&mut env)?;
     vbd.connect(&mut env)?;
     vbd.attacks(&mut env)?;
-    read_only_vbd(&mut env, &vbd)?;
+    let xvdb_ring = read_only_vbd(&mut env, &vbd)?;
 
     let mut vif = Vif::new(&mut env)?;
     vif.handshake_attacks(&mut env, vbd.port)?;
@@ -259,6 +259,63 @@ fn test_main(si: &StartInfo) -> Result<(), &'static str> {
             "{held} other grants still in use, {rings} of {} rings in use",
             in_use.len()
         ),
+    );
+
+    // Every frame the backends held is free of them: with the devices closed and the
+    // grants ended, each page the kernel ever offered (rings and data) can be given
+    // back to the hypervisor.
+    for (front, back) in [
+        (vbd.front, vbd.back),
+        (vif.front, vif.back),
+        (listener.front, listener.back),
+    ] {
+        frontend::write_state(&mut env.xs, &front, state::CLOSING)?;
+        frontend::write_state(&mut env.xs, &front, state::CLOSED)?;
+        frontend::wait_state(&mut env.xs, &back, state::CLOSED, WAIT_MS)
+            .map_err(|_| "a backend did not close at the end")?;
+    }
+    for g in 0..512 {
+        env.gt.grant_raw(g, 0, 0, 0);
+    }
+    let big: [ScratchPage; 4] = core::array::from_fn(|i| {
+        let va = vbd.big_ring.va + i as u64 * region::PAGE_SIZE;
+        ScratchPage {
+            va,
+            mfn: region::mfn_of(si, va),
+        }
+    });
+    let mut offered = 0;
+    let mut taken = 0;
+    let pages = [
+        vbd.ring_page,
+        vbd.data,
+        vbd.data_ro,
+        vbd.indirect,
+        vbd.race,
+        xvdb_ring,
+        vif.tx_page,
+        vif.rx_page,
+        vif.tx_data,
+        vif.rx_ro,
+    ];
+    for page in pages
+        .iter()
+        .chain(&big)
+        .chain(&vif.rx_pages)
+        .chain(&listener.pages)
+    {
+        offered += 1;
+        // SAFETY: the page is one of the kernel's scratch pages, never touched again.
+        let rc = unsafe { pvrt::update_va_mapping(page.va, 0, UVMF_INVLPG) };
+        if rc == 0 && give_back(page.mfn) == 1 {
+            taken += 1;
+        }
+    }
+    env.t.check(
+        Kind::Legit,
+        "every page offered to the backends given back to the hypervisor at the end",
+        taken == offered,
+        format_args!("{taken} of {offered} taken back"),
     );
 
     let t = &env.t;
@@ -344,6 +401,21 @@ fn refused_handshake(
         .map_err(|_| "the backend did not come back to InitWait")
 }
 
+/// `XENMEM_decrease_reservation` of frame `mfn`: the frames taken (0 or 1).
+fn give_back(mfn: u64) -> i64 {
+    let mut frames = [mfn];
+    let mut r = XenMemoryReservation {
+        extent_start: GuestHandle(frames.as_mut_ptr() as u64),
+        nr_extents: 1,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DOMID_SELF,
+        _cpad0: [0; 6],
+    };
+    // SAFETY: the hypervisor reads `r` and `frames`, both on this stack.
+    unsafe { pvrt::memory_op(MemoryOp::DecreaseReservation, (&raw mut r).cast()) }
+}
+
 /// The frontend unmaps a ring page the backend holds and gives the frame back to the
 /// hypervisor (`XENMEM_decrease_reservation`): it must not be taken while the backend
 /// holds it. The page is mapped back either way (a frame that was taken cannot be, and
@@ -357,17 +429,7 @@ fn balloon_held_page(
     // is mapped back below.
     let rc = unsafe { pvrt::update_va_mapping(page.va, 0, UVMF_INVLPG) };
     pvrt::ensure!(rc == 0, "unmapping a ring page returned {rc}");
-    let mut frames = [page.mfn];
-    let mut r = XenMemoryReservation {
-        extent_start: GuestHandle(frames.as_mut_ptr() as u64),
-        nr_extents: 1,
-        extent_order: 0,
-        mem_flags: 0,
-        domid: DOMID_SELF,
-        _cpad0: [0; 6],
-    };
-    // SAFETY: the hypervisor reads `r` and `frames`, both on this stack.
-    let taken = unsafe { pvrt::memory_op(MemoryOp::DecreaseReservation, (&raw mut r).cast()) };
+    let taken = give_back(page.mfn);
     // SAFETY: maps the page's own frame back where it was.
     let rc =
         unsafe { pvrt::update_va_mapping(page.va, page.maddr() | region::PTE_RW, UVMF_INVLPG) };
@@ -1704,7 +1766,8 @@ impl Vbd {
 
 /// dom0 attaches partition 2 to itself read-only as xvdb (`DeviceAttach`, as `fv
 /// block-attach 0 phy:vda2 xvdb r` would) and tries to change it.
-fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
+/// Returns the ring page it used.
+fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<ScratchPage, &'static str> {
     let mut req = DeviceAttach::new_zeroed();
     req.kind = DEVICE_VBD;
     req.devid = DEVID_AUTO;
@@ -1804,7 +1867,7 @@ fn read_only_vbd(env: &mut Env<'_>, vbd: &Vbd) -> Result<(), &'static str> {
         ),
     );
     events::close(ro.port);
-    Ok(())
+    Ok(ro.ring_page)
 }
 
 /// `ListSwitchPorts`: (frames the switch received from the vif with `mac`, frames it sent
@@ -2016,6 +2079,10 @@ const L_PAGES: usize = 8;
 /// frontend that takes neither GSO nor blank checksums: what vif 0 sends reaches it
 /// through the switch, segmented and completed.
 struct Listener {
+    front: Path,
+    back: Path,
+    /// Its ring pages and rx pages.
+    pages: [ScratchPage; 2 + L_PAGES],
     rx: Ring,
     port: u32,
     rx_prod: u32,
@@ -2043,9 +2110,12 @@ impl Listener {
         let rx = Ring::new(&rx_page, 8);
         env.gt.grant(G_L_TX_RING, DOMID_XEN, &tx_page, false);
         env.gt.grant(G_L_RX_RING, DOMID_XEN, &rx_page, false);
+        let mut pages = [tx_page; 2 + L_PAGES];
+        pages[1] = rx_page;
         for i in 0..L_PAGES {
             let p = env.page()?;
             env.gt.grant(G_L_PAGE + i as u32, DOMID_XEN, &p, false);
+            pages[2 + i] = p;
         }
         frontend::wait_state(&mut env.xs, &back, state::INIT_WAIT, WAIT_MS)
             .map_err(|_| "vif 1's backend is not at InitWait")?;
@@ -2061,6 +2131,9 @@ impl Listener {
         frontend::wait_state(&mut env.xs, &back, state::CONNECTED, WAIT_MS)
             .map_err(|_| "vif 1's backend did not connect")?;
         let mut l = Listener {
+            front,
+            back,
+            pages,
             rx,
             port,
             rx_prod: 0,
