@@ -2158,6 +2158,34 @@ impl Listener {
         events::send(self.port);
     }
 
+    /// Rewrites posted (not yet consumed) request `i` to name an unused grant.
+    fn spoil(&mut self, i: u32) {
+        let req = NetifRxRequest {
+            id: (i & 0xff) as u16,
+            pad: 0,
+            gref: G_UNUSED,
+        };
+        self.rx.write(i, req.as_bytes());
+    }
+
+    /// The page request `i` names.
+    fn rx_page_of(&self, i: u32) -> ScratchPage {
+        self.pages[2 + (i % L_PAGES as u32) as usize]
+    }
+
+    /// Waits for and takes `n` responses from index `at` (the caller reposts).
+    fn take(&mut self, at: u32, n: u32) -> [NetifRxResponse; 3] {
+        let mut out = [NetifRxResponse::default(); 3];
+        let _ = self.rx.wait_responses(at.wrapping_add(n), WAIT_MS);
+        for (k, r) in out.iter_mut().enumerate().take(n as usize) {
+            let mut raw = [0u8; 8];
+            self.rx.read(at.wrapping_add(k as u32), &mut raw);
+            *r = NetifRxResponse::read_from_bytes(&raw).unwrap_or_default();
+        }
+        self.rx_cons = at.wrapping_add(n);
+        out
+    }
+
     /// Takes every response there is: (frames, malformed ones: an error, a slot
     /// longer than a page, a frame shorter than an Ethernet header, a blank checksum
     /// this frontend never asked for), and stocks the ring again.
@@ -2248,6 +2276,7 @@ struct Vif {
     rx_pages: [ScratchPage; 4],
     rx_ro: ScratchPage,
     tx_data: ScratchPage,
+    tx_data2: ScratchPage,
     mac: [u8; 6],
     next_id: u16,
 }
@@ -2314,6 +2343,7 @@ impl Vif {
             rx_pages,
             rx_ro,
             tx_data,
+            tx_data2,
             mac,
             next_id: 1,
         })
@@ -3006,6 +3036,7 @@ impl Vif {
             bad_total == 0,
             format_args!("{bad_total} malformed"),
         );
+        self.big_frame_to_listener(env, listener);
         let connected = frontend::read_state(&mut env.xs, &self.back) == Some(state::CONNECTED);
         env.t.check(
             Kind::Attack,
@@ -3014,6 +3045,64 @@ impl Vif {
             format_args!("backend connected: {connected}"),
         );
         self.arp_exchange(env, "vif tx of an ARP request after the hostile frames");
+    }
+
+    /// A 9000-byte frame over three tx slots reaches vif 1 over three rx slots, one of
+    /// which vif 1 spoiled (an unused grant, written over the request after posting it):
+    /// each slot is answered in place — 4096 bytes, an error, the last 808 — with
+    /// `more_data` on all but the last, and the good slots hold the frame's bytes.
+    fn big_frame_to_listener(&mut self, env: &mut Env<'_>, listener: &mut Listener) {
+        let _ = listener.drain();
+        let at = listener.rx_cons;
+        listener.spoil(at.wrapping_add(1));
+        let (a, b, c) = (self.id(), self.id(), self.id());
+        let slots = [
+            tx_slot(G_TX_DATA, 0, NETTXF_MORE_DATA, a, 9000),
+            tx_slot(G_TX_DATA2, 0, NETTXF_MORE_DATA, b, 4096),
+            tx_slot(G_TX_DATA2, 0, 0, c, 808),
+        ];
+        self.tx_check(
+            env,
+            Kind::Legit,
+            "vif tx of a 9000-byte frame over three slots",
+            &slots,
+            &[NETIF_RSP_OKAY; 3],
+        );
+        let got = listener.take(at, 3);
+        let want = [
+            (4096, NETRXF_MORE_DATA),
+            (NETIF_RSP_ERROR, NETRXF_MORE_DATA),
+            (808, 0),
+        ];
+        let shape = got
+            .iter()
+            .zip(want)
+            .all(|(r, (status, more))| r.status == status && r.flags & NETRXF_MORE_DATA == more);
+        let ids = got
+            .iter()
+            .enumerate()
+            .all(|(k, r)| r.id == (at.wrapping_add(k as u32) & 0xff) as u16);
+        // SAFETY: the pages are scratch pages mapped writable; the backend wrote them by
+        // grant copy before publishing the responses.
+        let (first, last, sent_first, sent_last) = unsafe {
+            (
+                core::slice::from_raw_parts(listener.rx_page_of(at).va as *const u8, 4096),
+                core::slice::from_raw_parts(listener.rx_page_of(at + 2).va as *const u8, 808),
+                core::slice::from_raw_parts(self.tx_data.va as *const u8, 4096),
+                core::slice::from_raw_parts(self.tx_data2.va as *const u8, 808),
+            )
+        };
+        let data = first == sent_first && last == sent_last;
+        env.t.check(
+            Kind::Attack,
+            "vif 1 rx of a three-slot frame with its second request spoiled",
+            shape && ids && data,
+            format_args!(
+                "statuses {:?}, ids in their slots: {ids}, data intact: {data}",
+                [got[0].status, got[1].status, got[2].status]
+            ),
+        );
+        listener.post(3);
     }
 
     /// Rx requests naming bad grants: each gets an error response in its own slot when a
