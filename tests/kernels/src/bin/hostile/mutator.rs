@@ -20,6 +20,9 @@ pub(crate) const RACE_KICK: u64 = 2;
 pub(crate) const RACE_GRANT: u64 = 3;
 /// Flips the ring's `req_prod` (at `RACE_RING`) the same way.
 pub(crate) const RACE_INDEX: u64 = 4;
+/// Rewrites the 8 segments of the indirect page at `RACE_RING`: segment `k` becomes the
+/// variant's segment word with `first_sect = last_sect = k` or'ed in (bits 32..48).
+pub(crate) const RACE_INDIRECT: u64 = 5;
 /// (sector_number, first segment as a word) of each variant.
 pub(crate) static RACE_VARIANTS: [(AtomicU64, AtomicU64); 5] =
     [const { (AtomicU64::new(0), AtomicU64::new(0)) }; 5];
@@ -119,6 +122,27 @@ extern "C" fn hostile_vcpu1_main() -> ! {
             RACE_KICK => {
                 events::send(ring as u32);
                 MUTATIONS.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            RACE_INDIRECT => {
+                for k in 0..8u64 {
+                    // SAFETY: `ring` is the indirect page (a scratch page mapped
+                    // writable); its first 8 segments are 8-byte aligned words.
+                    unsafe {
+                        ((ring + 8 * k) as *mut u64).write_volatile(
+                            seg | k << 32 | if seg >> 40 == 0 { k << 40 } else { 0 },
+                        )
+                    };
+                }
+                variant = (variant + 1) % 3;
+                MUTATIONS.fetch_add(1, Ordering::SeqCst);
+                // Leave each variant in place a moment: a copy that overlaps a pass
+                // mixes two variants, and every mix is invalid; some copies should
+                // see one whole.
+                // (Not `pause`: under TCG it gives the host CPU away.)
+                for i in 0..2000u32 {
+                    core::hint::black_box(i);
+                }
                 continue;
             }
             RACE_GRANT | RACE_INDEX => {

@@ -58,6 +58,8 @@ pub(crate) struct Vbd {
     pub(crate) big: bool,
     /// Connect with a two-page ring whose two grants are the same.
     pub(crate) alias: bool,
+    /// A race wrote the race's page to the disk.
+    pub(crate) race_written: bool,
     pub(crate) port: u32,
     pub(crate) prod: u32,
     pub(crate) cons: u32,
@@ -106,6 +108,7 @@ impl Vbd {
             big_ring,
             big: false,
             alias: false,
+            race_written: false,
             port: 0,
             prod: 0,
             cons: 0,
@@ -166,6 +169,7 @@ impl Vbd {
             big_ring: self.big_ring,
             big: false,
             alias: false,
+            race_written: false,
             port: 0,
             prod: 0,
             cons: 0,
@@ -724,6 +728,7 @@ impl Vbd {
         );
         self.race(env)?;
         self.kick_and_grant_races(env)?;
+        self.indirect_race(env)?;
 
         // Ring indices: one past the ring's capacity, then behind what was answered.
         let size = self.ring.size();
@@ -1186,6 +1191,7 @@ impl Vbd {
         // The page the valid variant names holds the valid data (or its old data if no
         // valid variant was ever read).
         let expect_race = ok > 0;
+        self.race_written = expect_race;
         self.read_check(env, "vbd read of the race's page", s_in, |off| {
             if expect_race {
                 hostile_write_word(2, off)
@@ -1237,6 +1243,78 @@ impl Vbd {
         let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
         pvrt::ensure!(started && stopped, "vCPU 1 did not take part");
         Ok((ok, errors, wrong, MUTATIONS.load(Ordering::SeqCst) - before))
+    }
+
+    /// vCPU 1 rewrites the indirect page's 8 segments (one sector each of the race's
+    /// page: valid, from a foreign frame, or `last_sect` 9) while vCPU 0 sends indirect
+    /// writes of the race's page through it: each OK or an error, once, and the page on
+    /// disk the valid data (checked by the host).
+    fn indirect_race(&mut self, env: &mut Env<'_>) -> Result<(), &'static str> {
+        let seg = |gref: u32, last: u64| u64::from(gref) | last << 40;
+        // Variant words: the mutator or's in first_sect = k, and last_sect = k where the
+        // word has none.
+        let words = [seg(G_RACE, 0), seg(G_RACE_FOREIGN, 0), seg(G_RACE, 9)];
+        // All five slots: the mutator may start from any of them.
+        for (i, v) in RACE_VARIANTS.iter().enumerate() {
+            v.1.store(words[i % words.len()], Ordering::SeqCst);
+        }
+        self.indirect_segments((0..8).map(|k| (G_RACE, k, k)));
+        // The grant race read disk data into the race's page: its data again.
+        fill_page(&self.race, |off| hostile_write_word(2, off));
+        RACE_RING.store(self.indirect.va, Ordering::SeqCst);
+        RACE_MODE.store(RACE_INDIRECT, Ordering::SeqCst);
+        let before = MUTATIONS.load(Ordering::SeqCst);
+        RACE_ON.store(true, Ordering::SeqCst);
+        let started = wait_for(|| MUTATIONS.load(Ordering::SeqCst) > before);
+        let n = self.ring.size();
+        let (mut ok, mut errors, mut wrong) = (0, 0, 0);
+        for _ in 0..8 {
+            let base = self.next_id;
+            for k in 0..n {
+                let mut r = indirect(OP_WRITE, HOSTILE_RACE_WRITE, 8, G_INDIRECT);
+                r.id = base + u64::from(k);
+                self.ring.write(self.prod.wrapping_add(k), r.as_bytes());
+            }
+            self.next_id += u64::from(n);
+            self.prod = self.prod.wrapping_add(n);
+            self.ring.publish(self.prod);
+            events::send(self.port);
+            let (a, b, c) = self.collect(n, base);
+            ok += a;
+            errors += b;
+            wrong += c;
+        }
+        RACE_ON.store(false, Ordering::SeqCst);
+        let stopped = wait_for(|| MUTATOR_IDLE.load(Ordering::SeqCst));
+        pvrt::ensure!(started && stopped, "vCPU 1 did not take part");
+        let flips = MUTATIONS.load(Ordering::SeqCst) - before;
+        let total = 8 * n;
+        env.t.check(
+            Kind::Attack,
+            "vbd indirect segments rewritten while being read",
+            ok + errors == total && wrong == 0 && flips > 0,
+            format_args!(
+                "{total} indirect writes, {ok} OK, {errors} errors, {wrong} wrong; vCPU 1 \
+                 rewrote the page {flips} times"
+            ),
+        );
+        // Whatever was written is the race's page (or, if nothing valid was ever read,
+        // what was there).
+        self.race_written |= ok > 0;
+        let written = self.race_written;
+        self.read_check(
+            env,
+            "vbd read of the race's page after the indirect race",
+            HOSTILE_RACE_WRITE,
+            |off| {
+                if written {
+                    hostile_write_word(2, off)
+                } else {
+                    hostile_disk_word(disk_offset(HOSTILE_RACE_WRITE) + off)
+                }
+            },
+        );
+        Ok(())
     }
 
     /// vCPU 1 kicks the vbd's port in a loop while vCPU 0 does I/O; then flips the data
