@@ -29,3 +29,30 @@ pub const FLOOD_LINES: u32 = 5000;
 /// a burst, then a steady rate per second.
 pub const GUEST_LOG_BURST: u32 = 20;
 pub const GUEST_LOG_PER_SEC: u32 = 2;
+
+/// The `hostile` test's disk (`tests/tests/hostile.rs` makes it, the `hostile` kernel
+/// checks what it reads against it): an MBR with partition 1 at [`HOSTILE_P1_START`] of
+/// [`HOSTILE_P1_SECTORS`] (dom0's xvda, `dom0_disk=vda1`) and partition 2 right after it,
+/// every 8-byte word of the image [`hostile_disk_word`] of its byte offset.
+pub const HOSTILE_DISK_SECTORS: u64 = 32768;
+pub const HOSTILE_P1_START: u64 = 2048;
+pub const HOSTILE_P1_SECTORS: u64 = 8192;
+pub const HOSTILE_P2_START: u64 = HOSTILE_P1_START + HOSTILE_P1_SECTORS;
+pub const HOSTILE_P2_SECTORS: u64 = 8192;
+/// Partition-relative sectors the kernel writes legitimately (one 4 KiB page each): a
+/// first write read back before the attacks, the page the request-rewriting race writes
+/// (the partition's last), and the write read back after the last reconnect.
+pub const HOSTILE_FIRST_WRITE: u64 = 64;
+pub const HOSTILE_RACE_WRITE: u64 = HOSTILE_P1_SECTORS - 8;
+pub const HOSTILE_FINAL_WRITE: u64 = 128;
+
+/// The image's 8-byte word at byte `offset` (a multiple of 8).
+pub const fn hostile_disk_word(offset: u64) -> u64 {
+    (offset ^ 0x5eed_0000_0000_0000).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The word the kernel writes at byte `offset` of a legitimately written page `tag`
+/// (1: the first write, 2: the race, 3: the final write).
+pub const fn hostile_write_word(tag: u64, offset: u64) -> u64 {
+    (tag << 56) | (0x00ab_cdef << 24) | (offset & 0xff_ffff)
+}

@@ -46,16 +46,27 @@ impl GrantTable {
     /// Grants `to` access to `page` as reference `gref` (below 512).
     pub fn grant(&self, gref: u32, to: DomId, page: &ScratchPage, readonly: bool) {
         let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
+        self.grant_raw(gref, to, page.mfn, flags);
+    }
+
+    /// Writes entry `gref` (below 512) as given: `flags` of any type, even nonsense.
+    pub fn grant_raw(&self, gref: u32, to: DomId, mfn: u64, flags: u16) {
         // SAFETY: the grant frame is mapped writable at `va`; entry `gref` is 8 bytes
         // inside it (gref < 512). Frame and domain go first, the flags that make the
         // entry valid last.
         unsafe {
             let words = (self.va as *mut u32).add(2 * (gref as usize % 512));
-            words.add(1).write_volatile(page.mfn as u32);
+            words.add(1).write_volatile(mfn as u32);
             words.write_volatile(u32::from(to) << 16);
             fence(Ordering::Release);
             words.write_volatile((u32::from(to) << 16) | u32::from(flags));
         }
+    }
+
+    /// The address of entry `gref`'s first word (domain and flags), for code that
+    /// rewrites it concurrently.
+    pub fn entry_va(&self, gref: u32) -> u64 {
+        self.va + 8 * u64::from(gref % 512)
     }
 }
 

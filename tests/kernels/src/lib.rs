@@ -32,6 +32,7 @@ pub mod console;
 pub mod contract;
 pub mod control;
 pub mod events;
+pub mod frontend;
 pub mod grant;
 pub mod hypercall;
 pub mod layout;

@@ -257,6 +257,12 @@ impl Store {
         .map(|_| ())
     }
 
+    /// `XS_RM` of `path` and everything under it.
+    pub fn remove(&mut self, path: &str) -> Result<(), XsError> {
+        self.request(XsType::Rm, 0, &[path.as_bytes(), b"\0"], &mut [0u8; 8])
+            .map(|_| ())
+    }
+
     /// `XS_WATCH` (the service fires it once at once).
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
         self.request(
