@@ -525,6 +525,8 @@ pub const DEVICE_VBD: u32 = 2;
 pub const DEVID_AUTO: u32 = u32::MAX;
 /// Longest switch (bridge) name, in bytes, NUL-padded.
 pub const BRIDGE_NAME_MAX: usize = 16;
+/// The hypervisor's one switch, which exists with or without a NIC.
+pub const SWITCH_NAME: &str = "xenbr0";
 /// Longest `phy:` target name (`vda`, `vda2`), NUL-padded.
 pub const TARGET_NAME_MAX: usize = 32;
 /// Longest guest device name (`xvda`, `sdb`), NUL-padded.

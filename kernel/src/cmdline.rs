@@ -506,7 +506,7 @@ impl fmt::Display for Diagnostic<'_> {
 }
 
 /// The switch dom0's vif goes on unless `dom0_vif=` names another.
-pub const DEFAULT_BRIDGE: &str = "xenbr0";
+pub const DEFAULT_BRIDGE: &str = ferrovisor_abi::domctl::SWITCH_NAME;
 
 /// `dom0_vif=`: `none` (or `off`, `no`, `0`), `on` (the default: `vif0.0` on
 /// [`DEFAULT_BRIDGE`] with a MAC made from the machine's), or xl's vif form

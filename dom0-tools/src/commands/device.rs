@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ferrovisor_abi::{
     domctl::{
         padded_str, set_padded, DeviceAttach, DeviceDetach, DeviceInfo, DeviceRefusal, DiskInfo,
-        SwitchPort, DETACH_FORCE, DEVICE_VBD, DEVICE_VIF, DEVID_AUTO, VBD_MODE_READ,
+        SwitchPort, DETACH_FORCE, DEVICE_VBD, DEVICE_VIF, DEVID_AUTO, SWITCH_NAME, VBD_MODE_READ,
         VBD_MODE_WRITE, VBD_MODE_WRITE_SHARED, VBD_TYPE_CDROM, VBD_TYPE_DISK,
     },
     xen::DomId,
@@ -175,7 +175,7 @@ pub fn refusal_text(hv: &mut dyn Hypervisor, req: &DeviceAttach, error: &Transpo
             bridges.sort();
             bridges.dedup();
             let has = if bridges.is_empty() {
-                "the host has no switch: was the hypervisor started without a NIC?".into()
+                format!("the host's switch is {SWITCH_NAME}")
             } else {
                 format!("the host has: {}", bridges.join(", "))
             };
