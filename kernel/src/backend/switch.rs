@@ -12,7 +12,7 @@
 //! to each other through it. Locks, in order: `DOMAINS`, the device registry, then this
 //! switch, then the NIC driver's.
 
-use alloc::{string::String, vec::Vec};
+use alloc::{collections::VecDeque, string::String, vec::Vec};
 
 use ferrovisor::{
     cmdline::DEFAULT_BRIDGE,
@@ -46,7 +46,13 @@ struct Switch {
     bridge: Bridge<PortId>,
     /// The NIC that is the uplink.
     uplink: Option<NicId>,
+    /// Frames for the uplink that found every NIC transmit buffer busy, sent in order as
+    /// buffers come free (`tx_room`); at most [`UPLINK_BACKLOG`].
+    backlog: VecDeque<Vec<u8>>,
 }
+
+/// Frames waiting for the NIC, beyond which the uplink drops (a NIC queue's worth).
+const UPLINK_BACKLOG: usize = 256;
 
 static SWITCH: IrqMutex<Option<Switch>> = IrqMutex::new(None);
 
@@ -72,7 +78,11 @@ pub fn init() {
     if uplink.is_some() {
         bridge.add_port(PortId::Uplink);
     }
-    *SWITCH.lock() = Some(Switch { bridge, uplink });
+    *SWITCH.lock() = Some(Switch {
+        bridge,
+        uplink,
+        backlog: VecDeque::new(),
+    });
     if let Some(n) = uplink {
         static RECEIVER: Uplink = Uplink;
         nic::set_receiver(&RECEIVER);
@@ -225,15 +235,59 @@ fn send_uplink(packet: Packet) -> bool {
             all = false;
             continue;
         }
-        all &= nic::transmit(n, &seg.data).is_ok();
+        all &= transmit_or_wait(n, seg.data);
     }
     all
+}
+
+/// Sends a frame, or queues it behind the ones already waiting for NIC buffers; false if
+/// the NIC refused it or the queue is full.
+fn transmit_or_wait(n: NicId, frame: Vec<u8>) -> bool {
+    let mut guard = SWITCH.lock();
+    let Some(s) = guard.as_mut() else {
+        return false;
+    };
+    if s.backlog.is_empty() {
+        match nic::transmit(n, &frame) {
+            Ok(()) => return true,
+            Err(nic::TxError::Busy) => {}
+            Err(_) => return false,
+        }
+    }
+    if s.backlog.len() >= UPLINK_BACKLOG {
+        return false;
+    }
+    s.backlog.push_back(frame);
+    true
+}
+
+/// NIC buffers came free: send what waits, in order, until the NIC is busy again.
+fn drain_uplink(n: NicId) {
+    let mut guard = SWITCH.lock();
+    let Some(s) = guard.as_mut() else {
+        return;
+    };
+    while let Some(frame) = s.backlog.pop_front() {
+        match nic::transmit(n, &frame) {
+            Ok(()) => {}
+            Err(nic::TxError::Busy) => {
+                s.backlog.push_front(frame);
+                return;
+            }
+            // A frame the NIC will never take (it is broken, or the frame is bad).
+            Err(_) => {}
+        }
+    }
 }
 
 /// The NIC's frames, in its interrupt.
 struct Uplink;
 
 impl NetReceiver for Uplink {
+    fn tx_room(&self, nic: NicId) {
+        drain_uplink(nic);
+    }
+
     fn receive(&self, _nic: NicId, frame: &[u8]) {
         let packet = Packet::plain(frame.to_vec());
         crate::domain::with_domains(|doms| {
