@@ -332,7 +332,7 @@ fn disk_flags(flags: u32) -> String {
 }
 
 /// `fv disk-list`: each disk and partition: name, size, first sector, sectors, flags and
-/// the domains that have it (`web1(3):w`), or `-`.
+/// the domains that have it and how (`web1(3):w`, `db(5):w!`, `b(6):r`), or `-`.
 pub fn disk_list_table(rows: &[(DiskInfo, crate::commands::device::DiskUsers)]) -> String {
     let mut out = format!(
         "{:<12} {:>8} {:>12} {:>12} {:<20} {}\n",
@@ -347,7 +347,7 @@ pub fn disk_list_table(rows: &[(DiskInfo, crate::commands::device::DiskUsers)]) 
         } else {
             users
                 .iter()
-                .map(|(n, id, w)| format!("{n}({id}):{}", if *w { 'w' } else { 'r' }))
+                .map(|(n, id, access)| format!("{n}({id}):{access}"))
                 .collect::<Vec<_>>()
                 .join(" ")
         };

@@ -492,12 +492,12 @@ pub fn list_of_kind(
 
 /// Who has a target attached: `(domain name, domid, writable)` for each vbd of each
 /// domain naming it exactly.
-pub type DiskUsers = Vec<(String, DomId, bool)>;
+pub type DiskUsers = Vec<(String, DomId, &'static str)>;
 
 /// `fv disk-list`: the host's disks and partitions, each with the domains using it.
 pub fn disk_list(hv: &mut dyn Hypervisor) -> Result<Vec<(DiskInfo, DiskUsers)>, CommandError> {
     let disks = hv.list_disks()?;
-    let mut users: Vec<(String, String, DomId, bool)> = Vec::new();
+    let mut users: Vec<(String, String, DomId, &'static str)> = Vec::new();
     for d in super::list_domains(hv)? {
         // A domain gone between the two lists has no devices left.
         let devs = match hv.list_devices(d.domid) {
@@ -511,7 +511,11 @@ pub fn disk_list(hv: &mut dyn Hypervisor) -> Result<Vec<(DiskInfo, DiskUsers)>, 
                 text(padded_str(&v.target)),
                 name_of(&d),
                 d.domid,
-                v.mode != VBD_MODE_READ,
+                match v.mode {
+                    VBD_MODE_READ => "r",
+                    VBD_MODE_WRITE_SHARED => "w!",
+                    _ => "w",
+                },
             ));
         }
     }

@@ -455,7 +455,7 @@ fn disk_list_names_the_users() {
         "Name             Size        Start      Sectors Flags                Used by\n\
          vda              8.0G            0     16777216 flush                -\n\
          vda1             1.0G         2048      2097152 partition,flush      -\n\
-         vda2             7.0G      2099200     14678016 partition,flush      web1(3):w db(5):w\n\
+         vda2             7.0G      2099200     14678016 partition,flush      web1(3):w db(5):w!\n\
          vdb              1.0G            0      2097152 ro                   db(5):r\n"
     );
 }
