@@ -46,12 +46,34 @@ pub const EXT4_MODULES: [&str; 5] = [
     "fs/ext4/ext4",
 ];
 
+/// What the device bench (`bench_devices`) adds to dom0's initramfs, in load order: the
+/// virtio PCI drivers for Linux on the QEMU machine itself (natively, or as Xen's dom0,
+/// which owns the devices there), and Xen dom0's backends and bridge. Each `depends=`
+/// (from `.modinfo`) comes before its user; `module_entries` checks it.
+pub const DEVICE_MODULES: [&str; 14] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+    "drivers/block/virtio_blk",
+    "drivers/net/xen-netback/xen-netback",
+    "drivers/block/xen-blkback/xen-blkback",
+    "net/llc/llc",
+    "net/802/stp",
+    "net/bridge/bridge",
+];
+
 /// Every module the cache holds.
 fn all_modules() -> impl Iterator<Item = &'static str> {
     XEN_MODULES
         .into_iter()
         .chain(FRONTEND_MODULES)
         .chain(EXT4_MODULES)
+        .chain(DEVICE_MODULES)
 }
 
 /// dom0's modules in load order.
@@ -96,9 +118,32 @@ pub fn cache_dir() -> PathBuf {
     crate::target_dir().join("linux")
 }
 
+/// What a specialised initramfs adds to dom0's (the device bench's: its measuring program,
+/// the virtio drivers, Xen's toolstack).
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The initramfs' file name under the cache (`dom0-initrd.img` is dom0's own).
+    pub name: String,
+    /// More files in dom0's initramfs (directories first).
+    pub dom0_files: Vec<Entry>,
+    /// More files in the Linux domU example's initramfs.
+    pub domu_files: Vec<Entry>,
+    /// Modules (paths as in [`DEVICE_MODULES`]) put under dom0's `/lib/modules/`, in load
+    /// order; `/init` does not load them.
+    pub dom0_modules: Vec<&'static str>,
+}
+
 /// Debian's kernel and a fresh dom0 initramfs, fetching the packages first if they are
 /// not cached.
 pub fn dom0() -> anyhow::Result<Dom0Linux> {
+    dom0_with(&Extras {
+        name: "dom0-initrd.img".to_owned(),
+        ..Extras::default()
+    })
+}
+
+/// [`dom0`] with `extras` in the initramfs.
+pub fn dom0_with(extras: &Extras) -> anyhow::Result<Dom0Linux> {
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let kernel_dir = kernel(&cache)?;
@@ -108,8 +153,15 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
         .to_owned();
     let busybox = busybox(&cache)?;
     let fv = crate::build::fv()?;
-    let initrd = cache.join("dom0-initrd.img");
+    let initrd = cache.join(&extras.name);
     let mut files = entries(&kernel_dir, &busybox)?;
+    // Loaded (by whoever uses them) after the ones /init loads.
+    files.extend(module_files(
+        &kernel_dir,
+        &extras.dom0_modules,
+        &dom0_modules(),
+    )?);
+    files.extend(extras.dom0_files.iter().cloned());
     files.push(Entry::File {
         path: "bin/fv".into(),
         mode: 0o755,
@@ -140,7 +192,12 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
     files.push(Entry::File {
         path: "usr/lib/fv/domu-initrd.img".into(),
         mode: 0o644,
-        data: initramfs::cpio_gz(&domu_entries(&kernel_dir, &busybox)?)?,
+        data: initramfs::cpio_gz(
+            &domu_entries(&kernel_dir, &busybox)?
+                .into_iter()
+                .chain(extras.domu_files.iter().cloned())
+                .collect::<Vec<_>>(),
+        )?,
     });
     for (name, text) in EXAMPLES {
         files.push(Entry::File {
@@ -231,7 +288,18 @@ fn module_entries(kernel_dir: &Path, modules: &[&str]) -> anyhow::Result<Vec<Ent
             mode: 0o755,
         })
         .collect();
-    let mut loaded: Vec<String> = Vec::new();
+    e.extend(module_files(kernel_dir, modules, &[])?);
+    Ok(e)
+}
+
+/// The files of [`module_entries`] for `modules`, loaded after `before`.
+fn module_files(
+    kernel_dir: &Path,
+    modules: &[&str],
+    before: &[&str],
+) -> anyhow::Result<Vec<Entry>> {
+    let mut e = Vec::new();
+    let mut loaded: Vec<String> = before.iter().map(|m| module_stem(m)).collect();
     for m in modules {
         let name = module_file_name(m);
         let from = kernel_dir.join("modules").join(&name);
