@@ -172,6 +172,7 @@ fn bench_extras(name: &str) -> anyhow::Result<linux::Extras> {
             },
         ],
         dom0_modules: linux::DEVICE_MODULES.to_vec(),
+        strip_fv: true,
     })
 }
 
@@ -547,7 +548,9 @@ pub fn table(cols: &[(Platform, DeviceFigures)]) -> String {
         "note: native network = one Linux, two virtio-net NICs joined by a QEMU hub, the peer \
          NIC in its own network namespace (no dom0 natively: both network rows measure that \
          path); native disk = /dev/vda1 itself; hypervisors: the vbd is phy: of vda1, the domUs \
-         on the hypervisor's switch (Ferrovisor) or dom0's bridge with netback (Xen).\n",
+         on the hypervisor's switch (Ferrovisor) or dom0's bridge with netback (Xen); dom0 has \
+         256 MiB on Ferrovisor, 512 MiB on Xen (xl builds domUs in dom0's memory: 256 MiB ran \
+         out).\n",
     );
     out
 }

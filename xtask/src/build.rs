@@ -142,6 +142,9 @@ pub fn fv() -> anyhow::Result<PathBuf> {
 /// [`FV_TARGET`], release; returns the binary.
 pub fn guest_bench() -> anyhow::Result<PathBuf> {
     let mut cmd = cargo();
+    // Without debug info: it rides in initramfs images that live in a guest's memory.
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
     cmd.current_dir(crate::workspace_root()).args([
         "build",
         "-p",

@@ -131,6 +131,10 @@ pub struct Extras {
     /// Modules (paths as in [`DEVICE_MODULES`]) put under dom0's `/lib/modules/`, in load
     /// order; `/init` does not load them.
     pub dom0_modules: Vec<&'static str>,
+    /// `fv` without its debug info (by the host's `strip`, when there is one): Xen
+    /// unpacks a gzipped initrd in dom0's memory before Linux unpacks it again, and
+    /// 256 MiB do not hold both copies with it.
+    pub strip_fv: bool,
 }
 
 /// Debian's kernel and a fresh dom0 initramfs, fetching the packages first if they are
@@ -162,10 +166,27 @@ pub fn dom0_with(extras: &Extras) -> anyhow::Result<Dom0Linux> {
         &dom0_modules(),
     )?);
     files.extend(extras.dom0_files.iter().cloned());
+    let fv_data = match crate::deps::find_program("strip") {
+        Some(strip) if extras.strip_fv => {
+            let out = cache.join(format!("fv-stripped-{}", std::process::id()));
+            crate::run(
+                std::process::Command::new(strip)
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(&fv),
+            )?;
+            let data = fs::read(&out);
+            let _ = fs::remove_file(&out);
+            data
+        }
+        _ => fs::read(&fv),
+    }
+    .with_context(|| format!("cannot read {}", fv.display()))?;
     files.push(Entry::File {
         path: "bin/fv".into(),
         mode: 0o755,
-        data: fs::read(&fv).with_context(|| format!("cannot read {}", fv.display()))?,
+        data: fv_data,
     });
     // What the examples boot: the `hello` test kernel.
     let kernels = crate::build::test_kernels(crate::build::Profile::Release)?;

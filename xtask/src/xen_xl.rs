@@ -37,8 +37,9 @@ use crate::{
 };
 
 /// The packages of Xen's dom0 userland, and the libraries they link that the initramfs
-/// lacks (Debian 12's glibc, libuuid, zlib, liblzma, libzstd).
-pub const PACKAGES: [&str; 18] = [
+/// lacks (Debian 12's glibc, libgcc_s (glibc's pthread_cancel loads it), libuuid, zlib,
+/// liblzma, libzstd).
+pub const PACKAGES: [&str; 19] = [
     "xen-utils-4.17",
     "xenstore-utils",
     "libxenmisc4.17",
@@ -53,6 +54,7 @@ pub const PACKAGES: [&str; 18] = [
     "libxenhypfs1",
     "libyajl2",
     "libc6",
+    "libgcc-s1",
     "libuuid1",
     "zlib1g",
     "liblzma5",
@@ -83,9 +85,11 @@ pub const DOM0_IP: &str = "10.0.2.15";
 /// The gateway of QEMU's user network.
 pub const GATEWAY: &str = "10.0.2.2";
 
-/// Xen's command line: dom0 with 256 MiB (as Ferrovisor's `dom0_mem=262144`), one vCPU
-/// and one physical CPU.
-pub const CMDLINE: &str = "dom0_mem=256M,max:256M dom0_max_vcpus=1 maxcpus=1 console=com1 \
+/// Xen's command line: dom0 with 512 MiB, one vCPU and one physical CPU. Not the 256
+/// MiB Ferrovisor's dom0 has: Xen unpacks the gzipped initrd in dom0's memory before
+/// Linux unpacks it again, and xl then builds a domU's kernel and ramdisk in dom0's
+/// memory too; with 256 MiB, `xl create` was killed for want of memory.
+pub const CMDLINE: &str = "dom0_mem=512M,max:512M dom0_max_vcpus=1 maxcpus=1 console=com1 \
                            com1=115200,8n1 loglvl=all guest_loglvl=all noreboot=false";
 /// dom0's kernel line: `ip=off`, since dom0's network is the bridge `xl-up` makes.
 pub const DOM0_CMDLINE: &str = "console=hvc0 nousb ip=off";
@@ -245,18 +249,19 @@ impl XenHost {
         if !out.contains("xl-up: ready") {
             bail!("xl-up: {out}");
         }
-        shell.run(
-            "export PATH=$PATH:/usr/lib/xen-4.17/bin \
-             LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu",
-            SHORT,
+        // Typed as a line of its own: [`Shell::run`]'s command substitution is a subshell.
+        shell.send(
+            "export PATH=$PATH:/usr/bin:/usr/lib/xen-4.17/bin \
+             LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu\r",
         )?;
+        shell.run("command -v xl", SHORT)?;
         Ok(XenHost {
             shell,
             at: Console::Dom0,
         })
     }
 
-    /// Writes `/etc/xen/NAME.cfg` and runs `xl create` on it (from dom0's shell).
+    /// Writes `/var/lib/xen/NAME.cfg` and runs `xl create` on it (from dom0's shell).
     pub fn create(&mut self, dom: &DomainConfig) -> anyhow::Result<()> {
         self.leave_console()?;
         let text = dom.to_xl_cfg();
@@ -264,13 +269,18 @@ impl XenHost {
             bail!("an xl.cfg with a single quote cannot be typed: {text}");
         }
         let lines: Vec<String> = text.lines().map(|l| format!("'{l}'")).collect();
-        let path = format!("/etc/xen/{}.cfg", dom.name);
+        let path = format!("/var/lib/xen/{}.cfg", dom.name);
         self.shell.run(
             &format!("printf '%s\\n' {} > {path}", lines.join(" ")),
             SHORT,
         )?;
+        // xl stays behind as the domain's watcher: it must not hold the output open.
+        let log = format!("/var/log/xen/create-{}.log", dom.name);
         self.shell
-            .run(&format!("xl create {path}"), Duration::from_secs(300))
+            .run(
+                &format!("xl create {path} </dev/null >{log} 2>&1; s=$?; cat {log}; exit $s"),
+                Duration::from_secs(300),
+            )
             .with_context(|| format!("xl create {path}"))?;
         Ok(())
     }
@@ -437,6 +447,11 @@ pub fn userland() -> anyhow::Result<Vec<Entry>> {
         });
     }
     dir(&mut e, "etc/xen/scripts");
+    e.push(Entry::File {
+        path: "etc/xen/xl.conf".into(),
+        mode: 0o644,
+        data: b"# xl's defaults are used (xtask::xen_xl).\n".to_vec(),
+    });
     for (name, text) in [("vif-bridge", VIF_BRIDGE), ("block", BLOCK)] {
         e.push(Entry::File {
             path: format!("etc/xen/scripts/{name}"),
