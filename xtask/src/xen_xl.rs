@@ -486,7 +486,10 @@ mod tests {
         );
         assert!(!t.contains('\''));
         let bare = DomainConfig::linux_domu("x").to_xl_cfg();
-        assert!(!bare.contains("vif") && !bare.contains("disk"), "{bare}");
+        assert!(
+            !bare.contains("vif =") && !bare.contains("\ndisk ="),
+            "{bare}"
+        );
     }
 
     #[test]
