@@ -91,14 +91,16 @@ impl Shell {
         .map(drop)
     }
 
-    /// Polls (every 0.2 s, at most `secs`) until the shell condition `cond` holds.
+    /// Polls (`secs` × 5 tries, 0.2 s apart) until the shell condition `cond` holds.
+    /// The answer may take several times `secs`: where forks are slow (a domU on Xen
+    /// under TCG) each try costs more than its pause.
     pub fn wait_for(&mut self, cond: &str, secs: u64, what: &str) -> anyhow::Result<()> {
         let (status, _) = self.try_run(
             &format!(
                 "for i in $(seq {}); do {cond} && exit 0; sleep 0.2; done; exit 1",
                 secs * 5
             ),
-            Duration::from_secs(secs + 30),
+            Duration::from_secs(secs * 5 + 30),
         )?;
         // (`exit` leaves only the command substitution's subshell.)
         if status != 0 {

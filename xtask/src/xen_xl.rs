@@ -109,7 +109,7 @@ pub struct HostConfig {
     pub dom0_ip: Option<String>,
     /// What else goes into dom0's and the domU example's initramfs; its `name` is the
     /// initramfs' file name (the xl userland is added to `dom0_files`).
-    pub extra_dom0_files: linux::Extras,
+    pub extras: linux::Extras,
 }
 
 /// A Linux domU for `xl create`.
@@ -199,7 +199,7 @@ impl XenHost {
     /// Boots Xen and dom0 and brings the toolstack up.
     pub fn boot(cfg: &HostConfig) -> anyhow::Result<Self> {
         let xen_gz = xen::image()?;
-        let mut extras = cfg.extra_dom0_files.clone();
+        let mut extras = cfg.extras.clone();
         if extras.name.is_empty() {
             extras.name = "xen-xl-initrd.img".to_owned();
         }
