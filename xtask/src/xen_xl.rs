@@ -88,8 +88,11 @@ pub const GATEWAY: &str = "10.0.2.2";
 /// Xen's command line: dom0 with 512 MiB, one vCPU and one physical CPU. Not the 256
 /// MiB Ferrovisor's dom0 has: Xen unpacks the gzipped initrd in dom0's memory before
 /// Linux unpacks it again, and xl then builds a domU's kernel and ramdisk in dom0's
-/// memory too; with 256 MiB, `xl create` was killed for want of memory.
-pub const CMDLINE: &str = "dom0_mem=512M,max:512M dom0_max_vcpus=1 maxcpus=1 console=com1 \
+/// memory too; with 256 MiB, `xl create` was killed for want of memory. Under TCG,
+/// processes in Xen's domUs segfault now and then (NULL heap and TLS pointers, init among
+/// them, which panics the domU), dom0 alone never did: `pcid=0` was tried against it
+/// (stale TLB entries) and did not cure it; callers must expect a domU process to die.
+pub const CMDLINE: &str = "dom0_mem=512M,max:512M dom0_max_vcpus=1 maxcpus=1 pcid=0 console=com1 \
                            com1=115200,8n1 loglvl=all guest_loglvl=all noreboot=false";
 /// dom0's kernel line: `ip=off`, since dom0's network is the bridge `xl-up` makes.
 pub const DOM0_CMDLINE: &str = "console=hvc0 nousb ip=off";
@@ -295,9 +298,21 @@ impl XenHost {
         let mut last = None;
         for _ in 0..12 {
             self.shell.send("\r")?;
-            match self.shell.try_run("true", Duration::from_secs(20)) {
+            // dom0's shell answers too when xl console ended at once (the domain died):
+            // a domU has no `control_d` capability.
+            match self.shell.try_run(
+                "! grep -qs control_d /proc/xen/capabilities",
+                Duration::from_secs(20),
+            ) {
                 Ok((0, _)) => return Ok(()),
-                Ok((s, out)) => last = Some(anyhow::anyhow!("status {s}: {out}")),
+                Ok((_, _)) => {
+                    self.at = Console::Dom0;
+                    let list = self.shell.try_run("xl list", SHORT).map(|r| r.1);
+                    bail!(
+                        "`xl console {name}` ended at once: the domain is gone? xl list: {}",
+                        list.unwrap_or_default()
+                    );
+                }
                 Err(e) => last = Some(e),
             }
         }
