@@ -68,6 +68,20 @@ pub struct BenchArgs {
     /// Boots per hypervisor; each figure is then the median of the boots' medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: u32,
+    /// Only these tables (default: all): `pv` (the bench kernel's figures), `linux` (Linux
+    /// boot, syscall and fork figures), `devices` (network and vbd figures).
+    #[arg(long, value_delimiter = ',', value_parser = ["pv", "linux", "devices"])]
+    pub only: Vec<String>,
+    /// The device table's columns (default: native, ferrovisor, and xen with
+    /// `--against-xen`).
+    #[arg(long, value_delimiter = ',', value_parser = ["native", "ferrovisor", "xen"])]
+    pub device_platforms: Vec<String>,
+}
+
+impl BenchArgs {
+    fn wants(&self, table: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|t| t == table)
+    }
 }
 
 /// The hypervisors a column can come from.
@@ -318,6 +332,71 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let artifacts = build::build(Profile::Release)?;
+    let pv = if args.wants("pv") {
+        Some(pv_tables(args, &artifacts, xen_image)?)
+    } else {
+        None
+    };
+    let linux_cols = if args.wants("linux") {
+        Some(linux_table(args, &artifacts)?)
+    } else {
+        None
+    };
+    let device_cols = if args.wants("devices") {
+        use crate::bench_devices::Platform;
+        let mut platforms = vec![Platform::Native, Platform::Ferrovisor];
+        if args.against_xen {
+            platforms.push(Platform::Xen);
+        }
+        if !args.device_platforms.is_empty() {
+            platforms.retain(|p| {
+                args.device_platforms
+                    .iter()
+                    .any(|a| p.column().to_lowercase().starts_with(a.as_str()))
+            });
+            if args.device_platforms.iter().any(|a| a == "xen")
+                && !platforms.contains(&Platform::Xen)
+            {
+                platforms.push(Platform::Xen);
+            }
+        }
+        Some(crate::bench_devices::measure_all(&platforms, &artifacts)?)
+    } else {
+        None
+    };
+
+    if let Some((ferrovisor, xen)) = &pv {
+        println!();
+        print!("{}", table(ferrovisor, xen.as_ref()));
+    }
+    if let Some(cols) = &linux_cols {
+        println!();
+        print!("{}", crate::bench_linux::table(cols));
+    }
+    if let Some(cols) = &device_cols {
+        println!();
+        print!("{}", crate::bench_devices::table(cols));
+    }
+    println!(
+        "note: QEMU runs with TCG (emulation): these are emulation figures, comparable between \
+         hypervisors in the same run, not hardware figures."
+    );
+    if pv.is_some() {
+        println!(
+            "note: \"QEMU start -> dom0's first output\" is host time from spawning QEMU to the \
+             serial line of dom0's first console write (firmware, GRUB, hypervisor boot and dom0 \
+             build included), not to its first instruction."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bench kernel's figures on Ferrovisor and, with `--against-xen`, on Xen.
+fn pv_tables(
+    args: &BenchArgs,
+    artifacts: &build::Artifacts,
+    xen_image: Option<PathBuf>,
+) -> anyhow::Result<(Figures, Option<Figures>)> {
     let kernels = build::test_kernels(Profile::Release)?;
     let kernel = kernels
         .get(KERNEL)
@@ -339,7 +418,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         iso_name: format!("{PEER_KERNEL}.elf"),
         cmdline: String::new(),
     };
-    let mut entry = BootEntry::new(&artifacts);
+    let mut entry = BootEntry::new(artifacts);
     entry.hypervisor_cmdline = HYPERVISOR_CMDLINE.to_owned();
     entry.modules = vec![module.clone(), peer];
     let iso = iso::make_iso(&entry, &build::output_dir().join("bench.iso"))?;
@@ -361,8 +440,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         Some(iso) => Some(boots(Hypervisor::Xen, iso, args.runs)?),
         None => None,
     };
+    Ok((ferrovisor, xen))
+}
 
-    // Debian's Linux: natively, as Ferrovisor's dom0 and, with --against-xen, as Xen's.
+/// Debian's Linux: natively, as Ferrovisor's dom0 and, with --against-xen, as Xen's.
+fn linux_table(
+    args: &BenchArgs,
+    artifacts: &build::Artifacts,
+) -> anyhow::Result<
+    Vec<(
+        crate::bench_linux::Platform,
+        crate::bench_linux::LinuxFigures,
+    )>,
+> {
     let linux = crate::linux::dom0()?;
     let xen_gz = if args.against_xen {
         Some(xen::image()?)
@@ -380,28 +470,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     for p in platforms {
         eprintln!("bench: Linux, {}", p.column());
         // A platform that fails to give its figures shows n/a; the others still count.
-        let f = crate::bench_linux::measure(p, &linux, &artifacts, xen_gz.as_deref())
+        let f = crate::bench_linux::measure(p, &linux, artifacts, xen_gz.as_deref())
             .unwrap_or_else(|e| {
                 eprintln!("bench: Linux on {} gave no figures: {e:#}", p.column());
                 crate::bench_linux::LinuxFigures::default()
             });
         linux_cols.push((p, f));
     }
-
-    println!();
-    print!("{}", table(&ferrovisor, xen.as_ref()));
-    println!();
-    print!("{}", crate::bench_linux::table(&linux_cols));
-    println!(
-        "note: QEMU runs with TCG (emulation): these are emulation figures, comparable between \
-         hypervisors in the same run, not hardware figures."
-    );
-    println!(
-        "note: \"QEMU start -> dom0's first output\" is host time from spawning QEMU to the serial \
-         line of dom0's first console write (firmware, GRUB, hypervisor boot and dom0 build \
-         included), not to its first instruction."
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(linux_cols)
 }
 
 /// Boots `iso` `runs` times and combines the figures.

@@ -138,6 +138,32 @@ pub fn fv() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Builds `fvbench` (crate `guest-bench`, the device bench's measuring program) for
+/// [`FV_TARGET`], release; returns the binary.
+pub fn guest_bench() -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    // Without debug info: it rides in initramfs images that live in a guest's memory.
+    cmd.env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true");
+    cmd.current_dir(crate::workspace_root()).args([
+        "build",
+        "-p",
+        "guest-bench",
+        "--bin",
+        "fvbench",
+        "--target",
+        FV_TARGET,
+        "--release",
+    ]);
+    crate::run(&mut cmd).context("building fvbench")?;
+    let bin = crate::target_dir()
+        .join(FV_TARGET)
+        .join("release")
+        .join("fvbench");
+    ensure!(bin.is_file(), "building fvbench left no {}", bin.display());
+    Ok(bin)
+}
+
 pub fn test_kernels(profile: Profile) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let names = test_kernel_names()?;
     let mut cmd = cargo();

@@ -19,6 +19,7 @@ use std::{
 use anyhow::{bail, Context};
 
 pub mod bench;
+pub mod bench_devices;
 pub mod bench_linux;
 pub mod build;
 pub mod debian;
@@ -28,9 +29,11 @@ pub mod initramfs;
 pub mod iso;
 pub mod linux;
 pub mod qemu;
+pub mod shell;
 pub mod stress;
 pub mod testrun;
 pub mod xen;
+pub mod xen_xl;
 
 /// The workspace root (the directory holding the workspace `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

@@ -46,12 +46,34 @@ pub const EXT4_MODULES: [&str; 5] = [
     "fs/ext4/ext4",
 ];
 
+/// What the device bench (`bench_devices`) adds to dom0's initramfs, in load order: the
+/// virtio PCI drivers for Linux on the QEMU machine itself (natively, or as Xen's dom0,
+/// which owns the devices there), and Xen dom0's backends and bridge. Each `depends=`
+/// (from `.modinfo`) comes before its user; `module_entries` checks it.
+pub const DEVICE_MODULES: [&str; 14] = [
+    "drivers/virtio/virtio_ring",
+    "drivers/virtio/virtio",
+    "drivers/virtio/virtio_pci_legacy_dev",
+    "drivers/virtio/virtio_pci_modern_dev",
+    "drivers/virtio/virtio_pci",
+    "net/core/failover",
+    "drivers/net/net_failover",
+    "drivers/net/virtio_net",
+    "drivers/block/virtio_blk",
+    "drivers/net/xen-netback/xen-netback",
+    "drivers/block/xen-blkback/xen-blkback",
+    "net/llc/llc",
+    "net/802/stp",
+    "net/bridge/bridge",
+];
+
 /// Every module the cache holds.
 fn all_modules() -> impl Iterator<Item = &'static str> {
     XEN_MODULES
         .into_iter()
         .chain(FRONTEND_MODULES)
         .chain(EXT4_MODULES)
+        .chain(DEVICE_MODULES)
 }
 
 /// dom0's modules in load order.
@@ -96,9 +118,36 @@ pub fn cache_dir() -> PathBuf {
     crate::target_dir().join("linux")
 }
 
+/// What a specialised initramfs adds to dom0's (the device bench's: its measuring program,
+/// the virtio drivers, Xen's toolstack).
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// The initramfs' file name under the cache (`dom0-initrd.img` is dom0's own).
+    pub name: String,
+    /// More files in dom0's initramfs (directories first).
+    pub dom0_files: Vec<Entry>,
+    /// More files in the Linux domU example's initramfs.
+    pub domu_files: Vec<Entry>,
+    /// Modules (paths as in [`DEVICE_MODULES`]) put under dom0's `/lib/modules/`, in load
+    /// order; `/init` does not load them.
+    pub dom0_modules: Vec<&'static str>,
+    /// `fv` without its debug info (by the host's `strip`, when there is one): Xen
+    /// unpacks a gzipped initrd in dom0's memory before Linux unpacks it again, and
+    /// 256 MiB do not hold both copies with it.
+    pub strip_fv: bool,
+}
+
 /// Debian's kernel and a fresh dom0 initramfs, fetching the packages first if they are
 /// not cached.
 pub fn dom0() -> anyhow::Result<Dom0Linux> {
+    dom0_with(&Extras {
+        name: "dom0-initrd.img".to_owned(),
+        ..Extras::default()
+    })
+}
+
+/// [`dom0`] with `extras` in the initramfs.
+pub fn dom0_with(extras: &Extras) -> anyhow::Result<Dom0Linux> {
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let kernel_dir = kernel(&cache)?;
@@ -108,12 +157,36 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
         .to_owned();
     let busybox = busybox(&cache)?;
     let fv = crate::build::fv()?;
-    let initrd = cache.join("dom0-initrd.img");
+    let initrd = cache.join(&extras.name);
     let mut files = entries(&kernel_dir, &busybox)?;
+    // Loaded (by whoever uses them) after the ones /init loads.
+    files.extend(module_files(
+        &kernel_dir,
+        &extras.dom0_modules,
+        &dom0_modules(),
+    )?);
+    files.extend(extras.dom0_files.iter().cloned());
+    let fv_data = match crate::deps::find_program("strip") {
+        Some(strip) if extras.strip_fv => {
+            let out = cache.join(format!("fv-stripped-{}", std::process::id()));
+            crate::run(
+                std::process::Command::new(strip)
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(&fv),
+            )?;
+            let data = fs::read(&out);
+            let _ = fs::remove_file(&out);
+            data
+        }
+        _ => fs::read(&fv),
+    }
+    .with_context(|| format!("cannot read {}", fv.display()))?;
     files.push(Entry::File {
         path: "bin/fv".into(),
         mode: 0o755,
-        data: fs::read(&fv).with_context(|| format!("cannot read {}", fv.display()))?,
+        data: fv_data,
     });
     // What the examples boot: the `hello` test kernel.
     let kernels = crate::build::test_kernels(crate::build::Profile::Release)?;
@@ -140,7 +213,12 @@ pub fn dom0() -> anyhow::Result<Dom0Linux> {
     files.push(Entry::File {
         path: "usr/lib/fv/domu-initrd.img".into(),
         mode: 0o644,
-        data: initramfs::cpio_gz(&domu_entries(&kernel_dir, &busybox)?)?,
+        data: initramfs::cpio_gz(
+            &domu_entries(&kernel_dir, &busybox)?
+                .into_iter()
+                .chain(extras.domu_files.iter().cloned())
+                .collect::<Vec<_>>(),
+        )?,
     });
     for (name, text) in EXAMPLES {
         files.push(Entry::File {
@@ -231,7 +309,18 @@ fn module_entries(kernel_dir: &Path, modules: &[&str]) -> anyhow::Result<Vec<Ent
             mode: 0o755,
         })
         .collect();
-    let mut loaded: Vec<String> = Vec::new();
+    e.extend(module_files(kernel_dir, modules, &[])?);
+    Ok(e)
+}
+
+/// The files of [`module_entries`] for `modules`, loaded after `before`.
+fn module_files(
+    kernel_dir: &Path,
+    modules: &[&str],
+    before: &[&str],
+) -> anyhow::Result<Vec<Entry>> {
+    let mut e = Vec::new();
+    let mut loaded: Vec<String> = before.iter().map(|m| module_stem(m)).collect();
     for m in modules {
         let name = module_file_name(m);
         let from = kernel_dir.join("modules").join(&name);
