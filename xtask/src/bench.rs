@@ -284,7 +284,14 @@ pub fn table(ferrovisor: &Figures, xen: Option<&Figures>) -> String {
         }
         rows.push(row);
     }
-    let columns = rows[0].len();
+    render(&rows, &notes)
+}
+
+/// Lays out `rows` (the first is the header) as a `|`-separated table, the first column
+/// left-aligned and the others right-aligned, a rule under the header, then `notes`, a
+/// line each.
+pub fn render(rows: &[Vec<String>], notes: &[String]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
@@ -311,7 +318,7 @@ pub fn table(ferrovisor: &Figures, xen: Option<&Figures>) -> String {
         }
     }
     for note in notes {
-        out.push_str(&note);
+        out.push_str(note);
         out.push('\n');
     }
     out

@@ -522,35 +522,7 @@ pub fn table(cols: &[(Platform, DeviceFigures)]) -> String {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (cell, w))| {
-                if c == 0 {
-                    format!("{cell:<w$}")
-                } else {
-                    format!("{cell:>w$}")
-                }
-            })
-            .collect();
-        out.push_str(cells.join(" | ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("-|-"));
-            out.push('\n');
-        }
-    }
-    for note in notes {
-        out.push_str(&note);
-        out.push('\n');
-    }
+    let mut out = crate::bench::render(&rows, &notes);
     out.push_str(
         "note: x native is the platform's value over native's: for MB/s and IOPS below 1 is \
          slower, for ping above 1 is slower.\n",
