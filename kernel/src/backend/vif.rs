@@ -171,15 +171,10 @@ impl Vif {
             .as_ref()
             .map(|c| c.engine.stats())
             .unwrap_or_default();
-        let e = self.earlier;
-        VifStats {
-            tx_packets: e.tx_packets + now.tx_packets,
-            tx_errors: e.tx_errors + now.tx_errors,
-            tx_dropped: e.tx_dropped + now.tx_dropped,
-            rx_packets: e.rx_packets + now.rx_packets,
-            rx_dropped: e.rx_dropped + now.rx_dropped + self.unconnected_drops,
-            rx_errors: e.rx_errors + now.rx_errors,
-        }
+        let mut all = self.earlier;
+        all += now;
+        all.rx_dropped += self.unconnected_drops;
+        all
     }
 
     pub fn fill_info(&self, info: &mut DeviceInfo) {
@@ -382,14 +377,7 @@ impl Vif {
 
     fn disconnect(&mut self, doms: &mut Domains, head: &Head) {
         if let Some(c) = self.conn.take() {
-            let s = c.engine.stats();
-            let e = &mut self.earlier;
-            e.tx_packets += s.tx_packets;
-            e.tx_errors += s.tx_errors;
-            e.tx_dropped += s.tx_dropped;
-            e.rx_packets += s.rx_packets;
-            e.rx_dropped += s.rx_dropped;
-            e.rx_errors += s.rx_errors;
+            self.earlier += c.engine.stats();
             c.tx.release(doms);
             c.rx.release(doms);
             head.release_port(doms, c.ports.0);

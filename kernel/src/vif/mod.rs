@@ -148,6 +148,18 @@ pub struct VifStats {
     pub rx_errors: u64,
 }
 
+impl core::ops::AddAssign for VifStats {
+    /// Adds another connection's counters (a device's totals across reconnects).
+    fn add_assign(&mut self, o: Self) {
+        self.tx_packets += o.tx_packets;
+        self.tx_errors += o.tx_errors;
+        self.tx_dropped += o.tx_dropped;
+        self.rx_packets += o.rx_packets;
+        self.rx_dropped += o.rx_dropped;
+        self.rx_errors += o.rx_errors;
+    }
+}
+
 /// One vif device's engine state: its two rings, its rx queue, what the frontend
 /// negotiated, and whether it broke the protocol.
 #[derive(Debug)]
